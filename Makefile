@@ -1,0 +1,43 @@
+# The two commands of the README: `make run` and `make test`. Both set everything up first, and
+# every step is safe to repeat.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+MODE := $(if $(filter-out 0,$(FASTPATH_DEBUG)),debug,release)
+BUILT := fastpath/_core/.built-$(MODE)
+CORE_SOURCES := $(wildcard fastpath/_core/*.pyx fastpath/_core/*.pxd fastpath/_core/*.h) setup.py
+
+.PHONY: run test test-suite build lint clean
+
+run: build
+	$(VENV)/bin/fastpath bench vring
+
+test: build
+	$(MAKE) --no-print-directory test-suite
+	$(MAKE) --no-print-directory FASTPATH_DEBUG=1 test-suite
+
+# The whole suite against the current build mode (FASTPATH_DEBUG=1: bounds checks on).
+test-suite: build
+	$(PY) -m pytest -q
+
+build: $(BUILT)
+
+$(INSTALLED): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Rebuilds the compiled core when a source changes or the build mode does.
+$(BUILT): $(CORE_SOURCES) $(INSTALLED)
+	rm -f fastpath/_core/.built-*
+	FASTPATH_DEBUG=$(if $(filter debug,$(MODE)),1,0) $(PY) setup.py -q build_ext --inplace --force
+	touch $@
+
+lint: build
+	$(VENV)/bin/ruff check fastpath tests bench
+	$(VENV)/bin/cython-lint fastpath/_core
+
+clean:
+	rm -rf build $(VENV) fastpath/_core/*.so fastpath/_core/.built-* *.egg-info

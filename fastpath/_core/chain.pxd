@@ -1,0 +1,119 @@
+# Records shared by the split and packed queues: what a burst pop hands to a device, what a driver
+# hands to a burst add, error codes, and copies between chains and flat buffers.
+from libc.stdint cimport int16_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from fastpath._core.memory cimport fp_memory
+
+
+cdef extern from "fp_atomic.h":
+    uint16_t fp_load_acquire_u16(const uint16_t *p) noexcept nogil
+    void fp_store_release_u16(uint16_t *p, uint16_t v) noexcept nogil
+    uint16_t fp_load_relaxed_u16(const uint16_t *p) noexcept nogil
+    void fp_store_relaxed_u16(uint16_t *p, uint16_t v) noexcept nogil
+    void fp_full_fence() noexcept nogil
+
+
+# Per-chain and per-queue errors. A negative return is one of these; the queue's counter at the
+# same index (negated) counts it. fastpath.errors maps each to a named exception.
+cpdef enum:
+    FP_OK = 0
+    FP_E_HEAD_RANGE = -1        # avail ring names a head index >= queue size
+    FP_E_NEXT_RANGE = -2        # a descriptor's next index is outside its table
+    FP_E_CHAIN_LOOP = -3        # a chain longer than its table: a loop or an overlong chain
+    FP_E_DESC_MEMORY = -4       # a buffer outside guest memory
+    FP_E_INDIRECT = -5          # a bad indirect table (size, place, nesting, NEXT, not negotiated)
+    FP_E_WRITE_ORDER = -6       # a device-readable descriptor after a device-writable one
+    FP_E_TOO_MANY_SEGMENTS = -7  # a chain needs more segments than the caller's array holds
+    FP_E_AVAIL_IDX = -8         # the avail index moved by more than the queue size
+    FP_E_USED_ID = -9           # a used element names no buffer in flight
+    FP_E_BROKEN = -10           # the queue stopped after an unrecoverable error; reset it
+    FP_E_CHAIN_BYTES = -11      # a chain's total length does not fit 32 bits
+    FP_E_NO_SPACE = -12         # the driver has too few free descriptors for a chain
+    FP_NERRORS = 13
+
+
+# Segment flags.
+cpdef enum:
+    FP_SEG_WRITE = 1            # device-writable
+
+
+# One contiguous piece of a buffer. Device side: `addr` is a host address inside guest memory.
+# Driver side: `addr` is a guest-physical address.
+cdef packed struct fp_segment:
+    uint64_t addr
+    uint32_t len
+    uint16_t flags
+    uint16_t reserved
+
+
+# One buffer (descriptor chain) popped by a device. Its segments are segs[first_seg:first_seg+nseg],
+# device-readable ones first. The device sets `written` before pushing it back as used.
+cdef packed struct fp_chain:
+    uint32_t id             # split: head index; packed: buffer id
+    uint32_t first_seg
+    uint16_t nseg
+    uint16_t nreadable
+    uint16_t ndesc          # ring slots the chain took (packed: how far the used index moves)
+    int16_t error           # FP_OK or an FP_E_* code; a failed chain has no segments
+    uint32_t readable_len
+    uint32_t writable_len
+    uint32_t written
+    uint32_t reserved
+
+
+# One buffer a driver offers: segs[first_seg:first_seg+nseg] (readable ones first). A non-zero
+# `indirect_table` is the guest-physical address of room for nseg descriptors: the chain goes
+# there as an indirect table and takes one ring slot. The add sets `id`.
+cdef packed struct fp_driver_chain:
+    uint64_t indirect_table
+    uint32_t first_seg
+    uint16_t nseg
+    uint16_t id
+
+
+# A completion as a driver collects it (the split ring's used element, virtio 1.2 §2.7.8).
+cdef packed struct fp_used_elem:
+    uint32_t id
+    uint32_t len
+
+
+# virtio 1.2 §2.7.10 / §2.8.10: did the index move from old to new_idx past event_idx?
+cdef inline bint fp_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old) noexcept nogil:
+    return <uint16_t>(new_idx - event_idx - 1) < <uint16_t>(new_idx - old)
+
+
+# Copy a chain's device-readable bytes into dst (at most cap); returns the bytes copied.
+cdef uint32_t fp_chain_gather(const fp_chain *chain, const fp_segment *segs, uint8_t *dst,
+                              uint32_t cap) noexcept nogil
+
+# Copy up to n bytes of src into a chain's device-writable segments; returns the bytes copied.
+cdef uint32_t fp_chain_scatter(const fp_chain *chain, const fp_segment *segs, const uint8_t *src,
+                               uint32_t n) noexcept nogil
+
+
+# Append the guest buffer [gpa, gpa + length) to segs as one segment per region it touches,
+# advancing *nseg. Returns 0, FP_E_DESC_MEMORY or FP_E_TOO_MANY_SEGMENTS.
+cdef int fp_append_buffer(const fp_memory *mem, uint32_t *hint, uint64_t gpa, uint32_t length,
+                          uint16_t flags, fp_segment *segs, uint32_t *nseg,
+                          uint32_t max_segs) noexcept nogil
+
+
+cdef inline void fp_chain_clear(fp_chain *c, uint32_t id, uint32_t first_seg) noexcept nogil:
+    c.id = id
+    c.first_seg = first_seg
+    c.nseg = 0
+    c.nreadable = 0
+    c.ndesc = 1
+    c.error = 0
+    c.readable_len = 0
+    c.writable_len = 0
+    c.written = 0
+    c.reserved = 0
+
+
+cdef inline void fp_count_error(uint64_t *errors, int code) noexcept nogil:
+    errors[-code] += 1
+
+
+# {-code: count} for every error counted at least once.
+cdef dict fp_error_counts(const uint64_t *errors)

@@ -1,0 +1,29 @@
+/*
+ * Memory ordering for rings shared between processes on different cores.
+ *
+ * A ring index is published with a release store after the entries it covers are written, and
+ * read with an acquire load before those entries are read (virtio 1.2 §2.7.13 and §2.8.21 put
+ * a write barrier between filling entries and exposing them, and a read barrier after reading
+ * an index). On x86 both compile to plain moves; they still stop the compiler from reordering.
+ * Notification decisions compare an index this side just published with an event index the
+ * other side wrote, a store followed by a load, which x86 may reorder: that needs a full fence.
+ */
+#ifndef FP_ATOMIC_H
+#define FP_ATOMIC_H
+
+#include <stdint.h>
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+/* virtio 1.x rings are little-endian; the core reads them natively. */
+#error "fastpath's core needs a little-endian host"
+#endif
+
+#define fp_load_acquire_u16(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define fp_store_release_u16(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define fp_load_relaxed_u16(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define fp_store_relaxed_u16(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define fp_full_fence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define fp_acquire_fence() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#define fp_release_fence() __atomic_thread_fence(__ATOMIC_RELEASE)
+
+#endif

@@ -1,0 +1,519 @@
+"""Packed virtqueue bursts (virtio 1.2 §2.8): a device pops and pushes, a driver adds and collects.
+
+Wrap counters start at 1 (§2.8.1). A slot is available when its AVAIL bit equals the driver's
+wrap counter and its USED bit does not; used when both bits equal the device's wrap counter.
+"""
+
+from libc.stdint cimport UINT32_MAX, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport free, malloc
+
+from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOOP,
+                                   FP_E_INDIRECT, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
+                                   FP_E_WRITE_ORDER, FP_NERRORS, FP_SEG_WRITE, fp_append_buffer,
+                                   fp_chain_clear, fp_count_error, fp_error_counts,
+                                   fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,
+                                   fp_need_event, fp_store_release_u16, fp_store_relaxed_u16)
+from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
+from fastpath._core.split cimport FP_VQ_BROKEN, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT
+
+DESC_SIZE = sizeof(fp_packed_desc)
+EVENT_SIZE = sizeof(fp_packed_event)
+
+
+cdef inline bint _is_avail(uint16_t flags, uint8_t wrap) noexcept nogil:
+    return ((flags & FP_PACKED_DESC_F_AVAIL != 0) == wrap
+            and (flags & FP_PACKED_DESC_F_USED != 0) != wrap)
+
+
+cdef inline bint _is_used(uint16_t flags, uint8_t wrap) noexcept nogil:
+    return ((flags & FP_PACKED_DESC_F_AVAIL != 0) == wrap
+            and (flags & FP_PACKED_DESC_F_USED != 0) == wrap)
+
+
+cdef inline void _advance(uint16_t *pos, uint8_t *wrap, uint32_t by, uint32_t size) noexcept nogil:
+    cdef uint32_t p = pos[0] + by
+    if p >= size:
+        p -= size
+        wrap[0] ^= 1
+    pos[0] = <uint16_t>p
+
+
+cdef int _add_segment(fp_packed_device *vq, const fp_packed_desc *d, fp_chain *c,
+                      fp_segment *segs, uint32_t *nseg, uint32_t max_segs,
+                      uint64_t *lens) noexcept nogil:
+    # lens[0] and lens[1] sum the readable and writable bytes.
+    cdef int rc
+    if d.flags & FP_PACKED_DESC_F_WRITE:
+        lens[1] += d.len
+    elif lens[1] or (nseg[0] > c.nreadable):
+        return FP_E_WRITE_ORDER
+    else:
+        lens[0] += d.len
+    rc = fp_append_buffer(vq.mem, &vq.mem_hint, d.addr, d.len,
+                          FP_SEG_WRITE if d.flags & FP_PACKED_DESC_F_WRITE else 0,
+                          segs, nseg, max_segs)
+    if rc == 0 and not (d.flags & FP_PACKED_DESC_F_WRITE):
+        c.nreadable = <uint16_t>nseg[0]
+    return rc
+
+
+cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain *c,
+                        fp_segment *segs, uint32_t *nseg, uint32_t max_segs,
+                        uint64_t *lens) noexcept nogil:
+    # §2.8.19: the table's entries are the buffer, in order; no NEXT, no nesting.
+    cdef const fp_packed_desc *table
+    cdef fp_packed_desc e
+    cdef uint32_t k, count
+    cdef int rc
+    if (not (vq.options & FP_VQ_INDIRECT) or d.flags & FP_PACKED_DESC_F_NEXT or d.len == 0
+            or d.len % sizeof(fp_packed_desc) != 0):
+        return FP_E_INDIRECT
+    table = <const fp_packed_desc *>fp_gpa_to_hva(vq.mem, d.addr, d.len, &vq.mem_hint)
+    if table == NULL:
+        return FP_E_INDIRECT
+    count = d.len // sizeof(fp_packed_desc)
+    for k in range(count):
+        e = table[k]
+        if e.flags & FP_PACKED_DESC_F_INDIRECT:
+            return FP_E_INDIRECT
+        rc = _add_segment(vq, &e, c, segs, nseg, max_segs, lens)
+        if rc:
+            return rc
+    return 0
+
+
+cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t max_chains,
+                             fp_segment *segs, uint32_t max_segs) noexcept nogil:
+    cdef uint32_t i = 0, nseg, used_segs = 0, ndesc
+    cdef uint16_t pos, flags
+    cdef uint8_t wrap
+    cdef fp_packed_desc d
+    cdef fp_chain *c
+    cdef uint64_t lens[2]
+    cdef int rc
+    if vq.options & FP_VQ_BROKEN:
+        return FP_E_BROKEN
+    while i < max_chains:
+        pos = vq.next_avail
+        wrap = vq.avail_wrap
+        # Acquire: the driver writes a chain's other slots before its head's flags.
+        flags = fp_load_acquire_u16(&vq.ring.desc[pos].flags)
+        if not _is_avail(flags, wrap):
+            break
+        c = &chains[i]
+        fp_chain_clear(c, 0, used_segs)
+        nseg = 0
+        ndesc = 0
+        lens[0] = lens[1] = 0
+        rc = 0
+        # Walk the whole chain even after an error, so that its slots are consumed.
+        while True:
+            d = vq.ring.desc[pos]
+            if ndesc == 0:
+                d.flags = flags
+            ndesc += 1
+            if ndesc > vq.ring.size:
+                # No end in sight: the ring cannot be parsed any further.
+                vq.options |= FP_VQ_BROKEN
+                fp_count_error(vq.errors, FP_E_CHAIN_LOOP)
+                return FP_E_CHAIN_LOOP if i == 0 else <int>i
+            if rc == 0:
+                if d.flags & FP_PACKED_DESC_F_INDIRECT:
+                    rc = (FP_E_INDIRECT if ndesc > 1 else
+                          _read_indirect(vq, &d, c, segs + used_segs, &nseg,
+                                         max_segs - used_segs, lens))
+                else:
+                    rc = _add_segment(vq, &d, c, segs + used_segs, &nseg, max_segs - used_segs,
+                                      lens)
+            _advance(&pos, &wrap, 1, vq.ring.size)
+            if not (d.flags & FP_PACKED_DESC_F_NEXT):
+                break
+        if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
+            break
+        if rc == 0 and (lens[0] > UINT32_MAX or lens[1] > UINT32_MAX or nseg > 0xFFFF):
+            rc = FP_E_CHAIN_BYTES
+        # §2.8.6: the buffer id is in the chain's last descriptor.
+        c.id = d.id
+        c.ndesc = <uint16_t>ndesc
+        vq.next_avail = pos
+        vq.avail_wrap = wrap
+        if rc:
+            c.error = <short>rc
+            c.nreadable = 0
+            fp_count_error(vq.errors, rc)
+        else:
+            c.nseg = <uint16_t>nseg
+            c.readable_len = <uint32_t>lens[0]
+            c.writable_len = <uint32_t>lens[1]
+            used_segs += nseg
+        i += 1
+    vq.popped += i
+    return <int>i
+
+
+cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
+                              uint32_t n) noexcept nogil:
+    cdef uint32_t i, pushed = 0, length
+    cdef fp_packed_desc *d
+    cdef uint16_t flags
+    for i in range(n):
+        if chains[i].ndesc == 0 or chains[i].ndesc > vq.ring.size:
+            fp_count_error(vq.errors, FP_E_USED_ID)
+            continue
+        d = &vq.ring.desc[vq.next_used]
+        length = (chains[i].written if chains[i].written < chains[i].writable_len
+                  else chains[i].writable_len)
+        d.id = <uint16_t>chains[i].id
+        d.len = length
+        flags = ((FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED) if vq.used_wrap else 0)
+        if length:
+            flags |= FP_PACKED_DESC_F_WRITE
+        # Release: id and len are visible before the flags that hand the slot back.
+        fp_store_release_u16(&d.flags, flags)
+        _advance(&vq.next_used, &vq.used_wrap, chains[i].ndesc, vq.ring.size)
+        vq.used_since_notify += chains[i].ndesc
+        pushed += 1
+    vq.pushed += pushed
+    return <int>pushed
+
+
+cdef inline bint _event_wanted(const fp_packed_event *event, uint16_t new, uint16_t moved,
+                               uint8_t wrap, uint32_t size, bint event_idx) noexcept nogil:
+    # §2.8.10: ENABLE always, DISABLE never, DESC when the ring passes the given slot.
+    cdef uint16_t flags = fp_load_relaxed_u16(&event.flags)
+    cdef uint16_t off_wrap, off
+    if flags == FP_PACKED_EVENT_ENABLE:
+        return True
+    if flags != FP_PACKED_EVENT_DESC or not event_idx:
+        return False
+    off_wrap = fp_load_relaxed_u16(&event.off_wrap)
+    off = off_wrap & ~FP_PACKED_WRAP_BIT
+    if (off_wrap >> 15) != wrap:
+        off -= size
+    return fp_need_event(off, new, <uint16_t>(new - moved))
+
+
+cdef bint fp_packed_device_should_notify(fp_packed_device *vq) noexcept nogil:
+    cdef uint16_t moved = vq.used_since_notify
+    if moved == 0:
+        return False
+    vq.used_since_notify = 0
+    fp_full_fence()
+    return _event_wanted(vq.ring.driver_event, vq.next_used, moved, vq.used_wrap, vq.ring.size,
+                         vq.options & FP_VQ_EVENT_IDX)
+
+
+cdef int fp_packed_device_set_kicks(fp_packed_device *vq, bint enabled) noexcept nogil:
+    fp_store_relaxed_u16(&vq.ring.device_event.flags,
+                         FP_PACKED_EVENT_ENABLE if enabled else FP_PACKED_EVENT_DISABLE)
+    if not enabled:
+        return 0
+    fp_full_fence()
+    return _is_avail(fp_load_acquire_u16(&vq.ring.desc[vq.next_avail].flags), vq.avail_wrap)
+
+
+cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint32_t n,
+                             const fp_segment *segs) noexcept nogil:
+    cdef uint32_t i, k, need, added = 0
+    cdef uint16_t id, head, head_flags, f, avail_bits
+    cdef fp_packed_desc *table = NULL
+    cdef fp_packed_desc *d
+    cdef const fp_segment *s
+    cdef fp_driver_chain *c
+    for i in range(n):
+        c = &chains[i]
+        need = 1 if c.indirect_table else c.nseg
+        if c.nseg == 0 or need > vq.num_free:
+            break
+        if c.indirect_table:
+            table = <fp_packed_desc *>fp_gpa_to_hva(vq.mem, c.indirect_table,
+                                                    c.nseg * sizeof(fp_packed_desc),
+                                                    &vq.mem_hint)
+            if table == NULL:
+                fp_count_error(vq.errors, FP_E_INDIRECT)
+                break
+        id = vq.free_id
+        vq.free_id = vq.next_id[id]
+        head = vq.next_avail
+        head_flags = 0
+        for k in range(need):
+            avail_bits = FP_PACKED_DESC_F_AVAIL if vq.avail_wrap else FP_PACKED_DESC_F_USED
+            d = &vq.ring.desc[vq.next_avail]
+            if c.indirect_table:
+                d.addr = c.indirect_table
+                d.len = c.nseg * sizeof(fp_packed_desc)
+                f = FP_PACKED_DESC_F_INDIRECT
+            else:
+                s = &segs[c.first_seg + k]
+                d.addr = s.addr
+                d.len = s.len
+                f = ((FP_PACKED_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0)
+                     | (FP_PACKED_DESC_F_NEXT if k + 1 < need else 0))
+            d.id = id
+            if k == 0:
+                head_flags = f | avail_bits
+            else:
+                d.flags = f | avail_bits
+            _advance(&vq.next_avail, &vq.avail_wrap, 1, vq.ring.size)
+        if c.indirect_table:
+            for k in range(c.nseg):
+                s = &segs[c.first_seg + k]
+                table[k].addr = s.addr
+                table[k].len = s.len
+                table[k].id = 0
+                table[k].flags = FP_PACKED_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0
+        # Release: the head's flags go last and make the whole chain available (§2.8.21).
+        fp_store_release_u16(&vq.ring.desc[head].flags, head_flags)
+        vq.ndesc[id] = <uint16_t>need
+        vq.num_free -= need
+        vq.added_since_kick += need
+        c.id = id
+        added += 1
+    return <int>added
+
+
+cdef bint fp_packed_driver_should_kick(fp_packed_driver *vq) noexcept nogil:
+    cdef uint16_t moved = vq.added_since_kick
+    if moved == 0:
+        return False
+    vq.added_since_kick = 0
+    fp_full_fence()
+    return _event_wanted(vq.ring.device_event, vq.next_avail, moved, vq.avail_wrap,
+                         vq.ring.size, vq.options & FP_VQ_EVENT_IDX)
+
+
+cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
+                                 uint32_t max_n) noexcept nogil:
+    cdef uint32_t n = 0
+    cdef uint16_t flags, id
+    cdef uint32_t length
+    while n < max_n:
+        flags = fp_load_acquire_u16(&vq.ring.desc[vq.last_used].flags)
+        if not _is_used(flags, vq.used_wrap):
+            break
+        id = vq.ring.desc[vq.last_used].id
+        length = vq.ring.desc[vq.last_used].len
+        if id >= vq.ring.size or vq.ndesc[id] == 0:
+            # The device returned something we never gave it: count it, skip its slot.
+            fp_count_error(vq.errors, FP_E_USED_ID)
+            _advance(&vq.last_used, &vq.used_wrap, 1, vq.ring.size)
+            continue
+        _advance(&vq.last_used, &vq.used_wrap, vq.ndesc[id], vq.ring.size)
+        vq.num_free += vq.ndesc[id]
+        vq.ndesc[id] = 0
+        vq.next_id[id] = vq.free_id
+        vq.free_id = id
+        out[n].id = id
+        out[n].len = length
+        n += 1
+    return <int>n
+
+
+cdef int fp_packed_driver_set_calls(fp_packed_driver *vq, bint enabled) noexcept nogil:
+    if not enabled:
+        fp_store_relaxed_u16(&vq.ring.driver_event.flags, FP_PACKED_EVENT_DISABLE)
+        return 0
+    if vq.options & FP_VQ_EVENT_IDX:
+        fp_store_relaxed_u16(&vq.ring.driver_event.off_wrap,
+                             vq.last_used | (FP_PACKED_WRAP_BIT if vq.used_wrap else 0))
+        fp_store_release_u16(&vq.ring.driver_event.flags, FP_PACKED_EVENT_DESC)
+    else:
+        fp_store_relaxed_u16(&vq.ring.driver_event.flags, FP_PACKED_EVENT_ENABLE)
+    fp_full_fence()
+    return _is_used(fp_load_acquire_u16(&vq.ring.desc[vq.last_used].flags), vq.used_wrap)
+
+
+cdef int _set_ring(fp_packed_ring *ring, uint32_t size, uintptr_t desc, uintptr_t driver_event,
+                   uintptr_t device_event) except -1:
+    if size == 0 or size > 32768:
+        raise ValueError(f"packed queue size must be 1 to 32768, not {size}")
+    ring.size = size
+    ring.desc = <fp_packed_desc *>desc
+    ring.driver_event = <fp_packed_event *>driver_event
+    ring.device_event = <fp_packed_event *>device_event
+    return 0
+
+
+cdef class PackedDevice:
+    """Device-side state of one packed queue mapped at the given host addresses.
+
+    The caller has checked that the areas lie inside `memory`'s regions and keeps them mapped.
+    """
+    cdef fp_packed_device q
+    cdef MemoryTable memory
+    cdef object owner
+
+    def __init__(self, MemoryTable memory, uint32_t size, uintptr_t desc,
+                 uintptr_t driver_event, uintptr_t device_event, uint16_t options,
+                 object owner=None):
+        _set_ring(&self.q.ring, size, desc, driver_event, device_event)
+        self.memory = memory
+        self.owner = owner
+        self.q.mem = &memory.mem
+        self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
+        self.q.avail_wrap = 1
+        self.q.used_wrap = 1
+
+    @property
+    def handle(self):
+        """Address of the core state, for compiled callers of the fp_packed_* functions."""
+        return <uintptr_t>&self.q
+
+    @property
+    def avail_state(self):
+        """(next slot to pop, its wrap counter)."""
+        return self.q.next_avail, self.q.avail_wrap
+
+    @avail_state.setter
+    def avail_state(self, value):
+        pos, wrap = value
+        if not 0 <= pos < self.q.ring.size:
+            raise ValueError(f"slot {pos} is outside a queue of {self.q.ring.size}")
+        self.q.next_avail = pos
+        self.q.avail_wrap = 1 if wrap else 0
+
+    @property
+    def used_state(self):
+        """(next slot to write a used element to, its wrap counter)."""
+        return self.q.next_used, self.q.used_wrap
+
+    @used_state.setter
+    def used_state(self, value):
+        pos, wrap = value
+        if not 0 <= pos < self.q.ring.size:
+            raise ValueError(f"slot {pos} is outside a queue of {self.q.ring.size}")
+        self.q.next_used = pos
+        self.q.used_wrap = 1 if wrap else 0
+        self.q.used_since_notify = 0
+
+    @property
+    def broken(self):
+        return bool(self.q.options & FP_VQ_BROKEN)
+
+    @property
+    def popped(self):
+        return self.q.popped
+
+    @property
+    def pushed(self):
+        return self.q.pushed
+
+    def errors(self):
+        """{-code: count} for every error seen at least once."""
+        return fp_error_counts(self.q.errors)
+
+    def pop_burst(self, uint8_t[::1] chains, uint8_t[::1] segs):
+        cdef uint32_t max_chains = chains.shape[0] // sizeof(fp_chain)
+        cdef uint32_t max_segs = segs.shape[0] // sizeof(fp_segment)
+        cdef int n
+        if max_chains == 0:
+            return 0
+        with nogil:
+            n = fp_packed_pop_burst(&self.q, <fp_chain *>&chains[0], max_chains,
+                                    <fp_segment *>&segs[0] if max_segs else NULL, max_segs)
+        return n
+
+    def push_burst(self, const uint8_t[::1] chains, uint32_t n):
+        if <size_t>n * sizeof(fp_chain) > <size_t>chains.shape[0]:
+            raise IndexError("more chains to push than the array holds")
+        if n == 0:
+            return 0
+        cdef int pushed
+        with nogil:
+            pushed = fp_packed_push_burst(&self.q, <const fp_chain *>&chains[0], n)
+        return pushed
+
+    def should_notify(self):
+        return fp_packed_device_should_notify(&self.q)
+
+    def set_kicks(self, bint enabled):
+        return fp_packed_device_set_kicks(&self.q, enabled)
+
+
+cdef class PackedDriver:
+    """Driver-side state of one packed queue; the driver owns and initialises the ring areas."""
+    cdef fp_packed_driver q
+    cdef MemoryTable memory
+    cdef object owner
+
+    def __cinit__(self):
+        self.q.next_id = NULL
+        self.q.ndesc = NULL
+
+    def __init__(self, MemoryTable memory, uint32_t size, uintptr_t desc,
+                 uintptr_t driver_event, uintptr_t device_event, uint16_t options,
+                 object owner=None):
+        cdef uint32_t i
+        _set_ring(&self.q.ring, size, desc, driver_event, device_event)
+        self.memory = memory
+        self.owner = owner
+        self.q.mem = &memory.mem
+        self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
+        self.q.avail_wrap = 1
+        self.q.used_wrap = 1
+        self.q.next_id = <uint16_t *>malloc(size * sizeof(uint16_t))
+        self.q.ndesc = <uint16_t *>malloc(size * sizeof(uint16_t))
+        if self.q.next_id == NULL or self.q.ndesc == NULL:
+            raise MemoryError()
+        for i in range(size):
+            self.q.next_id[i] = <uint16_t>((i + 1) % size)
+            self.q.ndesc[i] = 0
+        self.q.free_id = 0
+        self.q.num_free = size
+
+    def __dealloc__(self):
+        free(self.q.next_id)
+        free(self.q.ndesc)
+
+    @property
+    def handle(self):
+        return <uintptr_t>&self.q
+
+    @property
+    def num_free(self):
+        return self.q.num_free
+
+    @property
+    def avail_state(self):
+        return self.q.next_avail, self.q.avail_wrap
+
+    @property
+    def used_state(self):
+        return self.q.last_used, self.q.used_wrap
+
+    def errors(self):
+        return fp_error_counts(self.q.errors)
+
+    def add_burst(self, uint8_t[::1] chains, uint32_t n, const uint8_t[::1] segs):
+        cdef size_t nsegs = segs.shape[0] // sizeof(fp_segment)
+        cdef fp_driver_chain *c
+        cdef uint32_t i
+        if <size_t>n * sizeof(fp_driver_chain) > <size_t>chains.shape[0]:
+            raise IndexError("more chains to add than the array holds")
+        c = <fp_driver_chain *>&chains[0] if n else NULL
+        for i in range(n):
+            if <size_t>c[i].first_seg + c[i].nseg > nsegs:
+                raise IndexError(f"chain {i}'s segments lie outside the segment array")
+            if c[i].indirect_table == 0 and c[i].nseg > self.q.ring.size:
+                raise ValueError(f"chain {i} is longer than the queue")
+        if n == 0:
+            return 0
+        cdef int added
+        with nogil:
+            added = fp_packed_add_burst(&self.q, c, n, <const fp_segment *>&segs[0])
+        return added
+
+    def should_kick(self):
+        return fp_packed_driver_should_kick(&self.q)
+
+    def collect_burst(self, uint8_t[::1] out):
+        cdef uint32_t max_n = out.shape[0] // sizeof(fp_used_elem)
+        if max_n == 0:
+            return 0
+        cdef int n
+        with nogil:
+            n = fp_packed_collect_burst(&self.q, <fp_used_elem *>&out[0], max_n)
+        return n
+
+    def set_calls(self, bint enabled):
+        return fp_packed_driver_set_calls(&self.q, enabled)

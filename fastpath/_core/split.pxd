@@ -1,0 +1,95 @@
+# The split virtqueue (virtio 1.2 §2.7), device side and driver side.
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+
+from fastpath._core.chain cimport (FP_NERRORS, fp_chain, fp_driver_chain, fp_segment,
+                                   fp_used_elem)
+from fastpath._core.memory cimport fp_memory
+
+
+# virtio 1.2 §2.7.5: a descriptor table entry (16 bytes).
+cdef packed struct fp_split_desc:
+    uint64_t addr
+    uint32_t len
+    uint16_t flags
+    uint16_t next
+
+
+cpdef enum:
+    FP_SPLIT_DESC_F_NEXT = 1
+    FP_SPLIT_DESC_F_WRITE = 2
+    FP_SPLIT_DESC_F_INDIRECT = 4
+    FP_SPLIT_AVAIL_F_NO_INTERRUPT = 1   # §2.7.7
+    FP_SPLIT_USED_F_NO_NOTIFY = 1       # §2.7.10
+
+
+# Queue options (both sides).
+cpdef enum:
+    FP_VQ_EVENT_IDX = 1         # VIRTIO_F_EVENT_IDX negotiated
+    FP_VQ_INDIRECT = 2          # VIRTIO_F_INDIRECT_DESC negotiated
+    FP_VQ_BROKEN = 0x100        # device side: stopped after FP_E_AVAIL_IDX
+    FP_VQ_NOTIFY_OFF = 0x200    # notifications from the other side are suppressed
+
+
+# The three ring areas as this process sees them. The avail ring is u16 flags, u16 idx,
+# u16 ring[size], u16 used_event; the used ring is u16 flags, u16 idx, then size used elements
+# and u16 avail_event (§2.7.6, §2.7.8).
+cdef struct fp_split_ring:
+    fp_split_desc *desc
+    uint16_t *avail
+    uint16_t *used
+    fp_used_elem *used_ring
+    uint16_t *used_event
+    uint16_t *avail_event
+    uint32_t size
+
+
+cdef struct fp_split_device:
+    fp_split_ring ring
+    const fp_memory *mem
+    uint32_t mem_hint
+    uint16_t last_avail_idx
+    uint16_t used_idx
+    uint16_t signalled_used
+    uint16_t options
+    uint64_t popped
+    uint64_t pushed
+    uint64_t errors[FP_NERRORS]
+
+
+cdef struct fp_split_driver:
+    fp_split_ring ring
+    const fp_memory *mem
+    uint32_t mem_hint
+    uint16_t avail_idx
+    uint16_t last_used_idx
+    uint16_t kicked_avail_idx
+    uint16_t free_head
+    uint32_t num_free
+    uint16_t options
+    uint16_t *next          # private copy of each descriptor's next: the free list
+    uint16_t *ndesc         # descriptors taken by the chain whose head is i; 0 if i is free
+    uint64_t errors[FP_NERRORS]
+
+
+# Device side. Pops up to max_chains available chains; returns how many, or FP_E_AVAIL_IDX /
+# FP_E_BROKEN. A chain that fails validation is still returned (and consumed) with its error set.
+cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_chains,
+                            fp_segment *segs, uint32_t max_segs) noexcept nogil
+# Pushes chains as used elements of length `written`, in the order given; returns how many.
+cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
+                             uint32_t n) noexcept nogil
+# Whether the driver wants a notification for what was pushed since the last call.
+cdef bint fp_split_device_should_notify(fp_split_device *vq) noexcept nogil
+# Ask for (or stop asking for) kicks; enabling returns how many chains are already available.
+cdef int fp_split_device_set_kicks(fp_split_device *vq, bint enabled) noexcept nogil
+
+# Driver side. Adds chains (sets their ids); returns how many fit.
+cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32_t n,
+                            const fp_segment *segs) noexcept nogil
+# Whether the device wants a kick for what was added since the last call.
+cdef bint fp_split_driver_should_kick(fp_split_driver *vq) noexcept nogil
+# Collects up to max_n used elements; returns how many.
+cdef int fp_split_collect_burst(fp_split_driver *vq, fp_used_elem *out,
+                                uint32_t max_n) noexcept nogil
+# Ask for (or stop asking for) used-buffer notifications; enabling returns how many are waiting.
+cdef int fp_split_driver_set_calls(fp_split_driver *vq, bint enabled) noexcept nogil

@@ -1,0 +1,488 @@
+"""Split virtqueue bursts (virtio 1.2 §2.7): a device pops and pushes, a driver adds and collects.
+
+Everything a guest can write (ring indices, descriptor fields, indirect tables) is read once into
+a local and validated before it is used; a bad chain is reported in its record, never followed.
+"""
+
+from libc.stdint cimport UINT32_MAX, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport free, malloc
+
+from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES,
+                                   FP_E_CHAIN_LOOP, FP_E_HEAD_RANGE, FP_E_INDIRECT,
+                                   FP_E_NEXT_RANGE, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
+                                   FP_E_WRITE_ORDER, FP_NERRORS, FP_SEG_WRITE, fp_append_buffer,
+                                   fp_chain_clear, fp_count_error, fp_error_counts,
+                                   fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,
+                                   fp_need_event, fp_store_release_u16, fp_store_relaxed_u16)
+from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
+
+DESC_SIZE = sizeof(fp_split_desc)
+DEVICE_STATE_SIZE = sizeof(fp_split_device)
+DRIVER_STATE_SIZE = sizeof(fp_split_driver)
+
+
+cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment *segs,
+                     uint32_t max_segs) noexcept nogil:
+    # Walk the chain at `head` into segs[0:max_segs]; fills c's counts. Returns 0 or an error.
+    cdef const fp_split_desc *table = vq.ring.desc
+    cdef uint32_t table_size = vq.ring.size
+    cdef uint32_t idx = head
+    cdef uint32_t visited = 0
+    cdef uint32_t nseg = 0
+    cdef uint64_t readable = 0, writable = 0
+    cdef bint in_indirect = False, seen_write = False
+    cdef fp_split_desc d
+    cdef int rc
+    if head >= vq.ring.size:
+        return FP_E_HEAD_RANGE
+    while True:
+        # One read of the whole entry: the guest may rewrite it while we look.
+        d = table[idx]
+        visited += 1
+        if visited > table_size:
+            return FP_E_CHAIN_LOOP
+        if d.flags & FP_SPLIT_DESC_F_INDIRECT:
+            # §2.7.5.3: one level only, never with NEXT, a whole number of descriptors.
+            if (in_indirect or not (vq.options & FP_VQ_INDIRECT)
+                    or d.flags & FP_SPLIT_DESC_F_NEXT or d.len == 0
+                    or d.len % sizeof(fp_split_desc) != 0):
+                return FP_E_INDIRECT
+            table = <const fp_split_desc *>fp_gpa_to_hva(vq.mem, d.addr, d.len, &vq.mem_hint)
+            if table == NULL:
+                return FP_E_INDIRECT
+            table_size = d.len // sizeof(fp_split_desc)
+            idx = 0
+            visited = 0
+            in_indirect = True
+            continue
+        if d.flags & FP_SPLIT_DESC_F_WRITE:
+            seen_write = True
+            writable += d.len
+        elif seen_write:
+            return FP_E_WRITE_ORDER
+        else:
+            readable += d.len
+        rc = fp_append_buffer(vq.mem, &vq.mem_hint, d.addr, d.len,
+                   FP_SEG_WRITE if d.flags & FP_SPLIT_DESC_F_WRITE else 0,
+                   segs, &nseg, max_segs)
+        if rc:
+            return rc
+        if not seen_write:
+            c.nreadable = <uint16_t>nseg
+        if not (d.flags & FP_SPLIT_DESC_F_NEXT):
+            break
+        idx = d.next
+        if idx >= table_size:
+            return FP_E_NEXT_RANGE
+    if readable > UINT32_MAX or writable > UINT32_MAX or nseg > 0xFFFF:
+        return FP_E_CHAIN_BYTES
+    c.nseg = <uint16_t>nseg
+    c.readable_len = <uint32_t>readable
+    c.writable_len = <uint32_t>writable
+    return 0
+
+
+cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_chains,
+                            fp_segment *segs, uint32_t max_segs) noexcept nogil:
+    cdef uint16_t avail_idx, head
+    cdef uint32_t pending, i, used_segs = 0
+    cdef uint32_t mask = vq.ring.size - 1
+    cdef fp_chain *c
+    cdef int rc
+    if vq.options & FP_VQ_BROKEN:
+        return FP_E_BROKEN
+    # Acquire: the ring entries the driver wrote before publishing idx are visible after this.
+    avail_idx = fp_load_acquire_u16(&vq.ring.avail[1])
+    pending = <uint16_t>(avail_idx - vq.last_avail_idx)
+    if pending > vq.ring.size:
+        # §2.7.13.3: the driver never has more than the queue size outstanding.
+        vq.options |= FP_VQ_BROKEN
+        fp_count_error(vq.errors, FP_E_AVAIL_IDX)
+        return FP_E_AVAIL_IDX
+    if pending > max_chains:
+        pending = max_chains
+    for i in range(pending):
+        head = vq.ring.avail[2 + (vq.last_avail_idx & mask)]
+        c = &chains[i]
+        fp_chain_clear(c, head, used_segs)
+        rc = _read_chain(vq, head, c, segs + used_segs, max_segs - used_segs)
+        if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
+            # Leave it for the next burst, which starts with an empty segment array.
+            pending = i
+            break
+        vq.last_avail_idx += 1
+        if rc:
+            c.error = <short>rc
+            c.nseg = 0
+            c.nreadable = 0
+            c.readable_len = 0
+            c.writable_len = 0
+            fp_count_error(vq.errors, rc)
+        else:
+            used_segs += c.nseg
+    vq.popped += pending
+    if vq.options & FP_VQ_EVENT_IDX and not (vq.options & FP_VQ_NOTIFY_OFF):
+        # §2.7.10: kick me when the driver moves avail idx past what I have consumed.
+        fp_store_relaxed_u16(vq.ring.avail_event, vq.last_avail_idx)
+    return <int>pending
+
+
+cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
+                             uint32_t n) noexcept nogil:
+    cdef uint32_t i, pushed = 0
+    cdef uint32_t mask = vq.ring.size - 1
+    cdef uint16_t idx = vq.used_idx
+    cdef fp_used_elem *e
+    for i in range(n):
+        if chains[i].id >= vq.ring.size:
+            fp_count_error(vq.errors, FP_E_USED_ID)
+            continue
+        e = &vq.ring.used_ring[idx & mask]
+        e.id = chains[i].id
+        # Never report more written than the driver offered (§2.7.8.1).
+        e.len = (chains[i].written if chains[i].written < chains[i].writable_len
+                 else chains[i].writable_len)
+        idx += 1
+        pushed += 1
+    # Release: the elements are visible before the index that covers them.
+    fp_store_release_u16(&vq.ring.used[1], idx)
+    vq.used_idx = idx
+    vq.pushed += pushed
+    return <int>pushed
+
+
+cdef bint fp_split_device_should_notify(fp_split_device *vq) noexcept nogil:
+    cdef uint16_t old = vq.signalled_used
+    cdef uint16_t new = vq.used_idx
+    if old == new:
+        return False
+    vq.signalled_used = new
+    # Our used idx store must be globally visible before we read the driver's wish.
+    fp_full_fence()
+    if vq.options & FP_VQ_EVENT_IDX:
+        return fp_need_event(fp_load_relaxed_u16(vq.ring.used_event), new, old)
+    return not (fp_load_relaxed_u16(&vq.ring.avail[0]) & FP_SPLIT_AVAIL_F_NO_INTERRUPT)
+
+
+cdef int fp_split_device_set_kicks(fp_split_device *vq, bint enabled) noexcept nogil:
+    if not enabled:
+        vq.options |= FP_VQ_NOTIFY_OFF
+        if not (vq.options & FP_VQ_EVENT_IDX):
+            fp_store_relaxed_u16(&vq.ring.used[0], FP_SPLIT_USED_F_NO_NOTIFY)
+        return 0
+    vq.options &= ~FP_VQ_NOTIFY_OFF
+    if vq.options & FP_VQ_EVENT_IDX:
+        fp_store_relaxed_u16(vq.ring.avail_event, vq.last_avail_idx)
+    else:
+        fp_store_relaxed_u16(&vq.ring.used[0], 0)
+    # A chain added before the driver saw our wish gets no kick: report it to the caller.
+    fp_full_fence()
+    return <uint16_t>(fp_load_acquire_u16(&vq.ring.avail[1]) - vq.last_avail_idx)
+
+
+cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32_t n,
+                            const fp_segment *segs) noexcept nogil:
+    cdef uint32_t i, k, need, added = 0
+    cdef uint32_t mask = vq.ring.size - 1
+    cdef uint16_t head, cur, prev
+    cdef fp_split_desc *table
+    cdef const fp_segment *s
+    cdef fp_driver_chain *c
+    for i in range(n):
+        c = &chains[i]
+        need = 1 if c.indirect_table else c.nseg
+        if c.nseg == 0 or need > vq.num_free:
+            break
+        head = vq.free_head
+        if c.indirect_table:
+            table = <fp_split_desc *>fp_gpa_to_hva(vq.mem, c.indirect_table,
+                                                   c.nseg * sizeof(fp_split_desc), &vq.mem_hint)
+            if table == NULL:
+                fp_count_error(vq.errors, FP_E_INDIRECT)
+                break
+            for k in range(c.nseg):
+                s = &segs[c.first_seg + k]
+                table[k].addr = s.addr
+                table[k].len = s.len
+                table[k].flags = ((FP_SPLIT_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0)
+                                  | (FP_SPLIT_DESC_F_NEXT if k + 1 < c.nseg else 0))
+                table[k].next = <uint16_t>(k + 1 if k + 1 < c.nseg else 0)
+            vq.ring.desc[head].addr = c.indirect_table
+            vq.ring.desc[head].len = c.nseg * sizeof(fp_split_desc)
+            vq.ring.desc[head].flags = FP_SPLIT_DESC_F_INDIRECT
+            vq.ring.desc[head].next = 0
+            prev = head
+        else:
+            cur = head
+            for k in range(c.nseg):
+                s = &segs[c.first_seg + k]
+                vq.ring.desc[cur].addr = s.addr
+                vq.ring.desc[cur].len = s.len
+                vq.ring.desc[cur].flags = ((FP_SPLIT_DESC_F_WRITE if s.flags & FP_SEG_WRITE
+                                            else 0)
+                                           | (FP_SPLIT_DESC_F_NEXT if k + 1 < c.nseg else 0))
+                vq.ring.desc[cur].next = vq.next[cur]
+                prev = cur
+                cur = vq.next[cur]
+        vq.free_head = vq.next[prev]
+        vq.num_free -= need
+        vq.ndesc[head] = <uint16_t>need
+        c.id = head
+        vq.ring.avail[2 + (vq.avail_idx & mask)] = head
+        vq.avail_idx += 1
+        added += 1
+    # Release: descriptors and ring entries are visible before the index that exposes them.
+    fp_store_release_u16(&vq.ring.avail[1], vq.avail_idx)
+    return <int>added
+
+
+cdef bint fp_split_driver_should_kick(fp_split_driver *vq) noexcept nogil:
+    cdef uint16_t old = vq.kicked_avail_idx
+    cdef uint16_t new = vq.avail_idx
+    if old == new:
+        return False
+    vq.kicked_avail_idx = new
+    fp_full_fence()
+    if vq.options & FP_VQ_EVENT_IDX:
+        return fp_need_event(fp_load_relaxed_u16(vq.ring.avail_event), new, old)
+    return not (fp_load_relaxed_u16(&vq.ring.used[0]) & FP_SPLIT_USED_F_NO_NOTIFY)
+
+
+cdef int fp_split_collect_burst(fp_split_driver *vq, fp_used_elem *out,
+                                uint32_t max_n) noexcept nogil:
+    cdef uint32_t n = 0, k
+    cdef uint32_t mask = vq.ring.size - 1
+    cdef uint16_t used_idx = fp_load_acquire_u16(&vq.ring.used[1])
+    cdef uint32_t id, length
+    cdef uint16_t last
+    while vq.last_used_idx != used_idx and n < max_n:
+        id = vq.ring.used_ring[vq.last_used_idx & mask].id
+        length = vq.ring.used_ring[vq.last_used_idx & mask].len
+        vq.last_used_idx += 1
+        if id >= vq.ring.size or vq.ndesc[id] == 0:
+            # The device returned something we never gave it: count it, free nothing.
+            fp_count_error(vq.errors, FP_E_USED_ID)
+            continue
+        last = <uint16_t>id
+        for k in range(vq.ndesc[id] - 1):
+            last = vq.next[last]
+        vq.next[last] = vq.free_head
+        vq.free_head = <uint16_t>id
+        vq.num_free += vq.ndesc[id]
+        vq.ndesc[id] = 0
+        out[n].id = id
+        out[n].len = length
+        n += 1
+    if vq.options & FP_VQ_EVENT_IDX and not (vq.options & FP_VQ_NOTIFY_OFF):
+        fp_store_relaxed_u16(vq.ring.used_event, vq.last_used_idx)
+    return <int>n
+
+
+cdef int fp_split_driver_set_calls(fp_split_driver *vq, bint enabled) noexcept nogil:
+    if not enabled:
+        vq.options |= FP_VQ_NOTIFY_OFF
+        if not (vq.options & FP_VQ_EVENT_IDX):
+            fp_store_relaxed_u16(&vq.ring.avail[0], FP_SPLIT_AVAIL_F_NO_INTERRUPT)
+        return 0
+    vq.options &= ~FP_VQ_NOTIFY_OFF
+    if vq.options & FP_VQ_EVENT_IDX:
+        fp_store_relaxed_u16(vq.ring.used_event, vq.last_used_idx)
+    else:
+        fp_store_relaxed_u16(&vq.ring.avail[0], 0)
+    fp_full_fence()
+    return <uint16_t>(fp_load_acquire_u16(&vq.ring.used[1]) - vq.last_used_idx)
+
+
+cdef int _set_ring(fp_split_ring *ring, uint32_t size, uintptr_t desc, uintptr_t avail,
+                   uintptr_t used) except -1:
+    if size == 0 or size > 32768 or size & (size - 1):
+        raise ValueError(f"split queue size must be a power of two up to 32768, not {size}")
+    ring.size = size
+    ring.desc = <fp_split_desc *>desc
+    ring.avail = <uint16_t *>avail
+    ring.used = <uint16_t *>used
+    ring.used_ring = <fp_used_elem *>(used + 4)
+    ring.used_event = ring.avail + 2 + size
+    ring.avail_event = <uint16_t *>(used + 4 + sizeof(fp_used_elem) * size)
+    return 0
+
+
+cdef class SplitDevice:
+    """Device-side state of one split queue whose areas are mapped at the given host addresses.
+
+    The caller has checked that the areas lie inside `memory`'s regions and keeps them mapped
+    (`owner` is held for that). Arrays passed in are raw bytes of the record layouts.
+    """
+    cdef fp_split_device q
+    cdef MemoryTable memory
+    cdef object owner
+
+    def __init__(self, MemoryTable memory, uint32_t size, uintptr_t desc, uintptr_t avail,
+                 uintptr_t used, uint16_t options, object owner=None):
+        _set_ring(&self.q.ring, size, desc, avail, used)
+        self.memory = memory
+        self.owner = owner
+        self.q.mem = &memory.mem
+        self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
+
+    @property
+    def handle(self):
+        """Address of the core state, for compiled callers of the fp_split_* functions."""
+        return <uintptr_t>&self.q
+
+    @property
+    def last_avail_idx(self):
+        return self.q.last_avail_idx
+
+    @last_avail_idx.setter
+    def last_avail_idx(self, uint16_t value):
+        self.q.last_avail_idx = value
+
+    @property
+    def used_idx(self):
+        return self.q.used_idx
+
+    @used_idx.setter
+    def used_idx(self, uint16_t value):
+        self.q.used_idx = value
+        self.q.signalled_used = value
+
+    @property
+    def broken(self):
+        return bool(self.q.options & FP_VQ_BROKEN)
+
+    @property
+    def popped(self):
+        return self.q.popped
+
+    @property
+    def pushed(self):
+        return self.q.pushed
+
+    def errors(self):
+        """{-code: count} for every error seen at least once."""
+        return fp_error_counts(self.q.errors)
+
+    def reset(self):
+        """Forget all progress and errors (the device was reset)."""
+        self.q.last_avail_idx = 0
+        self.q.used_idx = 0
+        self.q.signalled_used = 0
+        self.q.options &= ~(FP_VQ_BROKEN | FP_VQ_NOTIFY_OFF)
+        self.q.popped = 0
+        self.q.pushed = 0
+        for code in range(FP_NERRORS):
+            self.q.errors[code] = 0
+
+    def pop_burst(self, uint8_t[::1] chains, uint8_t[::1] segs):
+        cdef uint32_t max_chains = chains.shape[0] // sizeof(fp_chain)
+        cdef uint32_t max_segs = segs.shape[0] // sizeof(fp_segment)
+        cdef int n
+        if max_chains == 0:
+            return 0
+        with nogil:
+            n = fp_split_pop_burst(&self.q, <fp_chain *>&chains[0], max_chains,
+                                   <fp_segment *>&segs[0] if max_segs else NULL, max_segs)
+        return n
+
+    def push_burst(self, const uint8_t[::1] chains, uint32_t n):
+        if <size_t>n * sizeof(fp_chain) > <size_t>chains.shape[0]:
+            raise IndexError("more chains to push than the array holds")
+        if n == 0:
+            return 0
+        cdef int pushed
+        with nogil:
+            pushed = fp_split_push_burst(&self.q, <const fp_chain *>&chains[0], n)
+        return pushed
+
+    def should_notify(self):
+        return fp_split_device_should_notify(&self.q)
+
+    def set_kicks(self, bint enabled):
+        return fp_split_device_set_kicks(&self.q, enabled)
+
+
+cdef class SplitDriver:
+    """Driver-side state of one split queue; the driver owns and initialises the ring areas."""
+    cdef fp_split_driver q
+    cdef MemoryTable memory
+    cdef object owner
+
+    def __cinit__(self):
+        self.q.next = NULL
+        self.q.ndesc = NULL
+
+    def __init__(self, MemoryTable memory, uint32_t size, uintptr_t desc, uintptr_t avail,
+                 uintptr_t used, uint16_t options, object owner=None):
+        cdef uint32_t i
+        _set_ring(&self.q.ring, size, desc, avail, used)
+        self.memory = memory
+        self.owner = owner
+        self.q.mem = &memory.mem
+        self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
+        self.q.next = <uint16_t *>malloc(size * sizeof(uint16_t))
+        self.q.ndesc = <uint16_t *>malloc(size * sizeof(uint16_t))
+        if self.q.next == NULL or self.q.ndesc == NULL:
+            raise MemoryError()
+        for i in range(size):
+            self.q.next[i] = <uint16_t>((i + 1) % size)
+            self.q.ndesc[i] = 0
+        self.q.free_head = 0
+        self.q.num_free = size
+
+    def __dealloc__(self):
+        free(self.q.next)
+        free(self.q.ndesc)
+
+    @property
+    def handle(self):
+        return <uintptr_t>&self.q
+
+    @property
+    def num_free(self):
+        return self.q.num_free
+
+    @property
+    def avail_idx(self):
+        return self.q.avail_idx
+
+    @property
+    def last_used_idx(self):
+        return self.q.last_used_idx
+
+    def errors(self):
+        return fp_error_counts(self.q.errors)
+
+    def add_burst(self, uint8_t[::1] chains, uint32_t n, const uint8_t[::1] segs):
+        cdef size_t nsegs = segs.shape[0] // sizeof(fp_segment)
+        cdef fp_driver_chain *c
+        cdef uint32_t i
+        if <size_t>n * sizeof(fp_driver_chain) > <size_t>chains.shape[0]:
+            raise IndexError("more chains to add than the array holds")
+        c = <fp_driver_chain *>&chains[0] if n else NULL
+        for i in range(n):
+            if <size_t>c[i].first_seg + c[i].nseg > nsegs:
+                raise IndexError(f"chain {i}'s segments lie outside the segment array")
+            if c[i].indirect_table == 0 and c[i].nseg > self.q.ring.size:
+                raise ValueError(f"chain {i} is longer than the queue")
+        if n == 0:
+            return 0
+        cdef int added
+        with nogil:
+            added = fp_split_add_burst(&self.q, c, n, <const fp_segment *>&segs[0])
+        return added
+
+    def should_kick(self):
+        return fp_split_driver_should_kick(&self.q)
+
+    def collect_burst(self, uint8_t[::1] out):
+        cdef uint32_t max_n = out.shape[0] // sizeof(fp_used_elem)
+        if max_n == 0:
+            return 0
+        cdef int n
+        with nogil:
+            n = fp_split_collect_burst(&self.q, <fp_used_elem *>&out[0], max_n)
+        return n
+
+    def set_calls(self, bint enabled):
+        return fp_split_driver_set_calls(&self.q, enabled)

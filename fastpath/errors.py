@@ -1,0 +1,122 @@
+"""Every exception fastpath raises, in one hierarchy.
+
+The compiled core never raises on the data path: it returns negative codes (fastpath._core.chain's
+FP_E_* values) and counts them. The Python layer turns a code into the class named here with
+`error_for_code`, so `except fastpath.errors.VringError` catches any ring fault.
+"""
+
+__all__ = [
+    "FastpathError",
+    "GuestMemoryError",
+    "VringError",
+    "HeadOutOfRange",
+    "NextOutOfRange",
+    "ChainLoop",
+    "DescriptorOutsideMemory",
+    "BadIndirectTable",
+    "WriteOrderViolation",
+    "TooManySegments",
+    "AvailIndexJump",
+    "UnknownUsedId",
+    "QueueBroken",
+    "ChainTooLarge",
+    "RingFull",
+    "error_for_code",
+]
+
+
+class FastpathError(Exception):
+    """Base of every error fastpath raises."""
+
+
+class GuestMemoryError(FastpathError):
+    """A guest address range is not wholly inside one mapped region, or a region is invalid."""
+
+
+class VringError(FastpathError):
+    """A virtqueue fault. `code` is the core's FP_E_* value (negative)."""
+
+    code = 0
+
+
+class HeadOutOfRange(VringError):
+    """The avail ring names a head descriptor index at or beyond the queue size."""
+
+    code = -1
+
+
+class NextOutOfRange(VringError):
+    """A descriptor's `next` index lies outside its descriptor table."""
+
+    code = -2
+
+
+class ChainLoop(VringError):
+    """A chain is longer than its table: it loops, or it exceeds the queue size."""
+
+    code = -3
+
+
+class DescriptorOutsideMemory(VringError):
+    """A descriptor's buffer is not inside guest memory."""
+
+    code = -4
+
+
+class BadIndirectTable(VringError):
+    """An indirect table is misplaced, mis-sized, nested, combined with NEXT or not negotiated."""
+
+    code = -5
+
+
+class WriteOrderViolation(VringError):
+    """A device-readable descriptor follows a device-writable one (virtio 1.2 §2.7.4.2)."""
+
+    code = -6
+
+
+class TooManySegments(VringError):
+    """A chain has more segments than the caller's segment array can hold."""
+
+    code = -7
+
+
+class AvailIndexJump(VringError):
+    """The driver moved the avail index by more than the queue size; the queue needs a reset."""
+
+    code = -8
+
+
+class UnknownUsedId(VringError):
+    """A used element names a buffer that is not in flight."""
+
+    code = -9
+
+
+class QueueBroken(VringError):
+    """The queue stopped after an unrecoverable error and serves nothing until it is reset."""
+
+    code = -10
+
+
+class ChainTooLarge(VringError):
+    """A chain's readable or writable bytes do not fit in 32 bits."""
+
+    code = -11
+
+
+class RingFull(VringError):
+    """The driver has too few free descriptors for the chain it is adding."""
+
+    code = -12
+
+
+_BY_CODE = {cls.code: cls for cls in VringError.__subclasses__()}
+
+
+def error_for_code(code: int) -> type[VringError]:
+    """The VringError subclass for a core error code (negative, as the core returns it)."""
+    try:
+        return _BY_CODE[code]
+    except KeyError:
+        raise ValueError(f"{code} is not a fastpath core error code") from None

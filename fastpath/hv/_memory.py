@@ -1,0 +1,251 @@
+"""Guest RAM: memfd-backed regions that another process can map, and address translation."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastpath._core import memory as _core_memory
+from fastpath.errors import GuestMemoryError
+
+# One row per region, the same bytes the core reads (fp_region in fastpath/_core/memory.pxd).
+REGION_DTYPE = np.dtype(
+    [
+        ("guest_phys_addr", "<u8"),
+        ("size", "<u8"),
+        ("user_addr", "<u8"),
+        ("host_addr", "<u8"),
+    ]
+)
+assert REGION_DTYPE.itemsize == _core_memory.REGION_SIZE
+
+PAGE_SIZE = mmap.PAGESIZE
+HUGE_PAGE_SIZE = 2 << 20
+# Linux's MFD_HUGETLB (include/uapi/linux/memfd.h); the os module names it on 3.8+.
+_MFD_HUGETLB = getattr(os, "MFD_HUGETLB", 4)
+
+
+@dataclass(frozen=True)
+class SharedRegion:
+    """A region as it travels between processes: an fd and where its bytes sit.
+
+    `user_addr` is the address the owner of the memory (the front-end) maps it at; a vhost-user
+    back-end translates ring addresses through it. `mmap_offset` is where the region starts in fd.
+    """
+
+    fd: int
+    guest_phys_addr: int
+    size: int
+    user_addr: int
+    mmap_offset: int = 0
+
+
+class _Mapping:
+    """One mapped region: the mmap, a byte view of it, and the fd it came from."""
+
+    def __init__(self, shared: SharedRegion, owns_fd: bool):
+        self.shared = shared
+        self.owns_fd = owns_fd
+        self.map = mmap.mmap(
+            shared.fd,
+            shared.size,
+            flags=mmap.MAP_SHARED,
+            prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            offset=shared.mmap_offset,
+        )
+        self.bytes = np.frombuffer(self.map, dtype=np.uint8)
+        self.host_addr = self.bytes.ctypes.data
+
+
+class GuestMemory:
+    """Guest-physical memory made of memfd regions, with holes between them if asked.
+
+    Create the memory of a guest with `GuestMemory([(gpa, size), ...])`; map a peer's memory
+    from the fds it sent with `GuestMemory.from_shared([SharedRegion, ...])`. Every translation
+    checks that the whole range lies inside one region. `table` is the region table as a numpy
+    array (REGION_DTYPE) that the compiled core and Numba kernels read directly.
+    """
+
+    def __init__(self, layout: list[tuple[int, int]] | None = None, *, hugetlb: bool = False,
+                 name: str = "fastpath-guest"):
+        self._mappings: list[_Mapping] = []
+        self._core = _core_memory.MemoryTable()
+        self.table = np.zeros(0, dtype=REGION_DTYPE)
+        granule = HUGE_PAGE_SIZE if hugetlb else PAGE_SIZE
+        for gpa, size in layout or []:
+            if size <= 0 or size % granule or gpa % granule:
+                raise GuestMemoryError(
+                    f"region at {gpa:#x} of {size:#x} bytes is not a whole number of "
+                    f"{granule:#x}-byte pages at a page boundary"
+                )
+            flags = os.MFD_CLOEXEC | (_MFD_HUGETLB if hugetlb else 0)
+            try:
+                fd = os.memfd_create(name, flags)
+            except OSError as e:
+                raise GuestMemoryError(f"cannot create guest memory: {e}") from e
+            try:
+                os.ftruncate(fd, size)
+                mapping = _Mapping(SharedRegion(fd, gpa, size, user_addr=0), owns_fd=True)
+            except (OSError, ValueError) as e:
+                os.close(fd)
+                raise GuestMemoryError(f"cannot map {size:#x} bytes of guest memory: {e}") from e
+            # Our own mapping address is the "user address" we show peers, as QEMU does.
+            mapping.shared = SharedRegion(fd, gpa, size, user_addr=mapping.host_addr)
+            self._add(mapping)
+
+    @classmethod
+    def from_shared(cls, regions: list[SharedRegion], *, owns_fds: bool = True) -> GuestMemory:
+        """Map regions another process shared (fds received over a socket, say)."""
+        memory = cls()
+        for region in regions:
+            memory.add_region(region, owns_fd=owns_fds)
+        return memory
+
+    def add_region(self, region: SharedRegion, *, owns_fd: bool = True) -> None:
+        """Map one more shared region; it may not overlap a mapped one."""
+        if region.size <= 0:
+            raise GuestMemoryError(f"region at {region.guest_phys_addr:#x} is empty")
+        if region.mmap_offset % mmap.ALLOCATIONGRANULARITY:
+            raise GuestMemoryError(f"mmap offset {region.mmap_offset:#x} is not page-aligned")
+        for m in self._mappings:
+            s = m.shared
+            if _overlaps(s.guest_phys_addr, s.size, region.guest_phys_addr, region.size):
+                raise GuestMemoryError(
+                    f"region at {region.guest_phys_addr:#x} overlaps the one at "
+                    f"{s.guest_phys_addr:#x} in guest-physical space"
+                )
+            if region.user_addr and s.user_addr and _overlaps(
+                s.user_addr, s.size, region.user_addr, region.size
+            ):
+                raise GuestMemoryError(
+                    f"region at user address {region.user_addr:#x} overlaps another"
+                )
+        try:
+            mapping = _Mapping(region, owns_fd)
+        except (OSError, ValueError) as e:
+            raise GuestMemoryError(f"cannot map region at {region.guest_phys_addr:#x}: {e}") from e
+        self._add(mapping)
+
+    def remove_region(self, guest_phys_addr: int) -> None:
+        """Unmap the region that starts at guest_phys_addr."""
+        for m in self._mappings:
+            if m.shared.guest_phys_addr == guest_phys_addr:
+                self._mappings.remove(m)
+                self._refresh()
+                _release(m)
+                return
+        raise GuestMemoryError(f"no region starts at {guest_phys_addr:#x}")
+
+    def _add(self, mapping: _Mapping) -> None:
+        self._mappings.append(mapping)
+        self._mappings.sort(key=lambda m: m.shared.guest_phys_addr)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        table = np.zeros(len(self._mappings), dtype=REGION_DTYPE)
+        for row, m in zip(table, self._mappings, strict=True):
+            row["guest_phys_addr"] = m.shared.guest_phys_addr
+            row["size"] = m.shared.size
+            row["user_addr"] = m.shared.user_addr
+            row["host_addr"] = m.host_addr
+        self.table = table
+        self._core.update(table)
+
+    @property
+    def core(self) -> _core_memory.MemoryTable:
+        """The compiled core's view of this memory (for fastpath's own modules)."""
+        return self._core
+
+    @property
+    def regions(self) -> list[SharedRegion]:
+        """The regions, in guest-physical order, as they would be shared with a peer."""
+        return [m.shared for m in self._mappings]
+
+    @property
+    def size(self) -> int:
+        """Total bytes mapped."""
+        return sum(m.shared.size for m in self._mappings)
+
+    def translate(self, gpa: int, length: int = 1) -> int:
+        """Host address of the guest-physical range [gpa, gpa + length)."""
+        hva = self._core.gpa_to_hva(gpa, length) if gpa >= 0 and length >= 0 else 0
+        if not hva:
+            raise GuestMemoryError(
+                f"guest range {gpa:#x}+{length:#x} is not inside one region of guest memory"
+            )
+        return hva
+
+    def translate_user(self, uva: int, length: int = 1) -> int:
+        """Host address of a range given in the front-end's virtual addresses."""
+        hva = self._core.uva_to_hva(uva, length) if uva >= 0 and length >= 0 else 0
+        if not hva:
+            raise GuestMemoryError(
+                f"front-end range {uva:#x}+{length:#x} is not inside one region of guest memory"
+            )
+        return hva
+
+    def user_to_guest(self, uva: int) -> int:
+        """The guest-physical address of a front-end virtual address."""
+        for m in self._mappings:
+            s = m.shared
+            if s.user_addr <= uva < s.user_addr + s.size:
+                return s.guest_phys_addr + (uva - s.user_addr)
+        raise GuestMemoryError(f"front-end address {uva:#x} is in no region")
+
+    def mapping_at(self, gpa: int) -> object:
+        """An opaque handle that keeps the region holding gpa mapped while it is referenced.
+
+        Queues hold one for each ring area, so that closing the memory or removing a region
+        never leaves compiled code pointing at unmapped pages.
+        """
+        for m in self._mappings:
+            if 0 <= gpa - m.shared.guest_phys_addr < m.shared.size:
+                return m
+        raise GuestMemoryError(f"guest address {gpa:#x} is in no region")
+
+    def view(self, gpa: int, length: int) -> np.ndarray:
+        """A writable uint8 numpy view of [gpa, gpa + length), without copying."""
+        self.translate(gpa, length)
+        m = self.mapping_at(gpa)
+        offset = gpa - m.shared.guest_phys_addr
+        return m.bytes[offset : offset + length]
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """A copy of the bytes at [gpa, gpa + length)."""
+        return self.view(gpa, length).tobytes()
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """Copy data to guest memory at gpa."""
+        self.view(gpa, len(data))[:] = np.frombuffer(data, dtype=np.uint8)
+
+    def close(self) -> None:
+        """Close the fds this object owns and drop its mappings.
+
+        A mapping stays valid while a queue or a view made from it is alive.
+        """
+        mappings, self._mappings = self._mappings, []
+        self._refresh()
+        for m in mappings:
+            _release(m)
+
+    def __enter__(self) -> GuestMemory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{s.guest_phys_addr:#x}+{s.size:#x}" for s in self.regions)
+        return f"GuestMemory([{parts}])"
+
+
+def _overlaps(a: int, a_size: int, b: int, b_size: int) -> bool:
+    return a < b + b_size and b < a + a_size
+
+
+def _release(mapping: _Mapping) -> None:
+    if mapping.owns_fd:
+        os.close(mapping.shared.fd)

@@ -1,0 +1,35 @@
+"""virtio 1.2 split and packed virtqueues over guest memory, device side and driver side.
+
+A device pops available chains into a `Burst` and pushes them back used; a driver adds buffers,
+asks whether to kick, and collects used ones. Hot loops call the same core through `handle`.
+"""
+
+from fastpath.vring._device import Burst, DeviceQueue, PackedDeviceQueue, SplitDeviceQueue
+from fastpath.vring._driver import DriverQueue, PackedDriverQueue, SplitDriverQueue
+from fastpath.vring._layout import MAX_QUEUE_SIZE, RingAddresses, ring_bytes, ring_layout
+from fastpath.vring._records import (
+    CHAIN_DTYPE,
+    DRIVER_CHAIN_DTYPE,
+    SEG_WRITE,
+    SEGMENT_DTYPE,
+    USED_ELEM_DTYPE,
+)
+
+__all__ = [
+    "Burst",
+    "DeviceQueue",
+    "SplitDeviceQueue",
+    "PackedDeviceQueue",
+    "DriverQueue",
+    "SplitDriverQueue",
+    "PackedDriverQueue",
+    "RingAddresses",
+    "ring_layout",
+    "ring_bytes",
+    "MAX_QUEUE_SIZE",
+    "CHAIN_DTYPE",
+    "SEGMENT_DTYPE",
+    "DRIVER_CHAIN_DTYPE",
+    "USED_ELEM_DTYPE",
+    "SEG_WRITE",
+]

@@ -1,0 +1,184 @@
+"""Device side of split and packed virtqueues: pop available chains, push them back used."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastpath._core import chain as _chain
+from fastpath._core import packed as _packed
+from fastpath._core import split as _split
+from fastpath.errors import error_for_code
+from fastpath.hv import GuestMemory
+from fastpath.vring._layout import RingAddresses
+from fastpath.vring._queue import RingArea, named_errors, options, raise_queue_error
+from fastpath.vring._records import CHAIN_DTYPE, SEGMENT_DTYPE, as_bytes
+
+
+class Burst:
+    """Caller-owned arrays that a pop fills and a push reads back.
+
+    `chains[:count]` are the popped buffers (CHAIN_DTYPE); their pieces are in `segments`
+    (SEGMENT_DTYPE, host addresses). A chain whose `error` is non-zero failed validation: it has
+    no segments and is pushed back with nothing written.
+    """
+
+    def __init__(self, max_chains: int = 32, max_segments: int | None = None):
+        if max_chains < 1:
+            raise ValueError("a burst holds at least one chain")
+        self.chains = np.zeros(max_chains, dtype=CHAIN_DTYPE)
+        self.segments = np.zeros(max_segments or 4 * max_chains, dtype=SEGMENT_DTYPE)
+        self.count = 0
+        self._chain_bytes = as_bytes(self.chains)
+        self._segment_bytes = as_bytes(self.segments)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def error(self, i: int) -> type[Exception] | None:
+        """The exception class for chain i's validation failure, or None."""
+        code = int(self.chains["error"][i])
+        return error_for_code(code) if code else None
+
+    def readable(self, i: int) -> bytes:
+        """A copy of chain i's device-readable bytes."""
+        out = np.empty(int(self.chains["readable_len"][i]), dtype=np.uint8)
+        n = _chain.chain_gather(self._chain_bytes, i, self._segment_bytes, out)
+        return out[:n].tobytes()
+
+    def write(self, i: int, data: bytes) -> int:
+        """Copy data into chain i's device-writable segments; records and returns the count."""
+        src = np.frombuffer(data, dtype=np.uint8)
+        n = _chain.chain_scatter(self._chain_bytes, i, self._segment_bytes, src)
+        self.chains["written"][i] = n
+        return n
+
+
+class DeviceQueue:
+    """Common face of SplitDeviceQueue and PackedDeviceQueue."""
+
+    packed = False
+
+    def __init__(self, core, area: RingArea, size: int):
+        self._core = core
+        self._area = area
+        self.size = size
+
+    def new_burst(self, max_chains: int = 32) -> Burst:
+        """A Burst large enough for any chain this queue accepts."""
+        return Burst(max_chains, 4 * max_chains + self.size)
+
+    def pop(self, burst: Burst) -> int:
+        """Fill burst with up to len(burst.chains) available chains; returns how many.
+
+        Raises AvailIndexJump or QueueBroken when the queue cannot go on until it is reset.
+        """
+        n = self._core.pop_burst(burst._chain_bytes, burst._segment_bytes)
+        if n < 0:
+            burst.count = 0
+            raise_queue_error(n)
+        burst.count = n
+        return n
+
+    def push(self, burst: Burst, order: np.ndarray | None = None) -> int:
+        """Return burst's chains as used, in pop order or in the order of the indices given."""
+        if order is None:
+            return self._core.push_burst(burst._chain_bytes, burst.count)
+        return self.push_chains(burst.chains[np.asarray(order)])
+
+    def push_chains(self, chains: np.ndarray) -> int:
+        """Return the given CHAIN_DTYPE records as used; returns how many were accepted."""
+        chains = np.ascontiguousarray(chains, dtype=CHAIN_DTYPE)
+        return self._core.push_burst(as_bytes(chains), len(chains))
+
+    def should_notify(self) -> bool:
+        """Whether the driver wants a used-buffer notification for what was pushed since."""
+        return self._core.should_notify()
+
+    def enable_kicks(self) -> int:
+        """Ask the driver to kick again; returns the chains (split) or 1/0 (packed) pending."""
+        return self._core.set_kicks(True)
+
+    def disable_kicks(self) -> None:
+        """Tell the driver not to kick (a poll loop is watching)."""
+        self._core.set_kicks(False)
+
+    @property
+    def errors(self) -> dict[str, int]:
+        """Counts of every error seen, by exception name."""
+        return named_errors(self._core.errors())
+
+    @property
+    def broken(self) -> bool:
+        return self._core.broken
+
+    @property
+    def popped(self) -> int:
+        return self._core.popped
+
+    @property
+    def pushed(self) -> int:
+        return self._core.pushed
+
+    @property
+    def handle(self) -> int:
+        """Address of the core state, for compiled kernels calling the fp_* functions."""
+        return self._core.handle
+
+
+class SplitDeviceQueue(DeviceQueue):
+    """Device side of a split virtqueue (virtio 1.2 §2.7) at guest-physical `addresses`."""
+
+    def __init__(self, memory: GuestMemory, size: int, addresses: RingAddresses, *,
+                 event_idx: bool = False, indirect: bool = False):
+        area = RingArea(memory, size, addresses, packed=False)
+        core = _split.SplitDevice(memory.core, size, *area.host, options(event_idx, indirect),
+                                  area)
+        super().__init__(core, area, size)
+
+    @property
+    def last_avail_idx(self) -> int:
+        """The next avail ring index to pop (what vhost-user's VRING_BASE carries)."""
+        return self._core.last_avail_idx
+
+    @last_avail_idx.setter
+    def last_avail_idx(self, value: int) -> None:
+        self._core.last_avail_idx = value
+
+    @property
+    def used_idx(self) -> int:
+        return self._core.used_idx
+
+    @used_idx.setter
+    def used_idx(self, value: int) -> None:
+        self._core.used_idx = value
+
+
+class PackedDeviceQueue(DeviceQueue):
+    """Device side of a packed virtqueue (virtio 1.2 §2.8) at guest-physical `addresses`."""
+
+    packed = True
+
+    def __init__(self, memory: GuestMemory, size: int, addresses: RingAddresses, *,
+                 event_idx: bool = False, indirect: bool = False):
+        area = RingArea(memory, size, addresses, packed=True)
+        core = _packed.PackedDevice(memory.core, size, *area.host, options(event_idx, indirect),
+                                    area)
+        super().__init__(core, area, size)
+
+    @property
+    def avail_state(self) -> tuple[int, int]:
+        """(next descriptor slot to pop, avail wrap counter)."""
+        return self._core.avail_state
+
+    @avail_state.setter
+    def avail_state(self, value: tuple[int, int]) -> None:
+        self._core.avail_state = value
+
+    @property
+    def used_state(self) -> tuple[int, int]:
+        """(next slot for a used descriptor, used wrap counter)."""
+        return self._core.used_state
+
+    @used_state.setter
+    def used_state(self, value: tuple[int, int]) -> None:
+        self._core.used_state = value

@@ -1,0 +1,44 @@
+"""Declares fastpath's Cython extensions; metadata lives in pyproject.toml.
+
+FASTPATH_DEBUG=1 builds with Cython's bounds and wrap-around checks on and C assertions enabled;
+release builds turn them off because the core validates guest-controlled values itself.
+"""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTPATH_DEBUG", "") not in ("", "0")
+
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+CFLAGS = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3", "-DNDEBUG"]
+
+MODULES = ["memory", "split", "packed", "chain"]
+
+extensions = [
+    Extension(
+        f"fastpath._core.{name}",
+        [f"fastpath/_core/{name}.pyx"],
+        include_dirs=["fastpath/_core"],
+        extra_compile_args=CFLAGS,
+    )
+    for name in MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=DIRECTIVES,
+        # Each mode keeps its own generated C, so switching modes never reuses the other's.
+        build_dir="build/cython-debug" if DEBUG else "build/cython",
+    ),
+)
