@@ -1,8 +1,10 @@
 # Records shared by the split and packed queues: what a burst pop hands to a device, what a driver
-# hands to a burst add, error codes, and copies between chains and flat buffers.
-from libc.stdint cimport int16_t, uint8_t, uint16_t, uint32_t, uint64_t
+# hands to a burst add, error codes, and copies between chains and flat buffers. The helpers used
+# per descriptor or per chain are inline here, so that each queue module compiles them in.
+from libc.stdint cimport int16_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.string cimport memcpy
 
-from fastpath._core.memory cimport fp_memory
+from fastpath._core.memory cimport fp_gpa_chunk, fp_gpa_to_hva, fp_memory
 
 
 cdef extern from "fp_atomic.h":
@@ -83,19 +85,84 @@ cdef inline bint fp_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t ol
 
 
 # Copy a chain's device-readable bytes into dst (at most cap); returns the bytes copied.
-cdef uint32_t fp_chain_gather(const fp_chain *chain, const fp_segment *segs, uint8_t *dst,
-                              uint32_t cap) noexcept nogil
+cdef inline uint32_t fp_chain_gather(const fp_chain *chain, const fp_segment *segs,
+                                     uint8_t *dst, uint32_t cap) noexcept nogil:
+    cdef uint32_t i, n, done = 0
+    cdef const fp_segment *s
+    for i in range(chain.nreadable):
+        s = &segs[chain.first_seg + i]
+        n = s.len if s.len < cap - done else cap - done
+        memcpy(dst + done, <const void *>(<uintptr_t>s.addr), n)
+        done += n
+        if done == cap:
+            break
+    return done
+
+# For each of chains[0:n], copy its first `stride` readable bytes (fewer if it has fewer) to
+# dst + i * stride; returns the total copied. One call per burst for compiled callers.
+cdef uint64_t fp_gather_burst(const fp_chain *chains, uint32_t n, const fp_segment *segs,
+                              uint8_t *dst, uint32_t stride) noexcept nogil
 
 # Copy up to n bytes of src into a chain's device-writable segments; returns the bytes copied.
-cdef uint32_t fp_chain_scatter(const fp_chain *chain, const fp_segment *segs, const uint8_t *src,
-                               uint32_t n) noexcept nogil
+cdef inline uint32_t fp_chain_scatter(const fp_chain *chain, const fp_segment *segs,
+                                      const uint8_t *src, uint32_t n) noexcept nogil:
+    cdef uint32_t i, k, done = 0
+    cdef const fp_segment *s
+    for i in range(chain.nreadable, chain.nseg):
+        s = &segs[chain.first_seg + i]
+        k = s.len if s.len < n - done else n - done
+        memcpy(<void *>(<uintptr_t>s.addr), src + done, k)
+        done += k
+        if done == n:
+            break
+    return done
 
 
 # Append the guest buffer [gpa, gpa + length) to segs as one segment per region it touches,
 # advancing *nseg. Returns 0, FP_E_DESC_MEMORY or FP_E_TOO_MANY_SEGMENTS.
-cdef int fp_append_buffer(const fp_memory *mem, uint32_t *hint, uint64_t gpa, uint32_t length,
-                          uint16_t flags, fp_segment *segs, uint32_t *nseg,
-                          uint32_t max_segs) noexcept nogil
+cdef inline int fp_append_buffer(const fp_memory *mem, uint32_t *hint, uint64_t gpa,
+                                 uint32_t length, uint16_t flags, fp_segment *segs,
+                                 uint32_t *nseg, uint32_t max_segs) noexcept nogil:
+    cdef uint64_t chunk
+    cdef uint8_t *hva
+    cdef uint64_t left = length
+    while left:
+        hva = fp_gpa_chunk(mem, gpa, left, hint, &chunk)
+        if hva == NULL:
+            return FP_E_DESC_MEMORY
+        if nseg[0] >= max_segs:
+            return FP_E_TOO_MANY_SEGMENTS
+        segs[nseg[0]].addr = <uintptr_t>hva
+        segs[nseg[0]].len = <uint32_t>chunk
+        segs[nseg[0]].flags = flags
+        segs[nseg[0]].reserved = 0
+        nseg[0] += 1
+        gpa += chunk
+        left -= chunk
+    return 0
+
+
+# The common case of a one-descriptor buffer inside one region: one segment, and the chain's
+# counts. Returns False, having changed nothing that matters, when the buffer is empty, crosses
+# a region boundary or lies outside memory: the caller then takes the general path.
+cdef inline bint fp_single_segment_chain(const fp_memory *mem, uint32_t *hint, uint64_t gpa,
+                                         uint32_t length, bint writable, fp_segment *seg,
+                                         fp_chain *c) noexcept nogil:
+    cdef uint8_t *hva
+    if length == 0:
+        return False
+    hva = fp_gpa_to_hva(mem, gpa, length, hint)
+    if hva == NULL:
+        return False
+    seg.addr = <uintptr_t>hva
+    seg.len = length
+    seg.flags = FP_SEG_WRITE if writable else 0
+    seg.reserved = 0
+    c.nseg = 1
+    c.nreadable = 0 if writable else 1
+    c.readable_len = 0 if writable else length
+    c.writable_len = length if writable else 0
+    return True
 
 
 cdef inline void fp_chain_clear(fp_chain *c, uint32_t id, uint32_t first_seg) noexcept nogil:

@@ -1,9 +1,6 @@
 """Copies between popped chains and flat buffers, and the record layouts' sizes."""
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.string cimport memcpy
-
-from fastpath._core.memory cimport fp_gpa_chunk
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 SEGMENT_SIZE = sizeof(fp_segment)
 CHAIN_SIZE = sizeof(fp_chain)
@@ -11,54 +8,13 @@ DRIVER_CHAIN_SIZE = sizeof(fp_driver_chain)
 USED_ELEM_SIZE = sizeof(fp_used_elem)
 
 
-cdef uint32_t fp_chain_gather(const fp_chain *chain, const fp_segment *segs, uint8_t *dst,
-                              uint32_t cap) noexcept nogil:
-    cdef uint32_t i, n, done = 0
-    cdef const fp_segment *s
-    for i in range(chain.nreadable):
-        s = &segs[chain.first_seg + i]
-        n = s.len if s.len < cap - done else cap - done
-        memcpy(dst + done, <const void *>(<uintptr_t>s.addr), n)
-        done += n
-        if done == cap:
-            break
-    return done
-
-
-cdef uint32_t fp_chain_scatter(const fp_chain *chain, const fp_segment *segs, const uint8_t *src,
-                               uint32_t n) noexcept nogil:
-    cdef uint32_t i, k, done = 0
-    cdef const fp_segment *s
-    for i in range(chain.nreadable, chain.nseg):
-        s = &segs[chain.first_seg + i]
-        k = s.len if s.len < n - done else n - done
-        memcpy(<void *>(<uintptr_t>s.addr), src + done, k)
-        done += k
-        if done == n:
-            break
-    return done
-
-
-cdef int fp_append_buffer(const fp_memory *mem, uint32_t *hint, uint64_t gpa, uint32_t length,
-                          uint16_t flags, fp_segment *segs, uint32_t *nseg,
-                          uint32_t max_segs) noexcept nogil:
-    cdef uint64_t chunk
-    cdef uint8_t *hva
-    cdef uint64_t left = length
-    while left:
-        hva = fp_gpa_chunk(mem, gpa, left, hint, &chunk)
-        if hva == NULL:
-            return FP_E_DESC_MEMORY
-        if nseg[0] >= max_segs:
-            return FP_E_TOO_MANY_SEGMENTS
-        segs[nseg[0]].addr = <uintptr_t>hva
-        segs[nseg[0]].len = <uint32_t>chunk
-        segs[nseg[0]].flags = flags
-        segs[nseg[0]].reserved = 0
-        nseg[0] += 1
-        gpa += chunk
-        left -= chunk
-    return 0
+cdef uint64_t fp_gather_burst(const fp_chain *chains, uint32_t n, const fp_segment *segs,
+                              uint8_t *dst, uint32_t stride) noexcept nogil:
+    cdef uint32_t i
+    cdef uint64_t total = 0
+    for i in range(n):
+        total += fp_chain_gather(&chains[i], segs, dst + <size_t>i * stride, stride)
+    return total
 
 
 cdef dict fp_error_counts(const uint64_t *errors):

@@ -10,7 +10,8 @@ from libc.stdlib cimport free, malloc
 from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOOP,
                                    FP_E_INDIRECT, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
                                    FP_E_WRITE_ORDER, FP_NERRORS, FP_SEG_WRITE, fp_append_buffer,
-                                   fp_chain_clear, fp_count_error, fp_error_counts,
+                                   fp_chain_clear, fp_count_error,
+                                   fp_single_segment_chain, fp_error_counts,
                                    fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,
                                    fp_need_event, fp_store_release_u16, fp_store_relaxed_u16)
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
@@ -101,7 +102,18 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
         if not _is_avail(flags, wrap):
             break
         c = &chains[i]
-        fp_chain_clear(c, 0, used_segs)
+        d = vq.ring.desc[pos]
+        d.flags = flags
+        fp_chain_clear(c, d.id, used_segs)
+        if (not (flags & (FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT))
+                and used_segs < max_segs
+                and fp_single_segment_chain(vq.mem, &vq.mem_hint, d.addr, d.len,
+                                            flags & FP_PACKED_DESC_F_WRITE,
+                                            &segs[used_segs], c)):
+            _advance(&vq.next_avail, &vq.avail_wrap, 1, vq.ring.size)
+            used_segs += 1
+            i += 1
+            continue
         nseg = 0
         ndesc = 0
         lens[0] = lens[1] = 0

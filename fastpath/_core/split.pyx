@@ -11,7 +11,8 @@ from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES
                                    FP_E_CHAIN_LOOP, FP_E_HEAD_RANGE, FP_E_INDIRECT,
                                    FP_E_NEXT_RANGE, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
                                    FP_E_WRITE_ORDER, FP_NERRORS, FP_SEG_WRITE, fp_append_buffer,
-                                   fp_chain_clear, fp_count_error, fp_error_counts,
+                                   fp_chain_clear, fp_count_error,
+                                   fp_single_segment_chain, fp_error_counts,
                                    fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,
                                    fp_need_event, fp_store_release_u16, fp_store_relaxed_u16)
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
@@ -87,6 +88,7 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
     cdef uint16_t avail_idx, head
     cdef uint32_t pending, i, used_segs = 0
     cdef uint32_t mask = vq.ring.size - 1
+    cdef fp_split_desc d
     cdef fp_chain *c
     cdef int rc
     if vq.options & FP_VQ_BROKEN:
@@ -105,6 +107,15 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
         head = vq.ring.avail[2 + (vq.last_avail_idx & mask)]
         c = &chains[i]
         fp_chain_clear(c, head, used_segs)
+        if head < vq.ring.size and used_segs < max_segs:
+            d = vq.ring.desc[head]
+            if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
+                    and fp_single_segment_chain(vq.mem, &vq.mem_hint, d.addr, d.len,
+                                                d.flags & FP_SPLIT_DESC_F_WRITE,
+                                                &segs[used_segs], c)):
+                vq.last_avail_idx += 1
+                used_segs += 1
+                continue
         rc = _read_chain(vq, head, c, segs + used_segs, max_segs - used_segs)
         if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
             # Leave it for the next burst, which starts with an empty segment array.

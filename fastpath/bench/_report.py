@@ -1,0 +1,50 @@
+"""What every benchmark prints and saves: the environment, a table, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+
+import numpy as np
+
+import fastpath
+
+
+def environment() -> dict:
+    """Versions and the git revision, so that a figure can be traced to what produced it."""
+    import numba
+
+    try:
+        git = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.path.dirname(fastpath.__file__),
+        ).stdout.strip() or "unknown"
+    except OSError:
+        git = "unknown"
+    return {
+        "fastpath": fastpath.__version__,
+        "git": git,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "machine": platform.machine(),
+        "cpus": len(os.sched_getaffinity(0)),
+    }
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    """Print rows under headers, columns right-aligned to their widest cell."""
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")

@@ -1,0 +1,34 @@
+"""The core's burst functions as Numba sees them, for kernels that drive queues.
+
+A kernel takes a queue's `handle` and the `.ctypes.data` of its record arrays, and calls these
+once per burst. Signatures mirror fastpath/_core/{split,packed,chain}.pxd.
+"""
+
+from numba import types
+
+from fastpath._numba import POINTER, core_function
+
+_i32 = types.int32
+_u32 = types.uint32
+
+# (queue, chains, max_chains, segments, max_segments) -> chains popped or FP_E_*
+split_pop_burst = core_function("split", "fp_split_pop_burst", _i32(POINTER, POINTER, _u32,
+                                                                     POINTER, _u32))
+packed_pop_burst = core_function("packed", "fp_packed_pop_burst", _i32(POINTER, POINTER, _u32,
+                                                                        POINTER, _u32))
+# (queue, chains, n) -> chains pushed
+split_push_burst = core_function("split", "fp_split_push_burst", _i32(POINTER, POINTER, _u32))
+packed_push_burst = core_function("packed", "fp_packed_push_burst", _i32(POINTER, POINTER, _u32))
+# (queue, driver chains, n, segments) -> chains added
+split_add_burst = core_function("split", "fp_split_add_burst", _i32(POINTER, POINTER, _u32,
+                                                                     POINTER))
+packed_add_burst = core_function("packed", "fp_packed_add_burst", _i32(POINTER, POINTER, _u32,
+                                                                        POINTER))
+# (queue, used elements, max_n) -> elements collected
+split_collect_burst = core_function("split", "fp_split_collect_burst",
+                                    _i32(POINTER, POINTER, _u32))
+packed_collect_burst = core_function("packed", "fp_packed_collect_burst",
+                                     _i32(POINTER, POINTER, _u32))
+# (chains, n, segments, destination, stride) -> bytes copied
+gather_burst = core_function("chain", "fp_gather_burst",
+                             types.uint64(POINTER, _u32, POINTER, POINTER, _u32))
