@@ -2,9 +2,12 @@
 # hands to a burst add, error codes, and copies between chains and flat buffers. The helpers used
 # per descriptor or per chain are inline here, so that each queue module compiles them in.
 from libc.stdint cimport int16_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.string cimport memcpy
 
 from fastpath._core.memory cimport fp_gpa_chunk, fp_gpa_to_hva, fp_memory
+
+
+cdef extern from "fp_copy.h":
+    void fp_copy(void *dst, const void *src, size_t n) noexcept nogil
 
 
 cdef extern from "fp_atomic.h":
@@ -92,7 +95,7 @@ cdef inline uint32_t fp_chain_gather(const fp_chain *chain, const fp_segment *se
     for i in range(chain.nreadable):
         s = &segs[chain.first_seg + i]
         n = s.len if s.len < cap - done else cap - done
-        memcpy(dst + done, <const void *>(<uintptr_t>s.addr), n)
+        fp_copy(dst + done, <const void *>(<uintptr_t>s.addr), n)
         done += n
         if done == cap:
             break
@@ -111,7 +114,7 @@ cdef inline uint32_t fp_chain_scatter(const fp_chain *chain, const fp_segment *s
     for i in range(chain.nreadable, chain.nseg):
         s = &segs[chain.first_seg + i]
         k = s.len if s.len < n - done else n - done
-        memcpy(<void *>(<uintptr_t>s.addr), src + done, k)
+        fp_copy(<void *>(<uintptr_t>s.addr), src + done, k)
         done += k
         if done == n:
             break

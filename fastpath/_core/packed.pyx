@@ -165,26 +165,32 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
 
 cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
                               uint32_t n) noexcept nogil:
-    cdef uint32_t i, pushed = 0, length
-    cdef fp_packed_desc *d
-    cdef uint16_t flags
+    cdef uint16_t pos = vq.next_used
+    cdef uint8_t wrap = vq.used_wrap
+    cdef uint32_t size = vq.ring.size
+    cdef fp_packed_desc *ring = vq.ring.desc
+    cdef uint32_t i, pushed = 0, length, slots = 0
+    cdef uint16_t flags, ndesc
     for i in range(n):
-        if chains[i].ndesc == 0 or chains[i].ndesc > vq.ring.size:
+        ndesc = chains[i].ndesc
+        if ndesc == 0 or ndesc > size:
             fp_count_error(vq.errors, FP_E_USED_ID)
             continue
-        d = &vq.ring.desc[vq.next_used]
         length = (chains[i].written if chains[i].written < chains[i].writable_len
                   else chains[i].writable_len)
-        d.id = <uint16_t>chains[i].id
-        d.len = length
-        flags = ((FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED) if vq.used_wrap else 0)
+        ring[pos].id = <uint16_t>chains[i].id
+        ring[pos].len = length
+        flags = (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED) if wrap else 0
         if length:
             flags |= FP_PACKED_DESC_F_WRITE
         # Release: id and len are visible before the flags that hand the slot back.
-        fp_store_release_u16(&d.flags, flags)
-        _advance(&vq.next_used, &vq.used_wrap, chains[i].ndesc, vq.ring.size)
-        vq.used_since_notify += chains[i].ndesc
+        fp_store_release_u16(&ring[pos].flags, flags)
+        _advance(&pos, &wrap, ndesc, size)
+        slots += ndesc
         pushed += 1
+    vq.next_used = pos
+    vq.used_wrap = wrap
+    vq.used_since_notify += <uint16_t>slots
     vq.pushed += pushed
     return <int>pushed
 
@@ -226,61 +232,66 @@ cdef int fp_packed_device_set_kicks(fp_packed_device *vq, bint enabled) noexcept
 
 cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint32_t n,
                              const fp_segment *segs) noexcept nogil:
-    cdef uint32_t i, k, need, added = 0
-    cdef uint16_t id, head, head_flags, f, avail_bits
+    # Ring state lives in locals for the burst: stores to descriptors could otherwise alias it.
+    cdef uint16_t pos = vq.next_avail
+    cdef uint8_t wrap = vq.avail_wrap
+    cdef uint32_t num_free = vq.num_free
+    cdef uint32_t size = vq.ring.size
+    cdef fp_packed_desc *ring = vq.ring.desc
+    cdef uint32_t i, k, need, nseg, added = 0
+    cdef uint64_t table_gpa
+    cdef uint16_t id, head, head_flags, f
     cdef fp_packed_desc *table = NULL
-    cdef fp_packed_desc *d
     cdef const fp_segment *s
-    cdef fp_driver_chain *c
     for i in range(n):
-        c = &chains[i]
-        need = 1 if c.indirect_table else c.nseg
-        if c.nseg == 0 or need > vq.num_free:
+        table_gpa = chains[i].indirect_table
+        nseg = chains[i].nseg
+        s = &segs[chains[i].first_seg]
+        need = 1 if table_gpa else nseg
+        if nseg == 0 or need > num_free:
             break
-        if c.indirect_table:
-            table = <fp_packed_desc *>fp_gpa_to_hva(vq.mem, c.indirect_table,
-                                                    c.nseg * sizeof(fp_packed_desc),
-                                                    &vq.mem_hint)
+        if table_gpa:
+            table = <fp_packed_desc *>fp_gpa_to_hva(vq.mem, table_gpa,
+                                                    nseg * sizeof(fp_packed_desc), &vq.mem_hint)
             if table == NULL:
                 fp_count_error(vq.errors, FP_E_INDIRECT)
                 break
+            for k in range(nseg):
+                table[k].addr = s[k].addr
+                table[k].len = s[k].len
+                table[k].id = 0
+                table[k].flags = FP_PACKED_DESC_F_WRITE if s[k].flags & FP_SEG_WRITE else 0
         id = vq.free_id
         vq.free_id = vq.next_id[id]
-        head = vq.next_avail
+        head = pos
         head_flags = 0
         for k in range(need):
-            avail_bits = FP_PACKED_DESC_F_AVAIL if vq.avail_wrap else FP_PACKED_DESC_F_USED
-            d = &vq.ring.desc[vq.next_avail]
-            if c.indirect_table:
-                d.addr = c.indirect_table
-                d.len = c.nseg * sizeof(fp_packed_desc)
+            if table_gpa:
+                ring[pos].addr = table_gpa
+                ring[pos].len = nseg * sizeof(fp_packed_desc)
                 f = FP_PACKED_DESC_F_INDIRECT
             else:
-                s = &segs[c.first_seg + k]
-                d.addr = s.addr
-                d.len = s.len
-                f = ((FP_PACKED_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0)
+                ring[pos].addr = s[k].addr
+                ring[pos].len = s[k].len
+                f = ((FP_PACKED_DESC_F_WRITE if s[k].flags & FP_SEG_WRITE else 0)
                      | (FP_PACKED_DESC_F_NEXT if k + 1 < need else 0))
-            d.id = id
+            f |= FP_PACKED_DESC_F_AVAIL if wrap else FP_PACKED_DESC_F_USED
+            ring[pos].id = id
             if k == 0:
-                head_flags = f | avail_bits
+                head_flags = f
             else:
-                d.flags = f | avail_bits
-            _advance(&vq.next_avail, &vq.avail_wrap, 1, vq.ring.size)
-        if c.indirect_table:
-            for k in range(c.nseg):
-                s = &segs[c.first_seg + k]
-                table[k].addr = s.addr
-                table[k].len = s.len
-                table[k].id = 0
-                table[k].flags = FP_PACKED_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0
+                ring[pos].flags = f
+            _advance(&pos, &wrap, 1, size)
         # Release: the head's flags go last and make the whole chain available (§2.8.21).
-        fp_store_release_u16(&vq.ring.desc[head].flags, head_flags)
+        fp_store_release_u16(&ring[head].flags, head_flags)
         vq.ndesc[id] = <uint16_t>need
-        vq.num_free -= need
-        vq.added_since_kick += need
-        c.id = id
+        num_free -= need
+        chains[i].id = id
         added += 1
+    vq.added_since_kick += <uint16_t>(vq.num_free - num_free)
+    vq.next_avail = pos
+    vq.avail_wrap = wrap
+    vq.num_free = num_free
     return <int>added
 
 
@@ -296,28 +307,35 @@ cdef bint fp_packed_driver_should_kick(fp_packed_driver *vq) noexcept nogil:
 
 cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
                                  uint32_t max_n) noexcept nogil:
+    cdef uint16_t pos = vq.last_used
+    cdef uint8_t wrap = vq.used_wrap
+    cdef uint32_t size = vq.ring.size
+    cdef const fp_packed_desc *ring = vq.ring.desc
     cdef uint32_t n = 0
-    cdef uint16_t flags, id
+    cdef uint16_t flags, id, ndesc
     cdef uint32_t length
     while n < max_n:
-        flags = fp_load_acquire_u16(&vq.ring.desc[vq.last_used].flags)
-        if not _is_used(flags, vq.used_wrap):
+        flags = fp_load_acquire_u16(&ring[pos].flags)
+        if not _is_used(flags, wrap):
             break
-        id = vq.ring.desc[vq.last_used].id
-        length = vq.ring.desc[vq.last_used].len
-        if id >= vq.ring.size or vq.ndesc[id] == 0:
+        id = ring[pos].id
+        length = ring[pos].len
+        ndesc = vq.ndesc[id] if id < size else 0
+        if ndesc == 0:
             # The device returned something we never gave it: count it, skip its slot.
             fp_count_error(vq.errors, FP_E_USED_ID)
-            _advance(&vq.last_used, &vq.used_wrap, 1, vq.ring.size)
+            _advance(&pos, &wrap, 1, size)
             continue
-        _advance(&vq.last_used, &vq.used_wrap, vq.ndesc[id], vq.ring.size)
-        vq.num_free += vq.ndesc[id]
+        _advance(&pos, &wrap, ndesc, size)
+        vq.num_free += ndesc
         vq.ndesc[id] = 0
         vq.next_id[id] = vq.free_id
         vq.free_id = id
         out[n].id = id
         out[n].len = length
         n += 1
+    vq.last_used = pos
+    vq.used_wrap = wrap
     return <int>n
 
 

@@ -1,0 +1,37 @@
+/*
+ * Copies of packet-sized buffers. Most copies on the data path are a header or a small frame;
+ * a call into the C library's memcpy costs more than the copy itself at those sizes, so up to
+ * 64 bytes are moved with fixed-size (inlined) moves, overlapping at the tail.
+ */
+#ifndef FP_COPY_H
+#define FP_COPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline void fp_copy(void *dst, const void *src, size_t n)
+{
+    uint8_t *d = (uint8_t *)dst;
+    const uint8_t *s = (const uint8_t *)src;
+    if (n > 64) {
+        memcpy(d, s, n);
+    } else if (n >= 16) {
+        size_t i;
+        for (i = 0; i + 16 <= n; i += 16)
+            memcpy(d + i, s + i, 16);
+        if (i < n)
+            memcpy(d + n - 16, s + n - 16, 16);
+    } else if (n >= 8) {
+        memcpy(d, s, 8);
+        memcpy(d + n - 8, s + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(d, s, 4);
+        memcpy(d + n - 4, s + n - 4, 4);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            d[i] = s[i];
+    }
+}
+
+#endif
