@@ -58,20 +58,20 @@ cdef inline uint8_t *_translate(const fp_memory *mem, uint64_t addr, uint64_t le
 # Host address of [gpa, gpa + length) if it lies wholly inside one region, else NULL.
 # *hint is the caller's last matching region, so that a queue's lookups usually take one compare.
 cdef inline uint8_t *fp_gpa_to_hva(const fp_memory *mem, uint64_t gpa, uint64_t length,
-                            uint32_t *hint) noexcept nogil:
+                                   uint32_t *hint) noexcept nogil:
     return _translate(mem, gpa, length, hint, False)
 
 
 # The same for a front-end virtual address.
 cdef inline uint8_t *fp_uva_to_hva(const fp_memory *mem, uint64_t uva, uint64_t length,
-                            uint32_t *hint) noexcept nogil:
+                                   uint32_t *hint) noexcept nogil:
     return _translate(mem, uva, length, hint, True)
 
 
 # Host address of gpa and, in *chunk, how many of the next `length` bytes lie in its region.
 # NULL if gpa is in no region. Buffers that span adjacent regions are walked chunk by chunk.
 cdef inline uint8_t *fp_gpa_chunk(const fp_memory *mem, uint64_t gpa, uint64_t length,
-                           uint32_t *hint, uint64_t *chunk) noexcept nogil:
+                                  uint32_t *hint, uint64_t *chunk) noexcept nogil:
     cdef int i = _find(mem, gpa, hint, False)
     cdef const fp_region *r
     cdef uint64_t room

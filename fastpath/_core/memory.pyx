@@ -1,6 +1,6 @@
 """Guest-physical and front-end-virtual address translation over a region table."""
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 
 REGION_SIZE = sizeof(fp_region)
 

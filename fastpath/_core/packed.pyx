@@ -9,7 +9,7 @@ from libc.stdlib cimport free, malloc
 
 from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOOP,
                                    FP_E_INDIRECT, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
-                                   FP_E_WRITE_ORDER, FP_NERRORS, FP_SEG_WRITE, fp_append_buffer,
+                                   FP_E_WRITE_ORDER, FP_SEG_WRITE, fp_append_buffer,
                                    fp_chain_clear, fp_count_error,
                                    fp_single_segment_chain, fp_error_counts,
                                    fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,

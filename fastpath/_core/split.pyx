@@ -64,8 +64,8 @@ cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment
         else:
             readable += d.len
         rc = fp_append_buffer(vq.mem, &vq.mem_hint, d.addr, d.len,
-                   FP_SEG_WRITE if d.flags & FP_SPLIT_DESC_F_WRITE else 0,
-                   segs, &nseg, max_segs)
+                              FP_SEG_WRITE if d.flags & FP_SPLIT_DESC_F_WRITE else 0,
+                              segs, &nseg, max_segs)
         if rc:
             return rc
         if not seen_write:
@@ -261,7 +261,7 @@ cdef bint fp_split_driver_should_kick(fp_split_driver *vq) noexcept nogil:
 
 cdef int fp_split_collect_burst(fp_split_driver *vq, fp_used_elem *out,
                                 uint32_t max_n) noexcept nogil:
-    cdef uint32_t n = 0, k
+    cdef uint32_t n = 0, remaining
     cdef uint32_t mask = vq.ring.size - 1
     cdef uint16_t used_idx = fp_load_acquire_u16(&vq.ring.used[1])
     cdef uint32_t id, length
@@ -275,8 +275,10 @@ cdef int fp_split_collect_burst(fp_split_driver *vq, fp_used_elem *out,
             fp_count_error(vq.errors, FP_E_USED_ID)
             continue
         last = <uint16_t>id
-        for k in range(vq.ndesc[id] - 1):
+        remaining = vq.ndesc[id] - 1u
+        while remaining:
             last = vq.next[last]
+            remaining -= 1
         vq.next[last] = vq.free_head
         vq.free_head = <uint16_t>id
         vq.num_free += vq.ndesc[id]

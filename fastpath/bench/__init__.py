@@ -1,0 +1,3 @@
+"""Benchmarks behind `fastpath bench`: each measures fastpath beside a reference in one run."""
+
+__all__: list[str] = []

@@ -44,11 +44,12 @@ class Rig:
         self.copy_bytes = copy_bytes
         self.memory = GuestMemory([(0, BUFFER_BASE + size * BUFFER_SIZE)])
         addresses = ring_layout(size, RING_BASE, packed)
-        driver_class, device_class = (
-            (PackedDriverQueue, PackedDeviceQueue) if packed else (SplitDriverQueue, SplitDeviceQueue)
-        )
-        self.driver = driver_class(self.memory, size, addresses)
-        self.device = device_class(self.memory, size, addresses)
+        if packed:
+            self.driver = PackedDriverQueue(self.memory, size, addresses)
+            self.device = PackedDeviceQueue(self.memory, size, addresses)
+        else:
+            self.driver = SplitDriverQueue(self.memory, size, addresses)
+            self.device = SplitDeviceQueue(self.memory, size, addresses)
         # The driver offers `burst` buffers at a time, each one `copy_bytes` long.
         self.driver_chains = np.zeros(burst, dtype=DRIVER_CHAIN_DTYPE)
         self.driver_chains["first_seg"] = np.arange(burst)
@@ -203,9 +204,8 @@ def _list_of(kind, allowed=None):
         items = [kind(x) for x in text.split(",") if x]
         bad = [x for x in items if allowed is not None and x not in allowed]
         if bad or not items:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list{' of ' + '/'.join(sorted(allowed)) if allowed else ''}"
-            )
+            choices = f" of {'/'.join(sorted(allowed))}" if allowed else ""
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list{choices}")
         return items
 
     return parse

@@ -12,7 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from fastpath.errors import GuestMemoryError
+from fastpath.errors import (
+    DescriptorOutsideMemory,
+    GuestMemoryError,
+    UnknownUsedId,
+    WriteOrderViolation,
+)
 from fastpath.hv import GuestMemory
 
 # Descriptor flags shared by both layouts (§2.7.5, §2.8.3, §2.8.6, §2.8.7).
@@ -68,7 +73,7 @@ def failed(chain_id: int, ndesc: int, error: type[Exception]) -> Chain:
 
 
 def check_size(size: int, packed: bool) -> None:
-    """Raise ValueError unless size is a legal queue size (§2.7: power of two; §2.8: up to 2**15)."""
+    """Raise ValueError unless size is a legal queue size (§2.7: a power of two; §2.8: 1..2**15)."""
     if not 1 <= size <= MAX_QUEUE_SIZE or (not packed and size & (size - 1)):
         raise ValueError(f"{'packed' if packed else 'split'} queue size {size} is not allowed")
 
@@ -186,3 +191,85 @@ class ErrorCounts(Counter):
 
     def record(self, error: type[Exception] | str) -> None:
         self[error if isinstance(error, str) else error.__name__] += 1
+
+
+def add_piece(memory: GuestMemory, pieces: list[Piece], gpa: int, length: int,
+              writable: bool) -> type[Exception] | None:
+    """Append one descriptor's buffer to pieces, or return why the chain is bad.
+
+    §2.7.4 / §2.8.17: device-writable elements come after every device-readable one; and a
+    buffer has to be guest memory for the device to touch it.
+    """
+    if pieces and pieces[-1].writable and not writable:
+        return WriteOrderViolation
+    if not inside_memory(memory, gpa, length):
+        return DescriptorOutsideMemory
+    pieces.append(Piece(gpa, length, writable))
+    return None
+
+
+def too_large(chain: Chain) -> bool:
+    """§2.7.5.2: a chain carries fewer than 2**32 bytes (checked for each direction)."""
+    return max(chain.readable_len, chain.writable_len) > MAX_CHAIN_BYTES
+
+
+class DeviceBase:
+    """What both reference devices do alike: copy to and from chains, track what they hold."""
+
+    def __init__(self, memory: GuestMemory, size: int, event_idx: bool, indirect: bool):
+        self.memory = memory
+        self.size = size
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self.broken = False
+        self.popped = 0
+        self.pushed = 0
+        self.errors = ErrorCounts()
+        self._held: Counter[int] = Counter()
+
+    def readable(self, chain: Chain) -> bytes:
+        """A copy of chain's device-readable bytes."""
+        return gather(self.memory, chain)
+
+    def write(self, chain: Chain, data: bytes) -> int:
+        """Copy data into chain's device-writable pieces; returns the bytes copied."""
+        return scatter(self.memory, chain, data)
+
+    def _hold(self, chain: Chain, returnable: bool = True) -> None:
+        # Count a popped chain's error; remember it as ours to push unless it names no buffer.
+        if chain.error:
+            self.errors.record(chain.error)
+        if returnable:
+            self._held[chain.id] += 1
+
+    def _release(self, chain: Chain) -> bool:
+        # A used element may only name a buffer this device took and still holds (§2.7.8, §2.8.6).
+        if not self._held[chain.id]:
+            self.errors.record(UnknownUsedId)
+            return False
+        self._held[chain.id] -= 1
+        return True
+
+
+class DriverBase:
+    """What both reference drivers check before they offer a buffer."""
+
+    def __init__(self, memory: GuestMemory, size: int, event_idx: bool, indirect: bool):
+        self.memory = memory
+        self.size = size
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self.errors = ErrorCounts()
+
+    def _pieces(self, readable, writable, indirect_table: int) -> list[Piece]:
+        pieces = [Piece(a, n, False) for a, n in readable]
+        pieces += [Piece(a, n, True) for a, n in writable]
+        if not pieces:
+            raise ValueError("a buffer needs at least one piece")
+        if indirect_table and not self.indirect:
+            # §2.7.5.3.1, §2.8.19: no INDIRECT unless VIRTIO_F_INDIRECT_DESC was negotiated.
+            raise ValueError("indirect descriptors were not negotiated")
+        if not indirect_table and len(pieces) > self.size:
+            # §2.7.5.3.1, §2.8.17: no chain longer than the queue size.
+            raise ValueError(f"a {len(pieces)}-piece chain is longer than the queue")
+        return pieces

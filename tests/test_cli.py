@@ -1,0 +1,60 @@
+"""The `fastpath` command as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import fastpath
+
+FASTPATH = [str(Path(sys.executable).parent / "fastpath")]
+
+
+def run(*args, timeout=300):
+    return subprocess.run(FASTPATH + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.returncode == 0
+    assert "bench" in result.stdout
+
+
+def test_bench_vring_help_explains_the_job():
+    result = run("bench", "vring", "--help")
+    assert result.returncode == 0
+    for option in ("--rings", "--bursts", "--chains", "--json", "--no-two-process"):
+        assert option in result.stdout
+
+
+def test_version():
+    result = run("--version")
+    assert result.returncode == 0
+    assert fastpath.__version__ in result.stdout
+
+
+def test_no_command_prints_help_and_fails():
+    result = run()
+    assert result.returncode == 2
+    assert "usage" in result.stdout
+
+
+def test_bad_list_is_a_clear_error():
+    result = run("bench", "vring", "--rings", "spiral")
+    assert result.returncode == 2
+    assert "packed/split" in result.stderr
+
+
+def test_bench_vring_short_run_writes_json(tmp_path):
+    out = tmp_path / "vring.json"
+    result = run("bench", "vring", "--bursts", "32", "--chains", "50000", "--reference-chains",
+                 "500", "--repeat", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "core/reference" in result.stdout
+    data = json.loads(out.read_text())
+    rows = {(r["ring"], r["burst"]): r for r in data["results"]}
+    assert set(rows) == {("split", 32), ("packed", 32)}
+    for row in rows.values():
+        assert row["one_process"] > row["reference"] > 0
+        assert row["two_process"] > 0
+    assert data["environment"]["git"]

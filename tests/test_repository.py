@@ -1,0 +1,93 @@
+"""Repository rules that matter, checked as tests (STYLE.md, "Lints are tests")."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import fastpath._core.chain as core_chain
+import pytest
+
+from fastpath import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "fastpath"
+BIN = Path(sys.executable).parent
+
+
+def _run(*cmd):
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_ruff_is_clean():
+    result = _run(str(BIN / "ruff"), "check", "fastpath", "tests", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cython_lint_is_clean():
+    result = _run(str(BIN / "cython-lint"), "fastpath/_core")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_public_subpackage_declares_all():
+    for init in PACKAGE.glob("*/__init__.py"):
+        if init.parent.name.startswith("_"):
+            continue
+        tree = ast.parse(init.read_text())
+        names = {
+            t.id
+            for node in tree.body
+            if isinstance(node, ast.Assign | ast.AnnAssign)
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(t, ast.Name)
+        }
+        assert "__all__" in names, f"{init.relative_to(ROOT)} sets no __all__"
+
+
+def test_nothing_outside_the_package_imports_the_core():
+    for path in list((ROOT / "tests").rglob("*.py")) + list((ROOT / "bench").rglob("*.py")):
+        if path == Path(__file__).resolve():
+            continue
+        text = path.read_text()
+        assert "fastpath._core" not in text, f"{path.relative_to(ROOT)} reaches into the core"
+
+
+def _pxd_function_declarations():
+    for pxd in (PACKAGE / "_core").glob("*.pxd"):
+        text = re.sub(r"#.*", "", pxd.read_text())
+        # Join continuation lines of a declaration.
+        for decl in re.findall(r"^cdef (?!class|struct|packed|enum|extern)[^:]*?\)[^\n:]*", text,
+                               flags=re.M | re.S):
+            yield pxd.name, " ".join(decl.split())
+
+
+def test_every_core_function_states_its_exception_contract():
+    found = 0
+    for name, decl in _pxd_function_declarations():
+        found += 1
+        returns_object = re.match(r"cdef (inline )?(dict|object|list)\b", decl)
+        assert returns_object or "noexcept" in decl or "except" in decl, f"{name}: {decl}"
+    assert found > 10
+
+
+def test_every_njit_kernel_uses_the_shared_options():
+    for path in PACKAGE.rglob("*.py"):
+        for line in path.read_text().splitlines():
+            if line.strip().startswith("@njit"):
+                assert line.strip() == "@njit(**NJIT)", f"{path.relative_to(ROOT)}: {line}"
+
+
+@pytest.mark.parametrize("cls", errors.VringError.__subclasses__(), ids=lambda c: c.__name__)
+def test_error_classes_match_the_core_codes(cls):
+    core_names = {v: k for k, v in vars(core_chain).items() if k.startswith("FP_E_")}
+    assert cls.code in core_names
+    assert errors.error_for_code(cls.code) is cls
+    assert cls.__doc__
+
+
+def test_every_core_code_has_an_error_class():
+    codes = {v for k, v in vars(core_chain).items() if k.startswith("FP_E_")}
+    assert codes == {cls.code for cls in errors.VringError.__subclasses__()}
