@@ -6,6 +6,7 @@ wrap counter and its USED bit does not; used when both bits equal the device's w
 
 from libc.stdint cimport UINT32_MAX, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOOP,
                                    FP_E_INDIRECT, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
@@ -15,7 +16,7 @@ from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOO
                                    fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,
                                    fp_need_event, fp_store_release_u16, fp_store_relaxed_u16)
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
-from fastpath._core.split cimport FP_VQ_BROKEN, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT
+from fastpath._core.split cimport FP_VQ_BROKEN, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT, FP_VQ_NOTIFY_OFF
 
 DESC_SIZE = sizeof(fp_packed_desc)
 EVENT_SIZE = sizeof(fp_packed_event)
@@ -431,6 +432,18 @@ cdef class PackedDevice:
     def errors(self):
         """{-code: count} for every error seen at least once."""
         return fp_error_counts(self.q.errors)
+
+    def reset(self):
+        """Forget all progress and errors (the device was reset); wrap counters back to 1."""
+        self.q.next_avail = 0
+        self.q.next_used = 0
+        self.q.avail_wrap = 1
+        self.q.used_wrap = 1
+        self.q.used_since_notify = 0
+        self.q.options &= ~(FP_VQ_BROKEN | FP_VQ_NOTIFY_OFF)
+        self.q.popped = 0
+        self.q.pushed = 0
+        memset(self.q.errors, 0, sizeof(self.q.errors))
 
     def pop_burst(self, uint8_t[::1] chains, uint8_t[::1] segs):
         cdef uint32_t max_chains = chains.shape[0] // sizeof(fp_chain)

@@ -6,11 +6,12 @@ a local and validated before it is used; a bad chain is reported in its record, 
 
 from libc.stdint cimport UINT32_MAX, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES,
                                    FP_E_CHAIN_LOOP, FP_E_HEAD_RANGE, FP_E_INDIRECT,
                                    FP_E_NEXT_RANGE, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
-                                   FP_E_WRITE_ORDER, FP_NERRORS, FP_SEG_WRITE, fp_append_buffer,
+                                   FP_E_WRITE_ORDER, FP_SEG_WRITE, fp_append_buffer,
                                    fp_chain_clear, fp_count_error,
                                    fp_single_segment_chain, fp_error_counts,
                                    fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,
@@ -384,8 +385,7 @@ cdef class SplitDevice:
         self.q.options &= ~(FP_VQ_BROKEN | FP_VQ_NOTIFY_OFF)
         self.q.popped = 0
         self.q.pushed = 0
-        for code in range(FP_NERRORS):
-            self.q.errors[code] = 0
+        memset(self.q.errors, 0, sizeof(self.q.errors))
 
     def pop_burst(self, uint8_t[::1] chains, uint8_t[::1] segs):
         cdef uint32_t max_chains = chains.shape[0] // sizeof(fp_chain)

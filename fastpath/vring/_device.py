@@ -90,6 +90,10 @@ class DeviceQueue:
         chains = np.ascontiguousarray(chains, dtype=CHAIN_DTYPE)
         return self._core.push_burst(as_bytes(chains), len(chains))
 
+    def reset(self) -> None:
+        """Forget all progress, errors and a broken state: the device was reset (§2.1)."""
+        self._core.reset()
+
     def should_notify(self) -> bool:
         """Whether the driver wants a used-buffer notification for what was pushed since."""
         return self._core.should_notify()
