@@ -52,7 +52,11 @@ class NextOutOfRange(VringError):
 
 
 class ChainLoop(VringError):
-    """A chain is longer than its table: it loops, or it exceeds the queue size."""
+    """A chain visits more descriptors than its table holds: it loops.
+
+    An indirect table may hold more descriptors than the queue size; Linux drivers send such
+    tables and QEMU and DPDK accept them, so fastpath does too.
+    """
 
     code = -3
 

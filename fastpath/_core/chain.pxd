@@ -129,6 +129,9 @@ cdef inline int fp_append_buffer(const fp_memory *mem, uint32_t *hint, uint64_t 
     cdef uint64_t chunk
     cdef uint8_t *hva
     cdef uint64_t left = length
+    if length and gpa + (length - 1) < gpa:
+        # The range wraps past 2**64: no region can hold it, even one that ends there.
+        return FP_E_DESC_MEMORY
     while left:
         hva = fp_gpa_chunk(mem, gpa, left, hint, &chunk)
         if hva == NULL:

@@ -45,7 +45,7 @@ cdef struct fp_packed_device:
     uint32_t mem_hint
     uint16_t next_avail
     uint16_t next_used
-    uint16_t used_since_notify     # ring slots used since the last notification decision
+    uint32_t used_since_notify     # ring slots used since the last notification decision
     uint8_t avail_wrap
     uint8_t used_wrap
     uint16_t options
@@ -60,7 +60,7 @@ cdef struct fp_packed_driver:
     uint32_t mem_hint
     uint16_t next_avail
     uint16_t last_used
-    uint16_t added_since_kick      # ring slots filled since the last kick decision
+    uint32_t added_since_kick      # ring slots filled since the last kick decision
     uint8_t avail_wrap
     uint8_t used_wrap
     uint32_t num_free

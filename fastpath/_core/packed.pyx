@@ -40,28 +40,35 @@ cdef inline void _advance(uint16_t *pos, uint8_t *wrap, uint32_t by, uint32_t si
     pos[0] = <uint16_t>p
 
 
+cdef struct _walk:
+    # What a chain walk has gathered so far.
+    uint32_t nseg
+    uint64_t readable
+    uint64_t writable
+    bint seen_write
+
+
 cdef int _add_segment(fp_packed_device *vq, const fp_packed_desc *d, fp_chain *c,
-                      fp_segment *segs, uint32_t *nseg, uint32_t max_segs,
-                      uint64_t *lens) noexcept nogil:
-    # lens[0] and lens[1] sum the readable and writable bytes.
+                      fp_segment *segs, uint32_t max_segs, _walk *w) noexcept nogil:
     cdef int rc
     if d.flags & FP_PACKED_DESC_F_WRITE:
-        lens[1] += d.len
-    elif lens[1] or (nseg[0] > c.nreadable):
+        w.seen_write = True
+        w.writable += d.len
+    elif w.seen_write:
+        # §2.8.3: as in split rings, device-writable descriptors follow the readable ones.
         return FP_E_WRITE_ORDER
     else:
-        lens[0] += d.len
+        w.readable += d.len
     rc = fp_append_buffer(vq.mem, &vq.mem_hint, d.addr, d.len,
                           FP_SEG_WRITE if d.flags & FP_PACKED_DESC_F_WRITE else 0,
-                          segs, nseg, max_segs)
-    if rc == 0 and not (d.flags & FP_PACKED_DESC_F_WRITE):
-        c.nreadable = <uint16_t>nseg[0]
+                          segs, &w.nseg, max_segs)
+    if rc == 0 and not w.seen_write:
+        c.nreadable = <uint16_t>w.nseg
     return rc
 
 
 cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain *c,
-                        fp_segment *segs, uint32_t *nseg, uint32_t max_segs,
-                        uint64_t *lens) noexcept nogil:
+                        fp_segment *segs, uint32_t max_segs, _walk *w) noexcept nogil:
     # §2.8.19: the table's entries are the buffer, in order; no NEXT, no nesting.
     cdef const fp_packed_desc *table
     cdef fp_packed_desc e
@@ -78,7 +85,7 @@ cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain 
         e = table[k]
         if e.flags & FP_PACKED_DESC_F_INDIRECT:
             return FP_E_INDIRECT
-        rc = _add_segment(vq, &e, c, segs, nseg, max_segs, lens)
+        rc = _add_segment(vq, &e, c, segs, max_segs, w)
         if rc:
             return rc
     return 0
@@ -86,12 +93,12 @@ cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain 
 
 cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t max_chains,
                              fp_segment *segs, uint32_t max_segs) noexcept nogil:
-    cdef uint32_t i = 0, nseg, used_segs = 0, ndesc
+    cdef uint32_t i = 0, used_segs = 0, ndesc
     cdef uint16_t pos, flags
     cdef uint8_t wrap
     cdef fp_packed_desc d
     cdef fp_chain *c
-    cdef uint64_t lens[2]
+    cdef _walk w
     cdef int rc
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
@@ -115,9 +122,11 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
             used_segs += 1
             i += 1
             continue
-        nseg = 0
+        w.nseg = 0
+        w.readable = 0
+        w.writable = 0
+        w.seen_write = False
         ndesc = 0
-        lens[0] = lens[1] = 0
         rc = 0
         # Walk the whole chain even after an error, so that its slots are consumed.
         while True:
@@ -133,17 +142,15 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
             if rc == 0:
                 if d.flags & FP_PACKED_DESC_F_INDIRECT:
                     rc = (FP_E_INDIRECT if ndesc > 1 else
-                          _read_indirect(vq, &d, c, segs + used_segs, &nseg,
-                                         max_segs - used_segs, lens))
+                          _read_indirect(vq, &d, c, segs + used_segs, max_segs - used_segs, &w))
                 else:
-                    rc = _add_segment(vq, &d, c, segs + used_segs, &nseg, max_segs - used_segs,
-                                      lens)
+                    rc = _add_segment(vq, &d, c, segs + used_segs, max_segs - used_segs, &w)
             _advance(&pos, &wrap, 1, vq.ring.size)
             if not (d.flags & FP_PACKED_DESC_F_NEXT):
                 break
         if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
             break
-        if rc == 0 and (lens[0] > UINT32_MAX or lens[1] > UINT32_MAX or nseg > 0xFFFF):
+        if rc == 0 and (w.readable > UINT32_MAX or w.writable > UINT32_MAX or w.nseg > 0xFFFF):
             rc = FP_E_CHAIN_BYTES
         # §2.8.6: the buffer id is in the chain's last descriptor.
         c.id = d.id
@@ -155,10 +162,10 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
             c.nreadable = 0
             fp_count_error(vq.errors, rc)
         else:
-            c.nseg = <uint16_t>nseg
-            c.readable_len = <uint32_t>lens[0]
-            c.writable_len = <uint32_t>lens[1]
-            used_segs += nseg
+            c.nseg = <uint16_t>w.nseg
+            c.readable_len = <uint32_t>w.readable
+            c.writable_len = <uint32_t>w.writable
+            used_segs += w.nseg
         i += 1
     vq.popped += i
     return <int>i
@@ -191,12 +198,12 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
         pushed += 1
     vq.next_used = pos
     vq.used_wrap = wrap
-    vq.used_since_notify += <uint16_t>slots
+    vq.used_since_notify += slots
     vq.pushed += pushed
     return <int>pushed
 
 
-cdef inline bint _event_wanted(const fp_packed_event *event, uint16_t new, uint16_t moved,
+cdef inline bint _event_wanted(const fp_packed_event *event, uint16_t new, uint32_t moved,
                                uint8_t wrap, uint32_t size, bint event_idx) noexcept nogil:
     # §2.8.10: ENABLE always, DISABLE never, DESC when the ring passes the given slot.
     cdef uint16_t flags = fp_load_relaxed_u16(&event.flags)
@@ -205,6 +212,9 @@ cdef inline bint _event_wanted(const fp_packed_event *event, uint16_t new, uint1
         return True
     if flags != FP_PACKED_EVENT_DESC or not event_idx:
         return False
+    if moved >= size:
+        # A whole lap or more since the last decision: every slot was passed.
+        return True
     off_wrap = fp_load_relaxed_u16(&event.off_wrap)
     off = off_wrap & ~FP_PACKED_WRAP_BIT
     if (off_wrap >> 15) != wrap:
@@ -213,7 +223,7 @@ cdef inline bint _event_wanted(const fp_packed_event *event, uint16_t new, uint1
 
 
 cdef bint fp_packed_device_should_notify(fp_packed_device *vq) noexcept nogil:
-    cdef uint16_t moved = vq.used_since_notify
+    cdef uint32_t moved = vq.used_since_notify
     if moved == 0:
         return False
     vq.used_since_notify = 0
@@ -289,7 +299,7 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
         num_free -= need
         chains[i].id = id
         added += 1
-    vq.added_since_kick += <uint16_t>(vq.num_free - num_free)
+    vq.added_since_kick += vq.num_free - num_free
     vq.next_avail = pos
     vq.avail_wrap = wrap
     vq.num_free = num_free
@@ -297,7 +307,7 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
 
 
 cdef bint fp_packed_driver_should_kick(fp_packed_driver *vq) noexcept nogil:
-    cdef uint16_t moved = vq.added_since_kick
+    cdef uint32_t moved = vq.added_since_kick
     if moved == 0:
         return False
     vq.added_since_kick = 0

@@ -22,6 +22,7 @@ REGION_DTYPE = np.dtype(
 )
 assert REGION_DTYPE.itemsize == _core_memory.REGION_SIZE
 
+ADDRESS_LIMIT = 1 << 64
 PAGE_SIZE = mmap.PAGESIZE
 HUGE_PAGE_SIZE = 2 << 20
 # Linux's MFD_HUGETLB (include/uapi/linux/memfd.h); the os module names it on 3.8+.
@@ -59,6 +60,23 @@ class _Mapping:
         self.bytes = np.frombuffer(self.map, dtype=np.uint8)
         self.host_addr = self.bytes.ctypes.data
 
+    @classmethod
+    def create(cls, name: str, gpa: int, size: int, hugetlb: bool) -> _Mapping:
+        """A new memfd of `size` bytes for guest-physical `gpa`, mapped here."""
+        try:
+            fd = os.memfd_create(name, os.MFD_CLOEXEC | (_MFD_HUGETLB if hugetlb else 0))
+        except OSError as e:
+            raise GuestMemoryError(f"cannot create guest memory: {e}") from e
+        try:
+            os.ftruncate(fd, size)
+            mapping = cls(SharedRegion(fd, gpa, size, user_addr=0), owns_fd=True)
+        except (OSError, ValueError) as e:
+            os.close(fd)
+            raise GuestMemoryError(f"cannot map {size:#x} bytes of guest memory: {e}") from e
+        # Our own mapping address is the "user address" we show peers, as QEMU does.
+        mapping.shared = SharedRegion(fd, gpa, size, user_addr=mapping.host_addr)
+        return mapping
+
 
 class GuestMemory:
     """Guest-physical memory made of memfd regions, with holes between them if asked.
@@ -67,81 +85,88 @@ class GuestMemory:
     from the fds it sent with `GuestMemory.from_shared([SharedRegion, ...])`. Every translation
     checks that the whole range lies inside one region. `table` is the region table as a numpy
     array (REGION_DTYPE) that the compiled core and Numba kernels read directly.
+
+    Add or remove regions only while no data-plane thread is popping from a queue over this
+    memory: the core reads the region table without a lock (vhost-user stops rings first).
     """
 
     def __init__(self, layout: list[tuple[int, int]] | None = None, *, hugetlb: bool = False,
                  name: str = "fastpath-guest"):
-        self._mappings: list[_Mapping] = []
+        # A tuple, replaced on every change: a burst keeps the one it was popped under, so its
+        # host addresses stay mapped however the memory changes afterwards.
+        self._mappings: tuple[_Mapping, ...] = ()
         self._core = _core_memory.MemoryTable()
         self.table = np.zeros(0, dtype=REGION_DTYPE)
         granule = HUGE_PAGE_SIZE if hugetlb else PAGE_SIZE
-        for gpa, size in layout or []:
-            if size <= 0 or size % granule or gpa % granule:
-                raise GuestMemoryError(
-                    f"region at {gpa:#x} of {size:#x} bytes is not a whole number of "
-                    f"{granule:#x}-byte pages at a page boundary"
-                )
-            flags = os.MFD_CLOEXEC | (_MFD_HUGETLB if hugetlb else 0)
-            try:
-                fd = os.memfd_create(name, flags)
-            except OSError as e:
-                raise GuestMemoryError(f"cannot create guest memory: {e}") from e
-            try:
-                os.ftruncate(fd, size)
-                mapping = _Mapping(SharedRegion(fd, gpa, size, user_addr=0), owns_fd=True)
-            except (OSError, ValueError) as e:
-                os.close(fd)
-                raise GuestMemoryError(f"cannot map {size:#x} bytes of guest memory: {e}") from e
-            # Our own mapping address is the "user address" we show peers, as QEMU does.
-            mapping.shared = SharedRegion(fd, gpa, size, user_addr=mapping.host_addr)
-            self._add(mapping)
+        try:
+            for gpa, size in layout or []:
+                if size <= 0 or size % granule or gpa % granule:
+                    raise GuestMemoryError(
+                        f"region at {gpa:#x} of {size:#x} bytes is not a whole number of "
+                        f"{granule:#x}-byte pages at a page boundary"
+                    )
+                self._check_placement(gpa, size, user_addr=0)
+                self._add(_Mapping.create(name, gpa, size, hugetlb))
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_shared(cls, regions: list[SharedRegion], *, owns_fds: bool = True) -> GuestMemory:
         """Map regions another process shared (fds received over a socket, say)."""
         memory = cls()
-        for region in regions:
-            memory.add_region(region, owns_fd=owns_fds)
+        try:
+            for region in regions:
+                memory.add_region(region, owns_fd=owns_fds)
+        except BaseException:
+            memory.close()
+            raise
         return memory
 
     def add_region(self, region: SharedRegion, *, owns_fd: bool = True) -> None:
         """Map one more shared region; it may not overlap a mapped one."""
-        if region.size <= 0:
-            raise GuestMemoryError(f"region at {region.guest_phys_addr:#x} is empty")
-        if region.mmap_offset % mmap.ALLOCATIONGRANULARITY:
+        if region.mmap_offset % mmap.ALLOCATIONGRANULARITY or region.mmap_offset < 0:
             raise GuestMemoryError(f"mmap offset {region.mmap_offset:#x} is not page-aligned")
-        for m in self._mappings:
-            s = m.shared
-            if _overlaps(s.guest_phys_addr, s.size, region.guest_phys_addr, region.size):
-                raise GuestMemoryError(
-                    f"region at {region.guest_phys_addr:#x} overlaps the one at "
-                    f"{s.guest_phys_addr:#x} in guest-physical space"
-                )
-            if region.user_addr and s.user_addr and _overlaps(
-                s.user_addr, s.size, region.user_addr, region.size
-            ):
-                raise GuestMemoryError(
-                    f"region at user address {region.user_addr:#x} overlaps another"
-                )
+        self._check_placement(region.guest_phys_addr, region.size, region.user_addr)
         try:
             mapping = _Mapping(region, owns_fd)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, OverflowError) as e:
             raise GuestMemoryError(f"cannot map region at {region.guest_phys_addr:#x}: {e}") from e
         self._add(mapping)
+
+    def _check_placement(self, gpa: int, size: int, user_addr: int) -> None:
+        """Refuse an empty region, one past the 64-bit space, or one overlapping another."""
+        if size <= 0:
+            raise GuestMemoryError(f"region at {gpa:#x} is empty")
+        for base, kind in ((gpa, "guest-physical"), (user_addr, "front-end virtual")):
+            if base < 0 or base + size > ADDRESS_LIMIT:
+                raise GuestMemoryError(
+                    f"region at {kind} {base:#x} of {size:#x} bytes is outside 64-bit space"
+                )
+        for m in self._mappings:
+            s = m.shared
+            if _overlaps(s.guest_phys_addr, s.size, gpa, size):
+                raise GuestMemoryError(
+                    f"region at {gpa:#x} overlaps the one at {s.guest_phys_addr:#x} in "
+                    f"guest-physical space"
+                )
+            if user_addr and s.user_addr and _overlaps(s.user_addr, s.size, user_addr, size):
+                raise GuestMemoryError(f"region at user address {user_addr:#x} overlaps another")
 
     def remove_region(self, guest_phys_addr: int) -> None:
         """Unmap the region that starts at guest_phys_addr."""
         for m in self._mappings:
             if m.shared.guest_phys_addr == guest_phys_addr:
-                self._mappings.remove(m)
+                self._mappings = tuple(x for x in self._mappings if x is not m)
                 self._refresh()
                 _release(m)
                 return
         raise GuestMemoryError(f"no region starts at {guest_phys_addr:#x}")
 
     def _add(self, mapping: _Mapping) -> None:
-        self._mappings.append(mapping)
-        self._mappings.sort(key=lambda m: m.shared.guest_phys_addr)
+        self._mappings = tuple(
+            sorted(self._mappings + (mapping,), key=lambda m: m.shared.guest_phys_addr)
+        )
         self._refresh()
 
     def _refresh(self) -> None:
@@ -153,6 +178,11 @@ class GuestMemory:
             row["host_addr"] = m.host_addr
         self.table = table
         self._core.update(table)
+
+    @property
+    def mappings(self) -> tuple:
+        """Opaque handles that keep every current region mapped while they are referenced."""
+        return self._mappings
 
     @property
     def core(self) -> _core_memory.MemoryTable:
@@ -171,7 +201,7 @@ class GuestMemory:
 
     def translate(self, gpa: int, length: int = 1) -> int:
         """Host address of the guest-physical range [gpa, gpa + length)."""
-        hva = self._core.gpa_to_hva(gpa, length) if gpa >= 0 and length >= 0 else 0
+        hva = self._core.gpa_to_hva(gpa, length) if _in_u64(gpa, length) else 0
         if not hva:
             raise GuestMemoryError(
                 f"guest range {gpa:#x}+{length:#x} is not inside one region of guest memory"
@@ -180,7 +210,7 @@ class GuestMemory:
 
     def translate_user(self, uva: int, length: int = 1) -> int:
         """Host address of a range given in the front-end's virtual addresses."""
-        hva = self._core.uva_to_hva(uva, length) if uva >= 0 and length >= 0 else 0
+        hva = self._core.uva_to_hva(uva, length) if _in_u64(uva, length) else 0
         if not hva:
             raise GuestMemoryError(
                 f"front-end range {uva:#x}+{length:#x} is not inside one region of guest memory"
@@ -226,7 +256,7 @@ class GuestMemory:
 
         A mapping stays valid while a queue or a view made from it is alive.
         """
-        mappings, self._mappings = self._mappings, []
+        mappings, self._mappings = self._mappings, ()
         self._refresh()
         for m in mappings:
             _release(m)
@@ -240,6 +270,10 @@ class GuestMemory:
     def __repr__(self) -> str:
         parts = ", ".join(f"{s.guest_phys_addr:#x}+{s.size:#x}" for s in self.regions)
         return f"GuestMemory([{parts}])"
+
+
+def _in_u64(addr: int, length: int) -> bool:
+    return 0 <= addr < ADDRESS_LIMIT and 0 <= length < ADDRESS_LIMIT
 
 
 def _overlaps(a: int, a_size: int, b: int, b_size: int) -> bool:

@@ -58,7 +58,9 @@ class GuestDriver:
         self.queue = queue_class(self.memory, size, self.addresses, event_idx=event_idx,
                                  indirect=indirect)
         self._free_slots = list(range(nbuffers - 1, -1, -1))
-        self._slots_by_id: dict[int, list[int]] = {}
+        self._free_tables = list(range(size - 1, -1, -1))
+        # buffer id -> (readable slots, writable slots, indirect table or None)
+        self._in_flight: dict[int, tuple[list[int], list[int], int | None]] = {}
         desc_dtype = PACKED_DESC_DTYPE if packed else SPLIT_DESC_DTYPE
         self.desc = self.memory.view(self.addresses.desc, 16 * size).view(desc_dtype)
 
@@ -73,7 +75,7 @@ class GuestDriver:
         return self.pool_base + slot * self.buffer_size
 
     def table_address(self, slot: int) -> int:
-        """Guest-physical address of the indirect table reserved for ring slot `slot`."""
+        """Guest-physical address of indirect table number `slot` (room for 64 descriptors)."""
         return self.tables_base + slot * 16 * 64
 
     def send(self, data: bytes, *, pieces: int = 1, writable: int = 0,
@@ -81,45 +83,58 @@ class GuestDriver:
         """Offer data (split over `pieces` buffers) plus `writable` empty buffers; returns id."""
         if len(data) > pieces * self.buffer_size:
             raise ValueError("data does not fit the pieces asked for")
-        slots = [self._free_slots.pop() for _ in range(pieces + writable)]
+        out_slots = self._take_slots(pieces)
+        in_slots = self._take_slots(writable)
         readable = []
         step = -(-len(data) // pieces) if data else 0
-        for k in range(pieces):
+        for k, slot in enumerate(out_slots):
             chunk = data[k * step : (k + 1) * step]
-            self.memory.write(self.buffer_address(slots[k]), chunk)
-            readable.append((self.buffer_address(slots[k]), len(chunk)))
-        writable_pieces = [(self.buffer_address(s), self.buffer_size) for s in slots[pieces:]]
-        return self._add(slots, readable, writable_pieces, indirect)
+            self.memory.write(self.buffer_address(slot), chunk)
+            readable.append((self.buffer_address(slot), len(chunk)))
+        return self._add(out_slots, in_slots, readable, indirect)
 
     def offer(self, pieces: int = 1, *, indirect: bool = False) -> int:
         """Offer `pieces` empty device-writable buffers as one chain; returns its id."""
-        slots = [self._free_slots.pop() for _ in range(pieces)]
-        writable = [(self.buffer_address(s), self.buffer_size) for s in slots]
-        return self._add(slots, [], writable, indirect)
+        return self._add([], self._take_slots(pieces), [], indirect)
 
-    def _add(self, slots, readable, writable, indirect) -> int:
-        table = self.table_address(len(self._slots_by_id) % self.size) if indirect else 0
+    def _take_slots(self, n: int) -> list[int]:
+        if n > len(self._free_slots):
+            raise ValueError(f"the buffer pool has {len(self._free_slots)} free, not {n}")
+        return [self._free_slots.pop() for _ in range(n)]
+
+    def _add(self, out_slots, in_slots, readable, indirect) -> int:
+        writable = [(self.buffer_address(s), self.buffer_size) for s in in_slots]
+        # Each buffer in flight keeps its own indirect table until it is collected.
+        table = self._free_tables.pop() if indirect and self._free_tables else None
         try:
-            buffer_id = self.queue.add(readable, writable, indirect_table=table)
+            if indirect and table is None:
+                raise ValueError("every indirect table is in flight")
+            buffer_id = self.queue.add(
+                readable, writable, indirect_table=self.table_address(table) if indirect else 0
+            )
         except Exception:
-            self._free_slots.extend(slots)
+            self._free_slots.extend(out_slots + in_slots)
+            if table is not None:
+                self._free_tables.append(table)
             raise
-        self._slots_by_id[buffer_id] = slots
+        self._in_flight[buffer_id] = (out_slots, in_slots, table)
         return buffer_id
 
     def collect(self) -> list[tuple[int, bytes]]:
         """Used buffers as (id, bytes the device wrote into the writable pieces)."""
         done = []
         for buffer_id, written in self.queue.collect():
-            slots = self._slots_by_id.pop(buffer_id)
-            out = bytearray()
-            for s in slots:
-                if len(out) >= written:
+            out_slots, in_slots, table = self._in_flight.pop(buffer_id)
+            reply = bytearray()
+            for s in in_slots:
+                if len(reply) >= written:
                     break
-                take = min(self.buffer_size, written - len(out))
-                out += self.memory.read(self.buffer_address(s), take)
-            self._free_slots.extend(slots)
-            done.append((buffer_id, bytes(out)))
+                take = min(self.buffer_size, written - len(reply))
+                reply += self.memory.read(self.buffer_address(s), take)
+            self._free_slots.extend(out_slots + in_slots)
+            if table is not None:
+                self._free_tables.append(table)
+            done.append((buffer_id, bytes(reply)))
         return done
 
     # Raw access, for writing what a correct driver never would.

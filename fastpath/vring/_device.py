@@ -28,6 +28,8 @@ class Burst:
         self.chains = np.zeros(max_chains, dtype=CHAIN_DTYPE)
         self.segments = np.zeros(max_segments or 4 * max_chains, dtype=SEGMENT_DTYPE)
         self.count = 0
+        # The regions mapped when the burst was popped: its host addresses stay valid.
+        self.keepalive: tuple = ()
         self._chain_bytes = as_bytes(self.chains)
         self._segment_bytes = as_bytes(self.segments)
 
@@ -72,6 +74,7 @@ class DeviceQueue:
 
         Raises AvailIndexJump or QueueBroken when the queue cannot go on until it is reset.
         """
+        burst.keepalive = self._area.memory.mappings
         n = self._core.pop_burst(burst._chain_bytes, burst._segment_bytes)
         if n < 0:
             burst.count = 0
@@ -83,7 +86,7 @@ class DeviceQueue:
         """Return burst's chains as used, in pop order or in the order of the indices given."""
         if order is None:
             return self._core.push_burst(burst._chain_bytes, burst.count)
-        return self.push_chains(burst.chains[np.asarray(order)])
+        return self.push_chains(burst.chains[np.asarray(order, dtype=np.intp)])
 
     def push_chains(self, chains: np.ndarray) -> int:
         """Return the given CHAIN_DTYPE records as used; returns how many were accepted."""

@@ -26,6 +26,7 @@ class RingArea:
         sizes = packed_area_sizes(size) if packed else split_area_sizes(size)
         aligns = PACKED_ALIGN if packed else SPLIT_ALIGN
         names = ("descriptor", "driver", "device")
+        self.memory = memory
         self.host: list[int] = []
         self.keepalive = []
         for name, gpa, nbytes, align in zip(
