@@ -25,7 +25,7 @@ build: $(BUILT)
 
 $(INSTALLED): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -U pip 'setuptools>=77' wheel 'Cython>=3.0'
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -16,7 +16,8 @@ from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOO
                                    fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,
                                    fp_need_event, fp_store_release_u16, fp_store_relaxed_u16)
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
-from fastpath._core.split cimport FP_VQ_BROKEN, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT, FP_VQ_NOTIFY_OFF
+from fastpath._core.split cimport (FP_VQ_BROKEN, FP_VQ_EVENT_DESC, FP_VQ_EVENT_IDX,
+                                   FP_VQ_INDIRECT, FP_VQ_NOTIFY_OFF)
 
 DESC_SIZE = sizeof(fp_packed_desc)
 EVENT_SIZE = sizeof(fp_packed_event)
@@ -330,7 +331,8 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
         if not _is_used(flags, wrap):
             break
         id = ring[pos].id
-        length = ring[pos].len
+        # §2.8.4: a used descriptor's len means something only with WRITE set.
+        length = ring[pos].len if flags & FP_PACKED_DESC_F_WRITE else 0
         ndesc = vq.ndesc[id] if id < size else 0
         if ndesc == 0:
             # The device returned something we never gave it: count it, skip its slot.
@@ -347,14 +349,21 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
         n += 1
     vq.last_used = pos
     vq.used_wrap = wrap
+    if n and vq.options & FP_VQ_EVENT_DESC:
+        # §2.8.10: a driver waiting for a given slot asks for the next one once it has
+        # collected, as the split driver moves used_event on.
+        fp_store_release_u16(&vq.ring.driver_event.off_wrap,
+                             pos | (FP_PACKED_WRAP_BIT if wrap else 0))
     return <int>n
 
 
 cdef int fp_packed_driver_set_calls(fp_packed_driver *vq, bint enabled) noexcept nogil:
     if not enabled:
+        vq.options &= ~FP_VQ_EVENT_DESC
         fp_store_relaxed_u16(&vq.ring.driver_event.flags, FP_PACKED_EVENT_DISABLE)
         return 0
     if vq.options & FP_VQ_EVENT_IDX:
+        vq.options |= FP_VQ_EVENT_DESC
         fp_store_relaxed_u16(&vq.ring.driver_event.off_wrap,
                              vq.last_used | (FP_PACKED_WRAP_BIT if vq.used_wrap else 0))
         fp_store_release_u16(&vq.ring.driver_event.flags, FP_PACKED_EVENT_DESC)

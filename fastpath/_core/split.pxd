@@ -28,6 +28,7 @@ cpdef enum:
     FP_VQ_INDIRECT = 2          # VIRTIO_F_INDIRECT_DESC negotiated
     FP_VQ_BROKEN = 0x100        # device side: stopped after FP_E_AVAIL_IDX
     FP_VQ_NOTIFY_OFF = 0x200    # notifications from the other side are suppressed
+    FP_VQ_EVENT_DESC = 0x400    # packed driver: asked for a call when a given slot is used
 
 
 # The three ring areas as this process sees them. The avail ring is u16 flags, u16 idx,

@@ -60,6 +60,16 @@ class _Mapping:
         self.bytes = np.frombuffer(self.map, dtype=np.uint8)
         self.host_addr = self.bytes.ctypes.data
 
+    def close_fd(self) -> None:
+        """Close the fd if this mapping owns it; the mapping itself stays until unreferenced."""
+        if self.owns_fd:
+            self.owns_fd = False
+            os.close(self.shared.fd)
+
+    def __del__(self) -> None:
+        # A memory nobody closed still gives its fds back when its last mapping goes.
+        self.close_fd()
+
     @classmethod
     def create(cls, name: str, gpa: int, size: int, hugetlb: bool) -> _Mapping:
         """A new memfd of `size` bytes for guest-physical `gpa`, mapped here."""
@@ -159,7 +169,7 @@ class GuestMemory:
             if m.shared.guest_phys_addr == guest_phys_addr:
                 self._mappings = tuple(x for x in self._mappings if x is not m)
                 self._refresh()
-                _release(m)
+                m.close_fd()
                 return
         raise GuestMemoryError(f"no region starts at {guest_phys_addr:#x}")
 
@@ -259,7 +269,7 @@ class GuestMemory:
         mappings, self._mappings = self._mappings, ()
         self._refresh()
         for m in mappings:
-            _release(m)
+            m.close_fd()
 
     def __enter__(self) -> GuestMemory:
         return self
@@ -278,8 +288,3 @@ def _in_u64(addr: int, length: int) -> bool:
 
 def _overlaps(a: int, a_size: int, b: int, b_size: int) -> bool:
     return a < b + b_size and b < a + a_size
-
-
-def _release(mapping: _Mapping) -> None:
-    if mapping.owns_fd:
-        os.close(mapping.shared.fd)

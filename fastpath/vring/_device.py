@@ -13,6 +13,10 @@ from fastpath.vring._layout import RingAddresses
 from fastpath.vring._queue import RingArea, named_errors, options, raise_queue_error
 from fastpath.vring._records import CHAIN_DTYPE, SEGMENT_DTYPE, as_bytes
 
+# The most pieces a chain may have and still be served whatever burst it lands in; QEMU
+# serves at most 1024 (VIRTQUEUE_MAX_SIZE).
+MAX_CHAIN_SEGMENTS = 1024
+
 
 class Burst:
     """Caller-owned arrays that a pop fills and a push reads back.
@@ -66,8 +70,11 @@ class DeviceQueue:
         self.size = size
 
     def new_burst(self, max_chains: int = 32) -> Burst:
-        """A Burst large enough for any chain this queue accepts."""
-        return Burst(max_chains, 4 * max_chains + self.size)
+        """A Burst with room for `max_chains` chains of up to MAX_CHAIN_SEGMENTS pieces.
+
+        A longer chain (possible only through a large indirect table) fails TooManySegments.
+        """
+        return Burst(max_chains, 4 * max_chains + max(self.size, MAX_CHAIN_SEGMENTS))
 
     def pop(self, burst: Burst) -> int:
         """Fill burst with up to len(burst.chains) available chains; returns how many.

@@ -47,6 +47,7 @@ class DriverQueue:
                                       options(event_idx, indirect), self._area)
         self.size = size
         self.addresses = addresses
+        self.indirect = indirect
         self._one_chain = np.zeros(1, dtype=DRIVER_CHAIN_DTYPE)
         self._used = np.zeros(256, dtype=USED_ELEM_DTYPE)
 
@@ -62,6 +63,10 @@ class DriverQueue:
         ]
         if not pieces:
             raise ValueError("a buffer needs at least one piece")
+        if indirect_table:
+            if not self.indirect:
+                raise ValueError("indirect tables need VIRTIO_F_INDIRECT_DESC (indirect=True)")
+            self._area.memory.translate(indirect_table, 16 * len(pieces))
         segs = np.array(pieces, dtype=SEGMENT_DTYPE)
         self._one_chain[0] = (indirect_table, 0, len(pieces), 0)
         if self._core.add_burst(as_bytes(self._one_chain), 1, as_bytes(segs)) != 1:

@@ -34,41 +34,41 @@ def run_reference_loop(packed: bool, size: int, burst: int, chains: int,
                        copy_bytes: int = 64) -> float:
     """Run `chains` buffers through a reference driver and device; returns chains per second.
 
-    The driver offers single-descriptor device-writable buffers of copy_bytes, up to `burst` at
-    a time, and asks whether to kick; the device pops up to `burst`, writes copy_bytes into each,
-    pushes them and asks whether to notify; the driver collects. One ring in its own memory.
+    The job `fastpath bench vring` times on the core: the driver offers up to `burst`
+    single-descriptor device-readable buffers of copy_bytes; the device pops up to `burst`,
+    copies each one's bytes out and pushes it back used; the driver collects. One ring in its
+    own memory, nothing else (no kick or notification decisions, as in the compiled loop).
     """
     if min(size, burst, chains, copy_bytes) < 1:
         raise ValueError("size, burst, chains and copy_bytes must be positive")
     addresses = ring_layout(size, _RING_BASE, packed)
     pool = -(-(_RING_BASE + ring_bytes(size, packed)) // 64) * 64
-    memory_size = -(-(pool + size * copy_bytes) // PAGE_SIZE) * PAGE_SIZE
-    memory = GuestMemory([(0, memory_size)])
+    memory = GuestMemory([(0, -(-(pool + size * copy_bytes) // PAGE_SIZE) * PAGE_SIZE)])
     driver_class, device_class = (PackedDriver, PackedDevice) if packed else (SplitDriver,
                                                                               SplitDevice)
     driver = driver_class(memory, size, addresses)
     device = device_class(memory, size, addresses)
-    payload = bytes(k & 0xFF for k in range(copy_bytes))
     free_buffers = [pool + k * copy_bytes for k in range(size)]
+    for address in free_buffers:
+        memory.write(address, bytes(k & 0xFF for k in range(copy_bytes)))
     buffer_of: dict[int, int] = {}
+    copied = bytearray()
     offered = done = 0
     start = time.perf_counter()
     while done < chains:
         for _ in range(min(burst, driver.num_free, chains - offered)):
             address = free_buffers.pop()
-            buffer_of[driver.add(writable=[(address, copy_bytes)])] = address
+            buffer_of[driver.add(readable=[(address, copy_bytes)])] = address
             offered += 1
-        driver.should_kick()
         popped = device.pop(burst)
         for chain in popped:
-            device.write(chain, payload)
-        device.push([(chain, copy_bytes) for chain in popped])
-        device.should_notify()
-        for chain_id, written in driver.collect(burst):
-            if written != copy_bytes:
-                raise AssertionError(f"buffer {chain_id} came back with {written} bytes")
+            copied[:] = device.readable(chain)
+        device.push([(chain, 0) for chain in popped])
+        for chain_id, _ in driver.collect(burst):
             free_buffers.append(buffer_of.pop(chain_id))
             done += 1
     elapsed = time.perf_counter() - start
+    if len(copied) != copy_bytes:
+        raise AssertionError(f"the device copied {len(copied)} bytes, not {copy_bytes}")
     memory.close()
     return chains / elapsed

@@ -79,7 +79,7 @@ def check_size(size: int, packed: bool) -> None:
 
 
 class Area:
-    """A ring area read and written in place, little-endian (§2.4: rings are little-endian)."""
+    """A ring area read and written in place: its fields are le16/le32/le64 (§2.7, §2.8)."""
 
     def __init__(self, memory: GuestMemory, gpa: int, nbytes: int, align: int, name: str):
         if gpa % align:
@@ -171,19 +171,17 @@ def passed(event: int, old: int, new: int) -> bool:
 
 def passed_slot(event_slot: int, event_wrap: int, pos: int, wrap: int, moved: int,
                 size: int) -> bool:
-    """§2.8.10: whether the last `moved` slots before (pos, wrap) include (event_slot, event_wrap).
+    """§2.8.10: whether the last `moved` slots before (pos, wrap) include the event slot.
 
-    A slot's wrap counter is the one in force while it is made available (or used); stepping back
-    over slot 0 flips it. After 2 * size steps every (slot, wrap) pair has been seen.
+    off_wrap's wrap counter says which lap its slot is in: the lap we are in if it matches our
+    counter, else the lap before. Once a whole ring's worth has moved, a 1-bit counter can no
+    longer say which lap was meant, and the slot has been passed in one of them: notify, since
+    a spurious notification is harmless (§2.7.7.1) and a lost one is not.
     """
-    for _ in range(min(moved, 2 * size)):
-        pos -= 1
-        if pos < 0:
-            pos += size
-            wrap ^= 1
-        if pos == event_slot and wrap == event_wrap:
-            return True
-    return False
+    if moved >= size:
+        return True
+    event = event_slot if event_wrap == wrap else event_slot - size
+    return 0 < pos - event <= moved
 
 
 class ErrorCounts(Counter):
@@ -197,7 +195,7 @@ def add_piece(memory: GuestMemory, pieces: list[Piece], gpa: int, length: int,
               writable: bool) -> type[Exception] | None:
     """Append one descriptor's buffer to pieces, or return why the chain is bad.
 
-    §2.7.4 / §2.8.17: device-writable elements come after every device-readable one; and a
+    §2.7.4.2, §2.8.17: device-writable elements come after every device-readable one; and a
     buffer has to be guest memory for the device to touch it.
     """
     if pieces and pieces[-1].writable and not writable:
@@ -221,11 +219,20 @@ class DeviceBase:
         self.size = size
         self.event_idx = event_idx
         self.indirect = indirect
+        self.errors = ErrorCounts()
+        self._held: Counter[int] = Counter()
+
+    def reset(self) -> None:
+        """Forget all progress, errors and a broken state: the device was reset (§2.1)."""
         self.broken = False
         self.popped = 0
         self.pushed = 0
-        self.errors = ErrorCounts()
-        self._held: Counter[int] = Counter()
+        self.errors.clear()
+        self._held.clear()
+        self._restart()
+
+    def _restart(self) -> None:
+        raise NotImplementedError
 
     def readable(self, chain: Chain) -> bytes:
         """A copy of chain's device-readable bytes."""

@@ -45,6 +45,7 @@ from fastpath.testing.reference._common import (
 )
 
 DESC = struct.Struct("<QIHH")  # addr, len, id, flags
+DESC_BODY = struct.Struct("<QIH")  # addr, len, id: all but the flags
 F_AVAIL = 1 << 7
 F_USED = 1 << 15
 FLAGS_OFFSET = 14  # of a descriptor's flags
@@ -122,6 +123,10 @@ class PackedDevice(DeviceBase):
                  indirect: bool = False):
         super().__init__(memory, size, event_idx, indirect)
         self._ring = _PackedAreas(memory, size, addresses)
+        self.reset()
+
+    def _restart(self) -> None:
+        # §2.8.1: both wrap counters start at 1.
         self._next_avail, self._avail_wrap = 0, 1
         self._next_used, self._used_wrap = 0, 1
         self._used_since_notify = 0
@@ -316,7 +321,7 @@ class PackedDriver(DriverBase):
             flags |= (F_NEXT if k + 1 < len(entries) else 0) | (
                 F_AVAIL if self._avail_wrap else F_USED)
             offset = DESC_SIZE * self._next_avail
-            struct.pack_into("<QIH", self._ring.ring.bytes, offset, addr, length, buffer_id)
+            DESC_BODY.pack_into(self._ring.ring.bytes, offset, addr, length, buffer_id)
             if k == 0:
                 head_flags = flags
             else:

@@ -87,6 +87,9 @@ class SplitDevice(DeviceBase):
                  indirect: bool = False):
         super().__init__(memory, size, event_idx, indirect)
         self._ring = _SplitAreas(memory, size, addresses)
+        self.reset()
+
+    def _restart(self) -> None:
         self.last_avail_idx = 0
         self._used_idx = 0
         self._signalled_used = 0
