@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fastpath._core.chain as core_chain
 import pytest
 
+import fastpath._core.chain as core_chain
 from fastpath import errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ def _run(*cmd):
 
 
 def test_ruff_is_clean():
-    result = _run(str(BIN / "ruff"), "check", "fastpath", "tests", "bench")
+    result = _run(str(BIN / "ruff"), "check", "--no-cache", "fastpath", "tests", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
