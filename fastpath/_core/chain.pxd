@@ -148,11 +148,13 @@ cdef inline int fp_append_buffer(const fp_memory *mem, uint32_t *hint, uint64_t 
     return 0
 
 
-# The common case of a one-descriptor buffer inside one region: one segment, and the chain's
-# counts. Returns False, having changed nothing that matters, when the buffer is empty, crosses
-# a region boundary or lies outside memory: the caller then takes the general path.
+# The common case of a one-descriptor buffer inside one region: one segment at segs[first_seg]
+# and the whole chain record, each written once. Returns False, having written nothing, when
+# the buffer is empty, crosses a region boundary or lies outside memory: the caller then takes
+# the general path.
 cdef inline bint fp_single_segment_chain(const fp_memory *mem, uint32_t *hint, uint64_t gpa,
-                                         uint32_t length, bint writable, fp_segment *seg,
+                                         uint32_t length, bint writable, uint32_t id,
+                                         fp_segment *segs, uint32_t first_seg,
                                          fp_chain *c) noexcept nogil:
     cdef uint8_t *hva
     if length == 0:
@@ -160,14 +162,20 @@ cdef inline bint fp_single_segment_chain(const fp_memory *mem, uint32_t *hint, u
     hva = fp_gpa_to_hva(mem, gpa, length, hint)
     if hva == NULL:
         return False
-    seg.addr = <uintptr_t>hva
-    seg.len = length
-    seg.flags = FP_SEG_WRITE if writable else 0
-    seg.reserved = 0
+    segs[first_seg].addr = <uintptr_t>hva
+    segs[first_seg].len = length
+    segs[first_seg].flags = FP_SEG_WRITE if writable else 0
+    segs[first_seg].reserved = 0
+    c.id = id
+    c.first_seg = first_seg
     c.nseg = 1
     c.nreadable = 0 if writable else 1
+    c.ndesc = 1
+    c.error = 0
     c.readable_len = 0 if writable else length
     c.writable_len = length if writable else 0
+    c.written = 0
+    c.reserved = 0
     return True
 
 

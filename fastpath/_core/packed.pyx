@@ -94,9 +94,16 @@ cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain 
 
 cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t max_chains,
                              fp_segment *segs, uint32_t max_segs) noexcept nogil:
+    # Ring state lives in locals for the burst: stores to chains and segments could otherwise
+    # alias it, and the compiler would reload it for every chain.
+    cdef uint16_t pos = vq.next_avail
+    cdef uint8_t wrap = vq.avail_wrap
+    cdef uint32_t size = vq.ring.size
+    cdef const fp_packed_desc *ring = vq.ring.desc
+    cdef uint32_t hint = vq.mem_hint
     cdef uint32_t i = 0, used_segs = 0, ndesc
-    cdef uint16_t pos, flags
-    cdef uint8_t wrap
+    cdef uint16_t walk_pos, flags
+    cdef uint8_t walk_wrap
     cdef fp_packed_desc d
     cdef fp_chain *c
     cdef _walk w
@@ -104,41 +111,46 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
     while i < max_chains:
-        pos = vq.next_avail
-        wrap = vq.avail_wrap
         # Acquire: the driver writes a chain's other slots before its head's flags.
-        flags = fp_load_acquire_u16(&vq.ring.desc[pos].flags)
+        flags = fp_load_acquire_u16(&ring[pos].flags)
         if not _is_avail(flags, wrap):
             break
         c = &chains[i]
-        d = vq.ring.desc[pos]
+        # Field by field, each read once: one 16-byte copy of a slot the driver has just
+        # written piecewise would wait for its stores to drain.
+        d.addr = ring[pos].addr
+        d.len = ring[pos].len
+        d.id = ring[pos].id
         d.flags = flags
-        fp_chain_clear(c, d.id, used_segs)
         if (not (flags & (FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT))
                 and used_segs < max_segs
-                and fp_single_segment_chain(vq.mem, &vq.mem_hint, d.addr, d.len,
-                                            flags & FP_PACKED_DESC_F_WRITE,
-                                            &segs[used_segs], c)):
-            _advance(&vq.next_avail, &vq.avail_wrap, 1, vq.ring.size)
+                and fp_single_segment_chain(vq.mem, &hint, d.addr, d.len,
+                                            flags & FP_PACKED_DESC_F_WRITE, d.id,
+                                            segs, used_segs, c)):
+            _advance(&pos, &wrap, 1, size)
             used_segs += 1
             i += 1
             continue
+        fp_chain_clear(c, d.id, used_segs)
         w.nseg = 0
         w.readable = 0
         w.writable = 0
         w.seen_write = False
         ndesc = 0
         rc = 0
+        walk_pos = pos
+        walk_wrap = wrap
         # Walk the whole chain even after an error, so that its slots are consumed.
         while True:
-            d = vq.ring.desc[pos]
+            d = ring[walk_pos]
             if ndesc == 0:
                 d.flags = flags
             ndesc += 1
-            if ndesc > vq.ring.size:
+            if ndesc > size:
                 # No end in sight: the ring cannot be parsed any further.
                 vq.options |= FP_VQ_BROKEN
                 fp_count_error(vq.errors, FP_E_CHAIN_LOOP)
+                _end_pop(vq, pos, wrap, hint, i)
                 return FP_E_CHAIN_LOOP if i == 0 else <int>i
             if rc == 0:
                 if d.flags & FP_PACKED_DESC_F_INDIRECT:
@@ -146,7 +158,7 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
                           _read_indirect(vq, &d, c, segs + used_segs, max_segs - used_segs, &w))
                 else:
                     rc = _add_segment(vq, &d, c, segs + used_segs, max_segs - used_segs, &w)
-            _advance(&pos, &wrap, 1, vq.ring.size)
+            _advance(&walk_pos, &walk_wrap, 1, size)
             if not (d.flags & FP_PACKED_DESC_F_NEXT):
                 break
         if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
@@ -156,8 +168,8 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
         # §2.8.6: the buffer id is in the chain's last descriptor.
         c.id = d.id
         c.ndesc = <uint16_t>ndesc
-        vq.next_avail = pos
-        vq.avail_wrap = wrap
+        pos = walk_pos
+        wrap = walk_wrap
         if rc:
             c.error = <short>rc
             c.nreadable = 0
@@ -168,8 +180,16 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
             c.writable_len = <uint32_t>w.writable
             used_segs += w.nseg
         i += 1
-    vq.popped += i
+    _end_pop(vq, pos, wrap, hint, i)
     return <int>i
+
+
+cdef inline void _end_pop(fp_packed_device *vq, uint16_t pos, uint8_t wrap, uint32_t hint,
+                          uint32_t popped) noexcept nogil:
+    vq.next_avail = pos
+    vq.avail_wrap = wrap
+    vq.mem_hint = hint
+    vq.popped += popped
 
 
 cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
@@ -248,6 +268,7 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
     cdef uint16_t pos = vq.next_avail
     cdef uint8_t wrap = vq.avail_wrap
     cdef uint32_t num_free = vq.num_free
+    cdef uint16_t free_id = vq.free_id
     cdef uint32_t size = vq.ring.size
     cdef fp_packed_desc *ring = vq.ring.desc
     cdef uint32_t i, k, need, nseg, added = 0
@@ -273,8 +294,8 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
                 table[k].len = s[k].len
                 table[k].id = 0
                 table[k].flags = FP_PACKED_DESC_F_WRITE if s[k].flags & FP_SEG_WRITE else 0
-        id = vq.free_id
-        vq.free_id = vq.next_id[id]
+        id = free_id
+        free_id = vq.next_id[id]
         head = pos
         head_flags = 0
         for k in range(need):
@@ -301,6 +322,7 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
         chains[i].id = id
         added += 1
     vq.added_since_kick += vq.num_free - num_free
+    vq.free_id = free_id
     vq.next_avail = pos
     vq.avail_wrap = wrap
     vq.num_free = num_free

@@ -86,9 +86,15 @@ cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment
 
 cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_chains,
                             fp_segment *segs, uint32_t max_segs) noexcept nogil:
+    # Ring state lives in locals for the burst: stores to chains and segments could otherwise
+    # alias it, and the compiler would reload it for every chain.
+    cdef uint16_t next_idx = vq.last_avail_idx
+    cdef uint32_t size = vq.ring.size
+    cdef const uint16_t *avail_ring = vq.ring.avail + 2
+    cdef const fp_split_desc *table = vq.ring.desc
+    cdef uint32_t hint = vq.mem_hint
     cdef uint16_t avail_idx, head
     cdef uint32_t pending, i, used_segs = 0
-    cdef uint32_t mask = vq.ring.size - 1
     cdef fp_split_desc d
     cdef fp_chain *c
     cdef int rc
@@ -96,8 +102,8 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
         return FP_E_BROKEN
     # Acquire: the ring entries the driver wrote before publishing idx are visible after this.
     avail_idx = fp_load_acquire_u16(&vq.ring.avail[1])
-    pending = <uint16_t>(avail_idx - vq.last_avail_idx)
-    if pending > vq.ring.size:
+    pending = <uint16_t>(avail_idx - next_idx)
+    if pending > size:
         # §2.7.13.3: the driver never has more than the queue size outstanding.
         vq.options |= FP_VQ_BROKEN
         fp_count_error(vq.errors, FP_E_AVAIL_IDX)
@@ -105,24 +111,24 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
     if pending > max_chains:
         pending = max_chains
     for i in range(pending):
-        head = vq.ring.avail[2 + (vq.last_avail_idx & mask)]
+        head = avail_ring[next_idx & (size - 1)]
         c = &chains[i]
-        fp_chain_clear(c, head, used_segs)
-        if head < vq.ring.size and used_segs < max_segs:
-            d = vq.ring.desc[head]
+        if head < size and used_segs < max_segs:
+            d = table[head]
             if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
-                    and fp_single_segment_chain(vq.mem, &vq.mem_hint, d.addr, d.len,
-                                                d.flags & FP_SPLIT_DESC_F_WRITE,
-                                                &segs[used_segs], c)):
-                vq.last_avail_idx += 1
+                    and fp_single_segment_chain(vq.mem, &hint, d.addr, d.len,
+                                                d.flags & FP_SPLIT_DESC_F_WRITE, head,
+                                                segs, used_segs, c)):
+                next_idx += 1
                 used_segs += 1
                 continue
+        fp_chain_clear(c, head, used_segs)
         rc = _read_chain(vq, head, c, segs + used_segs, max_segs - used_segs)
         if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
             # Leave it for the next burst, which starts with an empty segment array.
             pending = i
             break
-        vq.last_avail_idx += 1
+        next_idx += 1
         if rc:
             c.error = <short>rc
             c.nseg = 0
@@ -132,10 +138,12 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
             fp_count_error(vq.errors, rc)
         else:
             used_segs += c.nseg
+    vq.last_avail_idx = next_idx
+    vq.mem_hint = hint
     vq.popped += pending
     if vq.options & FP_VQ_EVENT_IDX and not (vq.options & FP_VQ_NOTIFY_OFF):
         # §2.7.10: kick me when the driver moves avail idx past what I have consumed.
-        fp_store_relaxed_u16(vq.ring.avail_event, vq.last_avail_idx)
+        fp_store_relaxed_u16(vq.ring.avail_event, next_idx)
     return <int>pending
 
 
