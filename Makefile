@@ -24,7 +24,7 @@ test-suite: build
 build: $(BUILT)
 
 $(INSTALLED): pyproject.toml setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install -q -U pip 'setuptools>=77' wheel 'Cython>=3.0'
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@

@@ -14,7 +14,8 @@ from numba.core.extending import get_cython_function_address
 DEBUG = os.environ.get("FASTPATH_DEBUG", "") not in ("", "0")
 
 # One set of options for every @njit kernel: no GIL, cached, bounds checks only in debug runs.
-NJIT = {"nogil": True, "cache": True, "boundscheck": DEBUG}
+# Numba's cache key ignores these options, so a debug run must not load release kernels.
+NJIT = {"nogil": True, "cache": not DEBUG, "boundscheck": DEBUG}
 
 # Pointers cross as integers: the same register on x86-64, and Numba passes ints freely.
 POINTER = types.uintp

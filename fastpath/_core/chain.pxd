@@ -16,6 +16,8 @@ cdef extern from "fp_atomic.h":
     uint16_t fp_load_relaxed_u16(const uint16_t *p) noexcept nogil
     void fp_store_relaxed_u16(uint16_t *p, uint16_t v) noexcept nogil
     void fp_full_fence() noexcept nogil
+    uint64_t fp_read_once_u64(const void *p) noexcept nogil
+    uint16_t fp_read_once_u16(const void *p) noexcept nogil
 
 
 # Per-chain and per-queue errors. A negative return is one of these; the queue's counter at the
@@ -33,8 +35,23 @@ cpdef enum:
     FP_E_USED_ID = -9           # a used element names no buffer in flight
     FP_E_BROKEN = -10           # the queue stopped after an unrecoverable error; reset it
     FP_E_CHAIN_BYTES = -11      # a chain's total length does not fit 32 bits
-    FP_E_NO_SPACE = -12         # the driver has too few free descriptors for a chain
+    FP_E_NO_SPACE = -12         # (Python layer) the driver has too few free descriptors
     FP_NERRORS = 13
+
+
+# Queue options and state bits, both ring types and both sides.
+cpdef enum:
+    FP_VQ_EVENT_IDX = 1         # VIRTIO_F_EVENT_IDX negotiated
+    FP_VQ_INDIRECT = 2          # VIRTIO_F_INDIRECT_DESC negotiated
+    FP_VQ_BROKEN = 0x100        # device side: stopped after an unrecoverable ring error
+    FP_VQ_NOTIFY_OFF = 0x200    # notifications from the other side are suppressed
+    FP_VQ_EVENT_DESC = 0x400    # packed driver: asked for a call when a given slot is used
+
+
+# The most descriptors an indirect table may hold: the queue size or this, whichever is larger.
+# QEMU serves at most 1024 (VIRTQUEUE_MAX_SIZE); a cap also bounds the work a guest can demand.
+cpdef enum:
+    FP_MAX_INDIRECT = 1024
 
 
 # Segment flags.
@@ -190,6 +207,10 @@ cdef inline void fp_chain_clear(fp_chain *c, uint32_t id, uint32_t first_seg) no
     c.writable_len = 0
     c.written = 0
     c.reserved = 0
+
+
+cdef inline uint32_t fp_max_indirect(uint32_t queue_size) noexcept nogil:
+    return queue_size if queue_size > FP_MAX_INDIRECT else FP_MAX_INDIRECT
 
 
 cdef inline void fp_count_error(uint64_t *errors, int code) noexcept nogil:

@@ -6,6 +6,8 @@ SEGMENT_SIZE = sizeof(fp_segment)
 CHAIN_SIZE = sizeof(fp_chain)
 DRIVER_CHAIN_SIZE = sizeof(fp_driver_chain)
 USED_ELEM_SIZE = sizeof(fp_used_elem)
+# Whether this build has FASTPATH_DEBUG's checks on (and its -O0): benchmarks report it.
+DEBUG_BUILD = FASTPATH_DEBUG
 
 
 cdef uint64_t fp_gather_burst(const fp_chain *chains, uint32_t n, const fp_segment *segs,
@@ -24,7 +26,7 @@ cdef dict fp_error_counts(const uint64_t *errors):
 def chain_gather(const uint8_t[::1] chains, Py_ssize_t index, const uint8_t[::1] segs,
                  uint8_t[::1] dst):
     """Copy chain `index`'s readable bytes into dst; returns the count. Arrays are raw bytes."""
-    if (index < 0 or (index + 1) * sizeof(fp_chain) > <size_t>chains.shape[0]):
+    if index < 0 or <size_t>index >= <size_t>chains.shape[0] // sizeof(fp_chain):
         raise IndexError("chain index out of range")
     cdef const fp_chain *c = <const fp_chain *>&chains[0] + index
     _check_segments(c, segs)
@@ -36,7 +38,7 @@ def chain_gather(const uint8_t[::1] chains, Py_ssize_t index, const uint8_t[::1]
 def chain_scatter(const uint8_t[::1] chains, Py_ssize_t index, const uint8_t[::1] segs,
                   const uint8_t[::1] src):
     """Copy src into chain `index`'s writable segments; returns the count."""
-    if (index < 0 or (index + 1) * sizeof(fp_chain) > <size_t>chains.shape[0]):
+    if index < 0 or <size_t>index >= <size_t>chains.shape[0] // sizeof(fp_chain):
         raise IndexError("chain index out of range")
     cdef const fp_chain *c = <const fp_chain *>&chains[0] + index
     _check_segments(c, segs)
@@ -46,5 +48,7 @@ def chain_scatter(const uint8_t[::1] chains, Py_ssize_t index, const uint8_t[::1
 
 
 cdef _check_segments(const fp_chain *c, const uint8_t[::1] segs):
-    if (<size_t>c.first_seg + c.nseg) * sizeof(fp_segment) > <size_t>segs.shape[0]:
+    if <size_t>c.first_seg + c.nseg > <size_t>segs.shape[0] // sizeof(fp_segment):
         raise IndexError("chain's segments lie outside the segment array")
+    if c.nreadable > c.nseg:
+        raise ValueError("chain record claims more readable segments than it has")

@@ -23,7 +23,12 @@
 #define fp_load_relaxed_u16(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define fp_store_relaxed_u16(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 #define fp_full_fence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
-#define fp_acquire_fence() __atomic_thread_fence(__ATOMIC_ACQUIRE)
-#define fp_release_fence() __atomic_thread_fence(__ATOMIC_RELEASE)
+
+/*
+ * A guest may rewrite ring memory while we read it. Reading each word exactly once, through an
+ * atomic load, stops the compiler from reading a field again after it was validated.
+ */
+#define fp_read_once_u64(p) __atomic_load_n((const uint64_t *)(p), __ATOMIC_RELAXED)
+#define fp_read_once_u16(p) __atomic_load_n((const uint16_t *)(p), __ATOMIC_RELAXED)
 
 #endif

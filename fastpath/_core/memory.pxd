@@ -87,3 +87,4 @@ cdef class MemoryTable:
     """The core's view of a region table; shared by every queue over the same guest memory."""
     cdef fp_memory mem
     cdef object _table
+    cdef object _previous

@@ -15,14 +15,21 @@ cdef class MemoryTable:
         self.mem.regions = NULL
         self.mem.nregions = 0
         self._table = None
+        self._previous = None
 
     def update(self, table):
-        """Point the core at `table`, a C-contiguous numpy array of region rows."""
+        """Point the core at `table`, a C-contiguous numpy array of region rows.
+
+        The table before this one stays alive until the next update, so that a burst that read
+        the old pointer just before the swap still reads valid rows. Callers still change
+        memory only while its queues are stopped.
+        """
         if table.dtype.itemsize != sizeof(fp_region) or not table.flags.c_contiguous:
             raise ValueError("region table rows must be contiguous and match the core's layout")
+        self._previous = self._table
         self._table = table
-        self.mem.nregions = <uint32_t>len(table)
         self.mem.regions = <const fp_region *>(<uintptr_t>table.ctypes.data) if len(table) else NULL
+        self.mem.nregions = <uint32_t>len(table)
 
     def gpa_to_hva(self, uint64_t gpa, uint64_t length):
         """Host address of a guest-physical range inside one region, or 0."""

@@ -10,17 +10,16 @@ from libc.string cimport memset
 
 from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOOP,
                                    FP_E_INDIRECT, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
-                                   FP_E_WRITE_ORDER, FP_SEG_WRITE, fp_append_buffer,
-                                   fp_chain_clear, fp_count_error,
-                                   fp_single_segment_chain, fp_error_counts,
-                                   fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,
-                                   fp_need_event, fp_store_release_u16, fp_store_relaxed_u16)
+                                   FP_E_WRITE_ORDER, FP_SEG_WRITE, FP_VQ_BROKEN,
+                                   FP_VQ_EVENT_DESC, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT,
+                                   FP_VQ_NOTIFY_OFF, fp_append_buffer, fp_chain_clear,
+                                   fp_count_error, fp_error_counts, fp_full_fence,
+                                   fp_load_acquire_u16, fp_load_relaxed_u16, fp_max_indirect,
+                                   fp_need_event, fp_read_once_u64, fp_single_segment_chain,
+                                   fp_store_release_u16, fp_store_relaxed_u16)
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
-from fastpath._core.split cimport (FP_VQ_BROKEN, FP_VQ_EVENT_DESC, FP_VQ_EVENT_IDX,
-                                   FP_VQ_INDIRECT, FP_VQ_NOTIFY_OFF)
 
 DESC_SIZE = sizeof(fp_packed_desc)
-EVENT_SIZE = sizeof(fp_packed_event)
 
 
 cdef inline bint _is_avail(uint16_t flags, uint8_t wrap) noexcept nogil:
@@ -39,6 +38,16 @@ cdef inline void _advance(uint16_t *pos, uint8_t *wrap, uint32_t by, uint32_t si
         p -= size
         wrap[0] ^= 1
     pos[0] = <uint16_t>p
+
+
+cdef inline void _read_desc(const fp_packed_desc *p, fp_packed_desc *d) noexcept nogil:
+    # One read of each word of a guest-written slot (fp_read_once_*): what was validated is
+    # what gets used. For a chain's head, the caller keeps the flags of its acquire load.
+    cdef uint64_t word = fp_read_once_u64(<const uint8_t *>p + 8)
+    d.addr = fp_read_once_u64(p)
+    d.len = <uint32_t>word
+    d.id = <uint16_t>(word >> 32)
+    d.flags = <uint16_t>(word >> 48)
 
 
 cdef struct _walk:
@@ -76,14 +85,15 @@ cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain 
     cdef uint32_t k, count
     cdef int rc
     if (not (vq.options & FP_VQ_INDIRECT) or d.flags & FP_PACKED_DESC_F_NEXT or d.len == 0
-            or d.len % sizeof(fp_packed_desc) != 0):
+            or d.len % sizeof(fp_packed_desc) != 0
+            or d.len // sizeof(fp_packed_desc) > fp_max_indirect(vq.ring.size)):
         return FP_E_INDIRECT
     table = <const fp_packed_desc *>fp_gpa_to_hva(vq.mem, d.addr, d.len, &vq.mem_hint)
     if table == NULL:
         return FP_E_INDIRECT
     count = d.len // sizeof(fp_packed_desc)
     for k in range(count):
-        e = table[k]
+        _read_desc(&table[k], &e)
         if e.flags & FP_PACKED_DESC_F_INDIRECT:
             return FP_E_INDIRECT
         rc = _add_segment(vq, &e, c, segs, max_segs, w)
@@ -116,11 +126,7 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
         if not _is_avail(flags, wrap):
             break
         c = &chains[i]
-        # Field by field, each read once: one 16-byte copy of a slot the driver has just
-        # written piecewise would wait for its stores to drain.
-        d.addr = ring[pos].addr
-        d.len = ring[pos].len
-        d.id = ring[pos].id
+        _read_desc(&ring[pos], &d)
         d.flags = flags
         if (not (flags & (FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT))
                 and used_segs < max_segs
@@ -142,7 +148,7 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
         walk_wrap = wrap
         # Walk the whole chain even after an error, so that its slots are consumed.
         while True:
-            d = ring[walk_pos]
+            _read_desc(&ring[walk_pos], &d)
             if ndesc == 0:
                 d.flags = flags
             ndesc += 1
@@ -219,7 +225,8 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
         pushed += 1
     vq.next_used = pos
     vq.used_wrap = wrap
-    vq.used_since_notify += slots
+    # Saturates: a lap or more is all the decision needs to know.
+    vq.used_since_notify = min(vq.used_since_notify + slots, size)
     vq.pushed += pushed
     return <int>pushed
 
@@ -229,10 +236,12 @@ cdef inline bint _event_wanted(const fp_packed_event *event, uint16_t new, uint3
     # §2.8.10: ENABLE always, DISABLE never, DESC when the ring passes the given slot.
     cdef uint16_t flags = fp_load_relaxed_u16(&event.flags)
     cdef uint16_t off_wrap, off
-    if flags == FP_PACKED_EVENT_ENABLE:
-        return True
-    if flags != FP_PACKED_EVENT_DESC or not event_idx:
+    if flags == FP_PACKED_EVENT_DISABLE:
         return False
+    if flags != FP_PACKED_EVENT_DESC or not event_idx:
+        # ENABLE, or a value we do not know: a spurious notification costs a wake-up, a
+        # missed one hangs the other side.
+        return True
     if moved >= size:
         # A whole lap or more since the last decision: every slot was passed.
         return True
@@ -283,6 +292,10 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
         need = 1 if table_gpa else nseg
         if nseg == 0 or need > num_free:
             break
+        if table_gpa and not (vq.options & FP_VQ_INDIRECT):
+            # No indirect descriptors unless the feature was negotiated.
+            fp_count_error(vq.errors, FP_E_INDIRECT)
+            break
         if table_gpa:
             table = <fp_packed_desc *>fp_gpa_to_hva(vq.mem, table_gpa,
                                                     nseg * sizeof(fp_packed_desc), &vq.mem_hint)
@@ -321,7 +334,7 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
         num_free -= need
         chains[i].id = id
         added += 1
-    vq.added_since_kick += vq.num_free - num_free
+    vq.added_since_kick = min(vq.added_since_kick + (vq.num_free - num_free), size)
     vq.free_id = free_id
     vq.next_avail = pos
     vq.avail_wrap = wrap

@@ -22,15 +22,6 @@ cpdef enum:
     FP_SPLIT_USED_F_NO_NOTIFY = 1       # §2.7.10
 
 
-# Queue options (both sides).
-cpdef enum:
-    FP_VQ_EVENT_IDX = 1         # VIRTIO_F_EVENT_IDX negotiated
-    FP_VQ_INDIRECT = 2          # VIRTIO_F_INDIRECT_DESC negotiated
-    FP_VQ_BROKEN = 0x100        # device side: stopped after FP_E_AVAIL_IDX
-    FP_VQ_NOTIFY_OFF = 0x200    # notifications from the other side are suppressed
-    FP_VQ_EVENT_DESC = 0x400    # packed driver: asked for a call when a given slot is used
-
-
 # The three ring areas as this process sees them. The avail ring is u16 flags, u16 idx,
 # u16 ring[size], u16 used_event; the used ring is u16 flags, u16 idx, then size used elements
 # and u16 avail_event (§2.7.6, §2.7.8).

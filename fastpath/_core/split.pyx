@@ -11,16 +11,27 @@ from libc.string cimport memset
 from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES,
                                    FP_E_CHAIN_LOOP, FP_E_HEAD_RANGE, FP_E_INDIRECT,
                                    FP_E_NEXT_RANGE, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
-                                   FP_E_WRITE_ORDER, FP_SEG_WRITE, fp_append_buffer,
-                                   fp_chain_clear, fp_count_error,
-                                   fp_single_segment_chain, fp_error_counts,
-                                   fp_full_fence, fp_load_acquire_u16, fp_load_relaxed_u16,
-                                   fp_need_event, fp_store_release_u16, fp_store_relaxed_u16)
+                                   FP_E_WRITE_ORDER, FP_SEG_WRITE,
+                                   FP_VQ_BROKEN, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT,
+                                   FP_VQ_NOTIFY_OFF, fp_append_buffer, fp_chain_clear,
+                                   fp_count_error, fp_error_counts, fp_full_fence,
+                                   fp_load_acquire_u16, fp_load_relaxed_u16, fp_need_event,
+                                   fp_max_indirect, fp_read_once_u16, fp_read_once_u64,
+                                   fp_single_segment_chain,
+                                   fp_store_release_u16, fp_store_relaxed_u16)
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
 
 DESC_SIZE = sizeof(fp_split_desc)
-DEVICE_STATE_SIZE = sizeof(fp_split_device)
-DRIVER_STATE_SIZE = sizeof(fp_split_driver)
+
+
+cdef inline void _read_desc(const fp_split_desc *p, fp_split_desc *d) noexcept nogil:
+    # One read of each word of a guest-written entry (fp_read_once_*): what was validated is
+    # what gets used, however the guest rewrites the entry meanwhile.
+    cdef uint64_t word = fp_read_once_u64(<const uint8_t *>p + 8)
+    d.addr = fp_read_once_u64(p)
+    d.len = <uint32_t>word
+    d.flags = <uint16_t>(word >> 32)
+    d.next = <uint16_t>(word >> 48)
 
 
 cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment *segs,
@@ -38,16 +49,17 @@ cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment
     if head >= vq.ring.size:
         return FP_E_HEAD_RANGE
     while True:
-        # One read of the whole entry: the guest may rewrite it while we look.
-        d = table[idx]
+        _read_desc(&table[idx], &d)
         visited += 1
         if visited > table_size:
             return FP_E_CHAIN_LOOP
         if d.flags & FP_SPLIT_DESC_F_INDIRECT:
-            # §2.7.5.3: one level only, never with NEXT, a whole number of descriptors.
+            # §2.7.5.3: one level only, never with NEXT, a whole number of descriptors; and no
+            # more of them than a chain may have, which also bounds the walk.
             if (in_indirect or not (vq.options & FP_VQ_INDIRECT)
                     or d.flags & FP_SPLIT_DESC_F_NEXT or d.len == 0
-                    or d.len % sizeof(fp_split_desc) != 0):
+                    or d.len % sizeof(fp_split_desc) != 0
+                    or d.len // sizeof(fp_split_desc) > fp_max_indirect(vq.ring.size)):
                 return FP_E_INDIRECT
             table = <const fp_split_desc *>fp_gpa_to_hva(vq.mem, d.addr, d.len, &vq.mem_hint)
             if table == NULL:
@@ -111,10 +123,10 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
     if pending > max_chains:
         pending = max_chains
     for i in range(pending):
-        head = avail_ring[next_idx & (size - 1)]
+        head = fp_read_once_u16(&avail_ring[next_idx & (size - 1)])
         c = &chains[i]
         if head < size and used_segs < max_segs:
-            d = table[head]
+            _read_desc(&table[head], &d)
             if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
                     and fp_single_segment_chain(vq.mem, &hint, d.addr, d.len,
                                                 d.flags & FP_SPLIT_DESC_F_WRITE, head,
@@ -155,7 +167,9 @@ cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
     cdef fp_used_elem *e
     for i in range(n):
         if chains[i].id >= vq.ring.size:
-            fp_count_error(vq.errors, FP_E_USED_ID)
+            # A head the guest put out of range cannot go back; it was counted at pop.
+            if chains[i].error != FP_E_HEAD_RANGE:
+                fp_count_error(vq.errors, FP_E_USED_ID)
             continue
         e = &vq.ring.used_ring[idx & mask]
         e.id = chains[i].id
@@ -212,6 +226,10 @@ cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32
         c = &chains[i]
         need = 1 if c.indirect_table else c.nseg
         if c.nseg == 0 or need > vq.num_free:
+            break
+        if c.indirect_table and not (vq.options & FP_VQ_INDIRECT):
+            # §2.7.5.3.1: no indirect descriptors unless the feature was negotiated.
+            fp_count_error(vq.errors, FP_E_INDIRECT)
             break
         head = vq.free_head
         if c.indirect_table:

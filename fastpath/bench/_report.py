@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 
 import fastpath
+from fastpath._core import chain as core_chain
 
 
 def environment() -> dict:
@@ -21,7 +22,7 @@ def environment() -> dict:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
             cwd=os.path.dirname(fastpath.__file__),
         ).stdout.strip() or "unknown"
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         git = "unknown"
     return {
         "fastpath": fastpath.__version__,
@@ -30,6 +31,7 @@ def environment() -> dict:
         "numpy": np.__version__,
         "numba": numba.__version__,
         "machine": platform.machine(),
+        "build": "debug" if core_chain.DEBUG_BUILD else "release",
         "cpus": len(os.sched_getaffinity(0)),
     }
 
@@ -45,6 +47,7 @@ def print_table(headers: list[str], rows: list[list]) -> None:
 
 
 def write_json(path: str, data: dict) -> None:
+    """Write data as indented JSON (anything JSON does not know becomes its str())."""
     with open(path, "w") as f:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")

@@ -7,7 +7,7 @@ ring type's functions; the branch is taken once per burst.
 from numba import njit
 
 from fastpath._numba import NJIT
-from fastpath.vring import _kernels as core
+from fastpath.vring import kernels as core
 
 
 @njit(**NJIT)

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from fastpath.bench._report import environment, print_table, write_json
-from fastpath.bench._vring_kernels import device_loop, driver_loop, one_process_loop
 from fastpath.hv import GuestMemory
 from fastpath.vring import (
     DRIVER_CHAIN_DTYPE,
@@ -76,6 +75,8 @@ class Rig:
 
     def one_process(self, total: int) -> float:
         """Chains per second with driver and device in this thread."""
+        from fastpath.bench._vring_kernels import one_process_loop
+
         b = self.popped
         args = (self.packed, self.driver.handle, self.device.handle,
                 self.driver_chains.ctypes.data, self.driver_segments.ctypes.data,
@@ -89,46 +90,66 @@ class Rig:
         return moved / elapsed
 
 
-def _pinned(cpu: int | None, loop, args, barrier, results) -> None:
+def _pinned(cpu: int | None, loop_name: str, rig: Rig, total: int, barrier, results) -> None:
+    from fastpath.bench import _vring_kernels
+
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
+    loop = getattr(_vring_kernels, loop_name)
+    args = rig.driver_args(total) if loop_name == "driver_loop" else rig.device_args(total)
     barrier.wait()
     start = time.perf_counter()
     moved = loop(*args)
-    results.send((moved, time.perf_counter() - start))
+    elapsed = time.perf_counter() - start
+    queue = rig.driver if loop_name == "driver_loop" else rig.device
+    results.send((moved, elapsed, queue.errors))
 
 
-def two_process(rig: Rig, total: int, timeout: float) -> float:
-    """Chains per second with the driver and the device in two processes on two cores."""
+def two_process(packed: bool, size: int, burst: int, copy_bytes: int, total: int,
+                timeout: float) -> float:
+    """Chains per second with the driver and the device in two processes on two cores.
+
+    Each run gets a fresh ring: the parent never sees the state the children leave behind.
+    """
+    from fastpath.bench import _vring_kernels
+
+    rig = Rig(packed, size, burst, copy_bytes)
+    # Compile (or load) both loops here, so that the forked children time only the work.
+    _vring_kernels.driver_loop(*rig.driver_args(0))
+    _vring_kernels.device_loop(*rig.device_args(0))
     cpus = sorted(os.sched_getaffinity(0))
     driver_cpu, device_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (None, None)
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(2)
-    device_end, device_results = context.Pipe(duplex=False)
-    driver_end, driver_results = context.Pipe(duplex=False)
-    rig.stop[0] = 0
-    children = [
-        context.Process(target=_pinned, args=(driver_cpu, driver_loop, rig.driver_args(total),
-                                              barrier, driver_results)),
-        context.Process(target=_pinned, args=(device_cpu, device_loop, rig.device_args(total),
-                                              barrier, device_results)),
-    ]
+    ends = {}
+    children = []
+    for role, cpu in (("driver_loop", driver_cpu), ("device_loop", device_cpu)):
+        ends[role], child_end = context.Pipe(duplex=False)
+        children.append(context.Process(target=_pinned,
+                                         args=(cpu, role, rig, total, barrier, child_end)))
     for child in children:
         child.start()
     try:
-        if not device_end.poll(timeout):
-            rig.stop[0] = 1
-            raise TimeoutError(f"two-process run did not move {total} chains in {timeout} s")
-        moved, elapsed = device_end.recv()
-        if moved < 0:
-            raise RuntimeError(f"device loop failed with core error {moved}")
+        reports = {}
+        deadline = time.monotonic() + timeout
+        for role, end in ends.items():
+            if not end.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"two-process run did not move {total} chains in {timeout} s")
+            reports[role] = end.recv()
+        moved, elapsed, device_errors = reports["device_loop"]
+        driver_errors = reports["driver_loop"][2]
+        if moved < 0 or device_errors or driver_errors:
+            raise RuntimeError(f"two-process run failed: moved {moved}, device errors "
+                               f"{device_errors}, driver errors {driver_errors}")
         return moved / elapsed
     finally:
+        rig.stop[0] = 1
         for child in children:
             child.join(5)
             if child.is_alive():
                 child.kill()
                 child.join()
+        rig.memory.close()
 
 
 @dataclass
@@ -154,6 +175,7 @@ def _reference(packed: bool, size: int, burst: int, chains: int, copy_bytes: int
 
 
 def measure(args: argparse.Namespace, progress) -> list[Row]:
+    """Run every (ring, burst) case, alternating the sides; one Row per case."""
     rows = []
     cases = [(ring, burst) for ring in args.rings for burst in args.bursts]
     for n, (ring, burst) in enumerate(cases, 1):
@@ -170,7 +192,9 @@ def measure(args: argparse.Namespace, progress) -> list[Row]:
                            args.copy_bytes)
             )
             if args.two_process:
-                runs["two_process"].append(two_process(rig, args.chains, args.timeout))
+                runs["two_process"].append(two_process(packed, args.queue_size, burst,
+                                                       args.copy_bytes, args.chains,
+                                                       args.timeout))
         rows.append(Row(ring, burst, max(runs["one_process"]),
                         max(runs["two_process"]) if args.two_process else None,
                         max(runs["reference"]), runs))
@@ -179,6 +203,7 @@ def measure(args: argparse.Namespace, progress) -> list[Row]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `fastpath bench vring`."""
     parser.add_argument("--rings", type=_list_of(str, {"split", "packed"}),
                         default="split,packed", help="ring types, comma-separated")
     parser.add_argument("--bursts", type=_list_of(int), default="1,32,256",
@@ -212,9 +237,14 @@ def _list_of(kind, allowed=None):
 
 
 def run(args: argparse.Namespace) -> int:
+    """`fastpath bench vring`: measure, print the table, write JSON if asked."""
     env = environment()
-    print(f"fastpath bench vring  ({env['fastpath']}, git {env['git']}, {env['cpus']} CPUs, "
-          f"queue {args.queue_size}, {args.copy_bytes}-byte copy)", flush=True)
+    print(f"fastpath bench vring  ({env['fastpath']}, git {env['git']}, {env['build']} build, "
+          f"{env['cpus']} CPUs, queue {args.queue_size}, {args.copy_bytes}-byte copy)",
+          flush=True)
+    if env["build"] == "debug":
+        print("warning: the core is a FASTPATH_DEBUG build; figures are not representative "
+              "(rebuild with `make build`)", file=sys.stderr)
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

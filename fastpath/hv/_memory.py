@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 from dataclasses import dataclass
@@ -47,9 +48,14 @@ class SharedRegion:
 class _Mapping:
     """One mapped region: the mmap, a byte view of it, and the fd it came from."""
 
+    # Set only once the mapping exists: a failed one must not close an fd it never took.
+    owns_fd = False
+
     def __init__(self, shared: SharedRegion, owns_fd: bool):
         self.shared = shared
-        self.owns_fd = owns_fd
+        if os.fstat(shared.fd).st_size < shared.mmap_offset + shared.size:
+            # Touching pages past the end of the file would kill us with SIGBUS.
+            raise ValueError("the file is smaller than the region")
         self.map = mmap.mmap(
             shared.fd,
             shared.size,
@@ -59,6 +65,7 @@ class _Mapping:
         )
         self.bytes = np.frombuffer(self.map, dtype=np.uint8)
         self.host_addr = self.bytes.ctypes.data
+        self.owns_fd = owns_fd
 
     def close_fd(self) -> None:
         """Close the fd if this mapping owns it; the mapping itself stays until unreferenced."""
@@ -73,12 +80,15 @@ class _Mapping:
     @classmethod
     def create(cls, name: str, gpa: int, size: int, hugetlb: bool) -> _Mapping:
         """A new memfd of `size` bytes for guest-physical `gpa`, mapped here."""
+        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | (_MFD_HUGETLB if hugetlb else 0)
         try:
-            fd = os.memfd_create(name, os.MFD_CLOEXEC | (_MFD_HUGETLB if hugetlb else 0))
+            fd = os.memfd_create(name, flags)
         except OSError as e:
             raise GuestMemoryError(f"cannot create guest memory: {e}") from e
         try:
             os.ftruncate(fd, size)
+            # A peer we share it with can then never shrink it under our mappings (SIGBUS).
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
             mapping = cls(SharedRegion(fd, gpa, size, user_addr=0), owns_fd=True)
         except (OSError, ValueError) as e:
             os.close(fd)
@@ -123,13 +133,21 @@ class GuestMemory:
 
     @classmethod
     def from_shared(cls, regions: list[SharedRegion], *, owns_fds: bool = True) -> GuestMemory:
-        """Map regions another process shared (fds received over a socket, say)."""
+        """Map regions another process shared (fds received over a socket, say).
+
+        With owns_fds, every fd is closed when the memory is, or at once if mapping fails.
+        """
         memory = cls()
         try:
             for region in regions:
                 memory.add_region(region, owns_fd=owns_fds)
         except BaseException:
+            mapped = {m.shared.fd for m in memory.mappings}
             memory.close()
+            if owns_fds:
+                for region in regions:
+                    if region.fd not in mapped:
+                        os.close(region.fd)
             raise
         return memory
 
@@ -186,6 +204,8 @@ class GuestMemory:
             row["size"] = m.shared.size
             row["user_addr"] = m.shared.user_addr
             row["host_addr"] = m.host_addr
+        # The core reads this very array: nobody may change it behind its back.
+        table.flags.writeable = False
         self.table = table
         self._core.update(table)
 

@@ -11,6 +11,8 @@ import numpy as np
 
 from fastpath.hv import GuestMemory
 from fastpath.vring import (
+    PACKED_DESC_DTYPE,
+    SPLIT_DESC_DTYPE,
     DeviceQueue,
     PackedDeviceQueue,
     PackedDriverQueue,
@@ -19,9 +21,9 @@ from fastpath.vring import (
     ring_bytes,
     ring_layout,
 )
-from fastpath.vring._layout import PACKED_DESC_DTYPE, SPLIT_DESC_DTYPE
 
 RING_BASE = 0x1000
+TABLE_ENTRIES = 64
 
 
 class GuestDriver:
@@ -40,7 +42,7 @@ class GuestDriver:
         self.buffer_size = buffer_size
         nbuffers = buffers or 2 * size
         ring_end = RING_BASE + ring_bytes(size, packed)
-        tables = 16 * 64 * size
+        tables = 16 * TABLE_ENTRIES * size
         front = _round_up(ring_end + tables, 1 << 20)
         pool = _round_up(nbuffers * buffer_size, 1 << 20)
         if hole:
@@ -75,16 +77,16 @@ class GuestDriver:
         return self.pool_base + slot * self.buffer_size
 
     def table_address(self, slot: int) -> int:
-        """Guest-physical address of indirect table number `slot` (room for 64 descriptors)."""
-        return self.tables_base + slot * 16 * 64
+        """Guest-physical address of indirect table number `slot` (TABLE_ENTRIES descriptors)."""
+        return self.tables_base + slot * 16 * TABLE_ENTRIES
 
     def send(self, data: bytes, *, pieces: int = 1, writable: int = 0,
              indirect: bool = False) -> int:
         """Offer data (split over `pieces` buffers) plus `writable` empty buffers; returns id."""
         if len(data) > pieces * self.buffer_size:
             raise ValueError("data does not fit the pieces asked for")
-        out_slots = self._take_slots(pieces)
-        in_slots = self._take_slots(writable)
+        taken = self._take_slots(pieces + writable)
+        out_slots, in_slots = taken[:pieces], taken[pieces:]
         readable = []
         step = -(-len(data) // pieces) if data else 0
         for k, slot in enumerate(out_slots):
@@ -103,6 +105,9 @@ class GuestDriver:
         return [self._free_slots.pop() for _ in range(n)]
 
     def _add(self, out_slots, in_slots, readable, indirect) -> int:
+        if indirect and len(out_slots) + len(in_slots) > TABLE_ENTRIES:
+            self._free_slots.extend(out_slots + in_slots)
+            raise ValueError(f"an indirect table here holds {TABLE_ENTRIES} pieces at most")
         writable = [(self.buffer_address(s), self.buffer_size) for s in in_slots]
         # Each buffer in flight keeps its own indirect table until it is collected.
         table = self._free_tables.pop() if indirect and self._free_tables else None

@@ -1,12 +1,20 @@
 """virtio 1.2 split and packed virtqueues over guest memory, device side and driver side.
 
 A device pops available chains into a `Burst` and pushes them back used; a driver adds buffers,
-asks whether to kick, and collects used ones. Hot loops call the same core through `handle`.
+asks whether to kick, and collects used ones. Numba loops call the same core through a queue's
+`handle` and the functions of `fastpath.vring.kernels`.
 """
 
 from fastpath.vring._device import Burst, DeviceQueue, PackedDeviceQueue, SplitDeviceQueue
 from fastpath.vring._driver import DriverQueue, PackedDriverQueue, SplitDriverQueue
-from fastpath.vring._layout import MAX_QUEUE_SIZE, RingAddresses, ring_bytes, ring_layout
+from fastpath.vring._layout import (
+    MAX_QUEUE_SIZE,
+    PACKED_DESC_DTYPE,
+    SPLIT_DESC_DTYPE,
+    RingAddresses,
+    ring_bytes,
+    ring_layout,
+)
 from fastpath.vring._records import (
     CHAIN_DTYPE,
     DRIVER_CHAIN_DTYPE,
@@ -27,6 +35,8 @@ __all__ = [
     "ring_layout",
     "ring_bytes",
     "MAX_QUEUE_SIZE",
+    "SPLIT_DESC_DTYPE",
+    "PACKED_DESC_DTYPE",
     "CHAIN_DTYPE",
     "SEGMENT_DTYPE",
     "DRIVER_CHAIN_DTYPE",

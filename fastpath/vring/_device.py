@@ -23,7 +23,8 @@ class Burst:
 
     `chains[:count]` are the popped buffers (CHAIN_DTYPE); their pieces are in `segments`
     (SEGMENT_DTYPE, host addresses). A chain whose `error` is non-zero failed validation: it has
-    no segments and is pushed back with nothing written.
+    no segments and is pushed back with nothing written. Treat the arrays as read-only but for
+    `chains["written"]`: the core trusts what it wrote there.
     """
 
     def __init__(self, max_chains: int = 32, max_segments: int | None = None):
@@ -40,19 +41,32 @@ class Burst:
     def __len__(self) -> int:
         return self.count
 
+    def _check(self, i: int) -> None:
+        # Records past `count` are left from an earlier pop; their host addresses may point
+        # into a region that has been unmapped since.
+        if not 0 <= i < self.count:
+            raise IndexError(f"chain {i} is not among the {self.count} of the last pop")
+
     def error(self, i: int) -> type[Exception] | None:
         """The exception class for chain i's validation failure, or None."""
+        self._check(i)
         code = int(self.chains["error"][i])
         return error_for_code(code) if code else None
 
-    def readable(self, i: int) -> bytes:
-        """A copy of chain i's device-readable bytes."""
-        out = np.empty(int(self.chains["readable_len"][i]), dtype=np.uint8)
+    def readable(self, i: int, limit: int = 1 << 24) -> bytes:
+        """A copy of chain i's device-readable bytes, at most `limit` of them.
+
+        The guest chooses the length (up to 4 GiB); the limit keeps it from choosing our
+        memory use.
+        """
+        self._check(i)
+        out = np.empty(min(int(self.chains["readable_len"][i]), limit), dtype=np.uint8)
         n = _chain.chain_gather(self._chain_bytes, i, self._segment_bytes, out)
         return out[:n].tobytes()
 
     def write(self, i: int, data: bytes) -> int:
         """Copy data into chain i's device-writable segments; records and returns the count."""
+        self._check(i)
         src = np.frombuffer(data, dtype=np.uint8)
         n = _chain.chain_scatter(self._chain_bytes, i, self._segment_bytes, src)
         self.chains["written"][i] = n
@@ -79,7 +93,9 @@ class DeviceQueue:
     def pop(self, burst: Burst) -> int:
         """Fill burst with up to len(burst.chains) available chains; returns how many.
 
-        Raises AvailIndexJump or QueueBroken when the queue cannot go on until it is reset.
+        Chains still in the burst from an earlier pop are overwritten: push them first.
+        Raises AvailIndexJump (split) or ChainLoop (packed, a chain with no end) when the ring
+        cannot be parsed any further, then QueueBroken until the queue is reset.
         """
         burst.keepalive = self._area.memory.mappings
         n = self._core.pop_burst(burst._chain_bytes, burst._segment_bytes)
@@ -109,7 +125,11 @@ class DeviceQueue:
         return self._core.should_notify()
 
     def enable_kicks(self) -> int:
-        """Ask the driver to kick again; returns the chains (split) or 1/0 (packed) pending."""
+        """Ask the driver to kick again; returns the chains (split) or 1/0 (packed) pending.
+
+        Non-zero means chains arrived before the driver could see the request and no kick will
+        come for them: pop again before sleeping on the kick eventfd.
+        """
         return self._core.set_kicks(True)
 
     def disable_kicks(self) -> None:
@@ -123,14 +143,17 @@ class DeviceQueue:
 
     @property
     def broken(self) -> bool:
+        """Whether the queue stopped after an unrecoverable ring error (reset() restarts it)."""
         return self._core.broken
 
     @property
     def popped(self) -> int:
+        """Chains popped since creation or reset, failed ones included."""
         return self._core.popped
 
     @property
     def pushed(self) -> int:
+        """Chains pushed back as used since creation or reset."""
         return self._core.pushed
 
     @property
@@ -160,6 +183,7 @@ class SplitDeviceQueue(DeviceQueue):
 
     @property
     def used_idx(self) -> int:
+        """The next used ring index to write (the driver's view once pushed)."""
         return self._core.used_idx
 
     @used_idx.setter

@@ -93,22 +93,30 @@ class DriverQueue:
         return self._core.collect_burst(as_bytes(out))
 
     def enable_calls(self) -> int:
-        """Ask the device for used-buffer notifications; returns non-zero if some are waiting."""
+        """Ask the device for used-buffer notifications; returns non-zero if some are waiting.
+
+        Non-zero means buffers were used before the device could see the request: collect
+        again before sleeping on the call eventfd.
+        """
         return self._core.set_calls(True)
 
     def disable_calls(self) -> None:
+        """Tell the device not to notify (this side is polling)."""
         self._core.set_calls(False)
 
     @property
     def num_free(self) -> int:
+        """Descriptors (split) or ring slots (packed) free for new buffers."""
         return self._core.num_free
 
     @property
     def errors(self) -> dict[str, int]:
+        """Counts of every error seen (UnknownUsedId from a confused device), by name."""
         return named_errors(self._core.errors())
 
     @property
     def handle(self) -> int:
+        """Address of the core state, for compiled kernels calling the fp_* functions."""
         return self._core.handle
 
 
@@ -120,6 +128,7 @@ class SplitDriverQueue(DriverQueue):
 
     @property
     def avail_idx(self) -> int:
+        """The avail index published so far."""
         return self._core.avail_idx
 
 
@@ -132,4 +141,5 @@ class PackedDriverQueue(DriverQueue):
 
     @property
     def avail_state(self) -> tuple[int, int]:
+        """(next slot to fill, avail wrap counter)."""
         return self._core.avail_state

@@ -18,17 +18,6 @@ PACKED_DESC_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("id", "<u2"), ("
 assert SPLIT_DESC_DTYPE.itemsize == _split.DESC_SIZE
 assert PACKED_DESC_DTYPE.itemsize == _packed.DESC_SIZE
 
-# Descriptor flags. Split (§2.7.5) and packed (§2.8.13) share NEXT, WRITE and INDIRECT.
-DESC_F_NEXT = 1
-DESC_F_WRITE = 2
-DESC_F_INDIRECT = 4
-PACKED_DESC_F_AVAIL = 1 << 7
-PACKED_DESC_F_USED = 1 << 15
-AVAIL_F_NO_INTERRUPT = 1
-USED_F_NO_NOTIFY = 1
-PACKED_EVENT_ENABLE, PACKED_EVENT_DISABLE, PACKED_EVENT_DESC = 0, 1, 2
-
-
 @dataclass(frozen=True)
 class RingAddresses:
     """Guest-physical addresses of a ring's three areas.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fastpath._core import chain as _chain
 from fastpath.errors import GuestMemoryError, error_for_code
 from fastpath.hv import GuestMemory
 from fastpath.vring._layout import (
@@ -12,10 +13,6 @@ from fastpath.vring._layout import (
     packed_area_sizes,
     split_area_sizes,
 )
-
-# Options understood by the core (FP_VQ_* in fastpath/_core/split.pxd).
-OPT_EVENT_IDX = 1
-OPT_INDIRECT = 2
 
 
 class RingArea:
@@ -35,14 +32,19 @@ class RingArea:
             if gpa % align:
                 raise GuestMemoryError(f"{name} area at {gpa:#x} is not {align}-byte aligned")
             try:
-                self.host.append(memory.translate(gpa, nbytes))
+                host = memory.translate(gpa, nbytes)
             except GuestMemoryError as e:
                 raise GuestMemoryError(f"{name} area of the ring: {e}") from None
+            # A region placed at an odd guest address could leave an aligned gpa misaligned in
+            # this process, and the core's atomic index accesses need natural alignment.
+            if host % align:
+                raise GuestMemoryError(f"{name} area at {gpa:#x} is misaligned in host memory")
+            self.host.append(host)
             self.keepalive.append(memory.mapping_at(gpa))
 
 
 def options(event_idx: bool, indirect: bool) -> int:
-    return (OPT_EVENT_IDX if event_idx else 0) | (OPT_INDIRECT if indirect else 0)
+    return (_chain.FP_VQ_EVENT_IDX if event_idx else 0) | (_chain.FP_VQ_INDIRECT if indirect else 0)
 
 
 def named_errors(counts: dict[int, int]) -> dict[str, int]:

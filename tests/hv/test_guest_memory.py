@@ -483,3 +483,64 @@ def test_chains_popped_before_close_stay_readable_in_another_region():
         f"reading a chain popped before GuestMemory.close() crashed the process "
         f"(rc {done.returncode}): {done.stderr[-2000:]}"
     )
+
+
+# --- Found in review: fd ownership, peers that lie about sizes, the table the core reads -------
+
+
+def _fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_region_larger_than_its_file_is_refused_not_a_sigbus():
+    fd = os.memfd_create("short")
+    os.ftruncate(fd, 4096)
+    memory = GuestMemory()
+    with pytest.raises(GuestMemoryError, match="smaller"):
+        memory.add_region(SharedRegion(fd, 0, 2 * 4096, user_addr=0x7000_0000), owns_fd=False)
+    assert memory.regions == []
+    os.close(fd)
+
+
+def test_from_shared_that_fails_closes_every_fd_it_was_given():
+    good = os.memfd_create("good")
+    os.ftruncate(good, 4096)
+    bad = os.memfd_create("bad")  # empty: too small for its region
+    regions = [SharedRegion(good, 0, 4096, user_addr=0x7000_0000),
+               SharedRegion(bad, 0x10000, 4096, user_addr=0x7100_0000)]
+    with pytest.raises(GuestMemoryError):
+        GuestMemory.from_shared(regions, owns_fds=True)
+    gc.collect()
+    assert not _fd_is_open(good) and not _fd_is_open(bad)
+
+
+def test_a_failed_mapping_never_closes_someone_elses_fd():
+    # Regression: a half-built mapping closed its fd again when collected, by then perhaps
+    # reused by an unrelated file.
+    fd = os.memfd_create("empty")
+    with pytest.raises(GuestMemoryError):
+        GuestMemory().add_region(SharedRegion(fd, 0, 4096, user_addr=0x7000_0000))
+    gc.collect()
+    os.close(fd)  # the failed add did not take ownership: this is the only close
+    unrelated = os.memfd_create("unrelated")
+    gc.collect()
+    assert _fd_is_open(unrelated)
+    os.close(unrelated)
+
+
+def test_our_memfds_are_sealed_so_a_peer_cannot_shrink_them():
+    memory = GuestMemory([(0, 1 << 20)])
+    with pytest.raises(PermissionError):
+        os.ftruncate(memory.regions[0].fd, 4096)
+    memory.close()
+
+
+def test_the_region_table_the_core_reads_is_read_only():
+    memory = GuestMemory([(0, 1 << 20)])
+    with pytest.raises(ValueError):
+        memory.table["size"][0] = 1 << 40
+    memory.close()

@@ -24,15 +24,21 @@ def _free_huge_pages() -> int:
 def huge_pages():
     """Make PAGES huge pages free for the test (root only), and put the setting back after."""
     before = int(NR_HUGEPAGES.read_text())
-    if _free_huge_pages() < PAGES:
-        if os.geteuid() != 0:
-            pytest.skip("no free huge pages and not root to reserve some")
+    if _free_huge_pages() >= PAGES:
+        yield
+        return
+    if os.geteuid() != 0:
+        pytest.skip("no free huge pages and not root to reserve some")
+    try:
         NR_HUGEPAGES.write_text(str(before + PAGES))
-    if _free_huge_pages() < PAGES:
+    except OSError as e:  # a read-only /proc/sys, as in a container
+        pytest.skip(f"cannot reserve huge pages: {e}")
+    try:
+        if _free_huge_pages() < PAGES:
+            pytest.skip("the host could not reserve huge pages")
+        yield
+    finally:
         NR_HUGEPAGES.write_text(str(before))
-        pytest.skip("the host could not reserve huge pages")
-    yield
-    NR_HUGEPAGES.write_text(str(before))
 
 
 def test_hugetlb_memory_translates_and_serves_a_ring(huge_pages):

@@ -31,8 +31,15 @@ from fastpath.errors import (
 )
 from fastpath.hv import GuestMemory
 from fastpath.testing import GuestDriver
-from fastpath.vring import SEG_WRITE, Burst, PackedDeviceQueue, SplitDeviceQueue, ring_layout
-from fastpath.vring._layout import PACKED_DESC_DTYPE, SPLIT_DESC_DTYPE
+from fastpath.vring import (
+    PACKED_DESC_DTYPE,
+    SEG_WRITE,
+    SPLIT_DESC_DTYPE,
+    Burst,
+    PackedDeviceQueue,
+    SplitDeviceQueue,
+    ring_layout,
+)
 
 TOP = 1 << 64
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4

@@ -29,6 +29,10 @@ from fastpath.errors import (
 from fastpath.hv import GuestMemory
 from fastpath.testing import GuestDriver
 from fastpath.vring import (
+    DRIVER_CHAIN_DTYPE,
+    PACKED_DESC_DTYPE,
+    SEGMENT_DTYPE,
+    SPLIT_DESC_DTYPE,
     Burst,
     PackedDeviceQueue,
     PackedDriverQueue,
@@ -36,7 +40,6 @@ from fastpath.vring import (
     SplitDriverQueue,
     ring_layout,
 )
-from fastpath.vring._layout import PACKED_DESC_DTYPE, SPLIT_DESC_DTYPE
 
 MIB = 1 << 20
 TOP = 1 << 64
@@ -524,3 +527,67 @@ def test_device_counts_a_pushed_id_beyond_the_queue():
     assert h.dev.push(h.burst) == 0
     assert h.dev.errors == {"UnknownUsedId": 1}
     assert h.dev.used_idx == 0
+
+
+# --- Found in review: bounds on work a guest can demand, and driver-side checks -----------------
+
+
+@LAYOUTS
+def test_indirect_table_longer_than_a_chain_may_be_is_refused(packed):
+    # Past max(queue size, 1024) descriptors a table is refused outright: without the cap a
+    # table of zero-length entries (or a split loop inside it) could keep the device busy for
+    # seconds per chain.
+    h = HostileRing(packed)
+    entries = 2048
+    if packed:
+        raw = np.zeros(entries, dtype=PACKED_DESC_DTYPE)
+    else:
+        raw = np.zeros(entries, dtype=SPLIT_DESC_DTYPE)
+        raw["flags"] = F_NEXT
+        raw["next"] = (np.arange(entries) + 1) % entries  # one big loop of empty descriptors
+    table = h.g.tables_base
+    h.g.memory.write(table, raw.tobytes())
+    expect_chain_error(h, [(table, entries * 16, F_INDIRECT)], BadIndirectTable)
+    h.assert_still_serves()
+
+
+def test_split_head_out_of_range_pushed_back_is_not_counted_twice():
+    h = HostileRing(False)
+    h.g.publish_heads([16])
+    assert h.dev.pop(h.burst) == 1
+    h.dev.push(h.burst)
+    assert h.dev.errors == {"HeadOutOfRange": 1}
+
+
+@LAYOUTS
+def test_driver_add_burst_refuses_indirect_tables_that_were_not_negotiated(packed):
+    g = GuestDriver(packed=packed, indirect=False)
+    chains = np.zeros(1, dtype=DRIVER_CHAIN_DTYPE)
+    chains[0] = (g.table_address(0), 0, 1, 0)
+    segments = np.zeros(1, dtype=SEGMENT_DTYPE)
+    segments[0] = (g.buffer_address(0), 16, 0, 0)
+    assert g.queue.add_burst(chains, 1, segments) == 0
+    assert g.queue.errors == {"BadIndirectTable": 1}
+    dev = g.device()
+    assert dev.pop(dev.new_burst()) == 0
+
+
+def test_2_8_10_an_unknown_driver_event_flag_still_notifies():
+    # A reserved flags value must not silence the device: a spurious wake-up is cheap, a
+    # missed one hangs the driver.
+    h = HostileRing(True)
+    h.offer([(h.buf[0], 16, 0)])
+    assert h.dev.pop(h.burst) == 1
+    h.g.memory.view(h.g.addresses.driver, 4).view(np.uint16)[:] = [0, 3]
+    h.dev.push(h.burst)
+    assert h.dev.should_notify() is True
+
+
+def test_burst_refuses_chains_beyond_the_last_pop():
+    h = HostileRing(False)
+    h.offer([(h.buf[0], 16, 0)])
+    assert h.dev.pop(h.burst) == 1
+    with pytest.raises(IndexError):
+        h.burst.readable(1)
+    with pytest.raises(IndexError):
+        h.burst.write(5, b"x")

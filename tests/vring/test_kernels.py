@@ -5,6 +5,9 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from fastpath._numba import DEBUG
 from fastpath.bench.vring import Rig
 
 KERNEL_RUN = textwrap.dedent(
@@ -28,6 +31,7 @@ def test_kernel_moves_chains_through_the_core():
         assert rig.device.errors == {} and rig.driver.errors == {}
 
 
+@pytest.mark.skipif(DEBUG, reason="debug runs compile kernels afresh, never from the cache")
 def test_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
     # A kernel that embedded a function address could not be cached; one that calls the core by
     # symbol name is compiled once and loaded by every later process.

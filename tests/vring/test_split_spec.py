@@ -17,6 +17,7 @@ from fastpath.vring import (
     DRIVER_CHAIN_DTYPE,
     SEG_WRITE,
     SEGMENT_DTYPE,
+    SPLIT_DESC_DTYPE,
     USED_ELEM_DTYPE,
     RingAddresses,
     SplitDeviceQueue,
@@ -24,7 +25,6 @@ from fastpath.vring import (
     ring_bytes,
     ring_layout,
 )
-from fastpath.vring._layout import SPLIT_DESC_DTYPE
 
 MIB = 1 << 20
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
