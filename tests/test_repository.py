@@ -91,3 +91,24 @@ def test_error_classes_match_the_core_codes(cls):
 def test_every_core_code_has_an_error_class():
     codes = {v for k, v in vars(core_chain).items() if k.startswith("FP_E_")}
     assert codes == {cls.code for cls in errors.VringError.__subclasses__()}
+
+
+UNCHECKED_CODE = re.compile(
+    r"^cdef [^\n]*\b(fp_\w+_burst|fp_chain_gather|fp_chain_scatter|fp_append_buffer"
+    r"|fp_single_segment_chain|fp_gpa_chunk)\(",
+    flags=re.M,
+)
+
+
+def test_core_functions_that_dereference_guest_pointers_say_why_it_is_safe():
+    found = set()
+    for source in list((PACKAGE / "_core").glob("*.pyx")) + list((PACKAGE / "_core").glob("*.pxd")):
+        text = source.read_text()
+        for match in UNCHECKED_CODE.finditer(text):
+            body_start = text.find("nogil:\n", match.start())
+            if body_start < 0 or text.find("\n\n", match.start()) < body_start:
+                continue  # a declaration, not a definition
+            found.add(match.group(1))
+            head = text[body_start : body_start + 400]
+            assert "# SAFETY:" in head, f"{source.name}: {match.group(1)} has no SAFETY note"
+    assert len(found) >= 12

@@ -107,6 +107,8 @@ cdef inline bint fp_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t ol
 # Copy a chain's device-readable bytes into dst (at most cap); returns the bytes copied.
 cdef inline uint32_t fp_chain_gather(const fp_chain *chain, const fp_segment *segs,
                                      uint8_t *dst, uint32_t cap) noexcept nogil:
+    # SAFETY: segment addresses and lengths come from a pop, which translated each one whole;
+    # at most cap bytes go to dst.
     cdef uint32_t i, n, done = 0
     cdef const fp_segment *s
     for i in range(chain.nreadable):
@@ -126,6 +128,7 @@ cdef uint64_t fp_gather_burst(const fp_chain *chains, uint32_t n, const fp_segme
 # Copy up to n bytes of src into a chain's device-writable segments; returns the bytes copied.
 cdef inline uint32_t fp_chain_scatter(const fp_chain *chain, const fp_segment *segs,
                                       const uint8_t *src, uint32_t n) noexcept nogil:
+    # SAFETY: as fp_chain_gather, and only device-writable segments are written.
     cdef uint32_t i, k, done = 0
     cdef const fp_segment *s
     for i in range(chain.nreadable, chain.nseg):
@@ -143,6 +146,8 @@ cdef inline uint32_t fp_chain_scatter(const fp_chain *chain, const fp_segment *s
 cdef inline int fp_append_buffer(const fp_memory *mem, uint32_t *hint, uint64_t gpa,
                                  uint32_t length, uint16_t flags, fp_segment *segs,
                                  uint32_t *nseg, uint32_t max_segs) noexcept nogil:
+    # SAFETY: a segment is emitted only for bytes fp_gpa_chunk found inside one region, and only
+    # while nseg < max_segs.
     cdef uint64_t chunk
     cdef uint8_t *hva
     cdef uint64_t left = length
@@ -173,6 +178,8 @@ cdef inline bint fp_single_segment_chain(const fp_memory *mem, uint32_t *hint, u
                                          uint32_t length, bint writable, uint32_t id,
                                          fp_segment *segs, uint32_t first_seg,
                                          fp_chain *c) noexcept nogil:
+    # SAFETY: the buffer is translated whole before the segment points at it; the caller checked
+    # that segs[first_seg] exists.
     cdef uint8_t *hva
     if length == 0:
         return False

@@ -12,6 +12,7 @@ DEBUG_BUILD = FASTPATH_DEBUG
 
 cdef uint64_t fp_gather_burst(const fp_chain *chains, uint32_t n, const fp_segment *segs,
                               uint8_t *dst, uint32_t stride) noexcept nogil:
+    # SAFETY: dst holds n * stride bytes (the caller's contract); segments were made by a pop.
     cdef uint32_t i
     cdef uint64_t total = 0
     for i in range(n):

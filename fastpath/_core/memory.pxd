@@ -72,6 +72,8 @@ cdef inline uint8_t *fp_uva_to_hva(const fp_memory *mem, uint64_t uva, uint64_t 
 # NULL if gpa is in no region. Buffers that span adjacent regions are walked chunk by chunk.
 cdef inline uint8_t *fp_gpa_chunk(const fp_memory *mem, uint64_t gpa, uint64_t length,
                                   uint32_t *hint, uint64_t *chunk) noexcept nogil:
+    # SAFETY: the returned address is inside the region that holds gpa, and *chunk never reaches
+    # past that region's end.
     cdef int i = _find(mem, gpa, hint, False)
     cdef const fp_region *r
     cdef uint64_t room

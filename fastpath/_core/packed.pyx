@@ -104,6 +104,9 @@ cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain 
 
 cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t max_chains,
                              fp_segment *segs, uint32_t max_segs) noexcept nogil:
+    # SAFETY: slot positions stay below the ring size (_advance); indirect tables are translated for
+    # their whole length and capped; every buffer is translated whole before a segment points at
+    # it; a chain longer than the ring stops the queue instead of walking on.
     # Ring state lives in locals for the burst: stores to chains and segments could otherwise
     # alias it, and the compiler would reload it for every chain.
     cdef uint16_t pos = vq.next_avail
@@ -200,6 +203,7 @@ cdef inline void _end_pop(fp_packed_device *vq, uint16_t pos, uint8_t wrap, uint
 
 cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
                               uint32_t n) noexcept nogil:
+    # SAFETY: slot positions stay below the ring size; a record's ndesc is checked against it.
     cdef uint16_t pos = vq.next_used
     cdef uint8_t wrap = vq.used_wrap
     cdef uint32_t size = vq.ring.size
@@ -273,6 +277,8 @@ cdef int fp_packed_device_set_kicks(fp_packed_device *vq, bint enabled) noexcept
 
 cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint32_t n,
                              const fp_segment *segs) noexcept nogil:
+    # SAFETY: slot positions stay below the ring size and ids come off this side's free list;
+    # an indirect table is written only after it was translated for its whole length.
     # Ring state lives in locals for the burst: stores to descriptors could otherwise alias it.
     cdef uint16_t pos = vq.next_avail
     cdef uint8_t wrap = vq.avail_wrap
@@ -354,6 +360,8 @@ cdef bint fp_packed_driver_should_kick(fp_packed_driver *vq) noexcept nogil:
 
 cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
                                  uint32_t max_n) noexcept nogil:
+    # SAFETY: slot positions stay below the ring size; an id from the device is checked against the
+    # queue size and this side's in-flight record before it is used as an index.
     cdef uint16_t pos = vq.last_used
     cdef uint8_t wrap = vq.used_wrap
     cdef uint32_t size = vq.ring.size

@@ -98,6 +98,9 @@ cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment
 
 cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_chains,
                             fp_segment *segs, uint32_t max_segs) noexcept nogil:
+    # SAFETY: the ring areas were translated for their full size when the queue was made; every
+    # avail slot is masked to the ring, every head and next is checked against its table before
+    # use, and every buffer is translated whole before a segment points at it.
     # Ring state lives in locals for the burst: stores to chains and segments could otherwise
     # alias it, and the compiler would reload it for every chain.
     cdef uint16_t next_idx = vq.last_avail_idx
@@ -161,6 +164,7 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
 
 cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
                              uint32_t n) noexcept nogil:
+    # SAFETY: used slots are masked to the ring; a chain id past the queue is never written.
     cdef uint32_t i, pushed = 0
     cdef uint32_t mask = vq.ring.size - 1
     cdef uint16_t idx = vq.used_idx
@@ -216,6 +220,8 @@ cdef int fp_split_device_set_kicks(fp_split_device *vq, bint enabled) noexcept n
 
 cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32_t n,
                             const fp_segment *segs) noexcept nogil:
+    # SAFETY: descriptors come off this side's private free list (indices < size); an indirect
+    # table is written only after it was translated for its whole length.
     cdef uint32_t i, k, need, added = 0
     cdef uint32_t mask = vq.ring.size - 1
     cdef uint16_t head, cur, prev
@@ -288,6 +294,8 @@ cdef bint fp_split_driver_should_kick(fp_split_driver *vq) noexcept nogil:
 
 cdef int fp_split_collect_burst(fp_split_driver *vq, fp_used_elem *out,
                                 uint32_t max_n) noexcept nogil:
+    # SAFETY: used slots are masked to the ring; an id from the device is checked against the queue
+    # size and this side's record of what is in flight before it touches the free list.
     cdef uint32_t n = 0, remaining
     cdef uint32_t mask = vq.ring.size - 1
     cdef uint16_t used_idx = fp_load_acquire_u16(&vq.ring.used[1])
