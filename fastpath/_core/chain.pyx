@@ -53,3 +53,21 @@ cdef _check_segments(const fp_chain *c, const uint8_t[::1] segs):
         raise IndexError("chain's segments lie outside the segment array")
     if c.nreadable > c.nseg:
         raise ValueError("chain record claims more readable segments than it has")
+
+
+def check_driver_chains(const uint8_t[::1] chains, uint32_t n, const uint8_t[::1] segs,
+                        uint32_t queue_size):
+    """Raise unless chains[:n] (raw driver-chain records) fit their arrays and the queue."""
+    cdef size_t nsegs = segs.shape[0] // sizeof(fp_segment)
+    cdef const fp_driver_chain *c
+    cdef uint32_t i
+    if n > <size_t>chains.shape[0] // sizeof(fp_driver_chain):
+        raise IndexError("more chains to add than the array holds")
+    if n == 0:
+        return
+    c = <const fp_driver_chain *>&chains[0]
+    for i in range(n):
+        if <size_t>c[i].first_seg + c[i].nseg > nsegs:
+            raise IndexError(f"chain {i}'s segments lie outside the segment array")
+        if c[i].indirect_table == 0 and c[i].nseg > queue_size:
+            raise ValueError(f"chain {i} is longer than the queue")

@@ -19,6 +19,7 @@ from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES
                                    fp_max_indirect, fp_read_once_u16, fp_read_once_u64,
                                    fp_single_segment_chain,
                                    fp_store_release_u16, fp_store_relaxed_u16)
+from fastpath._core.chain import check_driver_chains
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
 
 DESC_SIZE = sizeof(fp_split_desc)
@@ -501,22 +502,13 @@ cdef class SplitDriver:
         return fp_error_counts(self.q.errors)
 
     def add_burst(self, uint8_t[::1] chains, uint32_t n, const uint8_t[::1] segs):
-        cdef size_t nsegs = segs.shape[0] // sizeof(fp_segment)
-        cdef fp_driver_chain *c
-        cdef uint32_t i
-        if <size_t>n * sizeof(fp_driver_chain) > <size_t>chains.shape[0]:
-            raise IndexError("more chains to add than the array holds")
-        c = <fp_driver_chain *>&chains[0] if n else NULL
-        for i in range(n):
-            if <size_t>c[i].first_seg + c[i].nseg > nsegs:
-                raise IndexError(f"chain {i}'s segments lie outside the segment array")
-            if c[i].indirect_table == 0 and c[i].nseg > self.q.ring.size:
-                raise ValueError(f"chain {i} is longer than the queue")
+        check_driver_chains(chains, n, segs, self.q.ring.size)
         if n == 0:
             return 0
         cdef int added
         with nogil:
-            added = fp_split_add_burst(&self.q, c, n, <const fp_segment *>&segs[0])
+            added = fp_split_add_burst(&self.q, <fp_driver_chain *>&chains[0], n,
+                                       <const fp_segment *>&segs[0])
         return added
 
     def should_kick(self):

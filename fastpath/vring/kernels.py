@@ -1,4 +1,4 @@
-"""The core's burst functions as Numba sees them, for kernels that drive queues.
+"""The core's queue functions as Numba sees them, for kernels that drive queues.
 
 A kernel takes a queue's `handle` and the `.ctypes.data` of its record arrays, and calls these
 once per burst. Signatures mirror fastpath/_core/{split,packed,chain}.pxd.
@@ -32,3 +32,21 @@ packed_collect_burst = core_function("packed", "fp_packed_collect_burst",
 # (chains, n, segments, destination, stride) -> bytes copied
 gather_burst = core_function("chain", "fp_gather_burst",
                              types.uint64(POINTER, _u32, POINTER, POINTER, _u32))
+# (queue) -> whether the other side wants a notification / kick for what moved since last asked
+split_device_should_notify = core_function("split", "fp_split_device_should_notify",
+                                           types.int32(POINTER))
+packed_device_should_notify = core_function("packed", "fp_packed_device_should_notify",
+                                            types.int32(POINTER))
+split_driver_should_kick = core_function("split", "fp_split_driver_should_kick",
+                                         types.int32(POINTER))
+packed_driver_should_kick = core_function("packed", "fp_packed_driver_should_kick",
+                                          types.int32(POINTER))
+# (queue, enabled) -> what arrived meanwhile (re-check before sleeping if non-zero)
+split_device_set_kicks = core_function("split", "fp_split_device_set_kicks",
+                                       _i32(POINTER, types.int32))
+packed_device_set_kicks = core_function("packed", "fp_packed_device_set_kicks",
+                                        _i32(POINTER, types.int32))
+split_driver_set_calls = core_function("split", "fp_split_driver_set_calls",
+                                       _i32(POINTER, types.int32))
+packed_driver_set_calls = core_function("packed", "fp_packed_driver_set_calls",
+                                        _i32(POINTER, types.int32))

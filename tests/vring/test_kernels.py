@@ -6,9 +6,11 @@ import sys
 import textwrap
 
 import pytest
+from numba import njit
 
-from fastpath._numba import DEBUG
+from fastpath._numba import DEBUG, NJIT
 from fastpath.bench.vring import Rig
+from fastpath.vring import kernels
 
 KERNEL_RUN = textwrap.dedent(
     """
@@ -46,3 +48,43 @@ def test_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
     assert cache_hits(False) == 0
     assert cache_hits(False) > 0
     assert cache_hits(True) > 0
+
+
+@njit(**NJIT)
+def _notification_round(packed, driver, device, driver_chains, driver_segments, chains, segments,
+                        max_segments, used):
+    # Kicks off on the device side: the driver's next add must not want one; back on: it must.
+    if packed:
+        kernels.packed_device_set_kicks(device, 0)
+        kernels.packed_add_burst(driver, driver_chains, 1, driver_segments)
+        quiet = kernels.packed_driver_should_kick(driver)
+        kernels.packed_device_set_kicks(device, 1)
+        kernels.packed_add_burst(driver, driver_chains, 1, driver_segments)
+        loud = kernels.packed_driver_should_kick(driver)
+        n = kernels.packed_pop_burst(device, chains, 8, segments, max_segments)
+        kernels.packed_push_burst(device, chains, n)
+        notify = kernels.packed_device_should_notify(device)
+        collected = kernels.packed_collect_burst(driver, used, 8)
+        return quiet, loud, n, notify, collected
+    kernels.split_device_set_kicks(device, 0)
+    kernels.split_add_burst(driver, driver_chains, 1, driver_segments)
+    quiet = kernels.split_driver_should_kick(driver)
+    kernels.split_device_set_kicks(device, 1)
+    kernels.split_add_burst(driver, driver_chains, 1, driver_segments)
+    loud = kernels.split_driver_should_kick(driver)
+    n = kernels.split_pop_burst(device, chains, 8, segments, max_segments)
+    kernels.split_push_burst(device, chains, n)
+    notify = kernels.split_device_should_notify(device)
+    collected = kernels.split_collect_burst(driver, used, 8)
+    return quiet, loud, n, notify, collected
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_kernels_decide_kicks_and_notifications_without_python(packed):
+    rig = Rig(packed, 64, 8, 64)
+    b = rig.popped
+    result = _notification_round(packed, rig.driver.handle, rig.device.handle,
+                                 rig.driver_chains.ctypes.data, rig.driver_segments.ctypes.data,
+                                 b.chains.ctypes.data, b.segments.ctypes.data, len(b.segments),
+                                 rig.used.ctypes.data)
+    assert tuple(int(x) for x in result) == (0, 1, 2, 1, 2)
