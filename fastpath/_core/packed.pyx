@@ -365,6 +365,8 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
     # queue size and this side's in-flight record before it is used as an index.
     cdef uint16_t pos = vq.last_used
     cdef uint8_t wrap = vq.used_wrap
+    cdef uint32_t num_free = vq.num_free
+    cdef uint16_t free_id = vq.free_id
     cdef uint32_t size = vq.ring.size
     cdef const fp_packed_desc *ring = vq.ring.desc
     cdef uint32_t n = 0
@@ -384,15 +386,17 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
             _advance(&pos, &wrap, 1, size)
             continue
         _advance(&pos, &wrap, ndesc, size)
-        vq.num_free += ndesc
+        num_free += ndesc
         vq.ndesc[id] = 0
-        vq.next_id[id] = vq.free_id
-        vq.free_id = id
+        vq.next_id[id] = free_id
+        free_id = id
         out[n].id = id
         out[n].len = length
         n += 1
     vq.last_used = pos
     vq.used_wrap = wrap
+    vq.num_free = num_free
+    vq.free_id = free_id
     if n and vq.options & FP_VQ_EVENT_DESC:
         # §2.8.10: a driver waiting for a given slot asks for the next one once it has
         # collected, as the split driver moves used_event on.
