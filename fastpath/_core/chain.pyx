@@ -20,6 +20,49 @@ cdef uint64_t fp_gather_burst(const fp_chain *chains, uint32_t n, const fp_segme
     return total
 
 
+def record_offsets():
+    """{record: {field: byte offset}} as the C compiler laid the records out.
+
+    The numpy dtypes that mirror them are checked against this at import, field by field.
+    """
+    cdef fp_segment seg
+    cdef fp_chain ch
+    cdef fp_driver_chain dc
+    cdef fp_used_elem ue
+
+    def at(base, field):
+        return <size_t>field - <size_t>base
+
+    return {
+        "segment": {
+            "addr": at(<size_t>&seg, <size_t>&seg.addr),
+            "len": at(<size_t>&seg, <size_t>&seg.len),
+            "flags": at(<size_t>&seg, <size_t>&seg.flags),
+        },
+        "chain": {
+            "id": at(<size_t>&ch, <size_t>&ch.id),
+            "first_seg": at(<size_t>&ch, <size_t>&ch.first_seg),
+            "nseg": at(<size_t>&ch, <size_t>&ch.nseg),
+            "nreadable": at(<size_t>&ch, <size_t>&ch.nreadable),
+            "ndesc": at(<size_t>&ch, <size_t>&ch.ndesc),
+            "error": at(<size_t>&ch, <size_t>&ch.error),
+            "readable_len": at(<size_t>&ch, <size_t>&ch.readable_len),
+            "writable_len": at(<size_t>&ch, <size_t>&ch.writable_len),
+            "written": at(<size_t>&ch, <size_t>&ch.written),
+        },
+        "driver_chain": {
+            "indirect_table": at(<size_t>&dc, <size_t>&dc.indirect_table),
+            "first_seg": at(<size_t>&dc, <size_t>&dc.first_seg),
+            "nseg": at(<size_t>&dc, <size_t>&dc.nseg),
+            "id": at(<size_t>&dc, <size_t>&dc.id),
+        },
+        "used_elem": {
+            "id": at(<size_t>&ue, <size_t>&ue.id),
+            "len": at(<size_t>&ue, <size_t>&ue.len),
+        },
+    }
+
+
 cdef dict fp_error_counts(const uint64_t *errors):
     return {code: errors[code] for code in range(1, FP_NERRORS) if errors[code]}
 

@@ -37,10 +37,19 @@ USED_ELEM_DTYPE = np.dtype([("id", "<u4"), ("len", "<u4")])
 
 SEG_WRITE = _chain.FP_SEG_WRITE
 
-assert SEGMENT_DTYPE.itemsize == _chain.SEGMENT_SIZE
-assert CHAIN_DTYPE.itemsize == _chain.CHAIN_SIZE
-assert DRIVER_CHAIN_DTYPE.itemsize == _chain.DRIVER_CHAIN_SIZE
-assert USED_ELEM_DTYPE.itemsize == _chain.USED_ELEM_SIZE
+
+
+def _check_layout(dtype: np.dtype, record: str, size: int) -> None:
+    # Field by field against the compiler's layout: a swapped or resized field fails here.
+    assert dtype.itemsize == size, (record, dtype.itemsize, size)
+    for field, offset in _chain.record_offsets()[record].items():
+        assert dtype.fields[field][1] == offset, (record, field)
+
+
+_check_layout(SEGMENT_DTYPE, "segment", _chain.SEGMENT_SIZE)
+_check_layout(CHAIN_DTYPE, "chain", _chain.CHAIN_SIZE)
+_check_layout(DRIVER_CHAIN_DTYPE, "driver_chain", _chain.DRIVER_CHAIN_SIZE)
+_check_layout(USED_ELEM_DTYPE, "used_elem", _chain.USED_ELEM_SIZE)
 
 
 def as_bytes(records: np.ndarray) -> np.ndarray:
