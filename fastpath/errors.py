@@ -2,7 +2,8 @@
 
 The compiled core never raises on the data path: it returns negative codes (fastpath._core.chain's
 FP_E_* values) and counts them. The Python layer turns a code into the class named here with
-`error_for_code`, so `except fastpath.errors.VringError` catches any ring fault.
+`error_for_code`, so `except fastpath.errors.VringError` catches any ring fault. Malformed
+vhost-user messages raise subclasses of `ProtocolError`.
 """
 
 __all__ = [
@@ -22,6 +23,22 @@ __all__ = [
     "ChainTooLarge",
     "RingFull",
     "error_for_code",
+    "ProtocolError",
+    "TruncatedMessage",
+    "BadVersion",
+    "ReservedBitsSet",
+    "UnexpectedReplyFlag",
+    "MissingReplyFlag",
+    "UnknownRequest",
+    "UnsupportedRequest",
+    "PayloadTooLarge",
+    "PayloadSizeMismatch",
+    "WrongFdCount",
+    "BadRegionCount",
+    "BadMemoryRegion",
+    "OverlappingRegions",
+    "BadConfigAccess",
+    "BadIotlbMessage",
 ]
 
 
@@ -113,6 +130,75 @@ class RingFull(VringError):
     """The driver has too few free descriptors for the chain it is adding."""
 
     code = -12
+
+
+# vhost-user messages (fastpath.vhost_user)
+
+
+class ProtocolError(FastpathError):
+    """A vhost-user message breaks the protocol; the connection should be closed."""
+
+
+class TruncatedMessage(ProtocolError):
+    """Fewer bytes arrived than a header (12 bytes) or the size the header announces."""
+
+
+class BadVersion(ProtocolError):
+    """The header's version bits (flags bits 0-1) are not 1."""
+
+
+class ReservedBitsSet(ProtocolError):
+    """A bit the protocol reserves is set: header flags bits 4-31, vring-fd payload bits 9-63,
+    or vring address flags other than VHOST_VRING_F_LOG."""
+
+
+class UnexpectedReplyFlag(ProtocolError):
+    """A request carries the REPLY flag (bit 2), which only replies may set."""
+
+
+class MissingReplyFlag(ProtocolError):
+    """A reply lacks the REPLY flag (bit 2)."""
+
+
+class UnknownRequest(ProtocolError):
+    """The request id is not one the protocol defines for this direction."""
+
+
+class UnsupportedRequest(ProtocolError):
+    """A request the protocol defines but whose payload fastpath does not decode (crypto
+    sessions, VIRTIO shared memory mappings)."""
+
+
+class PayloadTooLarge(ProtocolError):
+    """The payload is larger than MAX_PAYLOAD_SIZE."""
+
+
+class PayloadSizeMismatch(ProtocolError):
+    """The payload size is not one the request type allows."""
+
+
+class WrongFdCount(ProtocolError):
+    """The message carries a number of file descriptors its request type does not allow."""
+
+
+class BadRegionCount(ProtocolError):
+    """A memory table names no regions, or more than MAX_MEM_REGIONS."""
+
+
+class BadMemoryRegion(ProtocolError):
+    """A memory region is empty, or one of its ranges wraps past 2**64."""
+
+
+class OverlappingRegions(ProtocolError):
+    """Two regions of one memory table overlap in guest-physical or user address space."""
+
+
+class BadConfigAccess(ProtocolError):
+    """A config-space access reaches past MAX_CONFIG_SIZE or has unknown flags."""
+
+
+class BadIotlbMessage(ProtocolError):
+    """An IOTLB message has an unknown type or permission value."""
 
 
 _BY_CODE = {cls.code: cls for cls in VringError.__subclasses__()}
