@@ -2,27 +2,10 @@
 
 `decode_header` and `decode_payload` (or `decode_message` for a whole message) turn bytes and a
 count of received fds into a `Header` and a frozen payload dataclass, raising a `ProtocolError`
-subclass for anything malformed; `encode_message` and `encode_reply` are their inverses.
+subclass (fastpath.errors) for anything malformed; `encode_message` and `encode_reply` are
+their inverses.
 """
 
-from fastpath.errors import (
-    BadConfigAccess,
-    BadIotlbMessage,
-    BadMemoryRegion,
-    BadRegionCount,
-    BadVersion,
-    MissingReplyFlag,
-    OverlappingRegions,
-    PayloadSizeMismatch,
-    PayloadTooLarge,
-    ProtocolError,
-    ReservedBitsSet,
-    TruncatedMessage,
-    UnexpectedReplyFlag,
-    UnknownRequest,
-    UnsupportedRequest,
-    WrongFdCount,
-)
 from fastpath.vhost_user._payloads import (
     MAX_CONFIG_SIZE,
     MAX_FDS,
@@ -114,21 +97,4 @@ __all__ = [
     "decode_message",
     "encode_message",
     "encode_reply",
-    # Errors.
-    "ProtocolError",
-    "TruncatedMessage",
-    "BadVersion",
-    "ReservedBitsSet",
-    "UnexpectedReplyFlag",
-    "MissingReplyFlag",
-    "UnknownRequest",
-    "UnsupportedRequest",
-    "PayloadTooLarge",
-    "PayloadSizeMismatch",
-    "WrongFdCount",
-    "BadRegionCount",
-    "BadMemoryRegion",
-    "OverlappingRegions",
-    "BadConfigAccess",
-    "BadIotlbMessage",
 ]
