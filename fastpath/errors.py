@@ -23,6 +23,7 @@ __all__ = [
     "ChainTooLarge",
     "RingFull",
     "error_for_code",
+    "ChannelClosed",
     "ProtocolError",
     "TruncatedMessage",
     "BadVersion",
@@ -133,6 +134,10 @@ class RingFull(VringError):
 
 
 # vhost-user messages (fastpath.vhost_user)
+
+
+class ChannelClosed(FastpathError):
+    """The peer closed a vhost-user connection between two messages: an orderly end."""
 
 
 class ProtocolError(FastpathError):

@@ -1,11 +1,12 @@
-"""vhost-user back-end and front-end over Unix sockets. So far: the message layer.
+"""vhost-user back-end and front-end over Unix sockets. So far: messages and connections.
 
 `decode_header` and `decode_payload` (or `decode_message` for a whole message) turn bytes and a
 count of received fds into a `Header` and a frozen payload dataclass, raising a `ProtocolError`
 subclass (fastpath.errors) for anything malformed; `encode_message` and `encode_reply` are
-their inverses.
+their inverses. A `Channel` reads and writes whole messages, fds attached, on a Unix socket.
 """
 
+from fastpath.vhost_user._channel import Channel, Received
 from fastpath.vhost_user._payloads import (
     MAX_CONFIG_SIZE,
     MAX_FDS,
@@ -53,6 +54,8 @@ from fastpath.vhost_user._protocol import (
 )
 
 __all__ = [
+    "Channel",
+    "Received",
     # Requests, features, header.
     "FrontendRequest",
     "BackendRequest",
