@@ -1,0 +1,347 @@
+"""The back-end's protocol engine: `handle_request()` handles exactly one message.
+
+It owns no event loop: a selector (or anything else) calls it when the channel is readable.
+It keeps the control-plane state the front-end sets up (features, memory, one `VringSetup` per
+vring) and turns a started ring into a `DeviceQueue` that a data-plane loop serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastpath.errors import ChannelClosed, FastpathError, ProtocolError
+from fastpath.hv import GuestMemory, SharedRegion
+from fastpath.vhost_user._channel import Channel
+from fastpath.vhost_user._payloads import (
+    U64,
+    DeviceConfig,
+    MemoryRegion,
+    MemoryTable,
+    VringAddress,
+    VringFile,
+    VringState,
+)
+from fastpath.vhost_user._protocol import (
+    VHOST_USER_F_PROTOCOL_FEATURES,
+    FrontendRequest,
+    ProtocolFeature,
+    encode_reply,
+)
+from fastpath.vring import DeviceQueue, PackedDeviceQueue, RingAddresses, SplitDeviceQueue
+
+log = logging.getLogger("fastpath.vhost_user")
+
+F = FrontendRequest
+
+# virtio 1.2 §6 feature bits the engine itself acts on.
+VIRTIO_RING_F_INDIRECT_DESC = 28
+VIRTIO_RING_F_EVENT_IDX = 29
+VIRTIO_F_VERSION_1 = 32
+VIRTIO_F_RING_PACKED = 34
+
+# What this engine implements of the protocol (bits 0-19 only; see ProtocolFeature).
+ENGINE_PROTOCOL_FEATURES = (
+    ProtocolFeature.MQ
+    | ProtocolFeature.REPLY_ACK
+    | ProtocolFeature.MTU
+    | ProtocolFeature.CONFIG
+    | ProtocolFeature.RESET_DEVICE
+    | ProtocolFeature.CONFIGURE_MEM_SLOTS
+    | ProtocolFeature.STATUS
+)
+
+# Requests whose reply is part of the request (never a REPLY_ACK).
+_ALWAYS_REPLY = {
+    F.GET_FEATURES, F.GET_PROTOCOL_FEATURES, F.GET_VRING_BASE, F.GET_QUEUE_NUM,
+    F.GET_CONFIG, F.GET_MAX_MEM_SLOTS, F.GET_STATUS,
+}
+
+
+class RequestRefused(FastpathError):
+    """A well-formed request the back-end cannot carry out (a bad vring index, say)."""
+
+
+@dataclass
+class VringSetup:
+    """One vring as the front-end has described it so far, and its queue once started."""
+
+    num: int = 0
+    base: int = 0
+    address: VringAddress | None = None
+    kick: int | None = None
+    call: int | None = None
+    err: int | None = None
+    enabled: bool = False
+    queue: DeviceQueue | None = field(default=None, repr=False)
+
+    @property
+    def started(self) -> bool:
+        """Started: a kick fd arrived and the ring was mapped; GET_VRING_BASE stops it."""
+        return self.queue is not None
+
+    def replace_fd(self, name: str, fd: int | None) -> None:
+        old = getattr(self, name)
+        if old is not None:
+            os.close(old)
+        setattr(self, name, fd)
+
+    def close(self) -> None:
+        for name in ("kick", "call", "err"):
+            self.replace_fd(name, None)
+        self.queue = None
+
+
+class Backend:
+    """A vhost-user back-end for one connection.
+
+    `features` are the device's virtio feature bits (VERSION_1 and the ring features the device
+    serves); `vrings` how many virtqueues it has; `queue_num` what GET_QUEUE_NUM reports (queue
+    pairs, for net); `config` the device's config space for GET_CONFIG.
+    """
+
+    def __init__(self, channel: Channel, *, features: int, vrings: int, queue_num: int = 1,
+                 config: bytes = b"", max_mem_slots: int = 8):
+        self.channel = channel
+        self.offered = features | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+        self.acked = 0
+        self.protocol = 0
+        self.owner = False
+        self.status = 0
+        self.mtu = 0
+        self.queue_num = queue_num
+        self.config = bytearray(config)
+        self.max_mem_slots = max_mem_slots
+        self.memory: GuestMemory | None = None
+        self.vrings = [VringSetup() for _ in range(vrings)]
+        self._handlers: dict[FrontendRequest, Callable[[Any, list[int]], Any]] = {
+            F.GET_FEATURES: lambda p, fds: U64(self.offered),
+            F.SET_FEATURES: self._set_features,
+            F.SET_OWNER: self._set_owner,
+            F.RESET_OWNER: lambda p, fds: log.info("RESET_OWNER is deprecated; ignored"),
+            F.SET_MEM_TABLE: self._set_mem_table,
+            F.GET_PROTOCOL_FEATURES: lambda p, fds: U64(ENGINE_PROTOCOL_FEATURES),
+            F.SET_PROTOCOL_FEATURES: self._set_protocol_features,
+            F.GET_QUEUE_NUM: lambda p, fds: U64(self.queue_num),
+            F.SET_VRING_NUM: self._set_vring_num,
+            F.SET_VRING_ADDR: self._set_vring_addr,
+            F.SET_VRING_BASE: self._set_vring_base,
+            F.GET_VRING_BASE: self._get_vring_base,
+            F.SET_VRING_KICK: self._set_vring_kick,
+            F.SET_VRING_CALL: lambda p, fds: self._set_vring_fd(p, fds, "call"),
+            F.SET_VRING_ERR: lambda p, fds: self._set_vring_fd(p, fds, "err"),
+            F.SET_VRING_ENABLE: self._set_vring_enable,
+            F.NET_SET_MTU: self._set_mtu,
+            F.GET_CONFIG: self._get_config,
+            F.SET_CONFIG: self._set_config,
+            F.RESET_DEVICE: lambda p, fds: self.reset(),
+            F.GET_MAX_MEM_SLOTS: lambda p, fds: U64(self.max_mem_slots),
+            F.ADD_MEM_REG: self._add_mem_reg,
+            F.REM_MEM_REG: self._rem_mem_reg,
+            F.SET_STATUS: self._set_status,
+            F.GET_STATUS: lambda p, fds: U64(self.status),
+        }
+
+    # --- the engine ---
+
+    def handle_request(self) -> bool:
+        """Receive and handle one message; False once the connection is over.
+
+        A malformed message or a failed request that must be answered ends the connection (the
+        front-end would otherwise wait for ever); any other refused request is logged, answered
+        with a failing REPLY_ACK if one was asked for, and the back-end carries on.
+        """
+        try:
+            received = self.channel.receive()
+        except ChannelClosed:
+            log.info("front-end disconnected")
+            return False
+        except ProtocolError as e:
+            log.error("closing the connection: %s", e)
+            return False
+        header = received.message.header
+        request = header.request
+        handler = self._handlers.get(request)
+        # A handler takes the fds it keeps out of this list; whatever is left is closed here.
+        fds = list(received.fds)
+        try:
+            if handler is None:
+                raise RequestRefused(f"{request.name} is not implemented")
+            reply = handler(received.message.payload, fds)
+            ok = True
+        except (FastpathError, ValueError, OSError) as e:
+            log.error("%s refused: %s", request.name, e)
+            if request in _ALWAYS_REPLY:
+                return False
+            reply, ok = None, False
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if request in _ALWAYS_REPLY:
+            self.channel.send(encode_reply(request, reply))
+        elif header.need_reply and self.protocol & ProtocolFeature.REPLY_ACK:
+            self.channel.send(encode_reply(request, U64(0 if ok else 1)))
+        return True
+
+    def reset(self) -> None:
+        """Back to the state of a new connection, but for the memory table (RESET_DEVICE)."""
+        for vring in self.vrings:
+            vring.close()
+        self.vrings = [VringSetup() for _ in self.vrings]
+        self.acked = 0
+        self.status = 0
+
+    def close(self) -> None:
+        """Close every fd and mapping this connection holds."""
+        for vring in self.vrings:
+            vring.close()
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
+        self.channel.close()
+
+    @property
+    def packed(self) -> bool:
+        return bool(self.acked >> VIRTIO_F_RING_PACKED & 1)
+
+    # --- features and status ---
+
+    def _set_features(self, payload: U64, fds: list[int]) -> None:
+        if payload.value & ~self.offered:
+            raise RequestRefused(f"features {payload.value & ~self.offered:#x} were not offered")
+        self.acked = payload.value
+
+    def _set_protocol_features(self, payload: U64, fds: list[int]) -> None:
+        if payload.value & ~ENGINE_PROTOCOL_FEATURES:
+            raise RequestRefused(f"protocol features {payload.value:#x} were not offered")
+        self.protocol = payload.value
+
+    def _set_owner(self, payload: Any, fds: list[int]) -> None:
+        self.owner = True
+
+    def _set_status(self, payload: U64, fds: list[int]) -> None:
+        self.status = payload.value & 0xFF
+
+    def _set_mtu(self, payload: U64, fds: list[int]) -> None:
+        if not 68 <= payload.value <= 65535:
+            raise RequestRefused(f"MTU {payload.value} is outside 68..65535")
+        self.mtu = payload.value
+
+    def _get_config(self, payload: DeviceConfig, fds: list[int]) -> DeviceConfig:
+        data = bytes(self.config[payload.offset : payload.offset + len(payload.data)])
+        return DeviceConfig(payload.offset, payload.flags, data.ljust(len(payload.data), b"\0"))
+
+    def _set_config(self, payload: DeviceConfig, fds: list[int]) -> None:
+        end = payload.offset + len(payload.data)
+        if end > len(self.config):
+            raise RequestRefused(f"config write {payload.offset}+{len(payload.data)} is past "
+                                 f"the {len(self.config)}-byte config space")
+        self.config[payload.offset : end] = payload.data
+
+    # --- memory ---
+
+    def _set_mem_table(self, payload: MemoryTable, fds: list[int]) -> None:
+        shared = [SharedRegion(fd, r.guest_phys_addr, r.size, r.user_addr, r.mmap_offset)
+                  for fd, r in zip(fds, payload.regions, strict=True)]
+        fds.clear()  # from_shared owns them now, and closes them itself if it fails
+        memory = GuestMemory.from_shared(shared, owns_fds=True)
+        old, self.memory = self.memory, memory
+        # Started rings move to the new mapping where they stood.
+        for index, vring in enumerate(self.vrings):
+            if vring.started:
+                vring.base = self._ring_base(vring.queue)
+                self._start(index)
+        if old is not None:
+            old.close()
+        log.info("memory table: %s", memory)
+
+    def _add_mem_reg(self, payload: MemoryRegion, fds: list[int]) -> None:
+        if self.memory is None:
+            self.memory = GuestMemory()
+        if len(self.memory.regions) >= self.max_mem_slots:
+            raise RequestRefused(f"all {self.max_mem_slots} memory slots are in use")
+        self.memory.add_region(SharedRegion(fds[0], payload.guest_phys_addr, payload.size,
+                                            payload.user_addr, payload.mmap_offset))
+        fds.clear()  # mapped: the memory owns the fd
+
+    def _rem_mem_reg(self, payload: MemoryRegion, fds: list[int]) -> None:
+        # No fd should come; one may, and handle_request closes it.
+        if self.memory is None:
+            raise RequestRefused("no memory is mapped")
+        self.memory.remove_region(payload.guest_phys_addr)
+
+    # --- vrings ---
+
+    def _vring(self, index: int) -> VringSetup:
+        if not 0 <= index < len(self.vrings):
+            raise RequestRefused(f"vring {index} does not exist (the device has "
+                                 f"{len(self.vrings)})")
+        return self.vrings[index]
+
+    def _set_vring_num(self, payload: VringState, fds: list[int]) -> None:
+        num = payload.num
+        if not 1 <= num <= 32768 or (not self.packed and num & (num - 1)):
+            raise RequestRefused(f"vring size {num} is not allowed")
+        self._vring(payload.index).num = num
+
+    def _set_vring_addr(self, payload: VringAddress, fds: list[int]) -> None:
+        self._vring(payload.index).address = payload
+
+    def _set_vring_base(self, payload: VringState, fds: list[int]) -> None:
+        self._vring(payload.index).base = payload.num
+
+    def _get_vring_base(self, payload: VringState, fds: list[int]) -> VringState:
+        vring = self._vring(payload.index)
+        if vring.started:
+            vring.base = self._ring_base(vring.queue)
+            vring.queue = None
+        return VringState(payload.index, vring.base)
+
+    def _set_vring_kick(self, payload: VringFile, fds: list[int]) -> None:
+        vring = self._vring(payload.index)
+        self._start(payload.index)
+        vring.replace_fd("kick", fds.pop() if fds else None)
+
+    def _set_vring_fd(self, payload: VringFile, fds: list[int], name: str) -> None:
+        self._vring(payload.index).replace_fd(name, fds.pop() if fds else None)
+
+    def _set_vring_enable(self, payload: VringState, fds: list[int]) -> None:
+        self._vring(payload.index).enabled = bool(payload.num)
+
+    def _start(self, index: int) -> None:
+        vring = self.vrings[index]
+        if self.memory is None or vring.address is None or not vring.num:
+            raise RequestRefused(f"vring {index} started before its memory, size and addresses")
+        a = vring.address
+        to_guest = self.memory.user_to_guest
+        addresses = RingAddresses(to_guest(a.desc), to_guest(a.avail), to_guest(a.used))
+        options = {"event_idx": bool(self.acked >> VIRTIO_RING_F_EVENT_IDX & 1),
+                   "indirect": bool(self.acked >> VIRTIO_RING_F_INDIRECT_DESC & 1)}
+        if self.packed:
+            # Bits 0-14: the next avail slot, bit 15 its wrap counter (a new ring: 0x8000). The
+            # used position starts there too unless bits 16-31 carry it.
+            queue = PackedDeviceQueue(self.memory, vring.num, addresses, **options)
+            avail = vring.base & 0xFFFF
+            used = vring.base >> 16 or avail
+            queue.avail_state = (avail & 0x7FFF, avail >> 15)
+            queue.used_state = (used & 0x7FFF, used >> 15)
+        else:
+            queue = SplitDeviceQueue(self.memory, vring.num, addresses, **options)
+            queue.last_avail_idx = vring.base & 0xFFFF
+            queue.used_idx = vring.base & 0xFFFF
+        # Without PROTOCOL_FEATURES a ring is enabled as soon as it starts.
+        if not self.acked >> VHOST_USER_F_PROTOCOL_FEATURES & 1:
+            vring.enabled = True
+        vring.queue = queue
+
+    def _ring_base(self, queue: DeviceQueue) -> int:
+        # Split: the next avail index. Packed: the next avail slot with its wrap counter in bit
+        # 15, as DPDK reads it; the used position follows in bits 16-31 when it differs.
+        if isinstance(queue, PackedDeviceQueue):
+            (avail, avail_wrap), (used, used_wrap) = queue.avail_state, queue.used_state
+            avail_bits, used_bits = avail | avail_wrap << 15, used | used_wrap << 15
+            return avail_bits | (used_bits << 16 if used_bits != avail_bits else 0)
+        return queue.last_avail_idx
