@@ -112,3 +112,22 @@ def test_core_functions_that_dereference_guest_pointers_say_why_it_is_safe():
             head = text[body_start : body_start + 400]
             assert "# SAFETY:" in head, f"{source.name}: {match.group(1)} has no SAFETY note"
     assert len(found) >= 12
+
+
+def test_every_exported_class_and_function_is_documented():
+    import importlib
+    import inspect
+
+    for init in PACKAGE.glob("*/__init__.py"):
+        if init.parent.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"fastpath.{init.parent.name}")
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                assert inspect.getdoc(obj), f"fastpath.{init.parent.name}.{name} has no docstring"
+                if inspect.isclass(obj):
+                    for attr, member in vars(obj).items():
+                        public = not attr.startswith("_")
+                        if public and (inspect.isfunction(member) or isinstance(member, property)):
+                            assert inspect.getdoc(member), f"{name}.{attr} has no docstring"
