@@ -1,0 +1,86 @@
+"""The listening back-end: many front-ends on one socket path, each with its own engine, and a
+misbehaving one never takes the others down."""
+
+import os
+import socket
+import threading
+
+import pytest
+
+from fastpath.vhost_user import U64, FrontendRequest, decode_message, encode_message
+from fastpath.vhost_user._backend import VIRTIO_F_VERSION_1, Backend
+from fastpath.vhost_user._server import BackendServer
+
+F = FrontendRequest
+
+
+@pytest.fixture
+def server(tmp_path):
+    path = str(tmp_path / "vhost.sock")
+    srv = BackendServer(path, lambda channel: Backend(channel, features=1 << VIRTIO_F_VERSION_1,
+                                                      vrings=2))
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            srv.serve_once(0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield srv
+    stop.set()
+    thread.join(5)
+    srv.close()
+
+
+def connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.settimeout(5)
+    return sock
+
+
+def get_features(sock: socket.socket) -> int:
+    sock.send(encode_message(F.GET_FEATURES))
+    return decode_message(sock.recv(4096), reply=True).payload.value
+
+
+def test_two_front_ends_are_served_side_by_side(server):
+    a, b = connect(server.path), connect(server.path)
+    assert get_features(a) & 1 << VIRTIO_F_VERSION_1
+    assert get_features(b) & 1 << VIRTIO_F_VERSION_1
+    a.close()
+    b.close()
+
+
+def test_a_malformed_message_closes_only_its_own_connection(server):
+    bad, good = connect(server.path), connect(server.path)
+    assert get_features(good)
+    bad.send(b"\x01\x00\x00\x00\x07\x00\x00\x00\x00\x00\x00\x00")  # version 3
+    assert bad.recv(4096) == b""  # the back-end hung up on it
+    good.send(encode_message(F.SET_FEATURES, U64(1 << VIRTIO_F_VERSION_1)))
+    assert get_features(good) & 1 << VIRTIO_F_VERSION_1
+    good.close()
+    bad.close()
+
+
+def test_a_front_end_can_come_back_after_leaving(server):
+    first = connect(server.path)
+    assert get_features(first)
+    first.close()
+    again = connect(server.path)
+    assert get_features(again)
+    again.close()
+
+
+def test_a_stale_socket_file_is_replaced_but_a_regular_file_is_not(tmp_path):
+    stale = tmp_path / "stale.sock"
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(stale))
+    leftover.close()
+    BackendServer(str(stale), lambda ch: Backend(ch, features=0, vrings=1)).close()
+    regular = tmp_path / "file"
+    regular.write_text("not a socket")
+    with pytest.raises(FileExistsError):
+        BackendServer(str(regular), lambda ch: Backend(ch, features=0, vrings=1))
+    assert regular.exists() and os.path.isfile(regular)
