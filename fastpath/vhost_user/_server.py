@@ -1,16 +1,19 @@
-"""A listening vhost-user back-end: a selector adapter over the stepped `Backend` engine.
+"""Loop adapters over the stepped `Backend` engine: a listening back-end (server mode) and one
+that connects to a listening front-end and reconnects when it goes away (client mode).
 
-Each accepted connection gets its own `Backend`; one that misbehaves or goes away is closed and
-forgotten while the others carry on.
+Each connection gets its own `Backend`; one that misbehaves or goes away is closed and forgotten
+while the others carry on.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
 import socket
 import stat
+import time
 from collections.abc import Callable
 
 from fastpath.vhost_user._backend import Backend
@@ -67,3 +70,60 @@ class BackendServer:
         self.selector.unregister(backend.channel.sock)
         self.backends.remove(backend)
         backend.close()
+
+
+class BackendClient:
+    """Connect to a front-end listening on `path` (QEMU `server=on`, DPDK `server=1`), serve it,
+    and connect again whenever the connection ends or the front-end is not there yet."""
+
+    # A front-end that is not listening yet, or went away: worth trying again later.
+    _RETRY = {errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN}
+
+    def __init__(self, path: str, make_backend: Callable[[Channel], Backend], *,
+                 retry_interval: float = 0.5):
+        self.path = path
+        self.make_backend = make_backend
+        self.retry_interval = retry_interval
+        self.backend: Backend | None = None
+        self.connections = 0
+        self._next_attempt = 0.0
+
+    def serve_once(self, timeout: float = 0.1) -> None:
+        """Connect if not connected (at most once per retry interval), else handle a message
+        if one arrives within `timeout` seconds."""
+        if self.backend is None:
+            self._try_connect()
+            if self.backend is None:
+                time.sleep(min(timeout, max(0.0, self._next_attempt - time.monotonic())))
+                return
+        readable = selectors.DefaultSelector()
+        try:
+            readable.register(self.backend.channel.sock, selectors.EVENT_READ)
+            if readable.select(timeout) and not self.backend.handle_request():
+                self.backend.close()
+                self.backend = None
+                log.info("front-end on %s went away; reconnecting", self.path)
+        finally:
+            readable.close()
+
+    def close(self) -> None:
+        """Close the connection, if any."""
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def _try_connect(self) -> None:
+        if time.monotonic() < self._next_attempt:
+            return
+        self._next_attempt = time.monotonic() + self.retry_interval
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError as e:
+            sock.close()
+            if e.errno not in self._RETRY:
+                raise
+            return
+        self.backend = self.make_backend(Channel(sock))
+        self.connections += 1
+        log.info("connected to the front-end on %s", self.path)

@@ -9,7 +9,7 @@ import pytest
 
 from fastpath.vhost_user import U64, FrontendRequest, decode_message, encode_message
 from fastpath.vhost_user._backend import VIRTIO_F_VERSION_1, Backend
-from fastpath.vhost_user._server import BackendServer
+from fastpath.vhost_user._server import BackendClient, BackendServer
 
 F = FrontendRequest
 
@@ -84,3 +84,32 @@ def test_a_stale_socket_file_is_replaced_but_a_regular_file_is_not(tmp_path):
     with pytest.raises(FileExistsError):
         BackendServer(str(regular), lambda ch: Backend(ch, features=0, vrings=1))
     assert regular.exists() and os.path.isfile(regular)
+
+
+def test_client_mode_waits_for_the_front_end_and_reconnects_after_it_restarts(tmp_path):
+    path = str(tmp_path / "frontend.sock")
+    client = BackendClient(path, lambda ch: Backend(ch, features=1 << VIRTIO_F_VERSION_1,
+                                                    vrings=2), retry_interval=0.01)
+    client.serve_once(0.01)  # nobody listening yet: no error, no connection
+    assert client.backend is None
+    for restart in range(2):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(1)
+        listener.settimeout(5)
+        while client.backend is None or client.connections <= restart:
+            client.serve_once(0.01)
+        front_end, _ = listener.accept()
+        front_end.settimeout(5)
+        front_end.send(encode_message(F.GET_FEATURES))
+        client.serve_once(1.0)
+        reply = decode_message(front_end.recv(4096), reply=True).payload.value
+        assert reply & 1 << VIRTIO_F_VERSION_1
+        # The front-end goes away (killed, restarted): the back-end notices and lets go.
+        front_end.close()
+        listener.close()
+        os.unlink(path)
+        client.serve_once(1.0)
+        assert client.backend is None
+    assert client.connections == 2
+    client.close()
