@@ -4,9 +4,9 @@ A kernel takes a queue's `handle` and the `.ctypes.data` of its record arrays, a
 once per burst. Signatures mirror fastpath/_core/{split,packed,chain}.pxd.
 """
 
-from numba import types
+from numba import njit, types
 
-from fastpath._numba import POINTER, core_function
+from fastpath._numba import NJIT, POINTER, core_function
 
 _i32 = types.int32
 _u32 = types.uint32
@@ -50,3 +50,71 @@ split_driver_set_calls = core_function("split", "fp_split_driver_set_calls",
                                        _i32(POINTER, types.int32))
 packed_driver_set_calls = core_function("packed", "fp_packed_driver_set_calls",
                                         _i32(POINTER, types.int32))
+
+
+# The same operations for either ring type: `packed` picks the core function, once per call.
+# Kernels that serve both ring types call these instead of branching themselves.
+
+
+@njit(**NJIT)
+def add_burst(packed, driver, chains, n, segments):
+    """Driver: offer chains[:n]; returns how many were added."""
+    if packed:
+        return packed_add_burst(driver, chains, n, segments)
+    return split_add_burst(driver, chains, n, segments)
+
+
+@njit(**NJIT)
+def pop_burst(packed, device, chains, n, segments, max_segments):
+    """Device: pop up to n chains; returns how many, or an FP_E_* code (< 0)."""
+    if packed:
+        return packed_pop_burst(device, chains, n, segments, max_segments)
+    return split_pop_burst(device, chains, n, segments, max_segments)
+
+
+@njit(**NJIT)
+def push_burst(packed, device, chains, n):
+    """Device: return chains[:n] as used; returns how many were accepted."""
+    if packed:
+        return packed_push_burst(device, chains, n)
+    return split_push_burst(device, chains, n)
+
+
+@njit(**NJIT)
+def collect_burst(packed, driver, used, n):
+    """Driver: collect up to n used elements; returns how many."""
+    if packed:
+        return packed_collect_burst(driver, used, n)
+    return split_collect_burst(driver, used, n)
+
+
+@njit(**NJIT)
+def device_should_notify(packed, device):
+    """Device: whether the driver wants a notification for what was pushed since last asked."""
+    if packed:
+        return packed_device_should_notify(device)
+    return split_device_should_notify(device)
+
+
+@njit(**NJIT)
+def driver_should_kick(packed, driver):
+    """Driver: whether the device wants a kick for what was added since last asked."""
+    if packed:
+        return packed_driver_should_kick(driver)
+    return split_driver_should_kick(driver)
+
+
+@njit(**NJIT)
+def device_set_kicks(packed, device, enabled):
+    """Device: ask for kicks (1) or not (0); non-zero back means pop again before sleeping."""
+    if packed:
+        return packed_device_set_kicks(device, enabled)
+    return split_device_set_kicks(device, enabled)
+
+
+@njit(**NJIT)
+def driver_set_calls(packed, driver, enabled):
+    """Driver: ask for calls (1) or not (0); non-zero back means collect again before sleeping."""
+    if packed:
+        return packed_driver_set_calls(driver, enabled)
+    return split_driver_set_calls(driver, enabled)

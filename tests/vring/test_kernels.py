@@ -54,28 +54,16 @@ def test_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
 def _notification_round(packed, driver, device, driver_chains, driver_segments, chains, segments,
                         max_segments, used):
     # Kicks off on the device side: the driver's next add must not want one; back on: it must.
-    if packed:
-        kernels.packed_device_set_kicks(device, 0)
-        kernels.packed_add_burst(driver, driver_chains, 1, driver_segments)
-        quiet = kernels.packed_driver_should_kick(driver)
-        kernels.packed_device_set_kicks(device, 1)
-        kernels.packed_add_burst(driver, driver_chains, 1, driver_segments)
-        loud = kernels.packed_driver_should_kick(driver)
-        n = kernels.packed_pop_burst(device, chains, 8, segments, max_segments)
-        kernels.packed_push_burst(device, chains, n)
-        notify = kernels.packed_device_should_notify(device)
-        collected = kernels.packed_collect_burst(driver, used, 8)
-        return quiet, loud, n, notify, collected
-    kernels.split_device_set_kicks(device, 0)
-    kernels.split_add_burst(driver, driver_chains, 1, driver_segments)
-    quiet = kernels.split_driver_should_kick(driver)
-    kernels.split_device_set_kicks(device, 1)
-    kernels.split_add_burst(driver, driver_chains, 1, driver_segments)
-    loud = kernels.split_driver_should_kick(driver)
-    n = kernels.split_pop_burst(device, chains, 8, segments, max_segments)
-    kernels.split_push_burst(device, chains, n)
-    notify = kernels.split_device_should_notify(device)
-    collected = kernels.split_collect_burst(driver, used, 8)
+    kernels.device_set_kicks(packed, device, 0)
+    kernels.add_burst(packed, driver, driver_chains, 1, driver_segments)
+    quiet = kernels.driver_should_kick(packed, driver)
+    kernels.device_set_kicks(packed, device, 1)
+    kernels.add_burst(packed, driver, driver_chains, 1, driver_segments)
+    loud = kernels.driver_should_kick(packed, driver)
+    n = kernels.pop_burst(packed, device, chains, 8, segments, max_segments)
+    kernels.push_burst(packed, device, chains, n)
+    notify = kernels.device_should_notify(packed, device)
+    collected = kernels.collect_burst(packed, driver, used, 8)
     return quiet, loud, n, notify, collected
 
 
