@@ -8,12 +8,12 @@ MODE := $(if $(filter-out 0,$(FASTPATH_DEBUG)),debug,release)
 BUILT := fastpath/_core/.built-$(MODE)
 CORE_SOURCES := $(wildcard fastpath/_core/*.pyx fastpath/_core/*.pxd fastpath/_core/*.h) setup.py
 
-.PHONY: run test test-suite build lint clean
+.PHONY: run test test-suite build peers lint clean
 
 run: build
 	$(VENV)/bin/fastpath bench vring
 
-test: build
+test: build peers
 	$(MAKE) --no-print-directory test-suite
 	$(MAKE) --no-print-directory FASTPATH_DEBUG=1 test-suite
 
@@ -22,6 +22,18 @@ test-suite: build
 	$(PY) -m pytest -q
 
 build: $(BUILT)
+
+# The real peers of the interoperability tests and benchmarks, from Debian's packages (see the
+# shared peers notes): DPDK's testpmd with its vhost and virtio-user PMDs.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+TESTPMD := /usr/bin/dpdk-testpmd
+
+peers: $(TESTPMD)
+
+$(TESTPMD):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+		dpdk dpdk-dev
 
 $(INSTALLED): pyproject.toml setup.py
 	test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)

@@ -75,6 +75,9 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
                              fp_segment *segs, uint32_t max_segs) noexcept nogil
 cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
                               uint32_t n) noexcept nogil
+# Returns chains[0:n], the last chains popped, to the ring unused.
+cdef void fp_packed_unpop_burst(fp_packed_device *vq, const fp_chain *chains,
+                                uint32_t n) noexcept nogil
 cdef bint fp_packed_device_should_notify(fp_packed_device *vq) noexcept nogil
 cdef int fp_packed_device_set_kicks(fp_packed_device *vq, bint enabled) noexcept nogil
 

@@ -202,6 +202,22 @@ cdef inline void _end_pop(fp_packed_device *vq, uint16_t pos, uint8_t wrap, uint
     vq.popped += popped
 
 
+cdef void fp_packed_unpop_burst(fp_packed_device *vq, const fp_chain *chains,
+                                uint32_t n) noexcept nogil:
+    # SAFETY: only the private position moves. The chains' descriptors are still marked
+    # available (a pop writes nothing to the ring), so stepping back over their slots returns
+    # them; the wrap counter flips when the step crosses the start of the ring.
+    cdef uint32_t i, slots = 0
+    for i in range(n):
+        slots += chains[i].ndesc
+    if slots > vq.next_avail:
+        vq.next_avail = <uint16_t>(vq.next_avail + vq.ring.size - slots)
+        vq.avail_wrap ^= 1
+    else:
+        vq.next_avail = <uint16_t>(vq.next_avail - slots)
+    vq.popped -= n
+
+
 cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
                               uint32_t n) noexcept nogil:
     # SAFETY: slot positions stay below the ring size; a record's ndesc is checked against it.

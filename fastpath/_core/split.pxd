@@ -70,6 +70,8 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
 # Pushes chains as used elements of length `written`, in the order given; returns how many.
 cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
                              uint32_t n) noexcept nogil
+# Returns the last n chains popped to the ring unused: the next pop yields them again.
+cdef void fp_split_unpop_burst(fp_split_device *vq, uint32_t n) noexcept nogil
 # Whether the driver wants a notification for what was pushed since the last call.
 cdef bint fp_split_device_should_notify(fp_split_device *vq) noexcept nogil
 # Ask for (or stop asking for) kicks; enabling returns how many chains are already available.

@@ -190,6 +190,13 @@ cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
     return <int>pushed
 
 
+cdef void fp_split_unpop_burst(fp_split_device *vq, uint32_t n) noexcept nogil:
+    # SAFETY: only the private index moves; each chain took one avail entry and a pop writes
+    # nothing to the ring, so stepping back returns them. The caller keeps n within its last pop.
+    vq.last_avail_idx = <uint16_t>(vq.last_avail_idx - n)
+    vq.popped -= n
+
+
 cdef bint fp_split_device_should_notify(fp_split_device *vq) noexcept nogil:
     cdef uint16_t old = vq.signalled_used
     cdef uint16_t new = vq.used_idx

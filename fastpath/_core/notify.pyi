@@ -1,0 +1,6 @@
+from collections.abc import Iterable
+
+FP_MAX_WAIT_FDS: int
+
+def signal(fd: int) -> None: ...
+def wait(fds: Iterable[int], timeout_ms: int) -> int: ...
