@@ -14,6 +14,12 @@ def _bench_vring(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _vhost_net(args: argparse.Namespace) -> int:
+    from fastpath.vhost_user._vhost_net import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastpath",
@@ -42,6 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(vring)
     vring.set_defaults(func=_bench_vring)
+
+    from fastpath.vhost_user._vhost_net import add_arguments as vhost_net_arguments
+
+    vhost_net = commands.add_parser(
+        "vhost-net",
+        help="run a virtio-net vhost-user back-end that forwards or drops what it receives",
+        description=(
+            "Serve virtio-net front-ends (QEMU, DPDK virtio-user, fastpath's own) on a "
+            "vhost-user socket. Each queue pair's transmitq is looped back to its receiveq "
+            "(--fwd io or macswap) or emptied (--fwd drop) by a compiled poll loop. Front-ends "
+            "may come, go and come back; rates print while it runs, totals per queue at exit."
+        ),
+        epilog="example: fastpath vhost-net --socket /tmp/vhost.sock --fwd macswap --backoff 1000",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    vhost_net_arguments(vhost_net)
+    vhost_net.set_defaults(func=_vhost_net)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +62,35 @@ _ALWAYS_REPLY = {
 }
 
 
+# Requests that change what a data plane touches: ring state, kick and call fds, memory.
+_DATA_PLANE_REQUESTS = {
+    F.SET_FEATURES, F.SET_MEM_TABLE, F.ADD_MEM_REG, F.REM_MEM_REG, F.SET_VRING_KICK,
+    F.SET_VRING_CALL, F.SET_VRING_ERR, F.GET_VRING_BASE, F.SET_VRING_ENABLE, F.RESET_DEVICE,
+}
+
+
 class RequestRefused(FastpathError):
     """A well-formed request the back-end cannot carry out (a bad vring index, say)."""
+
+
+class DeviceHooks:
+    """What a device behind a `Backend` is told; every hook does nothing by default.
+
+    Data-plane threads may poll the rings while the engine runs. Before a request changes what
+    they touch (ring state, fds, memory), the engine enters `quiesced()`, which returns once no
+    data-plane thread is inside the rings and keeps them out until it exits; `rings_changed`
+    runs inside it, after the change, for the device to pick up the new state.
+    """
+
+    def quiesced(self) -> AbstractContextManager:
+        """A context in which no data-plane thread touches this device's rings or memory."""
+        return nullcontext()
+
+    def rings_changed(self, backend: Backend) -> None:
+        """The rings, their fds, the memory or the features changed (the device is quiesced)."""
+
+    def closed(self, backend: Backend) -> None:
+        """The connection is closing: let go of every ring (the device is quiesced)."""
 
 
 @dataclass
@@ -100,12 +128,14 @@ class Backend:
 
     `features` are the device's virtio feature bits (VERSION_1 and the ring features the device
     serves); `vrings` how many virtqueues it has; `queue_num` what GET_QUEUE_NUM reports (queue
-    pairs, for net); `config` the device's config space for GET_CONFIG.
+    pairs, for net); `config` the device's config space for GET_CONFIG; `device` the hooks that
+    keep a data plane in step with the rings.
     """
 
     def __init__(self, channel: Channel, *, features: int, vrings: int, queue_num: int = 1,
-                 config: bytes = b"", max_mem_slots: int = 8):
+                 config: bytes = b"", max_mem_slots: int = 8, device: DeviceHooks | None = None):
         self.channel = channel
+        self.device = device or DeviceHooks()
         self.offered = features | 1 << VHOST_USER_F_PROTOCOL_FEATURES
         self.acked = 0
         self.protocol = 0
@@ -167,19 +197,23 @@ class Backend:
         handler = self._handlers.get(request)
         # A handler takes the fds it keeps out of this list; whatever is left is closed here.
         fds = list(received.fds)
-        try:
-            if handler is None:
-                raise RequestRefused(f"{request.name} is not implemented")
-            reply = handler(received.message.payload, fds)
-            ok = True
-        except (FastpathError, ValueError, OSError) as e:
-            log.error("%s refused: %s", request.name, e)
-            if request in _ALWAYS_REPLY:
-                return False
-            reply, ok = None, False
-        finally:
-            for fd in fds:
-                os.close(fd)
+        touches_data_plane = request in _DATA_PLANE_REQUESTS
+        with self.device.quiesced() if touches_data_plane else nullcontext():
+            try:
+                if handler is None:
+                    raise RequestRefused(f"{request.name} is not implemented")
+                reply = handler(received.message.payload, fds)
+                ok = True
+            except (FastpathError, ValueError, OSError) as e:
+                log.error("%s refused: %s", request.name, e)
+                if request in _ALWAYS_REPLY:
+                    return False
+                reply, ok = None, False
+            finally:
+                for fd in fds:
+                    os.close(fd)
+                if touches_data_plane:
+                    self.device.rings_changed(self)
         if request in _ALWAYS_REPLY:
             self.channel.send(encode_reply(request, reply))
         elif header.need_reply and self.protocol & ProtocolFeature.REPLY_ACK:
@@ -196,11 +230,13 @@ class Backend:
 
     def close(self) -> None:
         """Close every fd and mapping this connection holds."""
-        for vring in self.vrings:
-            vring.close()
-        if self.memory is not None:
-            self.memory.close()
-            self.memory = None
+        with self.device.quiesced():
+            self.device.closed(self)
+            for vring in self.vrings:
+                vring.close()
+            if self.memory is not None:
+                self.memory.close()
+                self.memory = None
         self.channel.close()
 
     @property

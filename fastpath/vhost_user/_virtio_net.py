@@ -1,0 +1,197 @@
+"""The virtio-net device (virtio 1.2 §5.1) behind a vhost-user back-end: what it offers, its
+config space, and the queue pairs its data plane serves.
+
+Virtqueue 2k is queue pair k's receiveq (the device writes frames for the driver), 2k + 1 its
+transmitq (the driver's frames for the device). A transmitq that is started but disabled is
+still emptied, its frames discarded; a receiveq takes frames only when started and enabled
+(vhost-user "Ring states").
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastpath.vhost_user._backend import (
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+    Backend,
+    DeviceHooks,
+)
+from fastpath.vhost_user._gate import Gate
+from fastpath.vhost_user._net_queue import NetQueue
+from fastpath.vring import DeviceQueue
+
+log = logging.getLogger("fastpath.vhost_user")
+
+# virtio 1.2 §5.1.3 feature bits (numbers).
+VIRTIO_NET_F_MTU = 3
+VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_MRG_RXBUF = 15
+VIRTIO_NET_F_STATUS = 16
+VIRTIO_NET_F_MQ = 22
+VIRTIO_F_IN_ORDER = 35
+
+VIRTIO_NET_S_LINK_UP = 1
+MAX_QUEUE_PAIRS = 8
+DEFAULT_MAC = bytes.fromhex("525400123456")
+
+NET_FEATURES = sum(1 << bit for bit in (
+    VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_NET_F_MQ, VIRTIO_F_RING_PACKED, VIRTIO_F_IN_ORDER,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MAC,
+))
+"""What the device offers (MTU is added when one is set)."""
+
+
+def net_config(mac: bytes, queue_pairs: int, mtu: int) -> bytes:
+    """The config space (§5.1.4): mac, status, max_virtqueue_pairs, mtu."""
+    return mac + struct.pack("<HHH", VIRTIO_NET_S_LINK_UP, queue_pairs, mtu)
+
+
+@dataclass
+class QueuePair:
+    """What the data plane serves of one queue pair: NetQueues for the started rings."""
+
+    index: int
+    tx: NetQueue | None = None          # the driver's transmitq, when started
+    rx: NetQueue | None = None          # the driver's receiveq, when started and enabled
+    tx_kick: int = -1                   # the transmitq's kick eventfd, for a loop that sleeps
+
+
+@dataclass
+class NetCounters:
+    """Frames through one queue pair since the device was made."""
+
+    rx_frames: int = 0   # frames the driver transmitted (received by the device)
+    rx_bytes: int = 0
+    rx_dropped: int = 0  # transmitq chains that held no valid frame
+    tx_frames: int = 0   # frames delivered to the driver's receive buffers
+    tx_bytes: int = 0
+    tx_dropped: int = 0  # frames the receiveq could not take
+    calls: int = 0
+
+    def add(self, other: NetCounters) -> None:
+        """Add another set of counters into this one."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def _queue_counters(rx: NetQueue | None, tx: NetQueue | None) -> NetCounters:
+    c = NetCounters()
+    if tx is not None:
+        t = tx.counters
+        c.rx_frames, c.rx_bytes, c.rx_dropped, c.calls = (t["frames"], t["bytes"], t["dropped"],
+                                                          t["calls"])
+    if rx is not None:
+        r = rx.counters
+        c.tx_frames, c.tx_bytes, c.tx_dropped = r["frames"], r["bytes"], r["dropped"]
+        c.calls += r["calls"]
+    return c
+
+
+@dataclass
+class VirtioNet(DeviceHooks):
+    """One front-end's virtio-net device: hooks for its `Backend` and the queue pairs a data
+    plane serves. `on_change(device)` runs (quiesced) whenever the served pairs change."""
+
+    gate: Gate
+    queue_pairs: int = 1
+    mac: bytes = DEFAULT_MAC
+    mtu: int = 0
+    max_burst: int = 64
+    on_change: Callable[[VirtioNet], None] | None = None
+    pairs: list[QueuePair] = field(default_factory=list)
+    closed_down: bool = False   # the connection ended; the device serves nothing more
+    # Counters of queues already let go; `counters()` adds the live ones.
+    retired: list[NetCounters] = field(default_factory=list)
+    _queues: dict[int, tuple[DeviceQueue, bool, NetQueue]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not 1 <= self.queue_pairs <= MAX_QUEUE_PAIRS:
+            raise ValueError(f"queue pairs must be 1 to {MAX_QUEUE_PAIRS}")
+        if len(self.mac) != 6:
+            raise ValueError("a MAC address has 6 bytes")
+        self.retired = [NetCounters() for _ in range(self.queue_pairs)]
+
+    @property
+    def features(self) -> int:
+        """The virtio features the device offers."""
+        return NET_FEATURES | (1 << VIRTIO_NET_F_MTU if self.mtu else 0)
+
+    @property
+    def vrings(self) -> int:
+        """Virtqueues: a receiveq and a transmitq per pair."""
+        return 2 * self.queue_pairs
+
+    def backend(self, channel) -> Backend:
+        """A back-end engine for this device on a new connection."""
+        return Backend(channel, features=self.features, vrings=self.vrings,
+                       queue_num=self.queue_pairs, config=net_config(self.mac, self.queue_pairs,
+                                                                     self.mtu), device=self)
+
+    # --- DeviceHooks ---
+
+    def quiesced(self):
+        """Hold the data plane's gate."""
+        return self.gate.control()
+
+    def rings_changed(self, backend: Backend) -> None:
+        """Pick up started, stopped, enabled and disabled rings and new call fds."""
+        mergeable = bool(backend.acked >> VIRTIO_NET_F_MRG_RXBUF & 1)
+        pairs = []
+        for k in range(self.queue_pairs):
+            rx_setup, tx_setup = backend.vrings[2 * k], backend.vrings[2 * k + 1]
+            rx = self._net_queue(2 * k, rx_setup.queue, mergeable, rx_setup.call)
+            tx = self._net_queue(2 * k + 1, tx_setup.queue, mergeable, tx_setup.call)
+            pairs.append(QueuePair(k, tx=tx, rx=rx if rx_setup.enabled else None,
+                                   tx_kick=tx_setup.kick if tx_setup.kick is not None else -1))
+        self.pairs = pairs
+        if self.on_change:
+            self.on_change(self)
+
+    def closed(self, backend: Backend) -> None:
+        """Let go of every queue."""
+        for index in list(self._queues):
+            self._retire(index)
+        self.pairs = []
+        self.closed_down = True
+        if self.on_change:
+            self.on_change(self)
+
+    # --- counters ---
+
+    def counters(self) -> list[NetCounters]:
+        """Per queue pair, everything moved so far."""
+        totals = []
+        for k in range(self.queue_pairs):
+            c = NetCounters()
+            c.add(self.retired[k])
+            rx, tx = self._queues.get(2 * k), self._queues.get(2 * k + 1)
+            c.add(_queue_counters(rx[2] if rx else None, tx[2] if tx else None))
+            totals.append(c)
+        return totals
+
+    def _net_queue(self, index: int, queue: DeviceQueue | None, mergeable: bool,
+                   call: int | None) -> NetQueue | None:
+        held = self._queues.get(index)
+        if held is not None and (held[0] is not queue or held[1] != mergeable):
+            self._retire(index)
+            held = None
+        if queue is None:
+            return None
+        if held is None:
+            held = (queue, mergeable, NetQueue(queue, mergeable=mergeable,
+                                               max_burst=self.max_burst))
+            self._queues[index] = held
+        held[2].call_fd = call if call is not None else -1
+        return held[2]
+
+    def _retire(self, index: int) -> None:
+        _, _, q = self._queues.pop(index)
+        pair = self.retired[index // 2]
+        pair.add(_queue_counters(q, None) if index % 2 == 0 else _queue_counters(None, q))
