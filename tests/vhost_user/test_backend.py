@@ -2,93 +2,19 @@
 front-end that sends what DPDK's virtio-user sends (see the shared notes on peers)."""
 
 import os
-import socket
 
 import pytest
+from scripted_frontend import F, ScriptedFrontend
 
-from fastpath.hv import GuestMemory
 from fastpath.vhost_user import (
-    FLAG_NEED_REPLY,
     FLAG_REPLY,
     U64,
-    Channel,
-    FrontendRequest,
-    MemoryRegion,
-    MemoryTable,
     ProtocolFeature,
     VringAddress,
     VringFile,
     VringState,
-    decode_message,
-    encode_message,
 )
-from fastpath.vhost_user._backend import (
-    ENGINE_PROTOCOL_FEATURES,
-    VIRTIO_F_RING_PACKED,
-    VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-    Backend,
-)
-from fastpath.vring import PackedDriverQueue, SplitDriverQueue, ring_layout
-
-F = FrontendRequest
-PROTOCOL_FEATURES_BIT = 1 << 30
-FEATURES = 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_F_RING_PACKED
-
-
-class ScriptedFrontend:
-    """The front-end half of a socket pair, sending encoded messages and reading replies."""
-
-    def __init__(self):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock = ours
-        self.backend = Backend(Channel(theirs), features=FEATURES, vrings=2, queue_num=1,
-                               config=bytes(range(12)))
-        self.memory = GuestMemory([(0, 4 << 20)])
-
-    def send(self, request, payload=None, fds=(), need_reply=False):
-        args = () if payload is None else (payload,)
-        data = encode_message(request, *args, flags=FLAG_NEED_REPLY if need_reply else 0)
-        socket.send_fds(self.sock, [data], list(fds)) if fds else self.sock.send(data)
-        return self.backend.handle_request()
-
-    def reply(self):
-        data = self.sock.recv(4096)
-        return decode_message(data, reply=True).payload
-
-    def handshake(self, packed: bool):
-        region = self.memory.regions[0]
-        assert self.send(F.SET_OWNER)
-        self.send(F.GET_FEATURES)
-        offered = self.reply().value
-        assert offered & PROTOCOL_FEATURES_BIT and offered & FEATURES == FEATURES
-        self.send(F.GET_PROTOCOL_FEATURES)
-        assert self.reply().value == ENGINE_PROTOCOL_FEATURES
-        self.send(F.SET_PROTOCOL_FEATURES, U64(ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
-                                               | ProtocolFeature.STATUS))
-        for index in (0, 1):  # DPDK sends the call fds before SET_FEATURES
-            self.send(F.SET_VRING_CALL, VringFile(index), fds=[os.eventfd(0)])
-        acked = 1 << VIRTIO_F_VERSION_1 | PROTOCOL_FEATURES_BIT | (
-            1 << VIRTIO_F_RING_PACKED if packed else 0)
-        self.send(F.SET_FEATURES, U64(acked))
-        self.send(F.SET_STATUS, U64(0x0B), need_reply=True)
-        assert self.reply() == U64(0)
-        self.send(F.GET_STATUS)
-        assert self.reply() == U64(0x0B)
-        table = MemoryTable((MemoryRegion(0, region.size, region.user_addr, 0),))
-        self.send(F.SET_MEM_TABLE, table, fds=[os.dup(region.fd)], need_reply=True)
-        assert self.reply() == U64(0)
-
-    def start_vring(self, index, size, packed, base=0):
-        rings = ring_layout(size, 0x1000 + index * 0x10000, packed)
-        uva = self.memory.regions[0].user_addr
-        self.send(F.SET_VRING_NUM, VringState(index, size))
-        self.send(F.SET_VRING_BASE, VringState(index, base))
-        self.send(F.SET_VRING_ADDR, VringAddress(index, 0, uva + rings.desc, uva + rings.device,
-                                                 uva + rings.driver, 0))
-        self.send(F.SET_VRING_KICK, VringFile(index), fds=[os.eventfd(0)])
-        self.send(F.SET_VRING_ENABLE, VringState(index, 1))
-        return rings
+from fastpath.vring import PackedDriverQueue, SplitDriverQueue
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])

@@ -1,0 +1,145 @@
+"""The virtio-net device behind the engine, served by the forwarding loop: frames a driver
+transmits come back on its receiveq (io, macswap) or are counted and freed (drop), on both
+ring types, with and without mergeable buffers; rings the front-end stops are let go."""
+
+import os
+import time
+
+import pytest
+from scripted_frontend import F, ScriptedFrontend
+
+from fastpath.testing.reference.net import NET_HDR_SIZE, header
+from fastpath.vhost_user import VringState
+from fastpath.vhost_user._forwarder import Forwarder
+from fastpath.vhost_user._gate import Gate
+from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MRG_RXBUF, VirtioNet
+from fastpath.vring import PackedDriverQueue, SplitDriverQueue
+
+RX_BUFFERS = 0x200000
+TX_BUFFERS = 0x300000
+
+
+def frame(n, seed):
+    dst, src = bytes([2, 0, 0, 0, 0, seed]), bytes([4, 0, 0, 0, 0, seed])
+    return dst + src + bytes((seed + i) & 0xFF for i in range(n - 12))
+
+
+class Guest:
+    """A scripted front-end with a driver on each ring of queue pair 0."""
+
+    def __init__(self, forwarder, gate, packed, mergeable):
+        self.device = VirtioNet(gate)
+        forwarder.attach(self.device)
+        self.fe = ScriptedFrontend(self.device.backend)
+        self.fe.handshake(packed, 1 << VIRTIO_NET_F_MRG_RXBUF if mergeable else 0)
+        driver = PackedDriverQueue if packed else SplitDriverQueue
+        base = 0x8000 if packed else 0
+        self.rx = driver(self.fe.memory, 256, self.fe.start_vring(0, 256, packed, base))
+        self.tx = driver(self.fe.memory, 256, self.fe.start_vring(1, 256, packed, base))
+        self.memory = self.fe.memory
+
+    def post_receive_buffers(self, n, size=2048):
+        for k in range(n):
+            self.rx.add(writable=[(RX_BUFFERS + k * size, size)])
+
+    def send(self, frames):
+        for k, f in enumerate(frames):
+            data = header(0) + f
+            self.memory.write(TX_BUFFERS + k * 2048, data)
+            self.tx.add(readable=[(TX_BUFFERS + k * 2048, len(data))])
+
+    def received(self, expected, timeout=5.0, size=2048):
+        got, deadline = [], time.monotonic() + timeout
+        while len(got) < expected and time.monotonic() < deadline:
+            for buffer_id, n in self.rx.collect():
+                got.append(self.memory.read(RX_BUFFERS + buffer_id * size, n))
+            time.sleep(0.001)
+        return got
+
+
+@pytest.fixture(params=["io", "macswap", "drop"])
+def forwarder(request):
+    gate = Gate()
+    fwd = Forwarder(gate, request.param, idle_rounds=100, sleep_ms=5)
+    fwd.start()
+    yield fwd
+    fwd.stop()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+@pytest.mark.parametrize("mergeable", [False, True], ids=["plain", "mergeable"])
+def test_frames_go_round_through_the_forwarding_loop(forwarder, packed, mergeable):
+    guest = Guest(forwarder, forwarder.gate, packed, mergeable)
+    guest.post_receive_buffers(64)
+    frames = [frame(60 + 20 * k, k) for k in range(40)]
+    guest.send(frames)
+    if forwarder.mode == "drop":
+        deadline = time.monotonic() + 5
+        while guest.device.counters()[0].rx_frames < 40 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert guest.received(0, timeout=0.05) == []
+    else:
+        got = guest.received(40)
+        expected = [f if forwarder.mode == "io" else f[6:12] + f[:6] + f[12:] for f in frames]
+        assert [g[NET_HDR_SIZE:] for g in got] == expected
+        assert all(g[:NET_HDR_SIZE] == header(1) for g in got)
+    counters = guest.device.counters()[0]
+    assert counters.rx_frames == 40 and counters.rx_bytes == sum(map(len, frames))
+    assert counters.tx_frames == (0 if forwarder.mode == "drop" else 40)
+    guest.fe.backend.close()
+    assert guest.device not in forwarder.devices  # let go once the connection closed
+
+
+def test_frames_without_receive_buffers_are_dropped_and_counted(forwarder):
+    if forwarder.mode == "drop":
+        pytest.skip("nothing is sent back in drop mode")
+    guest = Guest(forwarder, forwarder.gate, False, False)
+    guest.send([frame(64, k) for k in range(10)])
+    deadline = time.monotonic() + 5
+    while guest.device.counters()[0].rx_frames < 10 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.05)
+    assert forwarder.drops(guest.device)[0] == (10, 0)
+    guest.fe.backend.close()
+
+
+def test_a_stopped_ring_is_let_go_and_its_base_reports_what_was_served():
+    gate = Gate()
+    fwd = Forwarder(gate, "drop", idle_rounds=100, sleep_ms=5)
+    fwd.start()
+    try:
+        guest = Guest(fwd, gate, False, False)
+        guest.send([frame(64, k) for k in range(5)])
+        deadline = time.monotonic() + 5
+        while guest.device.counters()[0].rx_frames < 5 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        guest.fe.send(F.GET_VRING_BASE, VringState(1, 0))
+        assert guest.fe.reply() == VringState(1, 5)
+        assert guest.device.pairs[0].tx is None
+        assert len(fwd._table) == 0
+        # A driver that keeps sending into the stopped ring is not served.
+        guest.send([frame(64, 9)])
+        time.sleep(0.05)
+        assert guest.device.counters()[0].rx_frames == 5
+        guest.fe.backend.close()
+    finally:
+        fwd.stop()
+
+
+def test_the_kick_wakes_a_sleeping_loop():
+    gate = Gate()
+    fwd = Forwarder(gate, "drop", idle_rounds=1, sleep_ms=2000)
+    fwd.start()
+    try:
+        guest = Guest(fwd, gate, False, False)
+        time.sleep(0.2)  # the loop is asleep on the kick fd by now
+        guest.send([frame(64, 1)])
+        assert guest.tx.should_kick()
+        os.eventfd_write(guest.fe.backend.vrings[1].kick, 1)
+        started = time.monotonic()
+        while guest.device.counters()[0].rx_frames < 1 and time.monotonic() - started < 5:
+            time.sleep(0.001)
+        assert time.monotonic() - started < 1.0
+        guest.fe.backend.close()
+    finally:
+        fwd.stop()
