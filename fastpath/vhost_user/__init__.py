@@ -1,4 +1,7 @@
-"""vhost-user back-end and front-end over Unix sockets. So far: messages and connections.
+"""vhost-user back-end and front-end over Unix sockets.
+
+`NetBackend` is a virtio-net back-end on a socket for a program that moves frames itself
+(`rx_burst`, `tx_burst`); `fastpath vhost-net` is the same device with a forwarding loop.
 
 `decode_header` and `decode_payload` (or `decode_message` for a whole message) turn bytes and a
 count of received fds into a `Header` and a frozen payload dataclass, raising a `ProtocolError`
@@ -7,6 +10,8 @@ their inverses. A `Channel` reads and writes whole messages, fds attached, on a 
 """
 
 from fastpath.vhost_user._channel import Channel, Received
+from fastpath.vhost_user._net_backend import NetBackend
+from fastpath.vhost_user._net_queue import NET_HDR_SIZE
 from fastpath.vhost_user._payloads import (
     MAX_CONFIG_SIZE,
     MAX_FDS,
@@ -52,8 +57,12 @@ from fastpath.vhost_user._protocol import (
     encode_message,
     encode_reply,
 )
+from fastpath.vhost_user._virtio_net import NetCounters
 
 __all__ = [
+    "NetBackend",
+    "NetCounters",
+    "NET_HDR_SIZE",
     "Channel",
     "Received",
     # Requests, features, header.

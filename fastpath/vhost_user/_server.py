@@ -23,12 +23,17 @@ log = logging.getLogger("fastpath.vhost_user")
 
 
 class BackendServer:
-    """Listen on a Unix socket path; `make_backend(channel)` builds each connection's engine."""
+    """Listen on a Unix socket path; `make_backend(channel)` builds each connection's engine.
+
+    With `max_connections`, a front-end that connects while that many are connected is
+    closed at once (a device that serves one front-end at a time).
+    """
 
     def __init__(self, path: str, make_backend: Callable[[Channel], Backend], *,
-                 backlog: int = 4):
+                 backlog: int = 4, max_connections: int | None = None):
         self.path = path
         self.make_backend = make_backend
+        self.max_connections = max_connections
         if os.path.exists(path):
             if not stat.S_ISSOCK(os.stat(path).st_mode):
                 raise FileExistsError(f"{path} exists and is not a socket")
@@ -61,6 +66,11 @@ class BackendServer:
 
     def _accept(self) -> None:
         sock, _ = self.listener.accept()
+        if self.max_connections is not None and len(self.backends) >= self.max_connections:
+            log.error("refused a front-end on %s: %d already connected", self.path,
+                      len(self.backends))
+            sock.close()
+            return
         backend = self.make_backend(Channel(sock))
         self.backends.append(backend)
         self.selector.register(sock, selectors.EVENT_READ, backend)

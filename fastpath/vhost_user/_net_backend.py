@@ -1,0 +1,135 @@
+"""`NetBackend`: a virtio-net vhost-user back-end for a program that moves the frames itself.
+
+The control plane (accepting or connecting, one message per request) runs in a background
+thread; the program calls `rx_burst` and `tx_burst` from its own loop. Each call crosses into
+the compiled core once per burst and releases the GIL while it copies.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from fastpath.errors import VringError
+from fastpath.vhost_user._gate import Gate
+from fastpath.vhost_user._server import BackendClient, BackendServer
+from fastpath.vhost_user._virtio_net import DEFAULT_MAC, NetCounters, VirtioNet
+
+log = logging.getLogger("fastpath.vhost_user")
+
+
+class NetBackend:
+    """Serve one virtio-net front-end at a time on the vhost-user socket `path`.
+
+    With `client=True` it connects to a front-end listening on `path` and reconnects after it
+    goes away; otherwise it listens there (a second front-end is refused while one is
+    connected). Frames cross as rows of a uint8 array, one frame per row, with their lengths
+    in a uint32 array; queue pair k is polled by at most one thread at a time.
+    """
+
+    def __init__(self, path: str, *, client: bool = False, queue_pairs: int = 1,
+                 mac: bytes = DEFAULT_MAC, mtu: int = 0, max_burst: int = 64):
+        self.path = path
+        self.queue_pairs = queue_pairs
+        self._gate = Gate()
+        self._settings = {"queue_pairs": queue_pairs, "mac": mac, "mtu": mtu,
+                          "max_burst": max_burst}
+        VirtioNet(self._gate, **self._settings)  # reject bad settings here, not per connection
+        self._device: VirtioNet | None = None
+        self._finished = [NetCounters() for _ in range(queue_pairs)]
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        adapter = BackendClient if client else BackendServer
+        kwargs = {} if client else {"max_connections": 1}
+        self._adapter = adapter(path, self._make_backend, **kwargs)
+        self._thread = threading.Thread(target=self._serve, name="fastpath-vhost-user",
+                                        daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> NetBackend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the connection and stop serving the socket."""
+        self._stop.set()
+        self._thread.join()
+        self._adapter.close()
+
+    def ready(self, pair: int = 0) -> bool:
+        """Whether a front-end has started queue pair `pair`'s transmitq and receiveq."""
+        device = self._device
+        return bool(device and pair < len(device.pairs) and device.pairs[pair].tx
+                    and device.pairs[pair].rx)
+
+    def wait_ready(self, timeout: float | None = None, pair: int = 0) -> bool:
+        """Wait until `ready(pair)`; returns False if `timeout` seconds pass first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.ready(pair), timeout)
+
+    def rx_burst(self, pair: int, frames: np.ndarray, lengths: np.ndarray) -> int:
+        """Take up to len(lengths) frames the driver transmitted on queue pair `pair` into the
+        rows of `frames` (header stripped); returns how many (0 while none is connected)."""
+        with self._gate.data():
+            queue = self._queue(pair, "tx")
+            return self._burst(queue.receive, frames, lengths) if queue else 0
+
+    def tx_burst(self, pair: int, frames: np.ndarray, lengths: np.ndarray, n: int) -> int:
+        """Give the first n frames to the driver's receive buffers on queue pair `pair`;
+        returns how many it took. The rest did not fit the buffers posted: retry or drop."""
+        with self._gate.data():
+            queue = self._queue(pair, "rx")
+            return self._burst(queue.transmit, frames, lengths, n) if queue else 0
+
+    def counters(self) -> list[NetCounters]:
+        """Per queue pair, everything moved since the back-end was made."""
+        with self._gate.control():
+            live = self._device.counters() if self._device else []
+        totals = []
+        for k, done in enumerate(self._finished):
+            total = NetCounters()
+            total.add(done)
+            if live:
+                total.add(live[k])
+            totals.append(total)
+        return totals
+
+    # --- inside ---
+
+    def _queue(self, pair: int, side: str):
+        device = self._device
+        if device is None or not 0 <= pair < len(device.pairs):
+            return None
+        return getattr(device.pairs[pair], side)
+
+    def _burst(self, operation, *args) -> int:
+        try:
+            return operation(*args)
+        except VringError as e:
+            # The driver broke its ring; it stays out of service until it is set up again.
+            log.error("queue broken: %s", e)
+            return 0
+
+    def _make_backend(self, channel):
+        device = VirtioNet(self._gate, on_change=self._on_change, **self._settings)
+        return device.backend(channel)
+
+    def _on_change(self, device: VirtioNet) -> None:
+        # With the gate held: no burst is running.
+        if device.closed_down:
+            if self._device is device:
+                for total, c in zip(self._finished, device.counters(), strict=True):
+                    total.add(c)
+                self._device = None
+        else:
+            self._device = device
+        with self._changed:
+            self._changed.notify_all()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._adapter.serve_once(0.05)
