@@ -126,7 +126,13 @@ class Forwarder:
             if device is without:
                 continue
             for pair in device.pairs:
-                if pair.tx is None:
+                # As DPDK's vhost does, a pair is served once its rings are ready (started and
+                # enabled; for forwarding, the receiveq too): frames a front-end sends before
+                # the back-end has read its last setup messages wait in the ring instead of
+                # being dropped.
+                if pair.tx is None or not pair.tx_enabled:
+                    continue
+                if self.mode != "drop" and pair.rx is None:
                     continue
                 rows.append((device, pair.index))
                 queue = pair.tx.queue

@@ -2,9 +2,8 @@
 config space, and the queue pairs its data plane serves.
 
 Virtqueue 2k is queue pair k's receiveq (the device writes frames for the driver), 2k + 1 its
-transmitq (the driver's frames for the device). A transmitq that is started but disabled is
-still emptied, its frames discarded; a receiveq takes frames only when started and enabled
-(vhost-user "Ring states").
+transmitq (the driver's frames for the device). A receiveq takes frames only when started and
+enabled (vhost-user "Ring states").
 """
 
 from __future__ import annotations
@@ -61,6 +60,7 @@ class QueuePair:
     tx: NetQueue | None = None          # the driver's transmitq, when started
     rx: NetQueue | None = None          # the driver's receiveq, when started and enabled
     tx_kick: int = -1                   # the transmitq's kick eventfd, for a loop that sleeps
+    tx_enabled: bool = False
 
 
 @dataclass
@@ -149,7 +149,8 @@ class VirtioNet(DeviceHooks):
             rx = self._net_queue(2 * k, rx_setup.queue, mergeable, rx_setup.call)
             tx = self._net_queue(2 * k + 1, tx_setup.queue, mergeable, tx_setup.call)
             pairs.append(QueuePair(k, tx=tx, rx=rx if rx_setup.enabled else None,
-                                   tx_kick=tx_setup.kick if tx_setup.kick is not None else -1))
+                                   tx_kick=tx_setup.kick if tx_setup.kick is not None else -1,
+                                   tx_enabled=tx_setup.enabled))
         self.pairs = pairs
         if self.on_change:
             self.on_change(self)

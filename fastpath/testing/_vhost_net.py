@@ -1,0 +1,118 @@
+"""`fastpath vhost-net` in a child process, for tests and benchmarks that point a real
+front-end at it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class VhostNetProcess:
+    """One `fastpath vhost-net` process on the socket `path`, pinned to CPU `cpu`.
+
+    It is killed after `time_limit` seconds whatever happens. `stop` ends it with SIGINT (it
+    closes its connections and writes its statistics) and returns them as the command's JSON.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fwd: str = "io", client: bool = False,
+                 queues: int = 1, backoff: int = 0, cpu: int | None = 0,
+                 extra: Sequence[str] = (), time_limit: float = 120.0,
+                 startup_timeout: float = 60.0):
+        self.path = str(path)
+        self._dir = tempfile.TemporaryDirectory(prefix="fastpath-vhost-net-")
+        self._json = Path(self._dir.name) / "stats.json"
+        self.command = [
+            sys.executable, "-m", "fastpath.cli", "vhost-net", "--socket", self.path,
+            "--fwd", fwd, "--queues", str(queues), "--backoff", str(backoff),
+            "--json", str(self._json), *(["--client"] if client else []), *extra,
+        ]
+        cpus = {cpu} if cpu is not None else None
+        self._process = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._watchdog = threading.Timer(time_limit, self._process.kill)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        try:
+            self._wait_for("listening on" if not client else "connecting to", startup_timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self._process.pid
+
+    @property
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return "".join(self._lines)
+
+    def stop(self, timeout: float = 30.0) -> dict:
+        """End the process with SIGINT and return its final statistics."""
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"fastpath vhost-net did not stop:\n{self.output}") from None
+        finally:
+            self._watchdog.cancel()
+        self._reader.join(5)
+        if self._process.returncode != 0 or not self._json.exists():
+            raise RuntimeError(f"fastpath vhost-net failed ({self._process.returncode}):\n"
+                               f"{self.output}")
+        result = json.loads(self._json.read_text())
+        self._dir.cleanup()
+        return result
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL)."""
+        self._watchdog.cancel()
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> VhostNetProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            self._lines.append(line)
+
+    def _wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"fastpath vhost-net exited ({self._process.returncode}):\n"
+                                   f"{self.output}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fastpath vhost-net did not start:\n{self.output}")
+            time.sleep(0.02)
+
+
+def received_frames(result: dict) -> int:
+    """Frames the back-end received over every connection and queue pair of a `stop` result."""
+    return sum(p["rx_frames"] for c in result["connections"] for p in c["queue_pairs"])
+
+
+def sent_frames(result: dict) -> int:
+    """Frames the back-end delivered to receive buffers, over every connection and pair."""
+    return sum(p["tx_frames"] for c in result["connections"] for p in c["queue_pairs"])
