@@ -14,6 +14,12 @@ def _bench_vring(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _bench_vhost_net(args: argparse.Namespace) -> int:
+    from fastpath.bench.vhost_net import run
+
+    return run(args)
+
+
 def _vhost_net(args: argparse.Namespace) -> int:
     from fastpath.vhost_user._vhost_net import run
 
@@ -48,6 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(vring)
     vring.set_defaults(func=_bench_vring)
+
+    from fastpath.bench.vhost_net import add_arguments as bench_vhost_net_arguments
+
+    bench_vhost_net = benches.add_parser(
+        "vhost-net",
+        help="frames per second from DPDK's virtio-user into fastpath vhost-net, against "
+        "DPDK's vhost PMD",
+        description=(
+            "Point DPDK testpmd's virtio-user front-end (txonly) at fastpath vhost-net "
+            "(--fwd drop) and at DPDK's own vhost PMD (rxonly), alternately, one CPU each, and "
+            "report the best rate of each and fastpath/DPDK per frame size. Needs dpdk-testpmd "
+            "(make peers)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bench_vhost_net_arguments(bench_vhost_net)
+    bench_vhost_net.set_defaults(func=_bench_vhost_net)
 
     from fastpath.vhost_user._vhost_net import add_arguments as vhost_net_arguments
 
