@@ -140,6 +140,10 @@ class ChannelClosed(FastpathError):
     """The peer closed a vhost-user connection between two messages: an orderly end."""
 
 
+class BackendRefused(FastpathError):
+    """A vhost-user back-end failed a request (a non-zero REPLY_ACK) or answered out of turn."""
+
+
 class ProtocolError(FastpathError):
     """A vhost-user message breaks the protocol; the connection should be closed."""
 

@@ -2,6 +2,8 @@
 
 `NetBackend` is a virtio-net back-end on a socket for a program that moves frames itself
 (`rx_burst`, `tx_burst`); `fastpath vhost-net` is the same device with a forwarding loop.
+`Frontend` drives any back-end from the other side (negotiation, memory table, vrings, kicks);
+`NetFrontend` is a virtio-net driver on top of it that sends frames and reads what comes back.
 
 `decode_header` and `decode_payload` (or `decode_message` for a whole message) turn bytes and a
 count of received fds into a `Header` and a frozen payload dataclass, raising a `ProtocolError`
@@ -10,7 +12,9 @@ their inverses. A `Channel` reads and writes whole messages, fds attached, on a 
 """
 
 from fastpath.vhost_user._channel import Channel, Received
+from fastpath.vhost_user._frontend import Frontend, Vring
 from fastpath.vhost_user._net_backend import NetBackend
+from fastpath.vhost_user._net_frontend import NetFrontend
 from fastpath.vhost_user._net_queue import NET_HDR_SIZE
 from fastpath.vhost_user._payloads import (
     MAX_CONFIG_SIZE,
@@ -61,6 +65,9 @@ from fastpath.vhost_user._virtio_net import NetCounters
 
 __all__ = [
     "NetBackend",
+    "NetFrontend",
+    "Frontend",
+    "Vring",
     "NetCounters",
     "NET_HDR_SIZE",
     "Channel",

@@ -27,6 +27,7 @@ from fastpath.vhost_user._payloads import (
     VringState,
 )
 from fastpath.vhost_user._protocol import (
+    ALWAYS_REPLY,
     VHOST_USER_F_PROTOCOL_FEATURES,
     FrontendRequest,
     ProtocolFeature,
@@ -55,11 +56,6 @@ ENGINE_PROTOCOL_FEATURES = (
     | ProtocolFeature.STATUS
 )
 
-# Requests whose reply is part of the request (never a REPLY_ACK).
-_ALWAYS_REPLY = {
-    F.GET_FEATURES, F.GET_PROTOCOL_FEATURES, F.GET_VRING_BASE, F.GET_QUEUE_NUM,
-    F.GET_CONFIG, F.GET_MAX_MEM_SLOTS, F.GET_STATUS,
-}
 
 
 # Requests that change what a data plane touches: ring state, kick and call fds, memory.
@@ -206,7 +202,7 @@ class Backend:
                 ok = True
             except (FastpathError, ValueError, OSError) as e:
                 log.error("%s refused: %s", request.name, e)
-                if request in _ALWAYS_REPLY:
+                if request in ALWAYS_REPLY:
                     return False
                 reply, ok = None, False
             finally:
@@ -214,7 +210,7 @@ class Backend:
                     os.close(fd)
                 if touches_data_plane:
                     self.device.rings_changed(self)
-        if request in _ALWAYS_REPLY:
+        if request in ALWAYS_REPLY:
             self.channel.send(encode_reply(request, reply))
         elif header.need_reply and self.protocol & ProtocolFeature.REPLY_ACK:
             self.channel.send(encode_reply(request, U64(0 if ok else 1)))

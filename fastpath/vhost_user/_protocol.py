@@ -138,6 +138,13 @@ class ProtocolFeature(IntFlag):
 
 Request = FrontendRequest | BackendRequest
 
+ALWAYS_REPLY = frozenset({
+    FrontendRequest.GET_FEATURES, FrontendRequest.GET_PROTOCOL_FEATURES,
+    FrontendRequest.GET_VRING_BASE, FrontendRequest.GET_QUEUE_NUM, FrontendRequest.GET_CONFIG,
+    FrontendRequest.GET_MAX_MEM_SLOTS, FrontendRequest.GET_STATUS,
+})
+"""Requests whose reply carries the answer (never a REPLY_ACK)."""
+
 
 @dataclass(frozen=True)
 class Header:

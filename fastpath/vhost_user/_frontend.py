@@ -1,0 +1,181 @@
+"""`Frontend`: the front-end side of vhost-user (fastpath's own virtio-user), able to drive any
+back-end: it negotiates features, shares a `GuestMemory` by its memfds, sets vrings up with
+kick and call eventfds, and stops them again. One request at a time, each reply awaited."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from fastpath.errors import BackendRefused
+from fastpath.hv import GuestMemory
+from fastpath.vhost_user._channel import Channel
+from fastpath.vhost_user._payloads import (
+    NO_PAYLOAD,
+    U64,
+    MemoryRegion,
+    MemoryTable,
+    VringAddress,
+    VringFile,
+    VringState,
+)
+from fastpath.vhost_user._protocol import (
+    ALWAYS_REPLY,
+    FLAG_NEED_REPLY,
+    VHOST_USER_F_PROTOCOL_FEATURES,
+    FrontendRequest,
+    ProtocolFeature,
+    encode_message,
+)
+from fastpath.vring import RingAddresses
+
+F = FrontendRequest
+
+# What this front-end can use of the protocol.
+FRONTEND_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
+                              | ProtocolFeature.STATUS)
+
+
+@dataclass
+class Vring:
+    """A vring this front-end set up: its eventfds (the front-end's to close)."""
+
+    index: int
+    size: int
+    kick: int
+    call: int
+
+    def kick_backend(self) -> None:
+        """Notify the back-end that buffers were added."""
+        os.eventfd_write(self.kick, 1)
+
+
+class Frontend:
+    """A connection to the vhost-user back-end listening on `path` (waits up to
+    `connect_timeout` seconds for it to appear)."""
+
+    def __init__(self, path: str, *, connect_timeout: float = 10.0, reply_timeout: float = 10.0):
+        self.path = path
+        sock = _connect(path, connect_timeout)
+        sock.settimeout(reply_timeout)
+        self.channel = Channel(sock, replies=True)
+        self.features = 0
+        self.protocol = 0
+        self.vrings: dict[int, Vring] = {}
+
+    # --- requests ---
+
+    def request(self, request: FrontendRequest, payload=NO_PAYLOAD, fds=(), *,
+                ack: bool = True):
+        """Send one request; return its reply payload (None for a request without one).
+
+        With REPLY_ACK negotiated and `ack`, a request without a reply of its own asks for an
+        acknowledgement, and a failing one raises BackendRefused.
+        """
+        want_ack = (ack and request not in ALWAYS_REPLY
+                    and bool(self.protocol & ProtocolFeature.REPLY_ACK))
+        self.channel.send(encode_message(request, payload,
+                                         flags=FLAG_NEED_REPLY if want_ack else 0), fds)
+        if request not in ALWAYS_REPLY and not want_ack:
+            return None
+        received = self.channel.receive()
+        for fd in received.fds:
+            os.close(fd)
+        reply = received.message
+        if reply.header.request != request:
+            raise BackendRefused(f"{request.name} was answered by {reply.header.request.name}")
+        if want_ack and reply.payload.value != 0:
+            raise BackendRefused(f"the back-end refused {request.name} ({reply.payload.value})")
+        return None if want_ack else reply.payload
+
+    def negotiate(self, features: int, protocol: int = FRONTEND_PROTOCOL_FEATURES) -> int:
+        """SET_OWNER, then the features both sides have; returns the virtio features acked."""
+        self.request(F.SET_OWNER)
+        offered = self.request(F.GET_FEATURES).value
+        acked = offered & features
+        if offered >> VHOST_USER_F_PROTOCOL_FEATURES & 1:
+            acked |= 1 << VHOST_USER_F_PROTOCOL_FEATURES
+            self.protocol = self.request(F.GET_PROTOCOL_FEATURES).value & protocol
+            self.request(F.SET_PROTOCOL_FEATURES, U64(self.protocol), ack=False)
+        self.request(F.SET_FEATURES, U64(acked))
+        self.features = acked
+        return acked
+
+    def set_status(self, status: int) -> None:
+        """Tell the back-end the device status (virtio 1.2 §2.1), when STATUS was negotiated."""
+        if self.protocol & ProtocolFeature.STATUS:
+            self.request(F.SET_STATUS, U64(status))
+
+    def set_memory(self, memory: GuestMemory) -> None:
+        """Share every region of `memory` with the back-end (SET_MEM_TABLE)."""
+        regions = memory.regions
+        table = MemoryTable(tuple(MemoryRegion(r.guest_phys_addr, r.size, r.user_addr, 0)
+                                  for r in regions))
+        self.request(F.SET_MEM_TABLE, table, [r.fd for r in regions])
+
+    def start_vring(self, index: int, size: int, memory: GuestMemory, rings: RingAddresses, *,
+                    base: int = 0) -> Vring:
+        """Describe vring `index` at guest-physical `rings`, give it eventfds and enable it.
+
+        `base` is the first avail index (split) or slot with its wrap counter in bit 15
+        (packed: 0x8000 for a new ring).
+        """
+        uva = _user_address(memory)
+        self.request(F.SET_VRING_NUM, VringState(index, size))
+        self.request(F.SET_VRING_BASE, VringState(index, base))
+        self.request(F.SET_VRING_ADDR, VringAddress(index, 0, uva(rings.desc), uva(rings.device),
+                                                    uva(rings.driver), 0))
+        vring = Vring(index, size, kick=os.eventfd(0, os.EFD_NONBLOCK),
+                      call=os.eventfd(0, os.EFD_NONBLOCK))
+        self.vrings[index] = vring
+        self.request(F.SET_VRING_CALL, VringFile(index), [vring.call])
+        self.request(F.SET_VRING_KICK, VringFile(index), [vring.kick])
+        if self.features >> VHOST_USER_F_PROTOCOL_FEATURES & 1:
+            self.request(F.SET_VRING_ENABLE, VringState(index, 1))
+        return vring
+
+    def stop_vring(self, index: int) -> int:
+        """Stop vring `index` (GET_VRING_BASE); returns where the back-end stopped."""
+        if self.features >> VHOST_USER_F_PROTOCOL_FEATURES & 1:
+            self.request(F.SET_VRING_ENABLE, VringState(index, 0))
+        base = self.request(F.GET_VRING_BASE, VringState(index, 0)).num
+        vring = self.vrings.pop(index, None)
+        if vring is not None:
+            os.close(vring.kick)
+            os.close(vring.call)
+        return base
+
+    def close(self) -> None:
+        """Close the connection and every eventfd."""
+        for vring in self.vrings.values():
+            os.close(vring.kick)
+            os.close(vring.call)
+        self.vrings.clear()
+        self.channel.close()
+
+
+def _connect(path: str, timeout: float) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _user_address(memory: GuestMemory):
+    # Where the front-end (this process) sees a guest-physical address: what vhost-user's
+    # vring addresses carry.
+    def uva(gpa: int) -> int:
+        for r in memory.regions:
+            if r.guest_phys_addr <= gpa < r.guest_phys_addr + r.size:
+                return r.user_addr + (gpa - r.guest_phys_addr)
+        raise ValueError(f"guest address {gpa:#x} is in no region")
+    return uva

@@ -1,0 +1,165 @@
+"""`NetFrontend`: a virtio-net driver on the front-end side of vhost-user, for tests and tools
+that send frames through any back-end and read what comes back. Its rings and buffers live in
+its own memfd-backed `GuestMemory`, shared with the back-end."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from fastpath.hv import GuestMemory
+from fastpath.vhost_user._backend import (
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+)
+from fastpath.vhost_user._frontend import Frontend
+from fastpath.vhost_user._net_queue import NET_HDR_SIZE
+from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MRG_RXBUF
+from fastpath.vring import (
+    DriverQueue,
+    PackedDriverQueue,
+    SplitDriverQueue,
+    ring_bytes,
+    ring_layout,
+)
+
+BUFFER_SIZE = 2048
+RING_BASE = 0x1000
+# virtio 1.2 §2.1 device status: ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK.
+STATUS_RUNNING = 0x1 | 0x2 | 0x8 | 0x4
+
+
+class NetFrontend:
+    """Queue pair 0 of a virtio-net device on the back-end at `path`.
+
+    `packed` and `mergeable` ask for RING_PACKED and MRG_RXBUF (the back-end may refuse them;
+    `features` says what was acked). Every receive buffer is BUFFER_SIZE bytes, so a frame
+    longer than BUFFER_SIZE - 12 needs mergeable buffers to come back.
+    """
+
+    def __init__(self, path: str, *, queue_size: int = 256, packed: bool = False,
+                 mergeable: bool = True, connect_timeout: float = 10.0):
+        self.size = queue_size
+        wanted = (1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX
+                  | (1 << VIRTIO_F_RING_PACKED if packed else 0)
+                  | (1 << VIRTIO_NET_F_MRG_RXBUF if mergeable else 0))
+        rings_end = RING_BASE + 2 * _round_up(ring_bytes(queue_size, packed), 4096)
+        self.rx_pool = _round_up(rings_end, 1 << 20)
+        self.tx_pool = self.rx_pool + queue_size * BUFFER_SIZE
+        self.memory = GuestMemory([(0, _round_up(self.tx_pool + queue_size * BUFFER_SIZE,
+                                                  1 << 21))])
+        self.frontend = Frontend(path, connect_timeout=connect_timeout)
+        try:
+            self.features = self.frontend.negotiate(wanted)
+            self.packed = bool(self.features >> VIRTIO_F_RING_PACKED & 1)
+            self.mergeable = bool(self.features >> VIRTIO_NET_F_MRG_RXBUF & 1)
+            event_idx = bool(self.features >> VIRTIO_RING_F_EVENT_IDX & 1)
+            self.frontend.set_memory(self.memory)
+            driver = PackedDriverQueue if self.packed else SplitDriverQueue
+            base = 0x8000 if self.packed else 0
+            rx_rings = ring_layout(queue_size, RING_BASE, self.packed)
+            tx_rings = ring_layout(queue_size, RING_BASE + _round_up(
+                ring_bytes(queue_size, self.packed), 4096), self.packed)
+            self.rx: DriverQueue = driver(self.memory, queue_size, rx_rings, event_idx=event_idx)
+            self.tx: DriverQueue = driver(self.memory, queue_size, tx_rings, event_idx=event_idx)
+            self.rx_vring = self.frontend.start_vring(0, queue_size, self.memory, rx_rings,
+                                                      base=base)
+            self.tx_vring = self.frontend.start_vring(1, queue_size, self.memory, tx_rings,
+                                                      base=base)
+            self.frontend.set_status(STATUS_RUNNING)
+        except BaseException:
+            self.close()
+            raise
+        self._rx_slot: dict[int, int] = {}
+        self._tx_slot: dict[int, int] = {}
+        self._free_tx = list(range(queue_size - 1, -1, -1))
+        self._partial: list[bytes] = []   # buffers of a mergeable frame still arriving
+        self._partial_left = 0
+        for slot in range(queue_size):
+            self._post(slot)
+        self._kick(self.rx, self.rx_vring)
+
+    def send(self, frames: list[bytes], *, header_apart: bool = False) -> int:
+        """Transmit frames (header and frame in one descriptor, or two with `header_apart`);
+        returns how many fit the transmitq now."""
+        self._reclaim()
+        sent = 0
+        for frame in frames:
+            if not self._free_tx or len(frame) + NET_HDR_SIZE > BUFFER_SIZE:
+                break
+            slot = self._free_tx.pop()
+            address = self.tx_pool + slot * BUFFER_SIZE
+            self.memory.write(address, bytes(NET_HDR_SIZE) + frame)
+            pieces = ([(address, NET_HDR_SIZE), (address + NET_HDR_SIZE, len(frame))]
+                      if header_apart and frame else [(address, NET_HDR_SIZE + len(frame))])
+            self._tx_slot[self.tx.add(readable=pieces)] = slot
+            sent += 1
+        self._kick(self.tx, self.tx_vring)
+        return sent
+
+    def receive(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        """Frames that came back on the receiveq (headers checked and stripped), until `count`
+        arrived or `timeout` seconds passed."""
+        frames: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(frames) < count and time.monotonic() < deadline:
+            used = self.rx.collect()
+            if not used:
+                time.sleep(0.0005)
+                continue
+            # Collecting freed every id in the batch: map them all to their slots before any
+            # slot is posted again and takes one of those ids.
+            slots = [(self._rx_slot.pop(buffer_id), written) for buffer_id, written in used]
+            for slot, written in slots:
+                frame = self._assemble(self.memory.read(self.rx_pool + slot * BUFFER_SIZE,
+                                                        written))
+                if frame is not None:
+                    frames.append(frame)
+            for slot, _ in slots:
+                self._post(slot)
+            self._kick(self.rx, self.rx_vring)
+        return frames
+
+    def close(self) -> None:
+        """Close the connection and the memory."""
+        self.frontend.close()
+        self.memory.close()
+
+    def __enter__(self) -> NetFrontend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _assemble(self, data: bytes) -> bytes | None:
+        if self._partial_left:
+            self._partial.append(data)
+            self._partial_left -= 1
+        else:
+            if len(data) < NET_HDR_SIZE:
+                raise ValueError(f"a receive buffer came back with {len(data)} bytes, less "
+                                 "than a header")
+            (num_buffers,) = struct.unpack_from("<H", data, 10)
+            self._partial = [data[NET_HDR_SIZE:]]
+            self._partial_left = (num_buffers if self.mergeable else 1) - 1
+        if self._partial_left:
+            return None
+        return b"".join(self._partial)
+
+    def _post(self, slot: int) -> None:
+        address = self.rx_pool + slot * BUFFER_SIZE
+        self._rx_slot[self.rx.add(writable=[(address, BUFFER_SIZE)])] = slot
+
+    def _reclaim(self) -> None:
+        for buffer_id, _ in self.tx.collect():
+            self._free_tx.append(self._tx_slot.pop(buffer_id))
+
+    @staticmethod
+    def _kick(queue: DriverQueue, vring) -> None:
+        if queue.should_kick():
+            vring.kick_backend()
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
