@@ -23,6 +23,9 @@
 #define fp_load_relaxed_u16(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define fp_store_relaxed_u16(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 #define fp_full_fence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define fp_release_fence() __atomic_thread_fence(__ATOMIC_RELEASE)
+/* Dirty-log bits: other threads and the front-end set bits in the same bytes. */
+#define fp_atomic_or_u8(p, v) __atomic_fetch_or((p), (v), __ATOMIC_RELAXED)
 
 /*
  * A guest may rewrite ring memory while we read it. Reading each word exactly once, through an

@@ -85,6 +85,18 @@ cdef inline uint8_t *fp_gpa_chunk(const fp_memory *mem, uint64_t gpa, uint64_t l
     return <uint8_t *>(<uintptr_t>(r.host_addr + (gpa - r.guest_phys_addr)))
 
 
+# The guest-physical address of host address hva, or UINT64_MAX outside every region (the
+# dirty log is kept by guest page, the data path works in host addresses).
+cdef inline uint64_t fp_hva_to_gpa(const fp_memory *mem, uint64_t hva) noexcept nogil:
+    cdef uint32_t i
+    cdef const fp_region *r
+    for i in range(mem.nregions):
+        r = &mem.regions[i]
+        if hva >= r.host_addr and hva - r.host_addr < r.size:
+            return r.guest_phys_addr + (hva - r.host_addr)
+    return 0xFFFFFFFFFFFFFFFF
+
+
 cdef class MemoryTable:
     """The core's view of a region table; shared by every queue over the same guest memory."""
     cdef fp_memory mem

@@ -3,6 +3,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath._core.chain cimport fp_chain, fp_segment
+from fastpath._core.dirty_log cimport fp_dirty_log
 
 
 # virtio 1.2 §5.1.6: struct virtio_net_hdr, before every packet both ways (12 bytes with
@@ -33,6 +34,11 @@ cdef struct fp_net_queue:
     uint64_t bytes          # their bytes, headers excluded
     uint64_t dropped        # frames lost here: a bad chain, no header, too big for its room
     uint64_t calls          # call eventfd writes
+    # Live migration: while `log.bitmap` is set, every guest page written is logged, and so
+    # is [used_log_gpa, + used_log_len), the ring area pushes write (VHOST_VRING_F_LOG).
+    fp_dirty_log log
+    uint64_t used_log_gpa
+    uint32_t used_log_len
 
 
 # Transmitq: pops up to max_n chains and copies each frame (after its header) to

@@ -6,7 +6,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-from fastpath._core.chain cimport fp_chain, fp_copy, fp_segment
+from fastpath._core.chain cimport fp_chain, fp_copy, fp_release_fence, fp_segment
+from fastpath._core.dirty_log cimport fp_log_write
+from fastpath._core.memory cimport fp_hva_to_gpa, fp_memory
 from fastpath._core.notify cimport fp_eventfd_signal
 from fastpath._core.packed cimport (fp_packed_device, fp_packed_device_should_notify,
                                     fp_packed_pop_burst, fp_packed_push_burst,
@@ -34,8 +36,29 @@ cdef inline int _pop(fp_net_queue *q, uint32_t first, uint32_t n,
     return got
 
 
+cdef inline const fp_memory *_memory(const fp_net_queue *q) noexcept nogil:
+    if q.packed:
+        return (<fp_packed_device *>q.vq).mem
+    return (<fp_split_device *>q.vq).mem
+
+
+cdef inline void _log_written(fp_net_queue *q, const fp_chain *c) noexcept nogil:
+    # Log the guest pages of the bytes written into chain c.
+    cdef uint32_t s, n, left = c.written
+    cdef const fp_segment *seg
+    cdef const fp_memory *mem = _memory(q)
+    for s in range(c.nreadable, c.nseg):
+        if left == 0:
+            return
+        seg = &q.segs[c.first_seg + s]
+        n = seg.len if seg.len < left else left
+        fp_log_write(&q.log, fp_hva_to_gpa(mem, seg.addr), n)
+        left -= n
+
+
 cdef inline void _push_and_call(fp_net_queue *q, uint32_t n) noexcept nogil:
     cdef bint notify
+    cdef uint32_t i
     if n == 0:
         return
     if q.packed:
@@ -44,6 +67,14 @@ cdef inline void _push_and_call(fp_net_queue *q, uint32_t n) noexcept nogil:
     else:
         fp_split_push_burst(<fp_split_device *>q.vq, q.chains, n)
         notify = fp_split_device_should_notify(<fp_split_device *>q.vq)
+    if q.log.bitmap != NULL:
+        # The front-end may read the log as soon as it sees the used entries: mark the
+        # pages written once the writes are visible (a release fence orders them).
+        fp_release_fence()
+        for i in range(n):
+            if q.chains[i].written:
+                _log_written(q, &q.chains[i])
+        fp_log_write(&q.log, q.used_log_gpa, q.used_log_len)
     if notify and q.call_fd >= 0:
         fp_eventfd_signal(q.call_fd)
         q.calls += 1
@@ -254,6 +285,7 @@ cdef class NetQueue:
     def __cinit__(self):
         self.q.chains = NULL
         self.q.segs = NULL
+        self.q.log.bitmap = NULL
 
     def __init__(self, uintptr_t vq, bint packed, object owner, *, bint mergeable=False,
                  int call_fd=-1, uint32_t max_chains=64, uint32_t queue_size=256):
@@ -291,6 +323,14 @@ cdef class NetQueue:
     @call_fd.setter
     def call_fd(self, int fd):
         self.q.call_fd = fd
+
+    def set_log(self, uintptr_t bitmap, uint64_t size, uint64_t used_gpa, uint32_t used_len):
+        """Log every guest page written into `bitmap` (`size` bytes; 0 stops logging), and
+        [used_gpa, + used_len) on every push. The caller keeps the bitmap mapped."""
+        self.q.log.bitmap = <uint8_t *>bitmap
+        self.q.log.size = size if bitmap else 0
+        self.q.used_log_gpa = used_gpa
+        self.q.used_log_len = used_len
 
     @property
     def counters(self):

@@ -20,6 +20,7 @@ from fastpath.vhost_user._channel import Channel
 from fastpath.vhost_user._payloads import (
     U64,
     DeviceConfig,
+    LogArea,
     MemoryRegion,
     MemoryTable,
     VringAddress,
@@ -39,7 +40,8 @@ log = logging.getLogger("fastpath.vhost_user")
 
 F = FrontendRequest
 
-# virtio 1.2 §6 feature bits the engine itself acts on.
+# virtio 1.2 §6 feature bits the engine itself acts on, and vhost's own.
+VHOST_F_LOG_ALL = 26
 VIRTIO_RING_F_INDIRECT_DESC = 28
 VIRTIO_RING_F_EVENT_IDX = 29
 VIRTIO_F_VERSION_1 = 32
@@ -48,7 +50,9 @@ VIRTIO_F_RING_PACKED = 34
 # What this engine implements of the protocol (bits 0-19 only; see ProtocolFeature).
 ENGINE_PROTOCOL_FEATURES = (
     ProtocolFeature.MQ
+    | ProtocolFeature.LOG_SHMFD
     | ProtocolFeature.REPLY_ACK
+    | ProtocolFeature.BACKEND_REQ
     | ProtocolFeature.MTU
     | ProtocolFeature.CONFIG
     | ProtocolFeature.RESET_DEVICE
@@ -60,7 +64,7 @@ ENGINE_PROTOCOL_FEATURES = (
 
 # Requests that change what a data plane touches: ring state, kick and call fds, memory.
 _DATA_PLANE_REQUESTS = {
-    F.SET_FEATURES, F.SET_MEM_TABLE, F.ADD_MEM_REG, F.REM_MEM_REG, F.SET_VRING_KICK,
+    F.SET_FEATURES, F.SET_LOG_BASE, F.SET_MEM_TABLE, F.ADD_MEM_REG, F.REM_MEM_REG, F.SET_VRING_KICK,
     F.SET_VRING_CALL, F.SET_VRING_ERR, F.GET_VRING_BASE, F.SET_VRING_ENABLE, F.RESET_DEVICE,
 }
 
@@ -142,6 +146,12 @@ class Backend:
         self.config = bytearray(config)
         self.max_mem_slots = max_mem_slots
         self.memory: GuestMemory | None = None
+        # Live migration: the dirty log (mapped at guest address 0 of its own GuestMemory)
+        # and the optional eventfd to signal when it changed (not used: the log is polled).
+        self.log: GuestMemory | None = None
+        self.log_fd: int | None = None
+        # The back-end-to-front-end channel, kept for back-end requests to come.
+        self.backend_req_fd: int | None = None
         self.vrings = [VringSetup() for _ in range(vrings)]
         self._handlers: dict[FrontendRequest, Callable[[Any, list[int]], Any]] = {
             F.GET_FEATURES: lambda p, fds: U64(self.offered),
@@ -167,6 +177,9 @@ class Backend:
             F.GET_MAX_MEM_SLOTS: lambda p, fds: U64(self.max_mem_slots),
             F.ADD_MEM_REG: self._add_mem_reg,
             F.REM_MEM_REG: self._rem_mem_reg,
+            F.SET_LOG_BASE: self._set_log_base,
+            F.SET_LOG_FD: lambda p, fds: self._keep_fd("log_fd", fds),
+            F.SET_BACKEND_REQ_FD: lambda p, fds: self._keep_fd("backend_req_fd", fds),
             F.SET_STATUS: self._set_status,
             F.GET_STATUS: lambda p, fds: U64(self.status),
         }
@@ -230,9 +243,12 @@ class Backend:
             self.device.closed(self)
             for vring in self.vrings:
                 vring.close()
-            if self.memory is not None:
-                self.memory.close()
-                self.memory = None
+            for memory in (self.memory, self.log):
+                if memory is not None:
+                    memory.close()
+            self.memory = self.log = None
+            self._keep_fd("log_fd", [])
+            self._keep_fd("backend_req_fd", [])
         self.channel.close()
 
     @property
@@ -253,6 +269,26 @@ class Backend:
 
     def _set_owner(self, payload: Any, fds: list[int]) -> None:
         self.owner = True
+
+    def _keep_fd(self, name: str, fds: list[int]) -> None:
+        old = getattr(self, name)
+        if old is not None:
+            os.close(old)
+        setattr(self, name, fds.pop() if fds else None)
+
+    def _set_log_base(self, payload: LogArea, fds: list[int]) -> U64:
+        if not self.protocol & ProtocolFeature.LOG_SHMFD:
+            raise RequestRefused("SET_LOG_BASE without LOG_SHMFD negotiated")
+        if not payload.size:
+            raise RequestRefused("an empty dirty log")
+        dirty_log = GuestMemory.from_shared([SharedRegion(fds.pop(), 0, payload.size, 0,
+                                                          payload.offset)], owns_fds=True)
+        old, self.log = self.log, dirty_log
+        if old is not None:
+            old.close()
+        log.info("dirty log: %d bytes, for %d MiB of guest memory", payload.size,
+                 payload.size * 8 * 4096 >> 20)
+        return U64(0)
 
     def _set_status(self, payload: U64, fds: list[int]) -> None:
         self.status = payload.value & 0xFF

@@ -44,6 +44,12 @@ class NetQueue:
     def call_fd(self, fd: int) -> None:
         self._core.call_fd = fd
 
+    def set_log(self, bitmap: int, size: int, used_gpa: int = 0, used_len: int = 0) -> None:
+        """Log every guest page written, in the dirty bitmap at host address `bitmap` of
+        `size` bytes (0 stops logging), and the pages of [used_gpa, + used_len) at every push.
+        The caller keeps the bitmap mapped while it is set."""
+        self._core.set_log(bitmap, size, used_gpa, used_len)
+
     @property
     def counters(self) -> dict[str, int]:
         """Frames and bytes moved, frames dropped, calls made, since the queue was made."""

@@ -140,6 +140,7 @@ Request = FrontendRequest | BackendRequest
 
 ALWAYS_REPLY = frozenset({
     FrontendRequest.GET_FEATURES, FrontendRequest.GET_PROTOCOL_FEATURES,
+    FrontendRequest.SET_LOG_BASE,
     FrontendRequest.GET_VRING_BASE, FrontendRequest.GET_QUEUE_NUM, FrontendRequest.GET_CONFIG,
     FrontendRequest.GET_MAX_MEM_SLOTS, FrontendRequest.GET_STATUS,
 })

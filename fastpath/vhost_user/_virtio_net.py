@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastpath.vhost_user._backend import (
+    VHOST_F_LOG_ALL,
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -23,6 +24,7 @@ from fastpath.vhost_user._backend import (
 )
 from fastpath.vhost_user._gate import Gate
 from fastpath.vhost_user._net_queue import NetQueue
+from fastpath.vhost_user._payloads import VRING_F_LOG
 from fastpath.vring import DeviceQueue
 
 log = logging.getLogger("fastpath.vhost_user")
@@ -42,7 +44,7 @@ DEFAULT_MAC = bytes.fromhex("525400123456")
 NET_FEATURES = sum(1 << bit for bit in (
     VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_NET_F_MQ, VIRTIO_F_RING_PACKED, VIRTIO_F_IN_ORDER,
-    VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MAC, VHOST_F_LOG_ALL,
 ))
 """What the device offers (MTU is added when one is set)."""
 
@@ -92,6 +94,24 @@ def _queue_counters(rx: NetQueue | None, tx: NetQueue | None) -> NetCounters:
         c.tx_frames, c.tx_bytes, c.tx_dropped = r["frames"], r["bytes"], r["dropped"]
         c.calls += r["calls"]
     return c
+
+
+def _set_log(queue: NetQueue, backend: Backend, setup) -> None:
+    # While the front-end asks for it (VHOST_F_LOG_ALL with a log mapped), log every page
+    # written; a ring with VHOST_VRING_F_LOG also logs the area its pushes write.
+    if not (backend.acked >> VHOST_F_LOG_ALL & 1) or backend.log is None:
+        queue.set_log(0, 0)
+        return
+    log = backend.log.regions[0]
+    used_gpa = used_len = 0
+    address = setup.address
+    if address is not None and address.flags & VRING_F_LOG:
+        if queue.queue.packed:
+            # Packed rings write used descriptors over the descriptor ring.
+            used_gpa, used_len = backend.memory.user_to_guest(address.desc), 16 * setup.num
+        else:
+            used_gpa, used_len = address.log, 6 + 8 * setup.num
+    queue.set_log(backend.log.translate(0, log.size), log.size, used_gpa, used_len)
 
 
 @dataclass
@@ -148,6 +168,9 @@ class VirtioNet(DeviceHooks):
             rx_setup, tx_setup = backend.vrings[2 * k], backend.vrings[2 * k + 1]
             rx = self._net_queue(2 * k, rx_setup.queue, mergeable, rx_setup.call)
             tx = self._net_queue(2 * k + 1, tx_setup.queue, mergeable, tx_setup.call)
+            for queue, setup in ((rx, rx_setup), (tx, tx_setup)):
+                if queue is not None:
+                    _set_log(queue, backend, setup)
             pairs.append(QueuePair(k, tx=tx, rx=rx if rx_setup.enabled else None,
                                    tx_kick=tx_setup.kick if tx_setup.kick is not None else -1,
                                    tx_enabled=tx_setup.enabled))

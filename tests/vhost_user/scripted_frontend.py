@@ -8,6 +8,7 @@ from fastpath.hv import GuestMemory
 from fastpath.vhost_user import (
     FLAG_NEED_REPLY,
     U64,
+    VRING_F_LOG,
     Channel,
     FrontendRequest,
     MemoryRegion,
@@ -79,13 +80,17 @@ class ScriptedFrontend:
         self.send(F.SET_MEM_TABLE, table, fds=[os.dup(region.fd)], need_reply=True)
         assert self.reply() == U64(0)
 
-    def start_vring(self, index, size, packed, base=0):
+    def start_vring(self, index, size, packed, base=0, log_used=False):
+        """Set vring `index` up and start it; with `log_used`, ask for its used-ring writes to
+        be logged (VHOST_VRING_F_LOG, the used ring's guest address as the log address)."""
         rings = ring_layout(size, 0x1000 + index * 0x10000, packed)
         uva = self.memory.regions[0].user_addr
         self.send(F.SET_VRING_NUM, VringState(index, size))
         self.send(F.SET_VRING_BASE, VringState(index, base))
-        self.send(F.SET_VRING_ADDR, VringAddress(index, 0, uva + rings.desc, uva + rings.device,
-                                                 uva + rings.driver, 0))
+        self.send(F.SET_VRING_ADDR, VringAddress(index, VRING_F_LOG if log_used else 0,
+                                                 uva + rings.desc, uva + rings.device,
+                                                 uva + rings.driver,
+                                                 rings.device if log_used else 0))
         self.send(F.SET_VRING_KICK, VringFile(index), fds=[os.eventfd(0)])
         self.send(F.SET_VRING_ENABLE, VringState(index, 1))
         return rings

@@ -2,6 +2,7 @@
 front-end that sends what DPDK's virtio-user sends (see the shared notes on peers)."""
 
 import os
+import socket
 
 import pytest
 from scripted_frontend import F, ScriptedFrontend
@@ -113,3 +114,32 @@ def test_reply_flag_is_set_on_replies():
     header = fe.sock.recv(12)
     assert int.from_bytes(header[4:8], "little") & FLAG_REPLY
     fe.backend.close()
+
+
+def test_the_backend_request_channel_is_kept_and_closed_with_the_connection():
+    fe = ScriptedFrontend()
+    fe.handshake(False)
+    a, b = socket.socketpair()
+    fe.send(F.SET_BACKEND_REQ_FD, fds=[b.fileno()], need_reply=True)
+    assert fe.reply() == U64(0)
+    kept = fe.backend.backend_req_fd
+    assert kept is not None and os.fstat(kept)
+    fe.backend.close()
+    b.close()
+    a.settimeout(1)
+    assert a.recv(1) == b""  # the back-end's copy is closed too
+    a.close()
+
+
+def test_a_dirty_log_without_log_shmfd_ends_the_connection():
+    # SET_LOG_BASE always gets a reply; one the back-end cannot give ends the connection.
+    from fastpath.hv import GuestMemory
+    from fastpath.vhost_user import LogArea
+
+    fe = ScriptedFrontend()
+    fe.handshake(False)
+    log = GuestMemory([(0, 4096)])
+    assert fe.send(F.SET_LOG_BASE, LogArea(4096, 0), fds=[os.dup(log.regions[0].fd)]) is False
+    assert fe.backend.log is None
+    fe.backend.close()
+    log.close()

@@ -5,11 +5,14 @@ ring types, with and without mergeable buffers; rings the front-end stops are le
 import os
 import time
 
+import numpy as np
 import pytest
 from scripted_frontend import F, ScriptedFrontend
 
+from fastpath.hv import GuestMemory
 from fastpath.testing.reference.net import NET_HDR_SIZE, header
-from fastpath.vhost_user import VringState
+from fastpath.vhost_user import U64, LogArea, ProtocolFeature, VringState
+from fastpath.vhost_user._backend import VHOST_F_LOG_ALL
 from fastpath.vhost_user._forwarder import Forwarder
 from fastpath.vhost_user._gate import Gate
 from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MRG_RXBUF, VirtioNet
@@ -17,6 +20,8 @@ from fastpath.vring import PackedDriverQueue, SplitDriverQueue
 
 RX_BUFFERS = 0x200000
 TX_BUFFERS = 0x300000
+PAGE = 4096
+LOG_BYTES = PAGE  # one bit per page: room for 128 MiB, more than the guest has
 
 
 def frame(n, seed):
@@ -25,17 +30,28 @@ def frame(n, seed):
 
 
 class Guest:
-    """A scripted front-end with a driver on each ring of queue pair 0."""
+    """A scripted front-end with a driver on each ring of queue pair 0; with `log`, logging
+    dirty pages into a log of its own as a migrating front-end does."""
 
-    def __init__(self, forwarder, gate, packed, mergeable):
+    def __init__(self, forwarder, gate, packed, mergeable, log=False, log_all=None):
         self.device = VirtioNet(gate)
         forwarder.attach(self.device)
         self.fe = ScriptedFrontend(self.device.backend)
-        self.fe.handshake(packed, 1 << VIRTIO_NET_F_MRG_RXBUF if mergeable else 0)
+        log_all = log if log_all is None else log_all
+        features = (1 << VIRTIO_NET_F_MRG_RXBUF if mergeable else 0) | (
+            1 << VHOST_F_LOG_ALL if log_all else 0)
+        self.fe.handshake(packed, features)
+        if log:
+            self.log = GuestMemory([(0, LOG_BYTES)])
+            self.fe.send(F.SET_PROTOCOL_FEATURES, U64(ProtocolFeature.LOG_SHMFD
+                                                      | ProtocolFeature.REPLY_ACK))
+            self.fe.send(F.SET_LOG_BASE, LogArea(LOG_BYTES, 0),
+                         fds=[os.dup(self.log.regions[0].fd)])
+            assert self.fe.reply() == U64(0)
         driver = PackedDriverQueue if packed else SplitDriverQueue
         base = 0x8000 if packed else 0
-        self.rx = driver(self.fe.memory, 256, self.fe.start_vring(0, 256, packed, base))
-        self.tx = driver(self.fe.memory, 256, self.fe.start_vring(1, 256, packed, base))
+        self.rx = driver(self.fe.memory, 256, self.fe.start_vring(0, 256, packed, base, log))
+        self.tx = driver(self.fe.memory, 256, self.fe.start_vring(1, 256, packed, base, log))
         self.memory = self.fe.memory
 
     def post_receive_buffers(self, n, size=2048):
@@ -140,6 +156,53 @@ def test_the_kick_wakes_a_sleeping_loop():
         while guest.device.counters()[0].rx_frames < 1 and time.monotonic() - started < 5:
             time.sleep(0.001)
         assert time.monotonic() - started < 1.0
+        guest.fe.backend.close()
+    finally:
+        fwd.stop()
+
+
+def dirty_pages(log: GuestMemory) -> set[int]:
+    bits = np.unpackbits(log.view(0, LOG_BYTES), bitorder="little")
+    return {int(p) for p in np.flatnonzero(bits)}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_pages_the_device_writes_are_logged_for_migration(packed):
+    # vhost-user "Migration": with VHOST_F_LOG_ALL every page written is marked in the log, and
+    # so is the used ring of a vring set up with VHOST_VRING_F_LOG.
+    gate = Gate()
+    fwd = Forwarder(gate, "io", idle_rounds=100, sleep_ms=5)
+    fwd.start()
+    try:
+        guest = Guest(fwd, gate, packed, True, log=True)
+        guest.post_receive_buffers(8, size=PAGE)
+        frames = [frame(1000, k) for k in range(3)]
+        guest.send(frames)
+        assert len(guest.received(3, size=PAGE)) == 3
+        pages = dirty_pages(guest.log)
+        # The three receive buffers written, one page each, and the used rings.
+        assert {RX_BUFFERS // PAGE + k for k in range(3)} <= pages
+        assert RX_BUFFERS // PAGE + 3 not in pages   # posted but not written
+        assert TX_BUFFERS // PAGE not in pages        # only read
+        # Vring 0's areas lie in the 64 KiB from 0x1000, vring 1's in the next.
+        rings = [range(0x1000 // PAGE, 0x11000 // PAGE), range(0x11000 // PAGE, 0x21000 // PAGE)]
+        assert all(pages & set(r) for r in rings)
+        assert len(pages - set(rings[0]) - set(rings[1])) == 3
+        guest.fe.backend.close()
+    finally:
+        fwd.stop()
+
+
+def test_a_log_without_log_all_stays_clean():
+    gate = Gate()
+    fwd = Forwarder(gate, "io", idle_rounds=100, sleep_ms=5)
+    fwd.start()
+    try:
+        guest = Guest(fwd, gate, False, True, log=True, log_all=False)
+        guest.post_receive_buffers(4)
+        guest.send([frame(64, 1)])
+        assert len(guest.received(1)) == 1
+        assert guest.fe.backend.log is not None and dirty_pages(guest.log) == set()
         guest.fe.backend.close()
     finally:
         fwd.stop()
