@@ -23,7 +23,7 @@ DIRECTIVES = {
 
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-DNDEBUG"]
 
-MODULES = ["memory", "split", "packed", "chain", "notify", "net"]
+MODULES = ["memory", "split", "packed", "chain", "notify", "net", "clock"]
 
 extensions = [
     Extension(

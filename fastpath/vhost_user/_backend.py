@@ -89,6 +89,9 @@ class DeviceHooks:
     def rings_changed(self, backend: Backend) -> None:
         """The rings, their fds, the memory or the features changed (the device is quiesced)."""
 
+    def stopping(self, backend: Backend, index: int) -> None:
+        """GET_VRING_BASE is about to stop vring `index` (quiesced): finish what is in it."""
+
     def closed(self, backend: Backend) -> None:
         """The connection is closing: let go of every ring (the device is quiesced)."""
 
@@ -364,6 +367,7 @@ class Backend:
     def _get_vring_base(self, payload: VringState, fds: list[int]) -> VringState:
         vring = self._vring(payload.index)
         if vring.started:
+            self.device.stopping(self, payload.index)
             vring.base = self._ring_base(vring.queue)
             vring.queue = None
         return VringState(payload.index, vring.base)

@@ -17,6 +17,7 @@ import numpy as np
 
 from fastpath.vhost_user import _fwd_kernels as k
 from fastpath.vhost_user._gate import Gate
+from fastpath.vhost_user._pcap import PcapCapture
 from fastpath.vhost_user._virtio_net import VirtioNet
 
 log = logging.getLogger("fastpath.vhost_user")
@@ -35,12 +36,13 @@ class Forwarder:
     frame taken (a longer one is dropped). `idle_rounds`: 0 to busy-poll for ever, else the idle
     rounds after which the thread sleeps on the kick eventfds (up to `sleep_ms`).
     `on_finished(device, drops)` runs (gate held) when a device's connection has closed and
-    the forwarder lets go of it.
+    the forwarder lets go of it. With `capture`, every frame received is recorded there.
     """
 
     def __init__(self, gate: Gate, mode: str = "io", *, burst: int = 32,
                  frame_size: int = 2048, idle_rounds: int = 0, sleep_ms: int = 10,
-                 on_finished: Callable[[VirtioNet, list[tuple[int, int]]], None] | None = None):
+                 on_finished: Callable[[VirtioNet, list[tuple[int, int]]], None] | None = None,
+                 capture: PcapCapture | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not 1 <= burst <= 1024:
@@ -51,6 +53,11 @@ class Forwarder:
         self.idle_rounds = idle_rounds
         self.sleep_ms = sleep_ms
         self.on_finished = on_finished
+        self.capture = capture
+        empty = np.zeros((0, 1), dtype=np.uint8)
+        self._capture = ((capture.ring, capture.lengths, capture.stamps, capture.state)
+                         if capture else (empty, np.zeros(0, np.uint32), np.zeros(0, np.int64),
+                                          np.zeros(2, np.uint64)))
         self.frames = np.zeros((burst, frame_size), dtype=np.uint8)
         self.lengths = np.zeros(burst, dtype=np.uint32)
         self.devices: list[VirtioNet] = []
@@ -67,6 +74,7 @@ class Forwarder:
     def attach(self, device: VirtioNet) -> None:
         """Serve this device's queue pairs from now on (its on_change hook is taken)."""
         device.on_change = self._changed
+        device.on_drain = self._drain
         with self.gate.control():
             self.devices.append(device)
             self._carried[id(device)] = np.zeros((device.queue_pairs, k.STAT_COLUMNS),
@@ -126,13 +134,7 @@ class Forwarder:
             if device is without:
                 continue
             for pair in device.pairs:
-                # As DPDK's vhost does, a pair is served once its rings are ready (started and
-                # enabled; for forwarding, the receiveq too): frames a front-end sends before
-                # the back-end has read its last setup messages wait in the ring instead of
-                # being dropped.
-                if pair.tx is None or not pair.tx_enabled:
-                    continue
-                if self.mode != "drop" and pair.rx is None:
+                if not self._served(pair):
                     continue
                 rows.append((device, pair.index))
                 queue = pair.tx.queue
@@ -144,10 +146,35 @@ class Forwarder:
         self._stats = np.zeros((len(rows), k.STAT_COLUMNS), dtype=np.uint64)
         self._kicks = np.array(kicks, dtype=np.int32)
 
+    def _served(self, pair) -> bool:
+        # A transmitq is served once it has been enabled (see QueuePair.tx_served); while
+        # enabled, a forwarding loop also waits for the pair's receiveq, and once disabled
+        # its frames are discarded (vhost-user "Ring states").
+        if pair.tx is None or not pair.tx_served:
+            return False
+        return self.mode == "drop" or pair.rx is not None or not pair.tx_enabled
+
+    def _drain(self, device: VirtioNet, index: int) -> None:
+        # The control plane holds the gate: serve this one pair from here until its transmitq
+        # is empty (bounded: a driver could keep adding for ever).
+        rows = [row for row, (owner, pair) in enumerate(self._rows)
+                if owner is device and pair == index]
+        if not rows:
+            return
+        table = self._table[rows].copy()
+        stats = np.zeros((1, k.STAT_COLUMNS), dtype=np.uint64)
+        for _ in range(64):
+            if not k.forward(table, stats, MODES[self.mode], self.frames, self.lengths,
+                             self.burst, 1, 0, self._kicks[:0], 0, self._capture):
+                break
+            if self.capture:
+                self.capture.flush()
+        self._stats[rows[0]] += stats[0]
+
     def _warm_up(self) -> None:
         # Compile (or load from Numba's cache) before any front-end waits on the gate.
         k.forward(self._table, self._stats, MODES[self.mode], self.frames, self.lengths,
-                  self.burst, 1, 0, self._kicks, 0)
+                  self.burst, 1, 0, self._kicks, 0, self._capture)
 
     def _run(self) -> None:
         mode = MODES[self.mode]
@@ -158,8 +185,11 @@ class Forwarder:
                 continue
             with self.gate.data():
                 k.forward(self._table, self._stats, mode, self.frames, self.lengths, self.burst,
-                          ROUNDS_PER_CALL, self.idle_rounds, self._kicks, self.sleep_ms)
+                          ROUNDS_PER_CALL, self.idle_rounds, self._kicks, self.sleep_ms,
+                          self._capture)
                 now_broken = int(self._stats[:, k.STAT_BROKEN].sum())
+                if self.capture:
+                    self.capture.flush()  # inside the gate: a drain may fill the ring too
             if now_broken > broken:
                 log.error("a ring broke (the driver corrupted it); it is no longer served "
                           "until the front-end sets it up again")

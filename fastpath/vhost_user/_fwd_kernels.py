@@ -8,6 +8,7 @@ from numba import njit
 
 from fastpath._numba import NJIT
 from fastpath.vhost_user._net_kernels import eventfd_wait, net_receive, net_transmit
+from fastpath.vhost_user._pcap import capture_burst
 from fastpath.vring.kernels import device_set_kicks
 
 # Forwarding modes.
@@ -43,8 +44,11 @@ def swap_macs(frames, lengths, n):
 
 @njit(**NJIT)
 def forward(table, stats, mode, frames, lengths, burst, rounds, idle_rounds, kick_fds,
-            sleep_ms):
+            sleep_ms, capture):
     """Serve every row for up to `rounds` rounds; returns the frames received.
+
+    `capture` is (ring, lengths, stamps, state) of a pcap capture ring that records every
+    frame received, or a ring of no rows.
 
     With idle_rounds > 0, after that many rounds in a row with nothing received it asks the
     drivers for kicks, sleeps on kick_fds (int32, -1 for none) for up to sleep_ms, asks them to
@@ -69,6 +73,9 @@ def forward(table, stats, mode, frames, lengths, burst, rounds, idle_rounds, kic
             if got == 0:
                 continue
             moved += got
+            if capture[0].shape[0]:
+                capture_burst(frames, lengths, got, capture[0], capture[1], capture[2],
+                              capture[3])
             if mode == FWD_DROP:
                 continue
             if mode == FWD_MACSWAP:
@@ -83,6 +90,9 @@ def forward(table, stats, mode, frames, lengths, burst, rounds, idle_rounds, kic
                     sent = 0
             stats[p, STAT_NO_ROOM] += got - sent
         received += moved
+        if capture[0].shape[0] and (capture[3][0] + burst * table.shape[0]
+                                    > capture[0].shape[0]):
+            return received  # for the caller to write the capture out before it overflows
         if moved:
             idle = 0
             continue

@@ -13,6 +13,7 @@ import time
 
 from fastpath.vhost_user._forwarder import MODES, Forwarder
 from fastpath.vhost_user._gate import Gate
+from fastpath.vhost_user._pcap import PcapCapture
 from fastpath.vhost_user._server import BackendClient, BackendServer
 from fastpath.vhost_user._virtio_net import MAX_QUEUE_PAIRS, NetCounters, VirtioNet
 
@@ -43,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print rates this often while running (0: only at exit)")
     parser.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
                         help="exit after this long (0: run until SIGINT or SIGTERM)")
+    parser.add_argument("--pcap", metavar="FILE",
+                        help="record every frame received (from every transmitq) here")
     parser.add_argument("--json", metavar="FILE", help="write the final statistics here")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each connection")
 
@@ -103,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
         connections.finished.append(summary)
         print(_format_summary(summary, "front-end left"), file=sys.stderr, flush=True)
 
+    capture = PcapCapture(args.pcap, snaplen=frame_size) if args.pcap else None
     forwarder = Forwarder(gate, args.fwd, burst=args.burst, frame_size=frame_size,
-                          idle_rounds=args.backoff, on_finished=finished)
+                          idle_rounds=args.backoff, on_finished=finished, capture=capture)
 
     def make_backend(channel):
         device = VirtioNet(gate, queue_pairs=args.queues, mac=mac, mtu=args.mtu)
@@ -139,7 +143,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         adapter.close()  # every connection ends: its device reports through `finished`
         forwarder.stop()
+        if capture:
+            capture.close()
     result = {"fwd": args.fwd, "queues": args.queues, "connections": connections.finished}
+    if capture:
+        result["pcap"] = {"file": args.pcap, "frames": capture.written, "missed": capture.missed}
+        print(f"fastpath vhost-net: {capture.written} frames recorded in {args.pcap}"
+              f"{f', {capture.missed} missed' if capture.missed else ''}", file=sys.stderr)
     print(_format_totals(connections.finished), file=sys.stderr, flush=True)
     if args.json:
         with open(args.json, "w") as f:

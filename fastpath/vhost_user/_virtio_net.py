@@ -63,6 +63,10 @@ class QueuePair:
     rx: NetQueue | None = None          # the driver's receiveq, when started and enabled
     tx_kick: int = -1                   # the transmitq's kick eventfd, for a loop that sleeps
     tx_enabled: bool = False
+    # Enabled at least once since it started. Before that a transmitq is left alone, as DPDK's
+    # vhost does: a front-end that sends before the back-end has read its last setup messages
+    # finds its frames served, not dropped. Disabled after that, it is emptied and discarded.
+    tx_served: bool = False
 
 
 @dataclass
@@ -125,11 +129,14 @@ class VirtioNet(DeviceHooks):
     mtu: int = 0
     max_burst: int = 64
     on_change: Callable[[VirtioNet], None] | None = None
+    # on_drain(device, pair): a transmitq is being stopped; serve what is left in it.
+    on_drain: Callable[[VirtioNet, int], None] | None = None
     pairs: list[QueuePair] = field(default_factory=list)
     closed_down: bool = False   # the connection ended; the device serves nothing more
     # Counters of queues already let go; `counters()` adds the live ones.
     retired: list[NetCounters] = field(default_factory=list)
     _queues: dict[int, tuple[DeviceQueue, bool, NetQueue]] = field(default_factory=dict)
+    _enabled_once: set[int] = field(default_factory=set)
 
     def __post_init__(self):
         if not 1 <= self.queue_pairs <= MAX_QUEUE_PAIRS:
@@ -171,12 +178,20 @@ class VirtioNet(DeviceHooks):
             for queue, setup in ((rx, rx_setup), (tx, tx_setup)):
                 if queue is not None:
                     _set_log(queue, backend, setup)
+            if tx is not None and tx_setup.enabled:
+                self._enabled_once.add(2 * k + 1)
             pairs.append(QueuePair(k, tx=tx, rx=rx if rx_setup.enabled else None,
                                    tx_kick=tx_setup.kick if tx_setup.kick is not None else -1,
-                                   tx_enabled=tx_setup.enabled))
+                                   tx_enabled=tx_setup.enabled,
+                                   tx_served=2 * k + 1 in self._enabled_once))
         self.pairs = pairs
         if self.on_change:
             self.on_change(self)
+
+    def stopping(self, backend: Backend, index: int) -> None:
+        """GET_VRING_BASE drains: a transmitq's frames still in the ring are served first."""
+        if index % 2 and self.on_drain and index // 2 < len(self.pairs):
+            self.on_drain(self, index // 2)
 
     def closed(self, backend: Backend) -> None:
         """Let go of every queue."""
@@ -216,6 +231,7 @@ class VirtioNet(DeviceHooks):
         return held[2]
 
     def _retire(self, index: int) -> None:
+        self._enabled_once.discard(index)
         _, _, q = self._queues.pop(index)
         pair = self.retired[index // 2]
         pair.add(_queue_counters(q, None) if index % 2 == 0 else _queue_counters(None, q))

@@ -106,3 +106,19 @@ def test_a_front_end_killed_mid_traffic_and_started_again_is_served_again(tmp_pa
     assert len(connections) == 2
     assert sum(p["rx_frames"] for p in connections[0]["queue_pairs"]) > 1000
     assert sum(p["rx_frames"] for p in connections[1]["queue_pairs"]) == sent
+
+
+def test_received_frames_are_recorded_in_a_pcap_file(tmp_path):
+    from scapy.all import UDP, rdpcap
+
+    sock, pcap = str(tmp_path / "vhost.sock"), str(tmp_path / "rx.pcap")
+    with VhostNetProcess(sock, fwd="drop", extra=["--pcap", pcap]) as backend:
+        with Testpmd.virtio_user(sock, forward="txonly", txpkts=100) as peer:
+            time.sleep(1.0)
+            peer.stop()
+            sent = peer.final_totals()["tx_packets"]
+        result = backend.stop()
+    assert result["pcap"] == {"file": pcap, "frames": sent, "missed": 0}
+    packets = rdpcap(pcap, count=1000)
+    assert len(packets) == min(sent, 1000)
+    assert all(len(p) == 100 and UDP in p for p in packets)

@@ -206,3 +206,41 @@ def test_a_log_without_log_all_stays_clean():
         guest.fe.backend.close()
     finally:
         fwd.stop()
+
+
+@pytest.mark.parametrize("mode", ["drop", "io"])
+def test_get_vring_base_serves_what_is_left_in_the_transmitq_first(mode):
+    # No loop thread runs: only the drain can move these frames.
+    gate = Gate()
+    fwd = Forwarder(gate, mode)
+    guest = Guest(fwd, gate, False, False)
+    guest.post_receive_buffers(16)
+    guest.send([frame(64, k) for k in range(10)])
+    guest.fe.send(F.GET_VRING_BASE, VringState(1, 0))
+    assert guest.fe.reply() == VringState(1, 10)
+    assert guest.device.counters()[0].rx_frames == 10
+    assert len(guest.received(10 if mode == "io" else 0, timeout=0.1)) == (
+        10 if mode == "io" else 0)
+    guest.fe.backend.close()
+
+
+def test_frames_wait_for_the_receiveq_and_a_disabled_transmitq_is_emptied():
+    gate = Gate()
+    fwd = Forwarder(gate, "io", idle_rounds=100, sleep_ms=5)
+    fwd.start()
+    try:
+        guest = Guest(fwd, gate, False, False)
+        guest.post_receive_buffers(16)
+        guest.fe.send(F.SET_VRING_ENABLE, VringState(0, 0))   # receiveq off: frames wait
+        guest.send([frame(64, 1)])
+        time.sleep(0.1)
+        assert guest.device.counters()[0].rx_frames == 0
+        guest.fe.send(F.SET_VRING_ENABLE, VringState(1, 0))   # transmitq off: discarded
+        deadline = time.monotonic() + 5
+        while guest.device.counters()[0].rx_frames < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert guest.device.counters()[0].rx_frames == 1
+        assert guest.received(1, timeout=0.1) == []
+        guest.fe.backend.close()
+    finally:
+        fwd.stop()
