@@ -141,6 +141,8 @@ class Forwarder:
                 table.append((pair.tx.handle, pair.rx.handle if pair.rx else 0, queue.handle,
                               int(queue.packed)))
                 kicks.append(pair.tx_kick)
+            if device.control is not None:
+                kicks.append(device.control.kick_fd)  # a command wakes a sleeping loop
         self._rows = rows
         self._table = np.array(table, dtype=np.uint64).reshape(-1, k.TABLE_COLUMNS)
         self._stats = np.zeros((len(rows), k.STAT_COLUMNS), dtype=np.uint64)
@@ -171,6 +173,12 @@ class Forwarder:
                 self.capture.flush()
         self._stats[rows[0]] += stats[0]
 
+    def _serve_controls(self) -> None:
+        # Control commands are rare: handled in Python, once per loop call (gate held).
+        for device in self.devices:
+            if device.control is not None:
+                device.serve_control()
+
     def _warm_up(self) -> None:
         # Compile (or load from Numba's cache) before any front-end waits on the gate.
         k.forward(self._table, self._stats, MODES[self.mode], self.frames, self.lengths,
@@ -182,6 +190,8 @@ class Forwarder:
         while not self._stop.is_set():
             if not len(self._table):
                 time.sleep(0.01)
+                with self.gate.data():
+                    self._serve_controls()
                 continue
             with self.gate.data():
                 k.forward(self._table, self._stats, mode, self.frames, self.lengths, self.burst,
@@ -190,6 +200,7 @@ class Forwarder:
                 now_broken = int(self._stats[:, k.STAT_BROKEN].sum())
                 if self.capture:
                     self.capture.flush()  # inside the gate: a drain may fill the ring too
+                self._serve_controls()
             if now_broken > broken:
                 log.error("a ring broke (the driver corrupted it); it is no longer served "
                           "until the front-end sets it up again")

@@ -133,3 +133,7 @@ class NetBackend:
     def _serve(self) -> None:
         while not self._stop.is_set():
             self._adapter.serve_once(0.05)
+            device = self._device
+            if device is not None and device.control is not None:
+                with self._gate.control():
+                    device.serve_control()

@@ -23,6 +23,7 @@ from fastpath.vhost_user._backend import (
     DeviceHooks,
 )
 from fastpath.vhost_user._gate import Gate
+from fastpath.vhost_user._net_control import ControlQueue
 from fastpath.vhost_user._net_queue import NetQueue
 from fastpath.vhost_user._payloads import VRING_F_LOG
 from fastpath.vring import DeviceQueue
@@ -34,7 +35,11 @@ VIRTIO_NET_F_MTU = 3
 VIRTIO_NET_F_MAC = 5
 VIRTIO_NET_F_MRG_RXBUF = 15
 VIRTIO_NET_F_STATUS = 16
+VIRTIO_NET_F_CTRL_VQ = 17
+VIRTIO_NET_F_CTRL_RX = 18
+VIRTIO_NET_F_CTRL_VLAN = 19
 VIRTIO_NET_F_MQ = 22
+VIRTIO_NET_F_CTRL_MAC_ADDR = 23
 VIRTIO_F_IN_ORDER = 35
 
 VIRTIO_NET_S_LINK_UP = 1
@@ -44,7 +49,8 @@ DEFAULT_MAC = bytes.fromhex("525400123456")
 NET_FEATURES = sum(1 << bit for bit in (
     VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_NET_F_MQ, VIRTIO_F_RING_PACKED, VIRTIO_F_IN_ORDER,
-    VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MAC, VHOST_F_LOG_ALL,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MAC, VHOST_F_LOG_ALL, VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VLAN, VIRTIO_NET_F_CTRL_MAC_ADDR,
 ))
 """What the device offers (MTU is added when one is set)."""
 
@@ -137,6 +143,8 @@ class VirtioNet(DeviceHooks):
     retired: list[NetCounters] = field(default_factory=list)
     _queues: dict[int, tuple[DeviceQueue, bool, NetQueue]] = field(default_factory=dict)
     _enabled_once: set[int] = field(default_factory=set)
+    control: ControlQueue | None = None   # when the front-end passes the control queue on
+    _backend: Backend | None = None
 
     def __post_init__(self):
         if not 1 <= self.queue_pairs <= MAX_QUEUE_PAIRS:
@@ -152,8 +160,8 @@ class VirtioNet(DeviceHooks):
 
     @property
     def vrings(self) -> int:
-        """Virtqueues: a receiveq and a transmitq per pair."""
-        return 2 * self.queue_pairs
+        """Virtqueues: a receiveq and a transmitq per pair, then the control queue."""
+        return 2 * self.queue_pairs + 1
 
     def backend(self, channel) -> Backend:
         """A back-end engine for this device on a new connection."""
@@ -169,9 +177,20 @@ class VirtioNet(DeviceHooks):
 
     def rings_changed(self, backend: Backend) -> None:
         """Pick up started, stopped, enabled and disabled rings and new call fds."""
+        self._backend = backend
         mergeable = bool(backend.acked >> VIRTIO_NET_F_MRG_RXBUF & 1)
+        # §5.1.2: the control queue follows the last pair the driver may use: pair 0 alone
+        # without MQ, every pair with it.
+        usable = self.queue_pairs if backend.acked >> VIRTIO_NET_F_MQ & 1 else 1
+        self._control_changed(backend, 2 * usable)
+        served = min(usable, self.control.active_pairs if self.control else usable)
         pairs = []
         for k in range(self.queue_pairs):
+            if k >= served:
+                for index in (2 * k, 2 * k + 1):
+                    if index in self._queues:
+                        self._retire(index)
+                continue
             rx_setup, tx_setup = backend.vrings[2 * k], backend.vrings[2 * k + 1]
             rx = self._net_queue(2 * k, rx_setup.queue, mergeable, rx_setup.call)
             tx = self._net_queue(2 * k + 1, tx_setup.queue, mergeable, tx_setup.call)
@@ -188,6 +207,29 @@ class VirtioNet(DeviceHooks):
         if self.on_change:
             self.on_change(self)
 
+    def _control_changed(self, backend: Backend, index: int) -> None:
+        setup = backend.vrings[index]
+        if not (backend.acked >> VIRTIO_NET_F_CTRL_VQ & 1) or setup.queue is None:
+            self.control = None
+            return
+        if self.control is None or self.control.queue is not setup.queue:
+            self.control = ControlQueue(setup.queue, self.queue_pairs,
+                                        memoryview(backend.config)[:6])
+        self.control.call_fd = setup.call if setup.call is not None else -1
+        self.control.kick_fd = setup.kick if setup.kick is not None else -1
+
+    def serve_control(self) -> int:
+        """Handle the control commands waiting (call with the data plane's gate held); a
+        change of active queue pairs takes effect at once."""
+        control = self.control
+        if control is None:
+            return 0
+        before = control.active_pairs
+        n = control.serve()
+        if control.active_pairs != before and self._backend is not None:
+            self.rings_changed(self._backend)
+        return n
+
     def stopping(self, backend: Backend, index: int) -> None:
         """GET_VRING_BASE drains: a transmitq's frames still in the ring are served first."""
         if index % 2 and self.on_drain and index // 2 < len(self.pairs):
@@ -198,6 +240,8 @@ class VirtioNet(DeviceHooks):
         for index in list(self._queues):
             self._retire(index)
         self.pairs = []
+        self.control = None
+        self._backend = None
         self.closed_down = True
         if self.on_change:
             self.on_change(self)

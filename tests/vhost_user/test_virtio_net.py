@@ -244,3 +244,45 @@ def test_frames_wait_for_the_receiveq_and_a_disabled_transmitq_is_emptied():
         guest.fe.backend.close()
     finally:
         fwd.stop()
+
+
+def test_control_queue_commands_are_acked_and_vq_pairs_set_limits_the_pairs_served():
+    # §5.1.6.5: a front-end that passes the control queue on gets each command acked.
+    from fastpath.vhost_user._net_control import VIRTIO_NET_ERR, VIRTIO_NET_OK
+    from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ
+
+    gate = Gate()
+    fwd = Forwarder(gate, "drop", idle_rounds=100, sleep_ms=5)
+    fwd.start()
+    try:
+        device = VirtioNet(gate, queue_pairs=2)
+        fwd.attach(device)
+        fe = ScriptedFrontend(device.backend)
+        fe.handshake(False, 1 << VIRTIO_NET_F_CTRL_VQ | 1 << VIRTIO_NET_F_MQ)
+        for index in range(4):
+            fe.start_vring(index, 64, False)
+        ctrl = SplitDriverQueue(fe.memory, 64, fe.start_vring(4, 64, False))
+        assert len(device.pairs) == 2
+
+        def command(data: bytes) -> int:
+            fe.memory.write(TX_BUFFERS, data)
+            ctrl.add(readable=[(TX_BUFFERS, len(data))], writable=[(TX_BUFFERS + 512, 1)])
+            deadline = time.monotonic() + 5
+            while not (done := ctrl.collect()) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert done == [(done[0][0], 1)]
+            return fe.memory.read(TX_BUFFERS + 512, 1)[0]
+
+        assert command(bytes([4, 0, 1, 0])) == VIRTIO_NET_OK       # MQ VQ_PAIRS_SET 1
+        assert len(device.pairs) == 1
+        assert command(bytes([4, 0, 3, 0])) == VIRTIO_NET_ERR      # more pairs than offered
+        assert command(bytes([1, 1]) + bytes.fromhex("020000000042")) == VIRTIO_NET_OK
+        assert fe.backend.config[:6] == bytes.fromhex("020000000042")  # MAC_ADDR_SET
+        assert command(bytes([0, 0, 1])) == VIRTIO_NET_OK          # RX PROMISC on
+        assert command(bytes([9, 9])) == VIRTIO_NET_ERR            # no such class
+        assert command(bytes([0])) == VIRTIO_NET_ERR               # too short
+        assert command(bytes([4, 0, 2, 0])) == VIRTIO_NET_OK
+        assert len(device.pairs) == 2
+        fe.backend.close()
+    finally:
+        fwd.stop()
