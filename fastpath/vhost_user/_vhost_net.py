@@ -54,26 +54,40 @@ class Connections:
     """Each front-end's device while connected, and the totals of those that left."""
 
     def __init__(self):
-        self.live: list[VirtioNet] = []
+        self.live: dict[int, VirtioNet] = {}    # connection number -> device
         self.finished: list[dict] = []
         self.finished_totals = NetCounters()
         self.count = 0
 
-    def totals(self) -> NetCounters:
-        """Everything moved so far, by every connection."""
+    def add(self, device: VirtioNet) -> None:
+        """A front-end connected."""
+        self.count += 1
+        self.live[self.count] = device
+
+    def finish(self, device: VirtioNet, drops: list[tuple[int, int]]) -> dict:
+        """A front-end left: its summary, kept for the end."""
+        number = next(n for n, d in self.live.items() if d is device)
+        del self.live[number]
+        for c in device.counters():
+            self.finished_totals.add(c)
+        pairs = [{"queue_pair": k, **vars(c), "fwd_dropped": no_room, "rings_broken": broken}
+                 for k, (c, (no_room, broken)) in enumerate(zip(device.counters(), drops,
+                                                                strict=True))]
+        summary = {"connection": number, "queue_pairs": pairs}
+        self.finished.append(summary)
+        return summary
+
+    def snapshot(self) -> dict:
+        """{(connection, pair): counters} of the live pairs, and {"all": totals}."""
+        snap: dict = {}
         total = NetCounters()
         total.add(self.finished_totals)
-        for device in self.live:
-            for c in device.counters():
+        for number, device in self.live.items():
+            for k, c in enumerate(device.counters()):
+                snap[number, k] = c
                 total.add(c)
-        return total
-
-    def summary(self, device: VirtioNet, number: int, drops: list[tuple[int, int]]) -> dict:
-        pairs = []
-        for k, (c, (no_room, broken)) in enumerate(zip(device.counters(), drops, strict=True)):
-            pairs.append({"queue_pair": k, **vars(c), "fwd_dropped": no_room,
-                          "rings_broken": broken})
-        return {"connection": number, "queue_pairs": pairs}
+        snap["all"] = total
+        return snap
 
 
 def _parse_mac(text: str) -> bytes:
@@ -96,14 +110,9 @@ def run(args: argparse.Namespace) -> int:
     frame_size = max(2048, args.mtu + 64)
     gate = Gate()
     connections = Connections()
-    numbers: dict[int, int] = {}
 
     def finished(device: VirtioNet, drops: list[tuple[int, int]]) -> None:
-        connections.live.remove(device)
-        for c in device.counters():
-            connections.finished_totals.add(c)
-        summary = connections.summary(device, numbers.pop(id(device)), drops)
-        connections.finished.append(summary)
+        summary = connections.finish(device, drops)
         print(_format_summary(summary, "front-end left"), file=sys.stderr, flush=True)
 
     capture = PcapCapture(args.pcap, snaplen=frame_size) if args.pcap else None
@@ -112,9 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     def make_backend(channel):
         device = VirtioNet(gate, queue_pairs=args.queues, mac=mac, mtu=args.mtu)
-        connections.count += 1
-        numbers[id(device)] = connections.count
-        connections.live.append(device)
+        connections.add(device)
         forwarder.attach(device)
         return device.backend(channel)
 
@@ -128,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args.socket}, {args.queues} queue pair(s), fwd {args.fwd}", file=sys.stderr,
           flush=True)
     started = time.monotonic()
-    last_report, last_totals = started, connections.totals()
+    last_report, last_snapshot = started, connections.snapshot()
     try:
         while not stop.is_set():
             adapter.serve_once(0.1)
@@ -137,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
                 break
             if args.stats_period and now - last_report >= args.stats_period:
                 with gate.control():
-                    totals = connections.totals()
-                _print_rates(totals, last_totals, now - last_report)
-                last_report, last_totals = now, totals
+                    snapshot = connections.snapshot()
+                _print_rates(snapshot, last_snapshot, now - last_report)
+                last_report, last_snapshot = now, snapshot
     finally:
         adapter.close()  # every connection ends: its device reports through `finished`
         forwarder.stop()
@@ -157,14 +164,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_rates(now: NetCounters, before: NetCounters, seconds: float) -> None:
+def _print_rates(now: dict, before: dict, seconds: float) -> None:
+    # One line per live queue pair that moved anything, then the total.
     if seconds <= 0:
         return
-    rx = (now.rx_frames - before.rx_frames) / seconds
-    tx = (now.tx_frames - before.tx_frames) / seconds
-    gbps = (now.rx_bytes - before.rx_bytes) * 8 / seconds / 1e9
-    print(f"rx {rx / 1e6:8.3f} Mpps {gbps:7.3f} Gbit/s   tx {tx / 1e6:8.3f} Mpps   "
-          f"rx total {now.rx_frames}  tx total {now.tx_frames}", file=sys.stderr, flush=True)
+    for key, c in now.items():
+        b = before.get(key, NetCounters())
+        if key != "all" and c.rx_frames == b.rx_frames and c.tx_frames == b.tx_frames:
+            continue
+        name = "total" if key == "all" else f"connection {key[0]} queue pair {key[1]}"
+        rx = (c.rx_frames - b.rx_frames) / seconds
+        tx = (c.tx_frames - b.tx_frames) / seconds
+        gbps = (c.rx_bytes - b.rx_bytes) * 8 / seconds / 1e9
+        print(f"{name:>28}: rx {rx / 1e6:8.3f} Mpps {gbps:7.3f} Gbit/s   tx {tx / 1e6:8.3f} "
+              f"Mpps   ({c.rx_frames} received, {c.tx_frames} sent)", file=sys.stderr,
+              flush=True)
 
 
 def _format_summary(summary: dict, what: str) -> str:
