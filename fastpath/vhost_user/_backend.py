@@ -82,6 +82,10 @@ class DeviceHooks:
     runs inside it, after the change, for the device to pick up the new state.
     """
 
+    # True for a device that uses every buffer in the order it took it, with none in flight
+    # once a ring stops (net): a ring can then be resumed from its used index.
+    uses_buffers_in_order = False
+
     def quiesced(self) -> AbstractContextManager:
         """A context in which no data-plane thread touches this device's rings or memory."""
         return nullcontext()
@@ -402,8 +406,19 @@ class Backend:
             queue.used_state = (used & 0x7FFF, used >> 15)
         else:
             queue = SplitDeviceQueue(self.memory, vring.num, addresses, **options)
-            queue.last_avail_idx = vring.base & 0xFFFF
-            queue.used_idx = vring.base & 0xFFFF
+            base = vring.base & 0xFFFF
+            # §2.7.8: used.idx, the ring's own record of how far this device got.
+            used = int(self.memory.view(addresses.device + 2, 2).view("<u2")[0])
+            if used != base and self.device.uses_buffers_in_order:
+                # A front-end that lost its back-end (DPDK's virtio-user after a reconnect)
+                # may give base 0 for a ring already in use. A device that uses buffers in
+                # the order it takes them had used every buffer before used.idx and none
+                # after, so that is where to go on, as DPDK's vhost and libvhost-user do.
+                log.warning("vring %d: base %d but the used ring is at %d; resuming there",
+                            index, base, used)
+                base = used
+            queue.last_avail_idx = base
+            queue.used_idx = base
         # Without PROTOCOL_FEATURES a ring is enabled as soon as it starts.
         if not self.acked >> VHOST_USER_F_PROTOCOL_FEATURES & 1:
             vring.enabled = True

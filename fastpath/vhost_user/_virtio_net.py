@@ -129,6 +129,8 @@ class VirtioNet(DeviceHooks):
     """One front-end's virtio-net device: hooks for its `Backend` and the queue pairs a data
     plane serves. `on_change(device)` runs (quiesced) whenever the served pairs change."""
 
+    uses_buffers_in_order = True   # frames go out in the order they came, none held back
+
     gate: Gate
     queue_pairs: int = 1
     mac: bytes = DEFAULT_MAC

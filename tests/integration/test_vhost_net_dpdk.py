@@ -122,3 +122,20 @@ def test_received_frames_are_recorded_in_a_pcap_file(tmp_path):
     packets = rdpcap(pcap, count=1000)
     assert len(packets) == min(sent, 1000)
     assert all(len(p) == 100 and UDP in p for p in packets)
+
+
+def test_fastpath_killed_and_restarted_as_a_client_is_served_again(tmp_path):
+    # DPDK's virtio-user in server mode keeps listening when its back-end dies, and sets the
+    # device up again when a back-end connects anew.
+    sock = str(tmp_path / "vhost.sock")
+    with Testpmd.virtio_user(sock, forward="txonly", server=True) as peer:
+        first = VhostNetProcess(sock, fwd="drop", client=True)
+        peer.wait_forwarding()
+        time.sleep(1.0)
+        os.kill(first.pid, signal.SIGKILL)
+        first.kill()
+        with VhostNetProcess(sock, fwd="drop", client=True) as second:
+            time.sleep(TRAFFIC_SECONDS)
+            result = second.stop()
+        peer.stop()
+    assert received_frames(result) > 10_000

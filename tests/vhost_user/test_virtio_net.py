@@ -16,7 +16,7 @@ from fastpath.vhost_user._backend import VHOST_F_LOG_ALL
 from fastpath.vhost_user._forwarder import Forwarder
 from fastpath.vhost_user._gate import Gate
 from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MRG_RXBUF, VirtioNet
-from fastpath.vring import PackedDriverQueue, SplitDriverQueue
+from fastpath.vring import PackedDriverQueue, SplitDriverQueue, ring_layout
 
 RX_BUFFERS = 0x200000
 TX_BUFFERS = 0x300000
@@ -286,3 +286,20 @@ def test_control_queue_commands_are_acked_and_vq_pairs_set_limits_the_pairs_serv
         fe.backend.close()
     finally:
         fwd.stop()
+
+
+def test_a_split_ring_restarted_with_base_zero_resumes_from_its_used_index():
+    # A front-end that lost its back-end may set a ring in use up again from base 0 (DPDK's
+    # virtio-user does after a reconnect); a net device resumes where the used ring says.
+    gate = Gate()
+    device = VirtioNet(gate)
+    fe = ScriptedFrontend(device.backend)
+    fe.handshake(False)
+    rings = ring_layout(256, 0x1000 + 1 * 0x10000, False)
+    fe.memory.view(rings.device + 2, 2).view(np.uint16)[0] = 700
+    fe.memory.view(rings.driver + 2, 2).view(np.uint16)[0] = 700
+    fe.start_vring(1, 256, False, base=0)
+    assert fe.backend.vrings[1].queue.last_avail_idx == 700
+    fe.send(F.GET_VRING_BASE, VringState(1, 0))
+    assert fe.reply() == VringState(1, 700)
+    fe.backend.close()
