@@ -8,12 +8,12 @@ MODE := $(if $(filter-out 0,$(FASTPATH_DEBUG)),debug,release)
 BUILT := fastpath/_core/.built-$(MODE)
 CORE_SOURCES := $(wildcard fastpath/_core/*.pyx fastpath/_core/*.pxd fastpath/_core/*.h) setup.py
 
-.PHONY: run test test-suite build peers lint clean
+.PHONY: run test test-suite build peers guest lint clean
 
 run: build
 	$(VENV)/bin/fastpath bench vring
 
-test: build peers
+test: build peers guest
 	$(MAKE) --no-print-directory test-suite
 	$(MAKE) --no-print-directory FASTPATH_DEBUG=1 test-suite
 
@@ -24,16 +24,25 @@ test-suite: build
 build: $(BUILT)
 
 # The real peers of the interoperability tests and benchmarks, from Debian's packages (see the
-# shared peers notes): DPDK's testpmd with its vhost and virtio-user PMDs.
+# shared peers notes): DPDK's testpmd with its vhost and virtio-user PMDs, and QEMU with
+# busybox for the Linux guest that tests/integration/guest/build.py puts together.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 TESTPMD := /usr/bin/dpdk-testpmd
+QEMU := /usr/bin/qemu-system-x86_64
+BUSYBOX := /bin/busybox
+PEER_BINARIES := $(TESTPMD) $(QEMU) $(BUSYBOX)
 
-peers: $(TESTPMD)
+peers: $(PEER_BINARIES)
 
-$(TESTPMD):
+# One apt run for all of them (a grouped target).
+$(PEER_BINARIES) &:
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-		dpdk dpdk-dev
+		dpdk dpdk-dev qemu-system-x86 busybox-static
+
+# The guest kernel and initramfs (cached under build/guest; the tests build it on demand too).
+guest: peers $(INSTALLED)
+	$(PY) tests/integration/guest/build.py
 
 $(INSTALLED): pyproject.toml setup.py
 	test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)

@@ -1,5 +1,11 @@
-"""Mocks that tests, benchmarks and fuzzers import: a guest driver for rings."""
+"""Mocks and real peers that tests, benchmarks and fuzzers import: a guest driver for rings,
+DPDK testpmd as a vhost-user front-end or back-end, QEMU with a Linux guest, and
+`fastpath vhost-net` in a child process."""
 
 from fastpath.testing._guest_driver import GuestDriver
+from fastpath.testing._qemu import QemuError, QemuGuest
+from fastpath.testing._testpmd import PeerError, Testpmd, ensure_hugepages
+from fastpath.testing._vhost_net import VhostNetProcess, received_frames, sent_frames
 
-__all__ = ["GuestDriver"]
+__all__ = ["GuestDriver", "PeerError", "Testpmd", "ensure_hugepages", "QemuGuest", "QemuError",
+           "VhostNetProcess", "received_frames", "sent_frames"]

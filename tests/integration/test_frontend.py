@@ -4,8 +4,7 @@ back byte for byte, on split and packed rings, with and without mergeable buffer
 
 import pytest
 
-from fastpath.testing._testpmd import Testpmd
-from fastpath.testing._vhost_net import VhostNetProcess
+from fastpath.testing import Testpmd, VhostNetProcess
 from fastpath.vhost_user import NetFrontend
 
 RING_TYPES = pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from fastpath.testing._testpmd import Testpmd
-from fastpath.testing._vhost_net import VhostNetProcess, received_frames, sent_frames
+from fastpath.testing import Testpmd, VhostNetProcess, received_frames, sent_frames
 
 pytestmark = pytest.mark.skipif(Testpmd.find() is None, reason="dpdk-testpmd is not installed")
 
