@@ -136,12 +136,17 @@ class Backend:
     `features` are the device's virtio feature bits (VERSION_1 and the ring features the device
     serves); `vrings` how many virtqueues it has; `queue_num` what GET_QUEUE_NUM reports (queue
     pairs, for net); `config` the device's config space for GET_CONFIG; `device` the hooks that
-    keep a data plane in step with the rings.
+    keep a data plane in step with the rings; `protocol_features` what GET_PROTOCOL_FEATURES
+    offers (some of what the engine implements).
     """
 
     def __init__(self, channel: Channel, *, features: int, vrings: int, queue_num: int = 1,
-                 config: bytes = b"", max_mem_slots: int = 8, device: DeviceHooks | None = None):
+                 config: bytes = b"", max_mem_slots: int = 8, device: DeviceHooks | None = None,
+                 protocol_features: int = ENGINE_PROTOCOL_FEATURES):
+        if protocol_features & ~ENGINE_PROTOCOL_FEATURES:
+            raise ValueError("protocol features the engine does not implement")
         self.channel = channel
+        self.protocol_offered = protocol_features
         self.device = device or DeviceHooks()
         self.offered = features | 1 << VHOST_USER_F_PROTOCOL_FEATURES
         self.acked = 0
@@ -166,7 +171,7 @@ class Backend:
             F.SET_OWNER: self._set_owner,
             F.RESET_OWNER: lambda p, fds: log.info("RESET_OWNER is deprecated; ignored"),
             F.SET_MEM_TABLE: self._set_mem_table,
-            F.GET_PROTOCOL_FEATURES: lambda p, fds: U64(ENGINE_PROTOCOL_FEATURES),
+            F.GET_PROTOCOL_FEATURES: lambda p, fds: U64(self.protocol_offered),
             F.SET_PROTOCOL_FEATURES: self._set_protocol_features,
             F.GET_QUEUE_NUM: lambda p, fds: U64(self.queue_num),
             F.SET_VRING_NUM: self._set_vring_num,
@@ -270,7 +275,7 @@ class Backend:
         self.acked = payload.value
 
     def _set_protocol_features(self, payload: U64, fds: list[int]) -> None:
-        if payload.value & ~ENGINE_PROTOCOL_FEATURES:
+        if payload.value & ~self.protocol_offered:
             raise RequestRefused(f"protocol features {payload.value:#x} were not offered")
         self.protocol = payload.value
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastpath.vhost_user._backend import (
+    ENGINE_PROTOCOL_FEATURES,
     VHOST_F_LOG_ALL,
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,
@@ -26,6 +27,7 @@ from fastpath.vhost_user._gate import Gate
 from fastpath.vhost_user._net_control import ControlQueue
 from fastpath.vhost_user._net_queue import NetQueue
 from fastpath.vhost_user._payloads import VRING_F_LOG
+from fastpath.vhost_user._protocol import ProtocolFeature
 from fastpath.vring import DeviceQueue
 
 log = logging.getLogger("fastpath.vhost_user")
@@ -167,9 +169,12 @@ class VirtioNet(DeviceHooks):
 
     def backend(self, channel) -> Backend:
         """A back-end engine for this device on a new connection."""
+        # No CONFIG: QEMU and DPDK keep a net device's config space themselves (QEMU warns
+        # about a net back-end that offers it).
         return Backend(channel, features=self.features, vrings=self.vrings,
                        queue_num=self.queue_pairs, config=net_config(self.mac, self.queue_pairs,
-                                                                     self.mtu), device=self)
+                                                                     self.mtu), device=self,
+                       protocol_features=ENGINE_PROTOCOL_FEATURES & ~ProtocolFeature.CONFIG)
 
     # --- DeviceHooks ---
 

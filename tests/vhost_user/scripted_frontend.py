@@ -21,7 +21,6 @@ from fastpath.vhost_user import (
     encode_message,
 )
 from fastpath.vhost_user._backend import (
-    ENGINE_PROTOCOL_FEATURES,
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -64,7 +63,7 @@ class ScriptedFrontend:
         offered = self.reply().value
         assert offered & PROTOCOL_FEATURES_BIT and offered & FEATURES == FEATURES
         self.send(F.GET_PROTOCOL_FEATURES)
-        assert self.reply().value == ENGINE_PROTOCOL_FEATURES
+        assert self.reply().value == self.backend.protocol_offered
         self.send(F.SET_PROTOCOL_FEATURES, U64(ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
                                                | ProtocolFeature.STATUS))
         for index in (0, 1):  # DPDK sends the call fds before SET_FEATURES

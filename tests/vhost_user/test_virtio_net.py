@@ -303,3 +303,16 @@ def test_a_split_ring_restarted_with_base_zero_resumes_from_its_used_index():
     fe.send(F.GET_VRING_BASE, VringState(1, 0))
     assert fe.reply() == VringState(1, 700)
     fe.backend.close()
+
+
+def test_a_net_device_offers_every_protocol_feature_but_config():
+    from fastpath.vhost_user._backend import ENGINE_PROTOCOL_FEATURES
+
+    fe = ScriptedFrontend(VirtioNet(Gate()).backend)
+    fe.send(F.GET_PROTOCOL_FEATURES)
+    assert fe.reply().value == ENGINE_PROTOCOL_FEATURES & ~ProtocolFeature.CONFIG
+    fe.backend.close()
+    generic = ScriptedFrontend()
+    generic.send(F.GET_PROTOCOL_FEATURES)
+    assert generic.reply().value == ENGINE_PROTOCOL_FEATURES
+    generic.backend.close()
