@@ -4,6 +4,7 @@ ring types, with and without mergeable buffers; rings the front-end stops are le
 
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -33,8 +34,8 @@ class Guest:
     """A scripted front-end with a driver on each ring of queue pair 0; with `log`, logging
     dirty pages into a log of its own as a migrating front-end does."""
 
-    def __init__(self, forwarder, gate, packed, mergeable, log=False, log_all=None):
-        self.device = VirtioNet(gate)
+    def __init__(self, forwarder, packed, mergeable, log=False, log_all=None):
+        self.device = VirtioNet(forwarder.gate)
         forwarder.attach(self.device)
         self.fe = ScriptedFrontend(self.device.backend)
         log_all = log if log_all is None else log_all
@@ -73,19 +74,27 @@ class Guest:
         return got
 
 
+@contextmanager
+def serving(mode, idle_rounds=100, sleep_ms=5):
+    """A forwarding loop running in its thread, stopped at the end."""
+    fwd = Forwarder(Gate(), mode, idle_rounds=idle_rounds, sleep_ms=sleep_ms)
+    fwd.start()
+    try:
+        yield fwd
+    finally:
+        fwd.stop()
+
+
 @pytest.fixture(params=["io", "macswap", "drop"])
 def forwarder(request):
-    gate = Gate()
-    fwd = Forwarder(gate, request.param, idle_rounds=100, sleep_ms=5)
-    fwd.start()
-    yield fwd
-    fwd.stop()
+    with serving(request.param) as fwd:
+        yield fwd
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
 @pytest.mark.parametrize("mergeable", [False, True], ids=["plain", "mergeable"])
 def test_frames_go_round_through_the_forwarding_loop(forwarder, packed, mergeable):
-    guest = Guest(forwarder, forwarder.gate, packed, mergeable)
+    guest = Guest(forwarder, packed, mergeable)
     guest.post_receive_buffers(64)
     frames = [frame(60 + 20 * k, k) for k in range(40)]
     guest.send(frames)
@@ -106,25 +115,22 @@ def test_frames_go_round_through_the_forwarding_loop(forwarder, packed, mergeabl
     assert guest.device not in forwarder.devices  # let go once the connection closed
 
 
-def test_frames_without_receive_buffers_are_dropped_and_counted(forwarder):
-    if forwarder.mode == "drop":
-        pytest.skip("nothing is sent back in drop mode")
-    guest = Guest(forwarder, forwarder.gate, False, False)
-    guest.send([frame(64, k) for k in range(10)])
-    deadline = time.monotonic() + 5
-    while guest.device.counters()[0].rx_frames < 10 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    time.sleep(0.05)
-    assert forwarder.drops(guest.device)[0] == (10, 0)
-    guest.fe.backend.close()
+@pytest.mark.parametrize("mode", ["io", "macswap"])
+def test_frames_without_receive_buffers_are_dropped_and_counted(mode):
+    with serving(mode) as forwarder:
+        guest = Guest(forwarder, False, False)
+        guest.send([frame(64, k) for k in range(10)])
+        deadline = time.monotonic() + 5
+        while guest.device.counters()[0].rx_frames < 10 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        assert forwarder.drops(guest.device)[0] == (10, 0)
+        guest.fe.backend.close()
 
 
 def test_a_stopped_ring_is_let_go_and_its_base_reports_what_was_served():
-    gate = Gate()
-    fwd = Forwarder(gate, "drop", idle_rounds=100, sleep_ms=5)
-    fwd.start()
-    try:
-        guest = Guest(fwd, gate, False, False)
+    with serving("drop") as fwd:
+        guest = Guest(fwd, False, False)
         guest.send([frame(64, k) for k in range(5)])
         deadline = time.monotonic() + 5
         while guest.device.counters()[0].rx_frames < 5 and time.monotonic() < deadline:
@@ -138,16 +144,11 @@ def test_a_stopped_ring_is_let_go_and_its_base_reports_what_was_served():
         time.sleep(0.05)
         assert guest.device.counters()[0].rx_frames == 5
         guest.fe.backend.close()
-    finally:
-        fwd.stop()
 
 
 def test_the_kick_wakes_a_sleeping_loop():
-    gate = Gate()
-    fwd = Forwarder(gate, "drop", idle_rounds=1, sleep_ms=2000)
-    fwd.start()
-    try:
-        guest = Guest(fwd, gate, False, False)
+    with serving("drop", idle_rounds=1, sleep_ms=2000) as fwd:
+        guest = Guest(fwd, False, False)
         time.sleep(0.2)  # the loop is asleep on the kick fd by now
         guest.send([frame(64, 1)])
         assert guest.tx.should_kick()
@@ -157,8 +158,6 @@ def test_the_kick_wakes_a_sleeping_loop():
             time.sleep(0.001)
         assert time.monotonic() - started < 1.0
         guest.fe.backend.close()
-    finally:
-        fwd.stop()
 
 
 def dirty_pages(log: GuestMemory) -> set[int]:
@@ -170,11 +169,8 @@ def dirty_pages(log: GuestMemory) -> set[int]:
 def test_pages_the_device_writes_are_logged_for_migration(packed):
     # vhost-user "Migration": with VHOST_F_LOG_ALL every page written is marked in the log, and
     # so is the used ring of a vring set up with VHOST_VRING_F_LOG.
-    gate = Gate()
-    fwd = Forwarder(gate, "io", idle_rounds=100, sleep_ms=5)
-    fwd.start()
-    try:
-        guest = Guest(fwd, gate, packed, True, log=True)
+    with serving("io") as fwd:
+        guest = Guest(fwd, packed, True, log=True)
         guest.post_receive_buffers(8, size=PAGE)
         frames = [frame(1000, k) for k in range(3)]
         guest.send(frames)
@@ -189,31 +185,23 @@ def test_pages_the_device_writes_are_logged_for_migration(packed):
         assert all(pages & set(r) for r in rings)
         assert len(pages - set(rings[0]) - set(rings[1])) == 3
         guest.fe.backend.close()
-    finally:
-        fwd.stop()
 
 
 def test_a_log_without_log_all_stays_clean():
-    gate = Gate()
-    fwd = Forwarder(gate, "io", idle_rounds=100, sleep_ms=5)
-    fwd.start()
-    try:
-        guest = Guest(fwd, gate, False, True, log=True, log_all=False)
+    with serving("io") as fwd:
+        guest = Guest(fwd, False, True, log=True, log_all=False)
         guest.post_receive_buffers(4)
         guest.send([frame(64, 1)])
         assert len(guest.received(1)) == 1
         assert guest.fe.backend.log is not None and dirty_pages(guest.log) == set()
         guest.fe.backend.close()
-    finally:
-        fwd.stop()
 
 
 @pytest.mark.parametrize("mode", ["drop", "io"])
 def test_get_vring_base_serves_what_is_left_in_the_transmitq_first(mode):
     # No loop thread runs: only the drain can move these frames.
-    gate = Gate()
-    fwd = Forwarder(gate, mode)
-    guest = Guest(fwd, gate, False, False)
+    fwd = Forwarder(Gate(), mode)
+    guest = Guest(fwd, False, False)
     guest.post_receive_buffers(16)
     guest.send([frame(64, k) for k in range(10)])
     guest.fe.send(F.GET_VRING_BASE, VringState(1, 0))
@@ -225,11 +213,8 @@ def test_get_vring_base_serves_what_is_left_in_the_transmitq_first(mode):
 
 
 def test_frames_wait_for_the_receiveq_and_a_disabled_transmitq_is_emptied():
-    gate = Gate()
-    fwd = Forwarder(gate, "io", idle_rounds=100, sleep_ms=5)
-    fwd.start()
-    try:
-        guest = Guest(fwd, gate, False, False)
+    with serving("io") as fwd:
+        guest = Guest(fwd, False, False)
         guest.post_receive_buffers(16)
         guest.fe.send(F.SET_VRING_ENABLE, VringState(0, 0))   # receiveq off: frames wait
         guest.send([frame(64, 1)])
@@ -242,8 +227,6 @@ def test_frames_wait_for_the_receiveq_and_a_disabled_transmitq_is_emptied():
         assert guest.device.counters()[0].rx_frames == 1
         assert guest.received(1, timeout=0.1) == []
         guest.fe.backend.close()
-    finally:
-        fwd.stop()
 
 
 def test_control_queue_commands_are_acked_and_vq_pairs_set_limits_the_pairs_served():
@@ -251,11 +234,8 @@ def test_control_queue_commands_are_acked_and_vq_pairs_set_limits_the_pairs_serv
     from fastpath.vhost_user._net_control import VIRTIO_NET_ERR, VIRTIO_NET_OK
     from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ
 
-    gate = Gate()
-    fwd = Forwarder(gate, "drop", idle_rounds=100, sleep_ms=5)
-    fwd.start()
-    try:
-        device = VirtioNet(gate, queue_pairs=2)
+    with serving("drop") as fwd:
+        device = VirtioNet(fwd.gate, queue_pairs=2)
         fwd.attach(device)
         fe = ScriptedFrontend(device.backend)
         fe.handshake(False, 1 << VIRTIO_NET_F_CTRL_VQ | 1 << VIRTIO_NET_F_MQ)
@@ -284,8 +264,6 @@ def test_control_queue_commands_are_acked_and_vq_pairs_set_limits_the_pairs_serv
         assert command(bytes([4, 0, 2, 0])) == VIRTIO_NET_OK
         assert len(device.pairs) == 2
         fe.backend.close()
-    finally:
-        fwd.stop()
 
 
 def test_a_split_ring_restarted_with_base_zero_resumes_from_its_used_index():
