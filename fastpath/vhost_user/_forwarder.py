@@ -17,7 +17,7 @@ import numpy as np
 
 from fastpath.vhost_user import _fwd_kernels as k
 from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._pcap import PcapCapture
+from fastpath.vhost_user._pcap import NO_CAPTURE, PcapCapture
 from fastpath.vhost_user._virtio_net import VirtioNet
 
 log = logging.getLogger("fastpath.vhost_user")
@@ -54,10 +54,7 @@ class Forwarder:
         self.sleep_ms = sleep_ms
         self.on_finished = on_finished
         self.capture = capture
-        empty = np.zeros((0, 1), dtype=np.uint8)
-        self._capture = ((capture.ring, capture.lengths, capture.stamps, capture.state)
-                         if capture else (empty, np.zeros(0, np.uint32), np.zeros(0, np.int64),
-                                          np.zeros(2, np.uint64)))
+        self._capture = capture.arrays if capture else NO_CAPTURE
         self.frames = np.zeros((burst, frame_size), dtype=np.uint8)
         self.lengths = np.zeros(burst, dtype=np.uint32)
         self.devices: list[VirtioNet] = []

@@ -71,6 +71,11 @@ def pack_records(ring, ring_lengths, ring_stamps, n, out):
     return at
 
 
+# What a loop that captures nothing passes: a ring of no rows.
+NO_CAPTURE = (np.zeros((0, 1), dtype=np.uint8), np.zeros(0, dtype=np.uint32),
+              np.zeros(0, dtype=np.int64), np.zeros(2, dtype=np.uint64))
+
+
 class PcapCapture:
     """A pcap file being written from a capture ring of `frames` rows of `snaplen` bytes."""
 
@@ -88,6 +93,11 @@ class PcapCapture:
                                      LINKTYPE_ETHERNET))
         # Compile (or load) the packing kernel now, not while frames wait in the ring.
         pack_records(self.ring, self.lengths, self.stamps, 0, self._out)
+
+    @property
+    def arrays(self) -> tuple:
+        """(ring, lengths, stamps, state), as the capturing kernels take them."""
+        return self.ring, self.lengths, self.stamps, self.state
 
     @property
     def missed(self) -> int:
