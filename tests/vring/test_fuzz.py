@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fastpath.errors import (
@@ -389,6 +389,10 @@ def model_pieces(addr: int, length: int, max_segs: int, nseg: int):
     return out
 
 
+# An indirect table holds at most max(queue size, 1024) descriptors (the core's cap).
+MAX_INDIRECT = max(MODEL_SIZE, 1024)
+
+
 def model_table(addr: int, length: int) -> bool:
     return any(gpa <= addr and addr + length <= gpa + size for gpa, size in MODEL_LAYOUT)
 
@@ -438,7 +442,7 @@ def model_split(descs, read_table, head: int, indirect_ok: bool, max_segs: int):
             return E["ChainLoop"]
         if flags & F_INDIRECT:
             if (nested or not indirect_ok or flags & F_NEXT or length == 0 or length % 16
-                    or not model_table(addr, length)):
+                    or length // 16 > MAX_INDIRECT or not model_table(addr, length)):
                 return E["BadIndirectTable"]
             table = read_table(addr, length)
             idx, visited, nested = 0, 0, True
@@ -462,7 +466,8 @@ def model_packed(descs, read_table, indirect_ok: bool, max_segs: int):
         if rc == 0:
             if flags & F_INDIRECT:
                 if (ndesc > 1 or not indirect_ok or flags & F_NEXT or length == 0
-                        or length % 16 or not model_table(addr, length)):
+                        or length % 16 or length // 16 > MAX_INDIRECT
+                        or not model_table(addr, length)):
                     rc = E["BadIndirectTable"]
                 else:
                     for e_addr, e_len, _, e_flags in read_table(addr, length):
@@ -519,6 +524,9 @@ MODEL_SETTINGS = settings(max_examples=300, derandomize=True, deadline=None, dat
     indirect_ok=st.booleans(),
     max_segs=st.integers(1, 8),
 )
+# Once found in CI: an indirect table of 2048 descriptors, past the core's cap.
+@example(descs=[(0, 0, 0, 0), (16384, 0, 0, 0), (16384, 32768, 4, 0)] + [(16384, 0, 0, 0)] * 5,
+         table_entries=[(16384, 0, 0, 0)], head=2, indirect_ok=True, max_segs=1)
 def test_split_chain_matches_the_spec_model(descs, table_entries, head, indirect_ok, max_segs):
     tables = {TABLES[0]: table_entries[:4], TABLES[1]: table_entries[4:]}
     with model_memory() as memory:
