@@ -18,8 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from fastpath.bench._report import environment, print_table, write_json
-from fastpath.testing._testpmd import PeerError, Testpmd
-from fastpath.testing._vhost_net import VhostNetProcess, received_frames
+from fastpath.testing import PeerError, Testpmd, VhostNetProcess, received_frames
 
 BACKENDS = ("fastpath", "dpdk")
 WARM_UP_SECONDS = 1.0
@@ -134,10 +133,13 @@ def run(args: argparse.Namespace) -> int:
                         "dpdk_mpps": best["dpdk"].mpps,
                         "fastpath_gbps": best["fastpath"].gbps, "dpdk_gbps": best["dpdk"].gbps,
                         "ratio": best["fastpath"].mpps / best["dpdk"].mpps,
-                        "exact": all(r.sent == r.received for r in runs if r.size == size)})
+                        # DPDK's vhost PMD may lose what is in the ring when the sender stops
+                        # (up to a few bursts); fastpath serves it before the ring stops.
+                        "exact": all(r.sent == r.received for r in runs
+                                     if r.size == size and r.backend == "fastpath")})
     print()
     print_table(["size", "fastpath Mpps", "Gbit/s", "DPDK Mpps", "Gbit/s", "fastpath/DPDK",
-                 "counts exact"],
+                 "fastpath counts exact"],
                 [[s["size"], f"{s['fastpath_mpps']:.2f}", f"{s['fastpath_gbps']:.2f}",
                   f"{s['dpdk_mpps']:.2f}", f"{s['dpdk_gbps']:.2f}", f"{s['ratio']:.2f}",
                   "yes" if s["exact"] else "NO"] for s in summary])

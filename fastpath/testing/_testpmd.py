@@ -21,20 +21,31 @@ Memory. virtio-user must share all of its memory with the back-end, and two mode
 
 Both work on this machine (2 CPUs, root, DPDK 22.11.11). The default (``hugepages=None``) is
 hugepages whenever they can be had (2 MiB default page size and enough free pages, or the right
-to reserve them), otherwise no hugepages. Chosen because it is the faster mode for the front-end
-in the measurements that were taken when this module was written (best of alternated 3-second runs,
-virtio-user txonly -> vhost rxonly, split ring of 1024; the host's core placement makes single
-runs vary by a factor of up to 3, see the notes on peers): with the front-end on hugepages about
-20 Mpps at 64 B, against about 14 Mpps with it on a memfd of 4 KiB pages. The back-end's mode
-matters little, because it copies the front-end's buffers into its own mbufs either way.
+to reserve them), otherwise no hugepages. Measured when this module was written (virtio-user
+txonly on CPU 1 -> vhost PMD rxonly on CPU 0, split ring of 1024, both instances in the same
+mode, modes alternated run by run, runs during which anything else used the CPUs thrown away):
+at 64 B, best run 17.4 Mpps on hugepages against 14.6 without, median of half-second samples
+15.4 against 11.6; at 1518 B no difference (best runs 7.2 and 7.1 Mpps). Single runs flip
+between a fast and a slow level (at 64 B about 15 and 5.5 Mpps; at 1518 B about 7 and 3.7), as
+the host moves the two virtual CPUs: compare only alternated runs, by their best.
 
-Counting. Stop the sender first, then the receiver, and the receiver's ``rx_packets`` equals the
-sender's ``tx_packets`` exactly. That needs ``--no-flush-rx``: by default testpmd drains its RX
-queues once when forwarding starts (``flush_fwd_rx_queues``) and leaves those packets out of its
-forward statistics; a front-end that starts sending before the back-end's testpmd has started
-forwarding (typical with ``server=1`` / ``client=1``, where the connection is made while the
-back-end still sets its port up) otherwise shows thousands of packets "lost". The virtio-user
-front-end's ``tx_dropped`` counts packets that found the ring full; they were never sent.
+Counting. Stop the sender first, then the receiver: on an idle machine the receiver's
+``rx_packets`` then equals the sender's ``tx_packets`` exactly. Two things can break that:
+
+* testpmd by default drains its RX queues once when forwarding starts (``flush_fwd_rx_queues``)
+  and leaves those packets out of its forward statistics. A front-end that starts sending before
+  the back-end's testpmd has started forwarding (typical with ``server=1`` / ``client=1``: the
+  connection is made while the back-end still sets its port up) then shows thousands of packets
+  "lost". Hence ``--no-flush-rx`` on every instance.
+* `stop` (SIGINT) makes testpmd tear the device down right after its last burst, without waiting
+  for the back-end to use what is still in the ring. When the receiver is kept off its CPU at
+  that moment (anything else busy on the two CPUs), up to a ring's worth is never received
+  (seen: 32 to 512 packets, always whole bursts of 32). For exact counts whatever the load, run
+  the sender with ``interactive=True``, call `stop_forwarding`, wait until the receiver's
+  `stats` reach the sender's ``tx_packets``, then stop both.
+
+The virtio-user front-end's ``tx_dropped`` counts packets that found the ring full; they were
+never sent.
 
 Live counters come from the DPDK telemetry socket ``<runtime dir>/dpdk_telemetry.v2``, which
 exists in both memory modes (``--in-memory`` and ``--no-shconf`` do not turn it off). The per-port
