@@ -51,8 +51,11 @@ class Guest:
             assert self.fe.reply() == U64(0)
         driver = PackedDriverQueue if packed else SplitDriverQueue
         base = 0x8000 if packed else 0
-        self.rx = driver(self.fe.memory, 256, self.fe.start_vring(0, 256, packed, base, log))
-        self.tx = driver(self.fe.memory, 256, self.fe.start_vring(1, 256, packed, base, log))
+        # As a real driver does, the rings are laid out before the device is told of them.
+        self.rx, self.tx = (driver(self.fe.memory, 256, ring_layout(256, 0x1000 + i * 0x10000,
+                                                                   packed)) for i in (0, 1))
+        for index in (0, 1):
+            self.fe.start_vring(index, 256, packed, base, log)
         self.memory = self.fe.memory
 
     def post_receive_buffers(self, n, size=2048):
@@ -294,3 +297,14 @@ def test_a_net_device_offers_every_protocol_feature_but_config():
     generic.send(F.GET_PROTOCOL_FEATURES)
     assert generic.reply().value == ENGINE_PROTOCOL_FEATURES
     generic.backend.close()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_busy_polled_transmitq_asks_the_driver_not_to_kick(packed):
+    # §2.7.10 / §2.8.10: a device that polls suppresses notifications, sparing the driver a
+    # system call per burst.
+    with serving("drop", idle_rounds=0) as fwd:
+        guest = Guest(fwd, packed, False)
+        guest.send([frame(64, 1)])
+        assert not guest.tx.should_kick()
+        guest.fe.backend.close()
