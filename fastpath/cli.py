@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from fastpath import __version__
 
 
-def _bench_vring(args: argparse.Namespace) -> int:
-    from fastpath.bench.vring import run
-
-    return run(args)
-
-
-def _bench_vhost_net(args: argparse.Namespace) -> int:
-    from fastpath.bench.vhost_net import run
-
-    return run(args)
-
-
-def _vhost_net(args: argparse.Namespace) -> int:
-    from fastpath.vhost_user._vhost_net import run
-
-    return run(args)
+def _add_command(commands, name: str, module_name: str, **texts) -> None:
+    # Each command lives in a module with add_arguments(parser) and run(args) -> exit status.
+    module = importlib.import_module(module_name)
+    command = commands.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                  **texts)
+    module.add_arguments(command)
+    command.set_defaults(func=module.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run a benchmark", description="Run a benchmark.")
     benches = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
-    from fastpath.bench.vring import add_arguments
-
-    vring = benches.add_parser(
-        "vring",
+    _add_command(
+        benches, "vring", "fastpath.bench.vring",
         help="virtqueue chains per second, compiled core against the pure-Python reference",
         description=(
             "Measure how many descriptor chains per second a driver and a device move through "
@@ -50,15 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Runs split and packed rings at several burst sizes, in one process and across two "
             "processes pinned to two cores, beside the pure-Python reference."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_arguments(vring)
-    vring.set_defaults(func=_bench_vring)
-
-    from fastpath.bench.vhost_net import add_arguments as bench_vhost_net_arguments
-
-    bench_vhost_net = benches.add_parser(
-        "vhost-net",
+    _add_command(
+        benches, "vhost-net", "fastpath.bench.vhost_net",
         help="frames per second from DPDK's virtio-user into fastpath vhost-net, against "
         "DPDK's vhost PMD",
         description=(
@@ -67,15 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
             "report the best rate of each and fastpath/DPDK per frame size. Needs dpdk-testpmd "
             "(make peers)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench_vhost_net_arguments(bench_vhost_net)
-    bench_vhost_net.set_defaults(func=_bench_vhost_net)
-
-    from fastpath.vhost_user._vhost_net import add_arguments as vhost_net_arguments
-
-    vhost_net = commands.add_parser(
-        "vhost-net",
+    _add_command(
+        commands, "vhost-net", "fastpath.vhost_user._vhost_net",
         help="run a virtio-net vhost-user back-end that forwards or drops what it receives",
         description=(
             "Serve virtio-net front-ends (QEMU, DPDK virtio-user, fastpath's own) on a "
@@ -84,10 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
             "may come, go and come back; rates print while it runs, totals per queue at exit."
         ),
         epilog="example: fastpath vhost-net --socket /tmp/vhost.sock --fwd macswap --backoff 1000",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    vhost_net_arguments(vhost_net)
-    vhost_net.set_defaults(func=_vhost_net)
     return parser
 
 

@@ -58,3 +58,33 @@ def test_bench_vring_short_run_writes_json(tmp_path):
         assert row["one_process"] > row["reference"] > 0
         assert row["two_process"] > 0
     assert data["environment"]["git"]
+
+
+def test_vhost_net_help_teaches_its_options():
+    result = run("vhost-net", "--help")
+    assert result.returncode == 0
+    for option in ("--socket", "--client", "--queues", "--fwd", "--pcap", "--backoff", "--json"):
+        assert option in result.stdout
+    assert "example:" in result.stdout
+
+
+def test_vhost_net_refuses_bad_settings_clearly(tmp_path):
+    sock = str(tmp_path / "vhost.sock")
+    result = run("vhost-net", "--socket", sock, "--queues", "9")
+    assert result.returncode != 0 and "--queues must be 1 to 8" in result.stderr
+    result = run("vhost-net", "--socket", sock, "--mac", "52:54:00")
+    assert result.returncode != 0 and "is not a MAC address" in result.stderr
+
+
+def test_vhost_net_runs_for_its_duration_and_writes_json(tmp_path):
+    out = tmp_path / "stats.json"
+    result = run("vhost-net", "--socket", str(tmp_path / "vhost.sock"), "--duration", "0.5",
+                 "--backoff", "10", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "listening on" in result.stderr
+    assert json.loads(out.read_text()) == {"fwd": "io", "queues": 1, "connections": []}
+
+
+def test_bench_vhost_net_help_names_its_peer():
+    result = run("bench", "vhost-net", "--help")
+    assert result.returncode == 0 and "DPDK" in result.stdout and "--sizes" in result.stdout
