@@ -255,6 +255,14 @@ class GuestMemory:
                 return s.guest_phys_addr + (uva - s.user_addr)
         raise GuestMemoryError(f"front-end address {uva:#x} is in no region")
 
+    def guest_to_user(self, gpa: int) -> int:
+        """The front-end virtual address of a guest-physical address."""
+        for m in self._mappings:
+            s = m.shared
+            if s.guest_phys_addr <= gpa < s.guest_phys_addr + s.size:
+                return s.user_addr + (gpa - s.guest_phys_addr)
+        raise GuestMemoryError(f"guest address {gpa:#x} is in no region")
+
     def mapping_at(self, gpa: int) -> object:
         """An opaque handle that keeps the region holding gpa mapped while it is referenced.
 

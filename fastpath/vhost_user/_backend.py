@@ -60,8 +60,6 @@ ENGINE_PROTOCOL_FEATURES = (
     | ProtocolFeature.STATUS
 )
 
-
-
 # Requests that change what a data plane touches: ring state, kick and call fds, memory.
 _DATA_PLANE_REQUESTS = {
     F.SET_FEATURES, F.SET_LOG_BASE, F.SET_MEM_TABLE, F.ADD_MEM_REG, F.REM_MEM_REG, F.SET_VRING_KICK,
@@ -100,6 +98,14 @@ class DeviceHooks:
         """The connection is closing: let go of every ring (the device is quiesced)."""
 
 
+def _replace_fd(holder: object, name: str, fd: int | None) -> None:
+    # An fd attribute that a new message replaces: the old one is closed first.
+    old = getattr(holder, name)
+    if old is not None:
+        os.close(old)
+    setattr(holder, name, fd)
+
+
 @dataclass
 class VringSetup:
     """One vring as the front-end has described it so far, and its queue once started."""
@@ -119,10 +125,7 @@ class VringSetup:
         return self.queue is not None
 
     def replace_fd(self, name: str, fd: int | None) -> None:
-        old = getattr(self, name)
-        if old is not None:
-            os.close(old)
-        setattr(self, name, fd)
+        _replace_fd(self, name, fd)
 
     def close(self) -> None:
         for name in ("kick", "call", "err"):
@@ -283,10 +286,7 @@ class Backend:
         self.owner = True
 
     def _keep_fd(self, name: str, fds: list[int]) -> None:
-        old = getattr(self, name)
-        if old is not None:
-            os.close(old)
-        setattr(self, name, fds.pop() if fds else None)
+        _replace_fd(self, name, fds.pop() if fds else None)
 
     def _set_log_base(self, payload: LogArea, fds: list[int]) -> U64:
         if not self.protocol & ProtocolFeature.LOG_SHMFD:

@@ -122,7 +122,7 @@ class Frontend:
         `base` is the first avail index (split) or slot with its wrap counter in bit 15
         (packed: 0x8000 for a new ring).
         """
-        uva = _user_address(memory)
+        uva = memory.guest_to_user
         self.request(F.SET_VRING_NUM, VringState(index, size))
         self.request(F.SET_VRING_BASE, VringState(index, base))
         self.request(F.SET_VRING_ADDR, VringAddress(index, 0, uva(rings.desc), uva(rings.device),
@@ -168,14 +168,3 @@ def _connect(path: str, timeout: float) -> socket.socket:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-def _user_address(memory: GuestMemory):
-    # Where the front-end (this process) sees a guest-physical address: what vhost-user's
-    # vring addresses carry.
-    def uva(gpa: int) -> int:
-        for r in memory.regions:
-            if r.guest_phys_addr <= gpa < r.guest_phys_addr + r.size:
-                return r.user_addr + (gpa - r.guest_phys_addr)
-        raise ValueError(f"guest address {gpa:#x} is in no region")
-    return uva

@@ -108,6 +108,11 @@ def _queue_counters(rx: NetQueue | None, tx: NetQueue | None) -> NetCounters:
     return c
 
 
+def _fd(fd: int | None) -> int:
+    # The core takes -1 for "no fd" (a ring polled without eventfds).
+    return -1 if fd is None else fd
+
+
 def _set_log(queue: NetQueue, backend: Backend, setup) -> None:
     # While the front-end asks for it (VHOST_F_LOG_ALL with a log mapped), log every page
     # written; a ring with VHOST_VRING_F_LOG also logs the area its pushes write.
@@ -199,15 +204,15 @@ class VirtioNet(DeviceHooks):
                         self._retire(index)
                 continue
             rx_setup, tx_setup = backend.vrings[2 * k], backend.vrings[2 * k + 1]
-            rx = self._net_queue(2 * k, rx_setup.queue, mergeable, rx_setup.call)
-            tx = self._net_queue(2 * k + 1, tx_setup.queue, mergeable, tx_setup.call)
+            rx = self._net_queue(2 * k, rx_setup.queue, mergeable, _fd(rx_setup.call))
+            tx = self._net_queue(2 * k + 1, tx_setup.queue, mergeable, _fd(tx_setup.call))
             for queue, setup in ((rx, rx_setup), (tx, tx_setup)):
                 if queue is not None:
                     _set_log(queue, backend, setup)
             if tx is not None and tx_setup.enabled:
                 self._enabled_once.add(2 * k + 1)
             pairs.append(QueuePair(k, tx=tx, rx=rx if rx_setup.enabled else None,
-                                   tx_kick=tx_setup.kick if tx_setup.kick is not None else -1,
+                                   tx_kick=_fd(tx_setup.kick),
                                    tx_enabled=tx_setup.enabled,
                                    tx_served=2 * k + 1 in self._enabled_once))
         self.pairs = pairs
@@ -222,8 +227,8 @@ class VirtioNet(DeviceHooks):
         if self.control is None or self.control.queue is not setup.queue:
             self.control = ControlQueue(setup.queue, self.queue_pairs,
                                         memoryview(backend.config)[:6])
-        self.control.call_fd = setup.call if setup.call is not None else -1
-        self.control.kick_fd = setup.kick if setup.kick is not None else -1
+        self.control.call_fd = _fd(setup.call)
+        self.control.kick_fd = _fd(setup.kick)
 
     def serve_control(self) -> int:
         """Handle the control commands waiting (call with the data plane's gate held); a
@@ -267,7 +272,7 @@ class VirtioNet(DeviceHooks):
         return totals
 
     def _net_queue(self, index: int, queue: DeviceQueue | None, mergeable: bool,
-                   call: int | None) -> NetQueue | None:
+                   call: int) -> NetQueue | None:
         held = self._queues.get(index)
         if held is not None and (held[0] is not queue or held[1] != mergeable):
             self._retire(index)
@@ -278,7 +283,7 @@ class VirtioNet(DeviceHooks):
             held = (queue, mergeable, NetQueue(queue, mergeable=mergeable,
                                                max_burst=self.max_burst))
             self._queues[index] = held
-        held[2].call_fd = call if call is not None else -1
+        held[2].call_fd = call
         return held[2]
 
     def _retire(self, index: int) -> None:
