@@ -41,14 +41,19 @@ cdef struct fp_net_queue:
     uint32_t used_log_len
 
 
-# Transmitq: pops up to max_n chains and copies each frame (after its header) to
-# frames + k * stride, its length to lengths[k]; pushes the chains back and calls the driver if
-# it asked. Returns the frames copied, or an FP_E_* code when the ring is broken.
-cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride, uint32_t *lengths,
-                        uint32_t max_n) noexcept nogil
-# Receiveq: copies frames[k * stride : + lengths[k]] for k < n into receive buffers behind a
-# header, in order, and calls the driver if it asked. Returns how many frames it took: placed,
-# or dropped (counted) because no buffer could ever hold them; it stops early when the driver
-# has too few buffers posted. Returns an FP_E_* code when the ring is broken.
+# Frames cross in slots of `stride` bytes: the k-th frame of a burst sits in slot s = slots[k]
+# (s = k when slots is NULL), at frames + s * stride, and its length is lengths[s]. With slots,
+# a burst can land in the scattered buffers of an mbuf pool.
+
+# Transmitq: pops up to max_n chains and copies each frame (after its header) into the next
+# slot, its length into that slot's length; pushes the chains back and calls the driver if it
+# asked. Returns the frames copied, or an FP_E_* code when the ring is broken.
+cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride,
+                        const uint32_t *slots, uint32_t *lengths, uint32_t max_n) noexcept nogil
+# Receiveq: copies the frames of the first n slots into receive buffers behind a header, in
+# order, and calls the driver if it asked. Returns how many frames it took: placed, or dropped
+# (counted) because no buffer could ever hold them; it stops early when the driver has too few
+# buffers posted. Returns an FP_E_* code when the ring is broken.
 cdef int fp_net_transmit(fp_net_queue *q, const uint8_t *frames, uint32_t stride,
-                         const uint32_t *lengths, uint32_t n) noexcept nogil
+                         const uint32_t *slots, const uint32_t *lengths,
+                         uint32_t n) noexcept nogil

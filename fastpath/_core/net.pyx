@@ -96,12 +96,12 @@ cdef inline uint32_t _segments_end(const fp_net_queue *q, uint32_t nchains) noex
     return last.first_seg + last.nseg
 
 
-cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride, uint32_t *lengths,
-                        uint32_t max_n) noexcept nogil:
+cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride,
+                        const uint32_t *slots, uint32_t *lengths, uint32_t max_n) noexcept nogil:
     # SAFETY: segments come from a pop, translated whole; a frame is copied only once its
     # length (readable bytes less the header) is known to fit its stride-byte slot.
     cdef int n = _pop(q, 0, max_n if max_n < q.max_chains else q.max_chains, 0)
-    cdef uint32_t i, s, k, skip, length, done, out = 0
+    cdef uint32_t i, s, k, skip, length, done, slot, out = 0
     cdef const fp_chain *c
     cdef const fp_segment *seg
     cdef uint8_t *dst
@@ -115,7 +115,8 @@ cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride, uint3
             q.dropped += 1
             continue
         length = c.readable_len - sizeof(fp_net_hdr)
-        dst = frames + <uint64_t>out * stride
+        slot = slots[out] if slots != NULL else out
+        dst = frames + <uint64_t>slot * stride
         skip = sizeof(fp_net_hdr)
         done = 0
         for s in range(c.nreadable):
@@ -127,7 +128,7 @@ cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride, uint3
             fp_copy(dst + done, <const uint8_t *>(<uintptr_t>seg.addr) + skip, k)
             done += k
             skip = 0
-        lengths[out] = length
+        lengths[slot] = length
         q.bytes += length
         out += 1
     q.frames += out
@@ -187,17 +188,19 @@ cdef inline void _scatter_byte(fp_net_queue *q, fp_chain *c, uint8_t value,
 
 
 cdef int fp_net_transmit(fp_net_queue *q, const uint8_t *frames, uint32_t stride,
-                         const uint32_t *lengths, uint32_t n) noexcept nogil:
+                         const uint32_t *slots, const uint32_t *lengths,
+                         uint32_t n) noexcept nogil:
     # SAFETY: a frame goes only into buffers whose writable length (from the pop, translated
     # whole) covers header and frame; lengths beyond the stride are dropped, never read past.
     cdef uint32_t taken = 0, used = 0, avail = 0, first, j, need, room, at, part
-    cdef uint32_t length
+    cdef uint32_t length, slot
     cdef int got
     cdef bint dropped
     cdef const uint8_t *src
     while taken < n:
-        length = lengths[taken]
-        src = frames + <uint64_t>taken * stride
+        slot = slots[taken] if slots != NULL else taken
+        length = lengths[slot]
+        src = frames + <uint64_t>slot * stride
         need = length + sizeof(fp_net_hdr)
         if length > stride:
             q.dropped += 1
@@ -347,7 +350,7 @@ cdef class NetQueue:
         if n == 0:
             return 0
         with nogil:
-            got = fp_net_receive(&self.q, &frames[0, 0], frames.shape[1], &lengths[0], n)
+            got = fp_net_receive(&self.q, &frames[0, 0], frames.shape[1], NULL, &lengths[0], n)
         return got
 
     def transmit(self, const uint8_t[:, ::1] frames, const uint32_t[::1] lengths, uint32_t n):
@@ -360,5 +363,6 @@ cdef class NetQueue:
         if n == 0:
             return 0
         with nogil:
-            took = fp_net_transmit(&self.q, &frames[0, 0], frames.shape[1], &lengths[0], n)
+            took = fp_net_transmit(&self.q, &frames[0, 0], frames.shape[1], NULL, &lengths[0],
+                                  n)
         return took

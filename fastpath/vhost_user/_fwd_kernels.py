@@ -65,7 +65,7 @@ def forward(table, stats, mode, frames, lengths, burst, rounds, idle_rounds, kic
             tx = table[p, COL_TX]
             if tx == 0:
                 continue
-            got = net_receive(tx, frames_at, stride, lengths_at, burst)
+            got = net_receive(tx, frames_at, stride, 0, lengths_at, burst)
             if got < 0:
                 stats[p, STAT_BROKEN] += 1
                 table[p, COL_TX] = 0
@@ -83,7 +83,7 @@ def forward(table, stats, mode, frames, lengths, burst, rounds, idle_rounds, kic
             sent = 0
             rx = table[p, COL_RX]
             if rx != 0:
-                sent = net_transmit(rx, frames_at, stride, lengths_at, got)
+                sent = net_transmit(rx, frames_at, stride, 0, lengths_at, got)
                 if sent < 0:
                     stats[p, STAT_BROKEN] += 1
                     table[p, COL_RX] = 0
