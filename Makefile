@@ -8,10 +8,12 @@ MODE := $(if $(filter-out 0,$(FASTPATH_DEBUG)),debug,release)
 BUILT := fastpath/_core/.built-$(MODE)
 CORE_SOURCES := $(wildcard fastpath/_core/*.pyx fastpath/_core/*.pxd fastpath/_core/*.h) setup.py
 
-.PHONY: run test test-suite build peers guest lint clean
+.PHONY: run test test-suite bench-check build peers guest lint clean
 
-run: build
-	$(VENV)/bin/fastpath bench vring
+# The packet benchmark, fastpath against DPDK's vhost PMD at every size (a few minutes).
+run: build peers
+	mkdir -p build
+	$(VENV)/bin/fastpath bench pvp --peer dpdk --json build/pvp.json --plot build/pvp.png
 
 test: build peers guest
 	$(MAKE) --no-print-directory test-suite
@@ -22,6 +24,23 @@ test-suite: build
 	$(PY) -m pytest -q
 
 build: $(BUILT)
+
+# The throughput regression check: a short PVP run of this tree's back-end against the back-end
+# of BASELINE (a git revision, exported and built under build/baseline), alternated in one job.
+# It fails if fastpath/baseline drops below BENCH_FLOOR at any size: a loss of more than 30%,
+# wide enough for this shared machine's swings between runs, narrow enough for a real slip.
+BASELINE ?= HEAD~1
+BENCH_FLOOR ?= 0.7
+BENCH_SIZES ?= 64,1518
+BENCH_SECONDS ?= 2
+BENCH_ROUNDS ?= 3
+bench-check: build
+	rm -rf build/baseline && mkdir -p build/baseline
+	git archive --format=tar $(BASELINE) | tar -x -C build/baseline
+	cd build/baseline && FASTPATH_DEBUG=0 ../../$(PY) setup.py -q build_ext --inplace
+	$(VENV)/bin/fastpath bench pvp --baseline build/baseline --fail-below $(BENCH_FLOOR) \
+		--sizes $(BENCH_SIZES) --seconds $(BENCH_SECONDS) --rounds $(BENCH_ROUNDS) \
+		--no-progress --json build/bench-check.json
 
 # The real peers of the interoperability tests and benchmarks, from Debian's packages (see the
 # shared peers notes): DPDK's testpmd with its vhost and virtio-user PMDs, and QEMU with

@@ -5,10 +5,14 @@ through a ctypes pointer baked into the code, so Numba's on-disk cache stays val
 processes: each process registers the symbols' addresses when it imports this module.
 """
 
+import functools
+import hashlib
 import os
+from pathlib import Path
 
 from llvmlite import binding
 from numba import types
+from numba.core import caching
 from numba.core.extending import get_cython_function_address
 
 DEBUG = os.environ.get("FASTPATH_DEBUG", "") not in ("", "0")
@@ -25,3 +29,37 @@ def core_function(module: str, name: str, signature) -> types.ExternalFunction:
     """The `fp_*` function `name` of fastpath._core.<module>, callable from @njit code."""
     binding.add_symbol(name, get_cython_function_address(f"fastpath._core.{module}", name))
     return types.ExternalFunction(name, signature)
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+@functools.cache
+def _package_stamp() -> str:
+    # Every module of the package, and the core's declarations, as they are now.
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.p[yx]*")):
+        if path.suffix in (".py", ".pxd", ".pyx"):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(_PACKAGE)}:{stat.st_mtime_ns}:{stat.st_size};"
+                          .encode())
+    return digest.hexdigest()
+
+
+class _PackageStampedLocator(caching.InTreeCacheLocator):
+    # Numba keys a cached kernel on its own source file alone, so a kernel that calls kernels
+    # of other modules (a port dispatcher, a forwarding loop) would go on running their old
+    # code after they changed. Kernels of this package are keyed on the whole package.
+
+    def get_source_stamp(self):
+        return _package_stamp()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if os.environ.get("NUMBA_CACHE_DIR") or not Path(py_file).resolve().is_relative_to(
+                _PACKAGE):
+            return None
+        return super().from_function(py_func, py_file)
+
+
+caching.CacheImpl._locator_classes.insert(0, _PackageStampedLocator)

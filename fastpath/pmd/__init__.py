@@ -1,3 +1,18 @@
-"""Numba poll-mode drivers: mbuf pools, ports and forwarding engines (to come)."""
+"""Poll-mode drivers: mbuf pools, ports with burst receive and transmit, forwarding engines,
+and the loop that runs rx port -> engine -> tx port in compiled code.
 
-__all__: list[str] = []
+    pool = MbufPool()
+    port = VhostPort("/tmp/vhost.sock", pool)
+    mbufs = pool.burst(32)
+    n = port.rx_burst(0, mbufs, 32)        # frames the guest sent, in mbufs[:n]
+    sent = port.tx_burst(0, mbufs, n)      # back to the guest; mbufs[sent:n] are still yours
+"""
+
+from fastpath.pmd._mbuf import MbufPool
+from fastpath.pmd._null import NullPort
+from fastpath.pmd._port import Port, PortCounters
+from fastpath.pmd._spec import PORT_KINDS, open_port
+from fastpath.pmd._vhost import VhostPort
+
+__all__ = ["MbufPool", "Port", "PortCounters", "NullPort", "VhostPort", "open_port",
+           "PORT_KINDS"]

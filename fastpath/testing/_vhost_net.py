@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -25,19 +26,22 @@ class VhostNetProcess:
     def __init__(self, path: str | os.PathLike, *, fwd: str = "io", client: bool = False,
                  queues: int = 1, backoff: int = 0, cpu: int | None = 0,
                  extra: Sequence[str] = (), time_limit: float = 120.0,
-                 startup_timeout: float = 60.0):
+                 startup_timeout: float = 60.0, source: str | os.PathLike | None = None):
         self.path = str(path)
         self._dir = tempfile.TemporaryDirectory(prefix="fastpath-vhost-net-")
         self._json = Path(self._dir.name) / "stats.json"
+        python, env = [sys.executable], None
+        if source is not None:
+            python, env = source_python(source)
         self.command = [
-            sys.executable, "-m", "fastpath.cli", "vhost-net", "--socket", self.path,
+            *python, "-m", "fastpath.cli", "vhost-net", "--socket", self.path,
             "--fwd", fwd, "--queues", str(queues), "--backoff", str(backoff),
             "--json", str(self._json), *(["--client"] if client else []), *extra,
         ]
         cpus = {cpu} if cpu is not None else None
         self._process = subprocess.Popen(
             self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            stderr=subprocess.STDOUT, text=True, env=env,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -106,6 +110,18 @@ class VhostNetProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"fastpath vhost-net did not start:\n{self.output}")
             time.sleep(0.02)
+
+
+def source_python(source: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
+    """The interpreter command and environment that import fastpath from the checkout
+    `source` (its core built in place) instead of the installed one, with this
+    environment's other packages: a baseline to compare the working tree with."""
+    # An editable install's import hook outranks PYTHONPATH; without the site module it is
+    # not loaded, and the environment's packages come in through PYTHONPATH instead.
+    packages = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(source).resolve()),
+                                                      *packages]))
+    return [sys.executable, "-S"], env
 
 
 def received_frames(result: dict) -> int:

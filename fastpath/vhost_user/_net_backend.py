@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import AbstractContextManager
 
 import numpy as np
 
 from fastpath.errors import VringError
 from fastpath.vhost_user._gate import Gate
+from fastpath.vhost_user._net_queue import NetQueue
 from fastpath.vhost_user._server import BackendClient, BackendServer
 from fastpath.vhost_user._virtio_net import DEFAULT_MAC, NetCounters, VirtioNet
 
@@ -85,6 +87,18 @@ class NetBackend:
             queue = self._queue(pair, "rx")
             return self._burst(queue.transmit, frames, lengths, n) if queue else 0
 
+    def queues(self, pair: int) -> tuple[NetQueue | None, NetQueue | None]:
+        """Queue pair `pair`'s (transmitq, receiveq) as the connected front-end set them up
+        (None for one it has not), for compiled code that serves them by handle. Call it, and
+        use the handles, only inside `data_plane()`."""
+        transmitq = self._queue(pair, "tx")
+        return transmitq if self._queue_served(pair) else None, self._queue(pair, "rx")
+
+    def data_plane(self) -> AbstractContextManager:
+        """Held around data-plane work on the queues: the control plane changes none of them
+        meanwhile (hold it for a bounded stretch, a few milliseconds)."""
+        return self._gate.data()
+
     def counters(self) -> list[NetCounters]:
         """Per queue pair, everything moved since the back-end was made."""
         with self._gate.control():
@@ -105,6 +119,10 @@ class NetBackend:
         if device is None or not 0 <= pair < len(device.pairs):
             return None
         return getattr(device.pairs[pair], side)
+
+    def _queue_served(self, pair: int) -> bool:
+        device = self._device
+        return bool(device and device.pairs[pair].tx_served)
 
     def _burst(self, operation, *args) -> int:
         try:

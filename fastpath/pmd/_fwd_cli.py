@@ -1,0 +1,181 @@
+"""`fastpath fwd`: a testpmd-like forwarding loop over ports named on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+from fastpath.bench._report import environment, print_table, write_json
+from fastpath.pmd._lcore import ForwardingLoop, paired_streams
+from fastpath.pmd._mbuf import MbufPool
+from fastpath.pmd._port import Port, PortCounters
+from fastpath.pmd._spec import open_port, port_help
+from fastpath.pmd._traffic import PROFILES
+from fastpath.pmd.fwd import ENGINES, setup_engine
+
+# A replay is over once every file was played and nothing moved for this long (what is in
+# flight has come back by then).
+SETTLE_SECONDS = 0.5
+
+EPILOG = f"""ports (streams pair port 0 with 1, 2 with 3, ..., both ways; a lone port sends
+back out of itself):
+{port_help()}
+
+forwarding modes:
+""" + "\n".join(f"  {e.name:8} {e.help}" for e in ENGINES.values()) + """
+
+examples:
+  fastpath fwd vhost:/tmp/vhost.sock --fwd macswap
+  fastpath fwd virtio-user:/tmp/vhost.sock --fwd txonly --profile imix --duration 10
+  fastpath fwd pcap:in.pcap,out=out.pcap virtio-user:/tmp/vhost.sock
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("ports", nargs="+", metavar="PORT", help="a port, as KIND:ARGUMENT "
+                        "with ,key=value options (see below)")
+    parser.add_argument("--fwd", choices=list(ENGINES), default="io", metavar="MODE",
+                        help="the forwarding mode (see below; default io)")
+    parser.add_argument("--burst", type=int, default=32, help="frames per burst (default 32)")
+    parser.add_argument("--mbufs", type=int, default=16384,
+                        help="mbufs in the pool (default 16384)")
+    parser.add_argument("--profile", choices=list(PROFILES), default="udp64",
+                        help="txonly's traffic (default udp64): " + "; ".join(
+                            f"{name}: {text}" for name, text in PROFILES.items()))
+    parser.add_argument("--size", type=int, metavar="BYTES",
+                        help="txonly/flowgen frame length, without FCS (default: the "
+                        "profile's)")
+    parser.add_argument("--flows", type=int, default=1024,
+                        help="flowgen's flows, and the flows profile's (default 1024)")
+    parser.add_argument("--eth-dst", default="02:00:00:00:00:02",
+                        help="mac mode's destination MAC")
+    parser.add_argument("--eth-src", default="02:00:00:00:00:01", help="mac mode's source MAC")
+    parser.add_argument("--csum", choices=["verify", "fill"], default="verify",
+                        help="csum mode: count bad checksums, or compute them (default verify)")
+    parser.add_argument("--cpu", type=int, metavar="N", help="run on this CPU only")
+    parser.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                        help="stop after this long (default 0: until SIGINT/SIGTERM, or "
+                        "until every pcap replay has finished)")
+    parser.add_argument("--stats-period", type=float, default=1.0, metavar="SECONDS",
+                        help="print rates this often (0: only the totals at the end)")
+    parser.add_argument("--json", metavar="FILE", help="write the totals here as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the totals")
+
+
+class RateReport:
+    """Per-port rates since the last report, printed; every report's counts kept as samples
+    (seconds since the start, then per port: frames received, sent and dropped)."""
+
+    def __init__(self, loop: ForwardingLoop, quiet: bool):
+        self.loop = loop
+        self.quiet = quiet
+        self.start = self.last_time = time.monotonic()
+        self.last = loop.counters()
+        self.samples: list[dict] = [self._sample(self.start, self.last)]
+
+    def _sample(self, now: float, counters: dict[str, PortCounters]) -> dict:
+        return {"seconds": now - self.start,
+                "ports": {name: [c.rx_frames, c.tx_frames, c.tx_dropped]
+                          for name, c in counters.items()}}
+
+    def __call__(self, loop: ForwardingLoop) -> None:
+        now = time.monotonic()
+        counters = loop.counters()
+        self.samples.append(self._sample(now, counters))
+        seconds = max(now - self.last_time, 1e-9)
+        if not self.quiet:
+            for name, c in counters.items():
+                before = self.last[name]
+                print(f"{now - self.start:7.1f} s  {name}: "
+                      f"rx {(c.rx_frames - before.rx_frames) / seconds / 1e6:7.3f} Mpps  "
+                      f"tx {(c.tx_frames - before.tx_frames) / seconds / 1e6:7.3f} Mpps  "
+                      f"dropped {(c.tx_dropped - before.tx_dropped) / seconds:,.0f}/s",
+                      flush=True)
+        self.last, self.last_time = counters, now
+
+
+def _replays_finished(ports: list[Port]):
+    replaying = [p for p in ports if getattr(p, "replaying", False)]
+    if not replaying:
+        return None
+    state = {"moved": -1, "since": 0.0}
+
+    def finished() -> bool:
+        if not all(p.done for p in replaying):
+            return False
+        moved = sum(p.counters().tx_frames for p in ports)
+        now = time.monotonic()
+        if moved != state["moved"]:
+            state["moved"], state["since"] = moved, now
+        return now - state["since"] >= SETTLE_SECONDS
+    return finished
+
+
+def _totals(counters: dict[str, PortCounters], seconds: float) -> list[dict]:
+    return [{"port": name, **vars(c), "rx_pps": c.rx_frames / seconds,
+             "tx_pps": c.tx_frames / seconds} for name, c in counters.items()]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open the ports, forward until told to stop, print (and save) the totals."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not 1 <= args.burst <= 1024:
+        print("fastpath fwd: --burst must be 1 to 1024", file=sys.stderr)
+        return 2
+    if args.cpu is not None:
+        try:
+            os.sched_setaffinity(0, {args.cpu})
+        except (OSError, ValueError) as e:
+            print(f"fastpath fwd: --cpu {args.cpu}: {e}", file=sys.stderr)
+            return 2
+    ports: list[Port] = []
+    try:
+        pool = MbufPool(args.mbufs)
+        engine = setup_engine(args.fwd, room=pool.room, profile=args.profile, size=args.size,
+                              flows=args.flows, eth_dst=args.eth_dst, eth_src=args.eth_src,
+                              csum=args.csum)
+        for spec in args.ports:
+            ports.append(open_port(spec, pool))
+        loop = ForwardingLoop(paired_streams(ports), engine, pool, burst=args.burst)
+    except (ValueError, OSError) as e:
+        for port in ports:
+            port.close()
+        print(f"fastpath fwd: {e}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, lambda *_: loop.stop())
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    report = RateReport(loop, args.quiet)
+    if not args.quiet:
+        print(f"fastpath fwd: {args.fwd} over {', '.join(p.name for p in ports)}, "
+              f"burst {args.burst}", flush=True)
+    started = time.monotonic()
+    try:
+        loop.run(args.duration or None, report_every=args.stats_period or 3600.0,
+                 on_report=report if args.stats_period else None,
+                 until=_replays_finished(ports))
+    finally:
+        seconds = max(time.monotonic() - started, 1e-9)
+        counters = loop.counters()
+        for port in ports:
+            port.close()
+    rows = [[name, f"{c.rx_frames:,}", f"{c.tx_frames:,}", f"{c.tx_dropped:,}",
+             f"{c.rx_no_mbuf + c.errors:,}", f"{c.rx_frames / seconds / 1e6:.3f}",
+             f"{c.tx_frames / seconds / 1e6:.3f}"] for name, c in counters.items()]
+    print_table(["port", "rx frames", "tx frames", "tx dropped", "errors", "rx Mpps",
+                 "tx Mpps"], rows)
+    engine_counters = engine.counters()
+    if any(engine_counters.values()):
+        print("engine: " + ", ".join(f"{k} {v:,}" for k, v in engine_counters.items()))
+    if args.json:
+        write_json(args.json, {"command": "fwd", "fwd": args.fwd, "burst": args.burst,
+                               "seconds": seconds, "ports": _totals(counters, seconds),
+                               "engine": engine_counters, "samples": report.samples,
+                               "environment": environment()})
+    return 0

@@ -1,0 +1,103 @@
+"""`MbufPool`: fixed-size frame buffers for poll-mode drivers, handed out and taken back in
+bursts by compiled code.
+
+A pool is one numpy data block (a row of `room` bytes per mbuf) and metadata arrays beside it:
+each mbuf's frame length, and a stack of the free mbufs' numbers. An mbuf is its row number (a
+uint32); a burst is a caller-owned uint32 array of them. Kernels take the pool as the tuple
+`pool.arrays` and call `alloc_burst` / `free_burst` once per burst.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fastpath._numba import NJIT
+
+# The pool tuple's members, as kernels index it.
+POOL_DATA = 0      # uint8 (count, room): frame bytes, from the row's first byte
+POOL_LENGTH = 1    # uint32 (count,): each mbuf's frame length
+POOL_FREE = 2      # uint32 (count,): the free mbufs, a stack
+POOL_TOP = 3       # int64 (1,): how many of POOL_FREE are free
+
+
+@njit(**NJIT)
+def alloc_burst(pool, mbufs, n):
+    """Take up to n free mbufs into mbufs[:got]; returns got (fewer when the pool runs low)."""
+    free = pool[POOL_FREE]
+    top = pool[POOL_TOP][0]
+    got = n if n < top else top
+    for k in range(got):
+        mbufs[k] = free[top - 1 - k]
+    pool[POOL_TOP][0] = top - got
+    return got
+
+
+@njit(**NJIT)
+def free_burst(pool, mbufs, start, end):
+    """Give mbufs[start:end] back to the pool."""
+    free = pool[POOL_FREE]
+    top = pool[POOL_TOP][0]
+    for k in range(start, end):
+        free[top] = mbufs[k]
+        top += 1
+    pool[POOL_TOP][0] = top
+
+
+class MbufPool:
+    """`count` mbufs of `room` bytes each, all free at first.
+
+    A pool belongs to one thread at a time: the kernels that take and return mbufs do not lock.
+    Returning an mbuf twice corrupts the pool (as with DPDK's mempools); `in_use` shows leaks.
+    """
+
+    def __init__(self, count: int = 8192, room: int = 2048):
+        if not 1 <= count <= 1 << 24:
+            raise ValueError(f"an mbuf pool holds 1 to {1 << 24} mbufs, not {count}")
+        if not 64 <= room <= 65536:
+            raise ValueError(f"an mbuf's room is 64 to 65536 bytes, not {room}")
+        self.count = count
+        self.room = room
+        self.data = np.zeros((count, room), dtype=np.uint8)
+        self.length = np.zeros(count, dtype=np.uint32)
+        # Numbered so that the first allocations take mbufs 0, 1, 2, ...
+        self.free = np.arange(count - 1, -1, -1, dtype=np.uint32)
+        self.top = np.array([count], dtype=np.int64)
+
+    @property
+    def arrays(self) -> tuple:
+        """(data, length, free, top): the pool as kernels take it."""
+        return self.data, self.length, self.free, self.top
+
+    @property
+    def available(self) -> int:
+        """Mbufs free now."""
+        return int(self.top[0])
+
+    @property
+    def in_use(self) -> int:
+        """Mbufs handed out and not given back."""
+        return self.count - self.available
+
+    def burst(self, size: int) -> np.ndarray:
+        """A caller-owned array for bursts of up to `size` mbufs."""
+        return np.zeros(size, dtype=np.uint32)
+
+    def alloc(self, mbufs: np.ndarray, n: int) -> int:
+        """Take up to n mbufs into mbufs[:n]; returns how many."""
+        return alloc_burst(self.arrays, mbufs, min(n, len(mbufs)))
+
+    def release(self, mbufs: np.ndarray, n: int) -> None:
+        """Give mbufs[:n] back."""
+        free_burst(self.arrays, mbufs, 0, n)
+
+    def put(self, mbuf: int, frame: bytes) -> None:
+        """Write `frame` into mbuf `mbuf` and set its length (for tests and tools)."""
+        if len(frame) > self.room:
+            raise ValueError(f"a {len(frame)}-byte frame does not fit a {self.room}-byte mbuf")
+        self.data[mbuf, :len(frame)] = np.frombuffer(frame, dtype=np.uint8)
+        self.length[mbuf] = len(frame)
+
+    def frame(self, mbuf: int) -> bytes:
+        """The frame mbuf `mbuf` holds."""
+        return self.data[mbuf, :self.length[mbuf]].tobytes()

@@ -1,0 +1,28 @@
+"""The null port: receives nothing, takes every frame sent and discards it."""
+
+from numba import njit
+
+from fastpath._numba import NJIT
+from fastpath.pmd._port import KIND_NULL, Port
+
+
+@njit(**NJIT)
+def rx(row, pool, mbufs, max_n):
+    """Nothing arrives."""
+    return 0
+
+
+@njit(**NJIT)
+def tx(row, pool, mbufs, n):
+    """Everything is taken."""
+    return n
+
+
+class NullPort(Port):
+    """A sink (and an empty source): what a forwarding loop's far side is when only the
+    near side matters."""
+
+    kind = KIND_NULL
+
+    def __init__(self, pool, queues: int = 1, name: str = "null"):
+        super().__init__(name, pool, queues)

@@ -1,0 +1,127 @@
+"""Ports named on a command line: `KIND:ARGUMENT[,key=value...]`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastpath.pmd._mbuf import MbufPool
+from fastpath.pmd._port import Port
+
+
+@dataclass(frozen=True)
+class PortKind:
+    """How one kind of port is named and made."""
+
+    name: str
+    argument: str              # what the part after the colon is ("" for none)
+    options: dict[str, type]   # key=value options and their types
+    help: str
+    make: Callable[..., Port]
+
+
+def _vhost(argument, pool, **options):
+    from fastpath.pmd._vhost import VhostPort
+    return VhostPort(argument, pool, **options)
+
+
+def _virtio_user(argument, pool, **options):
+    from fastpath.pmd._virtio_user import VirtioUserPort
+    return VirtioUserPort(argument, pool, **options)
+
+
+def _ring(argument, pool, **options):
+    from fastpath.pmd._ring import RingPort
+    return RingPort(argument, pool, **options)
+
+
+def _pcap(argument, pool, **options):
+    if argument and "replay" in options:
+        raise ValueError("pcap: give the file to replay either after the colon or as in=")
+    if argument:
+        options["replay"] = argument
+    if not options.get("replay") and not options.get("capture"):
+        raise ValueError("pcap: name a file to replay (pcap:FILE or in=FILE) or to capture "
+                         "to (out=FILE)")
+    from fastpath.pmd._pcap_port import PcapPort
+    return PcapPort(pool, **options)
+
+
+def _tap(argument, pool, **options):
+    from fastpath.pmd._tap import TapPort
+    return TapPort(argument, pool, **options)
+
+
+def _null(argument, pool, **options):
+    from fastpath.pmd._null import NullPort
+    return NullPort(pool, **options)
+
+
+def _flag(text: str) -> bool:
+    if text in ("1", "yes", "on", "true"):
+        return True
+    if text in ("0", "no", "off", "false"):
+        return False
+    raise ValueError(f"{text!r} is not a yes/no value (1/0, yes/no, on/off)")
+
+
+PORT_KINDS = {kind.name: kind for kind in [
+    PortKind("vhost", "SOCKET", {"queues": int, "client": _flag},
+             "fastpath's vhost-user back-end on SOCKET (client=1: connect to a front-end "
+             "listening there)", _vhost),
+    PortKind("virtio-user", "SOCKET",
+             {"queues": int, "packed": _flag, "mergeable": _flag, "queue_size": int},
+             "a virtio-net front-end of a vhost-user back-end listening on SOCKET", _virtio_user),
+    PortKind("ring", "NAME", {"slots": int, "slot_size": int},
+             "a shared-memory ring NAME: what one process sends, another receives", _ring),
+    PortKind("pcap", "FILE", {"in": str, "out": str, "rate": float, "loops": int},
+             "replays FILE (or in=FILE; rate=PPS, loops=N, 0 for ever) and captures what it "
+             "is sent to out=FILE", _pcap),
+    PortKind("tap", "NAME", {"queues": int},
+             "a TAP interface NAME of the kernel's network stack (made if missing; root)", _tap),
+    PortKind("null", "", {"queues": int}, "receives nothing, discards what it is sent", _null),
+]}
+
+# Options whose command-line key differs from the keyword the port takes.
+_KEYWORDS = {"in": "replay", "out": "capture"}
+
+
+def port_help() -> str:
+    """Each kind's form and meaning, for --help."""
+    lines = []
+    for kind in PORT_KINDS.values():
+        form = kind.name + (f":{kind.argument}" if kind.argument else "")
+        options = ",".join(f"{key}=" for key in kind.options)
+        lines.append(f"  {form}[,{options}]\n      {kind.help}")
+    return "\n".join(lines)
+
+
+def open_port(spec: str, pool: MbufPool) -> Port:
+    """The port `spec` names (see `port_help`), taking mbufs from `pool`; ValueError for a
+    spec that names none."""
+    kind_name, _, rest = spec.partition(":")
+    kind = PORT_KINDS.get(kind_name)
+    if kind is None:
+        raise ValueError(f"{spec!r}: unknown port kind {kind_name!r}; "
+                         f"choose from {', '.join(PORT_KINDS)}")
+    parts = rest.split(",") if rest else []
+    argument = ""
+    if parts and "=" not in parts[0]:
+        argument = parts.pop(0)
+    if kind.argument and not argument and kind.name != "pcap":
+        raise ValueError(f"{spec!r}: give the {kind.argument}, as {kind.name}:{kind.argument}")
+    if argument and not kind.argument:
+        raise ValueError(f"{spec!r}: {kind.name} takes no argument")
+    options = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq or key not in kind.options:
+            raise ValueError(f"{spec!r}: {part!r} is not an option of {kind.name} "
+                             f"(options: {', '.join(kind.options) or 'none'})")
+        try:
+            options[_KEYWORDS.get(key, key)] = kind.options[key](value)
+        except ValueError as e:
+            raise ValueError(f"{spec!r}: {key}={value}: {e}") from None
+    port = kind.make(argument, pool, **options)
+    port.name = spec
+    return port

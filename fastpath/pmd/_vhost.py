@@ -1,0 +1,125 @@
+"""The vhost-user port: fastpath's virtio-net back-end as a poll-mode port.
+
+Queue q is virtio-net queue pair q of the one front-end connected (QEMU, DPDK's virtio-user,
+fastpath's own): receiving takes what the driver put on its transmitq, sending fills its
+receiveq. The control plane runs in `NetBackend`'s thread; `hold()` takes its gate and brings
+the rows up to date with the rings the front-end has set up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from numba import njit
+
+from fastpath._numba import NJIT
+from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
+from fastpath.pmd._port import KIND_VHOST, ROW_ARGS, STAT_ERRORS, Port
+from fastpath.pmd._port_kernels import row_stats, take_mbufs
+from fastpath.vhost_user import NetBackend
+from fastpath.vhost_user._net_kernels import net_receive, net_transmit
+from fastpath.vhost_user._virtio_net import DEFAULT_MAC
+
+log = logging.getLogger("fastpath.pmd")
+
+ARG_TRANSMITQ = ROW_ARGS       # NetQueue handle of the driver's transmitq; 0: none served
+ARG_RECEIVEQ = ROW_ARGS + 1    # NetQueue handle of the driver's receiveq; 0: none
+
+
+@njit(**NJIT)
+def rx(row, pool, mbufs, max_n):
+    """Frames the driver transmitted."""
+    queue = row[ARG_TRANSMITQ]
+    if queue == 0:
+        return 0
+    want = take_mbufs(row, pool, mbufs, max_n)
+    if want == 0:
+        return 0
+    data = pool[POOL_DATA]
+    got = net_receive(queue, data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+                      pool[POOL_LENGTH].ctypes.data, want)
+    if got < 0:
+        # The driver broke its ring: it is not served again until it sets the ring up anew.
+        row_stats(row)[STAT_ERRORS] += 1
+        row[ARG_TRANSMITQ] = 0
+        got = 0
+    free_burst(pool, mbufs, got, want)
+    return got
+
+
+@njit(**NJIT)
+def tx(row, pool, mbufs, n):
+    """Frames into the driver's receive buffers; fewer are taken when it posted too few."""
+    queue = row[ARG_RECEIVEQ]
+    if queue == 0:
+        return 0
+    data = pool[POOL_DATA]
+    sent = net_transmit(queue, data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+                        pool[POOL_LENGTH].ctypes.data, n)
+    if sent < 0:
+        row_stats(row)[STAT_ERRORS] += 1
+        row[ARG_RECEIVEQ] = 0
+        sent = 0
+    return sent
+
+
+class VhostPort(Port):
+    """A virtio-net vhost-user back-end on socket `path` as a port of `queues` queue pairs.
+
+    It listens on `path` (or connects to a front-end listening there with `client=True`, and
+    reconnects after it leaves). While nothing is connected it receives nothing and takes
+    nothing. `mac` and `mtu` are what the device tells the driver.
+    """
+
+    kind = KIND_VHOST
+
+    def __init__(self, path: str, pool, *, queues: int = 1, client: bool = False,
+                 mac: bytes = DEFAULT_MAC, mtu: int = 0, max_burst: int = 64,
+                 name: str | None = None):
+        super().__init__(name or f"vhost:{path}", pool, queues)
+        self.backend = NetBackend(path, client=client, queue_pairs=queues, mac=mac, mtu=mtu,
+                                  max_burst=max_burst)
+        # The queue objects each row was made from: a row a kernel zeroed (a broken ring)
+        # stays zero until the front-end sets up a new queue.
+        self._seen: list[list] = [[None, None] for _ in range(queues)]
+
+    def ready(self, queue: int = 0) -> bool:
+        """Whether a front-end has started queue pair `queue`."""
+        return self.backend.ready(queue)
+
+    def wait_ready(self, timeout: float | None = None, queue: int = 0) -> bool:
+        """Wait until `ready(queue)`; False if `timeout` seconds pass first."""
+        return self.backend.wait_ready(timeout, queue)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold the back-end's gate, with the rows naming the queues set up now."""
+        with self.backend.data_plane():
+            self._refresh()
+            yield
+        errors = self.counters().errors
+        if errors > self._errors_logged:
+            log.error("%s: a ring broke (the driver corrupted it); it is not served until "
+                      "the front-end sets it up again", self.name)
+            self._errors_logged = errors
+
+    _errors_logged = 0
+
+    def close(self) -> None:
+        """Stop serving the socket."""
+        self.backend.close()
+
+    def _refresh(self) -> None:
+        for q in range(self.queues):
+            for side, (column, queue) in enumerate(zip((ARG_TRANSMITQ, ARG_RECEIVEQ),
+                                                       self.backend.queues(q), strict=True)):
+                if queue is self._seen[q][side]:
+                    continue
+                self._seen[q][side] = queue
+                self.rows[q, column] = queue.handle if queue is not None else 0
+                if queue is not None and column == ARG_TRANSMITQ:
+                    # A polled ring needs no kicks; asking the driver not to spares it a
+                    # system call per burst.
+                    queue.queue.disable_kicks()

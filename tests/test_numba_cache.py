@@ -1,0 +1,34 @@
+"""Numba's on-disk cache keys a kernel on its own file alone; fastpath's kernels are keyed on
+the whole package, so a kernel never keeps running the old code of a kernel it calls from
+another module."""
+
+from fastpath import _numba
+from fastpath.pmd import _dispatch
+
+
+def test_package_kernels_are_stamped_with_the_whole_package():
+    py_func = _dispatch.port_rx.py_func
+    locator = _numba._PackageStampedLocator.from_function(py_func, _dispatch.__file__)
+    assert locator is not None
+    assert locator.get_source_stamp() == _numba._package_stamp()
+
+
+def test_the_stamp_changes_when_any_module_changes(tmp_path):
+    before = _numba._package_stamp()
+    probe = _numba._PACKAGE / "pmd" / "_stamp_probe.py"
+    try:
+        probe.write_text("# a module that comes and goes\n")
+        _numba._package_stamp.cache_clear()
+        assert _numba._package_stamp() != before
+    finally:
+        probe.unlink()
+        _numba._package_stamp.cache_clear()
+    assert _numba._package_stamp() == before
+
+
+def test_code_outside_the_package_keeps_numba_s_own_stamp(tmp_path):
+    outside = tmp_path / "kernel.py"
+    outside.write_text("def f():\n    return 1\n")
+    namespace: dict = {}
+    exec(compile(outside.read_text(), str(outside), "exec"), namespace)
+    assert _numba._PackageStampedLocator.from_function(namespace["f"], str(outside)) is None
