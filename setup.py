@@ -23,7 +23,7 @@ DIRECTIVES = {
 
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-DNDEBUG"]
 
-MODULES = ["memory", "split", "packed", "chain", "notify", "net", "clock"]
+MODULES = ["memory", "split", "packed", "chain", "notify", "net", "clock", "ring", "fdio"]
 
 extensions = [
     Extension(

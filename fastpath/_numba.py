@@ -31,6 +31,10 @@ def core_function(module: str, name: str, signature) -> types.ExternalFunction:
     return types.ExternalFunction(name, signature)
 
 
+# (destination, source, bytes): one frame's copy between a kernel's own buffers, for a fraction
+# of what a Numba slice assignment costs (an element loop: 20x slower at 1518 bytes).
+copy_bytes = core_function("chain", "fp_copy_bytes", types.void(POINTER, POINTER, types.uint64))
+
 _PACKAGE = Path(__file__).resolve().parent
 
 

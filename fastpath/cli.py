@@ -53,6 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_command(
+        benches, "pvp", "fastpath.bench.pvp",
+        help="frames through a vhost-user back-end and back, per frame size, against DPDK",
+        description=(
+            "PVP: a traffic process (fastpath fwd, a virtio-user port sending Scapy-made "
+            "frames, txonly) on one CPU and a vhost-user back-end sending every frame back "
+            "(fastpath vhost-net --fwd io) on the other. Prints Mpps, Gbit/s and loss per "
+            "size; --peer dpdk runs DPDK testpmd's vhost PMD the same way and prints "
+            "fastpath/DPDK; --baseline compares with another checkout's back-end."
+        ),
+        epilog="example: fastpath bench pvp --peer dpdk --sizes 64,1518,imix --plot pvp.png",
+    )
+    _add_command(
+        commands, "fwd", "fastpath.pmd._fwd_cli",
+        help="forward frames between ports, testpmd-style (io, mac, macswap, txonly, rxonly, "
+        "flowgen, csum)",
+        description=(
+            "Open the ports named, pair them (0 with 1, 2 with 3, ...) and run a forwarding "
+            "mode over every pair in a compiled loop on one thread: frames received on a "
+            "port go through the mode and out of its partner. Rates per port print while it "
+            "runs, totals at the end (--json for a file)."
+        ),
+    )
+    _add_command(
+        commands, "gen", "fastpath.pmd._gen",
+        help="write a pcap file of generated traffic (udp64, tcp, imix, vlan, ipv6, flows)",
+        description=(
+            "Make frames of a traffic profile with Scapy and write them to a pcap file, for "
+            "replaying through a pcap port (fastpath fwd pcap:FILE ...) or any other tool. "
+            "txonly sends the same profiles."
+        ),
+    )
+    _add_command(
         commands, "vhost-net", "fastpath.vhost_user._vhost_net",
         help="run a virtio-net vhost-user back-end that forwards or drops what it receives",
         description=(

@@ -127,6 +127,10 @@ cdef inline uint32_t fp_chain_gather(const fp_chain *chain, const fp_segment *se
 cdef uint64_t fp_gather_burst(const fp_chain *chains, uint32_t n, const fp_segment *segs,
                               uint8_t *dst, uint32_t stride) noexcept nogil
 
+# Copy n bytes from src to dst (the ranges apart), for kernels moving frames between buffers of
+# their own: Numba's element-by-element slice copies are many times slower.
+cdef void fp_copy_bytes(uint8_t *dst, const uint8_t *src, uint64_t n) noexcept nogil
+
 # Copy up to n bytes of src into a chain's device-writable segments; returns the bytes copied.
 cdef inline uint32_t fp_chain_scatter(const fp_chain *chain, const fp_segment *segs,
                                       const uint8_t *src, uint32_t n) noexcept nogil:

@@ -10,6 +10,11 @@ USED_ELEM_SIZE = sizeof(fp_used_elem)
 DEBUG_BUILD = FASTPATH_DEBUG
 
 
+cdef void fp_copy_bytes(uint8_t *dst, const uint8_t *src, uint64_t n) noexcept nogil:
+    # SAFETY: the caller owns both ranges: rows of its own arrays, bounds checked by it.
+    fp_copy(dst, src, n)
+
+
 cdef uint64_t fp_gather_burst(const fp_chain *chains, uint32_t n, const fp_segment *segs,
                               uint8_t *dst, uint32_t stride) noexcept nogil:
     # SAFETY: dst holds n * stride bytes (the caller's contract); segments were made by a pop.

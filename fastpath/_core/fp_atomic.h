@@ -22,6 +22,10 @@
 #define fp_store_release_u16(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define fp_load_relaxed_u16(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define fp_store_relaxed_u16(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+/* fastpath's own shared-memory rings (ring.pxd) count with 32-bit indices. */
+#define fp_load_acquire_u32(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define fp_store_release_u32(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define fp_load_relaxed_u32(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define fp_full_fence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #define fp_release_fence() __atomic_thread_fence(__ATOMIC_RELEASE)
 /* Dirty-log bits: other threads and the front-end set bits in the same bytes. */
@@ -33,5 +37,6 @@
  */
 #define fp_read_once_u64(p) __atomic_load_n((const uint64_t *)(p), __ATOMIC_RELAXED)
 #define fp_read_once_u16(p) __atomic_load_n((const uint16_t *)(p), __ATOMIC_RELAXED)
+#define fp_read_once_u32(p) __atomic_load_n((const uint32_t *)(p), __ATOMIC_RELAXED)
 
 #endif

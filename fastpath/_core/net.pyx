@@ -363,6 +363,6 @@ cdef class NetQueue:
         if n == 0:
             return 0
         with nogil:
-            took = fp_net_transmit(&self.q, &frames[0, 0], frames.shape[1], NULL, &lengths[0],
-                                  n)
+            took = fp_net_transmit(&self.q, &frames[0, 0], frames.shape[1], NULL,
+                                   &lengths[0], n)
         return took

@@ -215,6 +215,32 @@ def _parse_sizes(text: str) -> list[str]:
     return sizes
 
 
+def _measure_all(runs: list[Run], sizes: list[str], backends: list[str],
+                 args: argparse.Namespace) -> bool:
+    # Every size, round and back-end, appended to runs; False (said why) if a run failed.
+    progress = _progress(len(sizes) * args.rounds * len(backends), not args.no_progress)
+    with progress:
+        for size in sizes:
+            for round_ in range(args.rounds):
+                # Rotate which back-end goes first, so that none always follows another.
+                order = backends[round_ % len(backends):] + backends[:round_ % len(backends)]
+                for backend in order:
+                    progress.set_description(f"{backend} {size}")
+                    try:
+                        r = measure(backend, size, args)
+                    except (PeerError, RuntimeError, subprocess.TimeoutExpired) as e:
+                        progress.close()
+                        print(f"fastpath bench pvp: {backend} at {size} failed: {e}",
+                              file=sys.stderr)
+                        return False
+                    runs.append(r)
+                    progress.write(f"{backend:>8} {size:>5}: {r.mpps:6.2f} Mpps best, "
+                                   f"{r.mean_mpps:6.2f} mean, loss {r.loss:.2%}",
+                                   file=sys.stderr)
+                    progress.update()
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; returns the exit status."""
     try:
@@ -245,26 +271,18 @@ def run(args: argparse.Namespace) -> int:
     env = environment()
     print("  ".join(f"{k} {v}" for k, v in env.items()), flush=True)
     runs: list[Run] = []
-    progress = _progress(len(sizes) * args.rounds * len(backends), not args.no_progress)
-    with progress:
-        for size in sizes:
-            for round_ in range(args.rounds):
-                # Rotate which back-end goes first, so that none always follows another.
-                order = backends[round_ % len(backends):] + backends[:round_ % len(backends)]
-                for backend in order:
-                    progress.set_description(f"{backend} {size}")
-                    try:
-                        r = measure(backend, size, args)
-                    except (PeerError, RuntimeError, subprocess.TimeoutExpired) as e:
-                        progress.close()
-                        print(f"fastpath bench pvp: {backend} at {size} failed: {e}",
-                              file=sys.stderr)
-                        return 1
-                    runs.append(r)
-                    progress.write(f"{backend:>8} {size:>5}: {r.mpps:6.2f} Mpps best, "
-                                   f"{r.mean_mpps:6.2f} mean, loss {r.loss:.2%}",
-                                   file=sys.stderr)
-                    progress.update()
+    if not _measure_all(runs, sizes, backends, args):
+        return 1
+    summary = summarize(runs, sizes, backends)
+    judged = ("baseline" if args.baseline else "dpdk") if args.fail_below is not None else None
+    low = [s["size"] for s in summary if judged and s[f"fastpath/{judged}"] < args.fail_below]
+    if low:
+        # A real slip stays; a slow spell of the machine does not. Measure those sizes again
+        # before judging, keeping every run.
+        print(f"fastpath/{judged} below {args.fail_below} at {', '.join(low)}: measuring "
+              "again to confirm", file=sys.stderr, flush=True)
+        if not _measure_all(runs, low, backends, args):
+            return 1
     summary = summarize(runs, sizes, backends)
     print()
     headers = ["size"]
@@ -289,8 +307,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(summary, backends, args.plot)
         print(f"plot: {args.plot}")
-    if args.fail_below is not None:
-        judged = "baseline" if args.baseline else "dpdk"
+    if judged:
         low = [s for s in summary if s[f"fastpath/{judged}"] < args.fail_below]
         for s in low:
             print(f"REGRESSION at {s['size']}: fastpath/{judged} "

@@ -8,11 +8,15 @@ and the loop that runs rx port -> engine -> tx port in compiled code.
     sent = port.tx_burst(0, mbufs, n)      # back to the guest; mbufs[sent:n] are still yours
 """
 
+from fastpath.pmd._lcore import ForwardingLoop, Stream, paired_streams
 from fastpath.pmd._mbuf import MbufPool
 from fastpath.pmd._null import NullPort
 from fastpath.pmd._port import Port, PortCounters
+from fastpath.pmd._ring import RingPort
 from fastpath.pmd._spec import PORT_KINDS, open_port
+from fastpath.pmd._tap import TapPort
 from fastpath.pmd._vhost import VhostPort
 
 __all__ = ["MbufPool", "Port", "PortCounters", "NullPort", "VhostPort", "open_port",
-           "PORT_KINDS"]
+           "RingPort", "TapPort",
+           "PORT_KINDS", "ForwardingLoop", "Stream", "paired_streams"]

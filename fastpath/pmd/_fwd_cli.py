@@ -14,8 +14,9 @@ from fastpath.pmd._lcore import ForwardingLoop, paired_streams
 from fastpath.pmd._mbuf import MbufPool
 from fastpath.pmd._port import Port, PortCounters
 from fastpath.pmd._spec import open_port, port_help
-from fastpath.pmd._traffic import PROFILES
+from fastpath.pmd._traffic import DEFAULT_FLOWS, PROFILES
 from fastpath.pmd.fwd import ENGINES, setup_engine
+from fastpath.pmd.fwd._options import DEFAULT_ETH_DST, DEFAULT_ETH_SRC
 
 # A replay is over once every file was played and nothing moved for this long (what is in
 # flight has come back by then).
@@ -52,11 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, metavar="BYTES",
                         help="txonly/flowgen frame length, without FCS (default: the "
                         "profile's)")
-    parser.add_argument("--flows", type=int, default=1024,
-                        help="flowgen's flows, and the flows profile's (default 1024)")
-    parser.add_argument("--eth-dst", default="02:00:00:00:00:02",
-                        help="mac mode's destination MAC")
-    parser.add_argument("--eth-src", default="02:00:00:00:00:01", help="mac mode's source MAC")
+    parser.add_argument("--flows", type=int, default=DEFAULT_FLOWS,
+                        help=f"flowgen's flows, and the flows profile's (default "
+                        f"{DEFAULT_FLOWS})")
+    parser.add_argument("--eth-dst", default=DEFAULT_ETH_DST,
+                        help=f"mac mode's destination MAC (default {DEFAULT_ETH_DST})")
+    parser.add_argument("--eth-src", default=DEFAULT_ETH_SRC,
+                        help=f"mac mode's source MAC (default {DEFAULT_ETH_SRC})")
     parser.add_argument("--csum", choices=["verify", "fill"], default="verify",
                         help="csum mode: count bad checksums, or compute them (default verify)")
     parser.add_argument("--cpu", type=int, metavar="N", help="run on this CPU only")

@@ -90,6 +90,8 @@ class ForwardingLoop:
         self.mbufs = pool.burst(burst)
         self.moved = 0
         self._stop = threading.Event()
+        # Compile (or load from Numba's cache) now, not in the first timed call.
+        forward_rounds(self.rows, self.streams, engine.arrays, pool.arrays, self.mbufs, burst, 0)
 
     def step(self, rounds: int = ROUNDS_PER_CALL) -> int:
         """One kernel call of up to `rounds` rounds; returns the frames sent on."""

@@ -72,8 +72,9 @@ PORT_KINDS = {kind.name: kind for kind in [
     PortKind("virtio-user", "SOCKET",
              {"queues": int, "packed": _flag, "mergeable": _flag, "queue_size": int},
              "a virtio-net front-end of a vhost-user back-end listening on SOCKET", _virtio_user),
-    PortKind("ring", "NAME", {"slots": int, "slot_size": int},
-             "a shared-memory ring NAME: what one process sends, another receives", _ring),
+    PortKind("ring", "NAME", {"slots": int, "slot_size": int, "rx": _flag, "tx": _flag},
+             "a shared-memory ring NAME: what one process sends, another receives (rx=0: "
+             "only send; tx=0: only receive)", _ring),
     PortKind("pcap", "FILE", {"in": str, "out": str, "rate": float, "loops": int},
              "replays FILE (or in=FILE; rate=PPS, loops=N, 0 for ever) and captures what it "
              "is sent to out=FILE", _pcap),
@@ -83,7 +84,7 @@ PORT_KINDS = {kind.name: kind for kind in [
 ]}
 
 # Options whose command-line key differs from the keyword the port takes.
-_KEYWORDS = {"in": "replay", "out": "capture"}
+_KEYWORDS = {"in": "replay", "out": "capture", "rx": "receive", "tx": "send"}
 
 
 def port_help() -> str:
