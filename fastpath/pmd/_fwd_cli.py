@@ -18,10 +18,6 @@ from fastpath.pmd._traffic import DEFAULT_FLOWS, PROFILES
 from fastpath.pmd.fwd import ENGINES, setup_engine
 from fastpath.pmd.fwd._options import DEFAULT_ETH_DST, DEFAULT_ETH_SRC
 
-# A replay is over once every file was played and nothing moved for this long (what is in
-# flight has come back by then).
-SETTLE_SECONDS = 0.5
-
 EPILOG = f"""ports (streams pair port 0 with 1, 2 with 3, ..., both ways; a lone port sends
 back out of itself):
 {port_help()}
@@ -32,7 +28,7 @@ forwarding modes:
 examples:
   fastpath fwd vhost:/tmp/vhost.sock --fwd macswap
   fastpath fwd virtio-user:/tmp/vhost.sock --fwd txonly --profile imix --duration 10
-  fastpath fwd pcap:in.pcap,out=out.pcap virtio-user:/tmp/vhost.sock
+  fastpath fwd ring:link,tx=0 null --fwd rxonly     (and elsewhere: ring:link,rx=0 --fwd txonly)
 """
 
 
@@ -64,8 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="csum mode: count bad checksums, or compute them (default verify)")
     parser.add_argument("--cpu", type=int, metavar="N", help="run on this CPU only")
     parser.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
-                        help="stop after this long (default 0: until SIGINT/SIGTERM, or "
-                        "until every pcap replay has finished)")
+                        help="stop after this long (default 0: until SIGINT/SIGTERM)")
     parser.add_argument("--stats-period", type=float, default=1.0, metavar="SECONDS",
                         help="print rates this often (0: only the totals at the end)")
     parser.add_argument("--json", metavar="FILE", help="write the totals here as JSON")
@@ -102,23 +97,6 @@ class RateReport:
                       f"dropped {(c.tx_dropped - before.tx_dropped) / seconds:,.0f}/s",
                       flush=True)
         self.last, self.last_time = counters, now
-
-
-def _replays_finished(ports: list[Port]):
-    replaying = [p for p in ports if getattr(p, "replaying", False)]
-    if not replaying:
-        return None
-    state = {"moved": -1, "since": 0.0}
-
-    def finished() -> bool:
-        if not all(p.done for p in replaying):
-            return False
-        moved = sum(p.counters().tx_frames for p in ports)
-        now = time.monotonic()
-        if moved != state["moved"]:
-            state["moved"], state["since"] = moved, now
-        return now - state["since"] >= SETTLE_SECONDS
-    return finished
 
 
 def _totals(counters: dict[str, PortCounters], seconds: float) -> list[dict]:
@@ -161,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         loop.run(args.duration or None, report_every=args.stats_period or 3600.0,
-                 on_report=report if args.stats_period else None,
-                 until=_replays_finished(ports))
+                 on_report=report if args.stats_period else None)
     finally:
         seconds = max(time.monotonic() - started, 1e-9)
         counters = loop.counters()

@@ -35,18 +35,6 @@ def _ring(argument, pool, **options):
     return RingPort(argument, pool, **options)
 
 
-def _pcap(argument, pool, **options):
-    if argument and "replay" in options:
-        raise ValueError("pcap: give the file to replay either after the colon or as in=")
-    if argument:
-        options["replay"] = argument
-    if not options.get("replay") and not options.get("capture"):
-        raise ValueError("pcap: name a file to replay (pcap:FILE or in=FILE) or to capture "
-                         "to (out=FILE)")
-    from fastpath.pmd._pcap_port import PcapPort
-    return PcapPort(pool, **options)
-
-
 def _tap(argument, pool, **options):
     from fastpath.pmd._tap import TapPort
     return TapPort(argument, pool, **options)
@@ -75,9 +63,6 @@ PORT_KINDS = {kind.name: kind for kind in [
     PortKind("ring", "NAME", {"slots": int, "slot_size": int, "rx": _flag, "tx": _flag},
              "a shared-memory ring NAME: what one process sends, another receives (rx=0: "
              "only send; tx=0: only receive)", _ring),
-    PortKind("pcap", "FILE", {"in": str, "out": str, "rate": float, "loops": int},
-             "replays FILE (or in=FILE; rate=PPS, loops=N, 0 for ever) and captures what it "
-             "is sent to out=FILE", _pcap),
     PortKind("tap", "NAME", {"queues": int},
              "a TAP interface NAME of the kernel's network stack (made if missing; root)", _tap),
     PortKind("null", "", {"queues": int}, "receives nothing, discards what it is sent", _null),
@@ -109,7 +94,7 @@ def open_port(spec: str, pool: MbufPool) -> Port:
     argument = ""
     if parts and "=" not in parts[0]:
         argument = parts.pop(0)
-    if kind.argument and not argument and kind.name != "pcap":
+    if kind.argument and not argument:
         raise ValueError(f"{spec!r}: give the {kind.argument}, as {kind.name}:{kind.argument}")
     if argument and not kind.argument:
         raise ValueError(f"{spec!r}: {kind.name} takes no argument")

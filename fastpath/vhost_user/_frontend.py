@@ -103,6 +103,13 @@ class Frontend:
         self.features = acked
         return acked
 
+    def queue_num(self) -> int | None:
+        """The most queues the back-end serves (GET_QUEUE_NUM; queue pairs for a net device),
+        or None when MQ was not negotiated."""
+        if not self.protocol & ProtocolFeature.MQ:
+            return None
+        return self.request(F.GET_QUEUE_NUM).value
+
     def set_status(self, status: int) -> None:
         """Tell the back-end the device status (virtio 1.2 §2.1), when STATUS was negotiated."""
         if self.protocol & ProtocolFeature.STATUS:
@@ -163,8 +170,9 @@ def _connect(path: str, timeout: float) -> socket.socket:
         try:
             sock.connect(path)
             return sock
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError) as e:
             sock.close()
             if time.monotonic() > deadline:
-                raise
+                raise type(e)(e.errno, f"no vhost-user back-end listening on {path} (waited "
+                              f"{timeout} s): {e.strerror}") from None
             time.sleep(0.05)

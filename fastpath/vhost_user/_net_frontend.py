@@ -7,27 +7,9 @@ from __future__ import annotations
 import struct
 import time
 
-from fastpath.hv import GuestMemory
-from fastpath.vhost_user._backend import (
-    VIRTIO_F_RING_PACKED,
-    VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-)
-from fastpath.vhost_user._frontend import Frontend
+from fastpath.vhost_user._net_driver import BUFFER_SIZE, NetDriver
 from fastpath.vhost_user._net_queue import NET_HDR_SIZE
-from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MRG_RXBUF
-from fastpath.vring import (
-    DriverQueue,
-    PackedDriverQueue,
-    SplitDriverQueue,
-    ring_bytes,
-    ring_layout,
-)
-
-BUFFER_SIZE = 2048
-RING_BASE = 0x1000
-# virtio 1.2 §2.1 device status: ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK.
-STATUS_RUNNING = 0x1 | 0x2 | 0x8 | 0x4
+from fastpath.vring import DriverQueue
 
 
 class NetFrontend:
@@ -41,36 +23,18 @@ class NetFrontend:
     def __init__(self, path: str, *, queue_size: int = 256, packed: bool = False,
                  mergeable: bool = True, connect_timeout: float = 10.0):
         self.size = queue_size
-        wanted = (1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX
-                  | (1 << VIRTIO_F_RING_PACKED if packed else 0)
-                  | (1 << VIRTIO_NET_F_MRG_RXBUF if mergeable else 0))
-        rings_end = RING_BASE + 2 * _round_up(ring_bytes(queue_size, packed), 4096)
-        self.rx_pool = _round_up(rings_end, 1 << 20)
-        self.tx_pool = self.rx_pool + queue_size * BUFFER_SIZE
-        self.memory = GuestMemory([(0, _round_up(self.tx_pool + queue_size * BUFFER_SIZE,
-                                                  1 << 21))])
-        self.frontend = Frontend(path, connect_timeout=connect_timeout)
-        try:
-            self.features = self.frontend.negotiate(wanted)
-            self.packed = bool(self.features >> VIRTIO_F_RING_PACKED & 1)
-            self.mergeable = bool(self.features >> VIRTIO_NET_F_MRG_RXBUF & 1)
-            event_idx = bool(self.features >> VIRTIO_RING_F_EVENT_IDX & 1)
-            self.frontend.set_memory(self.memory)
-            driver = PackedDriverQueue if self.packed else SplitDriverQueue
-            base = 0x8000 if self.packed else 0
-            rx_rings = ring_layout(queue_size, RING_BASE, self.packed)
-            tx_rings = ring_layout(queue_size, RING_BASE + _round_up(
-                ring_bytes(queue_size, self.packed), 4096), self.packed)
-            self.rx: DriverQueue = driver(self.memory, queue_size, rx_rings, event_idx=event_idx)
-            self.tx: DriverQueue = driver(self.memory, queue_size, tx_rings, event_idx=event_idx)
-            self.rx_vring = self.frontend.start_vring(0, queue_size, self.memory, rx_rings,
-                                                      base=base)
-            self.tx_vring = self.frontend.start_vring(1, queue_size, self.memory, tx_rings,
-                                                      base=base)
-            self.frontend.set_status(STATUS_RUNNING)
-        except BaseException:
-            self.close()
-            raise
+        self.driver = NetDriver(path, queue_size=queue_size, packed=packed, mergeable=mergeable,
+                                connect_timeout=connect_timeout)
+        self.frontend = self.driver.frontend
+        self.memory = self.driver.memory
+        self.features = self.driver.features
+        self.packed = self.driver.packed
+        self.mergeable = self.driver.mergeable
+        self.rx: DriverQueue = self.driver.queues[0]
+        self.tx: DriverQueue = self.driver.queues[1]
+        self.rx_vring, self.tx_vring = self.driver.vrings
+        self.rx_pool = self.driver.layout.buffers(0)
+        self.tx_pool = self.driver.layout.buffers(1)
         self._rx_slot: dict[int, int] = {}
         self._tx_slot: dict[int, int] = {}
         self._free_tx = list(range(queue_size - 1, -1, -1))
@@ -123,8 +87,7 @@ class NetFrontend:
 
     def close(self) -> None:
         """Close the connection and the memory."""
-        self.frontend.close()
-        self.memory.close()
+        self.driver.close()
 
     def __enter__(self) -> NetFrontend:
         return self
@@ -160,6 +123,3 @@ class NetFrontend:
         if queue.should_kick():
             vring.kick_backend()
 
-
-def _round_up(n: int, to: int) -> int:
-    return (n + to - 1) // to * to

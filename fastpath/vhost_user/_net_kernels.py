@@ -1,5 +1,5 @@
 """The core's virtio-net and eventfd functions as Numba sees them (fastpath/_core/net.pxd,
-notify.pxd), for poll loops that serve net queues without the GIL."""
+notify.pxd), for poll loops that serve net queues and drivers that kick, without the GIL."""
 
 from numba import types
 
@@ -16,3 +16,5 @@ net_transmit = core_function("net", "fp_net_transmit",
                              _i32(POINTER, POINTER, _u32, POINTER, POINTER, _u32))
 # (fds, n, timeout_ms) -> eventfds that fired, 0 on timeout, or -errno
 eventfd_wait = core_function("notify", "fp_eventfd_wait", _i32(POINTER, _u32, _i32))
+# (eventfd) -> 0 or -errno: a kick or a call
+eventfd_signal = core_function("notify", "fp_eventfd_signal", _i32(_i32))
