@@ -84,6 +84,7 @@ class VhostPort(Port):
         # The queue objects each row was made from: a row a kernel zeroed (a broken ring)
         # stays zero until the front-end sets up a new queue.
         self._seen: list[list] = [[None, None] for _ in range(queues)]
+        self._errors_logged = 0
 
     def ready(self, queue: int = 0) -> bool:
         """Whether a front-end has started queue pair `queue`."""
@@ -104,8 +105,6 @@ class VhostPort(Port):
             log.error("%s: a ring broke (the driver corrupted it); it is not served until "
                       "the front-end sets it up again", self.name)
             self._errors_logged = errors
-
-    _errors_logged = 0
 
     def close(self) -> None:
         """Stop serving the socket."""

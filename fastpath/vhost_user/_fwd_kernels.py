@@ -32,14 +32,19 @@ MAC_BYTES = 6
 
 
 @njit(**NJIT)
-def swap_macs(frames, lengths, n):
-    """Swap the destination and source MAC of frames[:n]."""
+def swap_macs(frames, lengths, slots, n):
+    """Swap the destination and source MAC of n frames (those too short are left alone).
+
+    As in the core's burst convention, the k-th frame is row s = slots[k] of `frames`
+    (s = k when `slots` is None) and its length is lengths[s].
+    """
     for k in range(n):
-        if lengths[k] >= 2 * MAC_BYTES:
+        s = k if slots is None else slots[k]
+        if lengths[s] >= 2 * MAC_BYTES:
             for b in range(MAC_BYTES):
-                t = frames[k, b]
-                frames[k, b] = frames[k, MAC_BYTES + b]
-                frames[k, MAC_BYTES + b] = t
+                t = frames[s, b]
+                frames[s, b] = frames[s, MAC_BYTES + b]
+                frames[s, MAC_BYTES + b] = t
 
 
 @njit(**NJIT)
@@ -79,7 +84,7 @@ def forward(table, stats, mode, frames, lengths, burst, rounds, idle_rounds, kic
             if mode == FWD_DROP:
                 continue
             if mode == FWD_MACSWAP:
-                swap_macs(frames, lengths, got)
+                swap_macs(frames, lengths, None, got)
             sent = 0
             rx = table[p, COL_RX]
             if rx != 0:

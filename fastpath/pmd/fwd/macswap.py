@@ -4,13 +4,12 @@ from numba import njit
 
 from fastpath._numba import NJIT
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH
+from fastpath.vhost_user._fwd_kernels import swap_macs
 
 CODE = 2
 GENERATES = False
 HELP = "destination and source MAC swapped"
 COUNTERS = ()
-
-MAC_BYTES = 6
 
 
 def configure(options, config) -> list[bytes]:
@@ -21,14 +20,5 @@ def configure(options, config) -> list[bytes]:
 @njit(**NJIT)
 def forward_burst(config, state, pool, mbufs, n):
     """Swap the addresses of mbufs[:n] (frames too short for them are left alone)."""
-    data = pool[POOL_DATA]
-    length = pool[POOL_LENGTH]
-    for k in range(n):
-        m = mbufs[k]
-        if length[m] < 2 * MAC_BYTES:
-            continue
-        for b in range(MAC_BYTES):
-            t = data[m, b]
-            data[m, b] = data[m, MAC_BYTES + b]
-            data[m, MAC_BYTES + b] = t
+    swap_macs(pool[POOL_DATA], pool[POOL_LENGTH], mbufs, n)
     return n
