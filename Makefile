@@ -77,7 +77,7 @@ $(BUILT): $(CORE_SOURCES) $(INSTALLED)
 
 lint: build
 	$(VENV)/bin/ruff check fastpath tests bench
-	$(VENV)/bin/cython-lint fastpath/_core
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint fastpath/_core
 
 clean:
 	rm -rf build $(VENV) fastpath/_core/*.so fastpath/_core/.built-* *.egg-info

@@ -11,12 +11,14 @@ and the loop that runs rx port -> engine -> tx port in compiled code.
 from fastpath.pmd._lcore import ForwardingLoop, Stream, paired_streams
 from fastpath.pmd._mbuf import MbufPool
 from fastpath.pmd._null import NullPort
+from fastpath.pmd._pcap_port import PcapPort
 from fastpath.pmd._port import Port, PortCounters
 from fastpath.pmd._ring import RingPort
 from fastpath.pmd._spec import PORT_KINDS, open_port
 from fastpath.pmd._tap import TapPort
 from fastpath.pmd._vhost import VhostPort
+from fastpath.pmd._virtio_user import VirtioUserPort
 
 __all__ = ["MbufPool", "Port", "PortCounters", "NullPort", "VhostPort", "open_port",
-           "RingPort", "TapPort",
+           "VirtioUserPort", "RingPort", "TapPort", "PcapPort",
            "PORT_KINDS", "ForwardingLoop", "Stream", "paired_streams"]

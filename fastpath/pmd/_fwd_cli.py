@@ -29,7 +29,14 @@ examples:
   fastpath fwd vhost:/tmp/vhost.sock --fwd macswap
   fastpath fwd virtio-user:/tmp/vhost.sock --fwd txonly --profile imix --duration 10
   fastpath fwd ring:link,tx=0 null --fwd rxonly     (and elsewhere: ring:link,rx=0 --fwd txonly)
+  fastpath fwd pcap:in.pcap,out=back.pcap virtio-user:/tmp/vhost.sock --fwd io
+      (replays in.pcap into a back-end and records what comes back; it ends once the
+      replay is over and nothing has moved for a while)
 """
+
+# How long a run whose replays are over goes on while frames still move (coming back
+# through a loopback, say), and ends once nothing has moved for this long.
+DRAIN_SECONDS = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="csum mode: count bad checksums, or compute them (default verify)")
     parser.add_argument("--cpu", type=int, metavar="N", help="run on this CPU only")
     parser.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
-                        help="stop after this long (default 0: until SIGINT/SIGTERM)")
+                        help="stop after this long (default 0: until SIGINT/SIGTERM, or "
+                        "until every pcap replay with loops is over)")
     parser.add_argument("--stats-period", type=float, default=1.0, metavar="SECONDS",
                         help="print rates this often (0: only the totals at the end)")
     parser.add_argument("--json", metavar="FILE", help="write the totals here as JSON")
@@ -97,6 +105,27 @@ class RateReport:
                       f"dropped {(c.tx_dropped - before.tx_dropped) / seconds:,.0f}/s",
                       flush=True)
         self.last, self.last_time = counters, now
+
+
+class ReplaysOver:
+    """True once every port whose input ends (a pcap replay of so many loops) has received
+    all of it and the loop has then moved nothing for DRAIN_SECONDS; never without such a
+    port."""
+
+    def __init__(self, loop: ForwardingLoop, ports: list[Port]):
+        self.loop = loop
+        self.ending = [p for p in ports if p.ends]
+        self.moved = -1
+        self.quiet_since = 0.0
+
+    def __call__(self) -> bool:
+        if not self.ending or not all(p.done for p in self.ending):
+            return False
+        now = time.monotonic()
+        if self.loop.moved != self.moved:
+            self.moved, self.quiet_since = self.loop.moved, now
+            return False
+        return now - self.quiet_since >= DRAIN_SECONDS
 
 
 def _totals(counters: dict[str, PortCounters], seconds: float) -> list[dict]:
@@ -139,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         loop.run(args.duration or None, report_every=args.stats_period or 3600.0,
-                 on_report=report if args.stats_period else None)
+                 on_report=report if args.stats_period else None,
+                 until=ReplaysOver(loop, ports))
     finally:
         seconds = max(time.monotonic() - started, 1e-9)
         counters = loop.counters()

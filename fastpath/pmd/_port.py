@@ -120,6 +120,17 @@ class Port:
         stats = self.stats.sum(axis=0) if queue is None else self.stats[queue]
         return PortCounters.from_stats(stats)
 
+    @property
+    def ends(self) -> bool:
+        """Whether what the port receives runs out (a replay of so many passes): then `done`
+        says when it has."""
+        return False
+
+    @property
+    def done(self) -> bool:
+        """Whether a port that `ends` has received everything it will."""
+        return False
+
     def hold(self) -> contextlib.AbstractContextManager:
         """Held while compiled code uses the rows: they are current and stay valid."""
         return contextlib.nullcontext()

@@ -18,6 +18,7 @@ class PortKind:
     options: dict[str, type]   # key=value options and their types
     help: str
     make: Callable[..., Port]
+    argument_optional: bool = False
 
 
 def _vhost(argument, pool, **options):
@@ -38,6 +39,13 @@ def _ring(argument, pool, **options):
 def _tap(argument, pool, **options):
     from fastpath.pmd._tap import TapPort
     return TapPort(argument, pool, **options)
+
+
+def _pcap(argument, pool, **options):
+    from fastpath.pmd._pcap_port import PcapPort
+    if not argument and "capture" not in options:
+        raise ValueError("give a FILE to replay, an out=FILE to capture to, or both")
+    return PcapPort(pool, replay=argument or None, **options)
 
 
 def _null(argument, pool, **options):
@@ -65,18 +73,25 @@ PORT_KINDS = {kind.name: kind for kind in [
              "only send; tx=0: only receive)", _ring),
     PortKind("tap", "NAME", {"queues": int},
              "a TAP interface NAME of the kernel's network stack (made if missing; root)", _tap),
+    PortKind("pcap", "FILE", {"out": str, "rate": float, "loops": int, "snaplen": int},
+             "replays the pcap file FILE (loops=N passes, 0: for ever; rate=N frames per "
+             "second, default as fast as asked) and records what it is sent to out=FILE "
+             "(snaplen=N bytes of each frame); either side may be left out", _pcap,
+             argument_optional=True),
     PortKind("null", "", {"queues": int}, "receives nothing, discards what it is sent", _null),
 ]}
 
 # Options whose command-line key differs from the keyword the port takes.
-_KEYWORDS = {"in": "replay", "out": "capture", "rx": "receive", "tx": "send"}
+_KEYWORDS = {"out": "capture", "rx": "receive", "tx": "send"}
 
 
 def port_help() -> str:
     """Each kind's form and meaning, for --help."""
     lines = []
     for kind in PORT_KINDS.values():
-        form = kind.name + (f":{kind.argument}" if kind.argument else "")
+        form = kind.name
+        if kind.argument:
+            form += f"[:{kind.argument}]" if kind.argument_optional else f":{kind.argument}"
         options = ",".join(f"{key}=" for key in kind.options)
         lines.append(f"  {form}[,{options}]\n      {kind.help}")
     return "\n".join(lines)
@@ -94,7 +109,7 @@ def open_port(spec: str, pool: MbufPool) -> Port:
     argument = ""
     if parts and "=" not in parts[0]:
         argument = parts.pop(0)
-    if kind.argument and not argument:
+    if kind.argument and not argument and not kind.argument_optional:
         raise ValueError(f"{spec!r}: give the {kind.argument}, as {kind.name}:{kind.argument}")
     if argument and not kind.argument:
         raise ValueError(f"{spec!r}: {kind.name} takes no argument")
@@ -108,6 +123,9 @@ def open_port(spec: str, pool: MbufPool) -> Port:
             options[_KEYWORDS.get(key, key)] = kind.options[key](value)
         except ValueError as e:
             raise ValueError(f"{spec!r}: {key}={value}: {e}") from None
-    port = kind.make(argument, pool, **options)
+    try:
+        port = kind.make(argument, pool, **options)
+    except ValueError as e:
+        raise ValueError(f"{spec!r}: {e}") from None
     port.name = spec
     return port

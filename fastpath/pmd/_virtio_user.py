@@ -4,14 +4,15 @@ poll-mode port.
 Queue q is virtio-net queue pair q: receiving collects the device's used buffers on receiveq
 2q, sending fills transmitq 2q + 1. Rings and buffers live in the port's own memfd-backed guest
 memory, shared with the back-end (`NetDriver`). Every virtqueue has one buffer per ring entry
-at a fixed slot, each offered as one descriptor whose segment record is written once; a burst
-then costs one copy per frame and a few stores, and one call into the core per direction.
-Both rings are polled: the device is asked for no calls.
+at a fixed slot, each offered as one descriptor whose segment record is written once: a frame
+costs one copy and a few stores, a burst a few calls into the core (collect, add, and whether
+to kick). Both rings are polled: the device is asked for no calls.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 from numba import njit
@@ -318,6 +319,7 @@ class VirtioUserPort(Port):
                                 mergeable=mergeable, rx_buffer=rx_buffer_size,
                                 connect_timeout=connect_timeout, require=require)
         self._closed = False
+        self._lock = threading.Lock()
         try:
             self._rings = [(_Ring(self.driver, 2 * q), _Ring(self.driver, 2 * q + 1))
                            for q in range(queues)]
@@ -343,13 +345,19 @@ class VirtioUserPort(Port):
         """Whether receive frames may span buffers (MRG_RXBUF)."""
         return self.driver.mergeable
 
+    def hold(self) -> threading.Lock:
+        """Held around every burst: `close` waits for the one running."""
+        return self._lock
+
     def close(self) -> None:
         """Stop the vrings, close the connection and the memory."""
-        if self._closed:
-            return
-        self._closed = True
-        self.rows[:, ARG_RECEIVEQ] = 0
-        self.rows[:, ARG_TRANSMITQ] = 0
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            # From here on the kernels find no rings: they move nothing.
+            self.rows[:, ARG_RECEIVEQ] = 0
+            self.rows[:, ARG_TRANSMITQ] = 0
         try:
             self.driver.stop()
         except (FastpathError, OSError) as e:

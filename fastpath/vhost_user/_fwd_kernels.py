@@ -79,7 +79,7 @@ def forward(table, stats, mode, frames, lengths, burst, rounds, idle_rounds, kic
                 continue
             moved += got
             if capture[0].shape[0]:
-                capture_burst(frames, lengths, got, capture[0], capture[1], capture[2],
+                capture_burst(frames, lengths, None, got, capture[0], capture[1], capture[2],
                               capture[3])
             if mode == FWD_DROP:
                 continue

@@ -1,9 +1,10 @@
 """Recording frames to a pcap file (the classic format: microsecond stamps, Ethernet links).
 
-A compiled loop copies the frames it receives into a capture ring (`capture_burst`, one call per
-burst, stamped once per burst); between loop calls `PcapCapture.flush` packs what the ring
-holds into pcap records with another kernel and writes them in one go. Frames that find the
-ring full are counted, not recorded.
+A compiled loop copies the frames it receives or sends into a capture ring (`capture_burst`, one
+call per burst, stamped once per burst; the frames may be rows of a burst array or the scattered
+rows of an mbuf pool); between loop calls `PcapCapture.flush` packs what the ring holds into
+pcap records with another kernel and writes them in one go. Frames that find the ring full are
+counted, not recorded.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import struct
 import numpy as np
 from numba import njit, types
 
-from fastpath._numba import NJIT, core_function
+from fastpath._numba import NJIT, copy_bytes, core_function
 
 PCAP_MAGIC = 0xA1B2C3D4
 LINKTYPE_ETHERNET = 1
@@ -27,23 +28,40 @@ STATE_MISSED = 1
 
 
 @njit(**NJIT)
-def capture_burst(frames, lengths, n, ring, ring_lengths, ring_stamps, state):
-    """Copy frames[:n] (at most the ring's row length of each) into the capture ring."""
+def capture_burst(frames, lengths, slots, n, ring, ring_lengths, ring_stamps, state):
+    """Copy n frames (at most the ring's row length of each) into the capture ring, as many as
+    it has room for; the rest are counted as missed. Returns how many it took.
+
+    As in the core's burst convention, the k-th frame is the row s = slots[k] of `frames` (a
+    C-contiguous 2-D uint8 array), s = k when `slots` is None, and its length is lengths[s].
+    """
     held = state[STATE_HELD]
     room = ring.shape[0] - held
     take = n if n < room else room
     state[STATE_MISSED] += n - take
     if take == 0:
-        return
+        return 0
     now = realtime_ns()
     snap = ring.shape[1]
+    stride = frames.shape[1]
+    ring_at = ring.ctypes.data
+    frames_at = frames.ctypes.data
     for k in range(take):
-        length = lengths[k]
+        if slots is None:
+            s = np.uint64(k)
+        else:
+            s = np.uint64(slots[k])
+        length = lengths[s]
         keep = length if length < snap else snap
-        ring[held + k, :keep] = frames[k, :keep]
+        if keep > stride:
+            keep = stride
+        # Both rows are inside their arrays (s is a row of frames, held + k one of the ring)
+        # and keep fits either row.
+        copy_bytes(ring_at + np.uint64(held + k) * snap, frames_at + s * stride, keep)
         ring_lengths[held + k] = length
         ring_stamps[held + k] = now
     state[STATE_HELD] = held + take
+    return take
 
 
 @njit(**NJIT)

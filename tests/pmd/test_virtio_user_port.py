@@ -75,9 +75,10 @@ def macswap(frame):
 
 
 @RING_TYPES
-@MERGEABLE
-@pytest.mark.parametrize("fwd", ["io", "macswap"])
-def test_frames_come_back_from_fastpath_vhost_net(tmp_path, packed, buffers, fwd):
+@pytest.mark.parametrize(("fwd", "buffers"), [
+    ("io", {}), ("io", {"mergeable": True, "rx_buffer_size": 512}), ("macswap", {})],
+    ids=["io-plain", "io-mergeable", "macswap"])
+def test_frames_come_back_from_fastpath_vhost_net(tmp_path, packed, fwd, buffers):
     sock = str(tmp_path / "vhost.sock")
     pool = MbufPool(1024)
     with VhostNetProcess(sock, fwd=fwd, backoff=100, cpu=None) as backend:
