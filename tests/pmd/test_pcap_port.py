@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
+from port_helpers import send_once
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -106,17 +107,6 @@ def replay_all(port, pool, burst=32, limit=100_000) -> list[bytes]:
         frames += [pool.frame(m) for m in mbufs[:n]]
         pool.release(mbufs, n)
     return frames
-
-
-def send(port, pool, frames) -> int:
-    """tx_burst the frames once; returns how many the port took (the rest go back)."""
-    mbufs = pool.burst(max(len(frames), 1))
-    assert pool.alloc(mbufs, len(frames)) == len(frames)
-    for mbuf, frame in zip(mbufs, frames, strict=False):
-        pool.put(mbuf, frame)
-    sent = port.tx_burst(0, mbufs, len(frames))
-    pool.release(mbufs[sent:], len(frames) - sent)
-    return sent
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +233,7 @@ def test_no_replay_receives_nothing_and_no_capture_discards():
         assert replay_all(port, pool) == []
         mbufs = pool.burst(8)
         assert port.rx_burst(0, mbufs, 8) == 0
-        assert send(port, pool, [b"\x01" * 60] * 8) == 8
+        assert send_once(port, pool, [b"\x01" * 60] * 8) == 8
         assert port.captured == 0 and port.counters().tx_frames == 8
     assert pool.in_use == 0
 
@@ -375,7 +365,7 @@ def test_tx_bursts_are_captured_as_scapy_reads_them(tmp_path, frames):
     sent = frames * 2  # 600 frames through a ring of 100: written out between bursts
     with PcapPort(pool, capture=path, capture_frames=100) as port:
         for first in range(0, len(sent), 32):
-            assert send(port, pool, sent[first:first + 32]) == len(sent[first:first + 32])
+            assert send_once(port, pool, sent[first:first + 32]) == len(sent[first:first + 32])
         assert port.captured == len(sent)
         counters = port.counters()
         assert counters.tx_frames == len(sent) and counters.tx_bytes == sum(map(len, sent))
@@ -388,8 +378,8 @@ def test_a_full_capture_ring_takes_fewer_and_the_caller_keeps_the_rest(tmp_path,
     path = tmp_path / "out.pcap"
     pool = MbufPool(64)
     with PcapPort(pool, capture=path, capture_frames=10) as port:
-        assert send(port, pool, frames[:16]) == 10
-        assert send(port, pool, frames[10:16]) == 6
+        assert send_once(port, pool, frames[:16]) == 10
+        assert send_once(port, pool, frames[10:16]) == 6
     assert [bytes(p) for p in rdpcap(str(path))] == frames[:16]
 
 
@@ -397,7 +387,7 @@ def test_snaplen_keeps_the_head_of_each_frame_and_its_length(tmp_path, frames):
     path = tmp_path / "snap.pcap"
     pool = MbufPool(64)
     with PcapPort(pool, capture=path, snaplen=100) as port:
-        assert send(port, pool, frames[:20]) == 20
+        assert send_once(port, pool, frames[:20]) == 20
     packets = rdpcap(str(path))
     assert [bytes(p) for p in packets] == [f[:100] for f in frames[:20]]
     assert [p.wirelen for p in packets] == [len(f) for f in frames[:20]]
@@ -416,7 +406,7 @@ def test_closing_writes_the_rest_and_then_discards(tmp_path, frames):
     assert (port.captured, port.written) == (4, 0)
     port.close()
     assert [bytes(p) for p in rdpcap(str(path))] == frames[:4]
-    assert send(port, pool, frames[:3]) == 3
+    assert send_once(port, pool, frames[:3]) == 3
     port.close()
     assert len(rdpcap(str(path))) == 4 and port.captured == 4
 

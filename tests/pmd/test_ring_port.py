@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from port_helpers import send_once
 
 from fastpath.pmd import MbufPool, open_port
 from fastpath.pmd._ring import RingPort, ring_path
@@ -43,17 +44,6 @@ def name():
     ring = new_name()
     yield ring
     RingPort.remove(ring)
-
-
-def send(port, pool, frames) -> int:
-    """tx_burst the frames once; returns how many the port took (the rest go back)."""
-    mbufs = pool.burst(max(len(frames), 1))
-    assert pool.alloc(mbufs, len(frames)) == len(frames)
-    for mbuf, frame in zip(mbufs, frames, strict=False):
-        pool.put(mbuf, frame)
-    sent = port.tx_burst(0, mbufs, len(frames))
-    pool.release(mbufs[sent:], len(frames) - sent)
-    return sent
 
 
 def receive(port, pool, max_n=32) -> list[bytes]:
@@ -79,7 +69,7 @@ def test_frames_loop_back_byte_for_byte(name):
               for k, length in enumerate([60, 64, 65, 127, 1500, 1514, 2000, 2048, 1])]
     with RingPort(name, pool, slots=16) as port:
         assert port.created and (port.slots, port.slot_size) == (16, 2048)
-        assert send(port, pool, frames) == len(frames)
+        assert send_once(port, pool, frames) == len(frames)
         assert port.pending == len(frames)
         assert receive(port, pool) == frames
         assert receive(port, pool) == []
@@ -99,7 +89,7 @@ def test_one_port_sends_and_another_receives_in_its_geometry(name):
         frames = [bytes([k]) * (60 + k) for k in range(100)]
         got = []
         for first in range(0, 100, 20):
-            assert send(sender, pool, frames[first:first + 20]) == 20
+            assert send_once(sender, pool, frames[first:first + 20]) == 20
             got += receive(receiver, pool)
         assert got == frames
         assert receive(sender, pool) == []
@@ -117,10 +107,10 @@ def test_a_full_ring_takes_fewer_and_then_more_as_it_drains(name):
     pool = MbufPool(256)
     frames = [bytes([k]) * 64 for k in range(20)]
     with RingPort(name, pool, slots=8) as port:
-        assert send(port, pool, frames) == 8
-        assert send(port, pool, frames[8:]) == 0
+        assert send_once(port, pool, frames) == 8
+        assert send_once(port, pool, frames[8:]) == 0
         assert receive(port, pool, 3) == frames[:3]
-        assert send(port, pool, frames[8:]) == 3
+        assert send_once(port, pool, frames[8:]) == 3
         assert receive(port, pool) == frames[:8][3:] + frames[8:11]
         assert port.counters().errors == 0
     assert pool.in_use == 0
@@ -136,7 +126,7 @@ def test_indices_wrap_at_two_to_the_32(name):
         frames = [bytes([k]) * (60 + k) for k in range(40)]
         got = []
         for first in range(0, 40, 5):
-            assert send(port, pool, frames[first:first + 5]) == 5
+            assert send_once(port, pool, frames[first:first + 5]) == 5
             got += receive(port, pool)
         assert got == frames
     assert pool.in_use == 0
@@ -146,7 +136,7 @@ def test_a_frame_longer_than_a_slot_is_dropped_and_counted(name):
     pool = MbufPool(64)
     with RingPort(name, pool, slots=8, slot_size=128) as port:
         frames = [b"a" * 100, b"b" * 129, b"c" * 128]
-        assert send(port, pool, frames) == 3
+        assert send_once(port, pool, frames) == 3
         assert port.too_long == 1 and port.counters().errors == 1
         assert receive(port, pool) == [frames[0], frames[2]]
     assert pool.in_use == 0
@@ -156,7 +146,7 @@ def test_a_frame_too_long_for_the_receivers_mbufs_is_dropped_and_counted(name):
     big, small = MbufPool(64, room=2048), MbufPool(64, room=128)
     with RingPort(name, big) as sender, RingPort(name, small) as receiver:
         frames = [b"a" * 100, b"b" * 200, b"c" * 128]
-        assert send(sender, big, frames) == 3
+        assert send_once(sender, big, frames) == 3
         assert receive(receiver, small) == [frames[0], frames[2]]
         assert receiver.rx_dropped == 1 and receiver.counters().errors == 1
         assert receiver.counters().rx_frames == 2
@@ -169,7 +159,7 @@ def test_the_last_port_to_close_removes_the_file(name):
     second = RingPort(name, pool)
     first.close()
     assert os.path.exists(ring_path(name))
-    assert send(second, pool, [b"x" * 60]) == 1
+    assert send_once(second, pool, [b"x" * 60]) == 1
     second.close()
     second.close()
     assert not os.path.exists(ring_path(name))
@@ -255,7 +245,7 @@ def test_a_header_corrupted_under_an_open_port_is_refused_to_the_next(name):
         with pytest.raises(ValueError, match="power of two slots, 1 to .*, not 6"):
             RingPort(name, pool)
         # The open port kept its own geometry.
-        assert send(port, pool, [b"y" * 64] * 8) == 8
+        assert send_once(port, pool, [b"y" * 64] * 8) == 8
         assert receive(port, pool) == [b"y" * 64] * 8
 
 
@@ -266,7 +256,7 @@ def test_a_ring_whose_peer_wrote_an_impossible_index_is_given_up(name, caplog):
             os.pwrite(file.fileno(), struct.pack("<I", 1000), PRODUCER_AT)
         with caplog.at_level(logging.ERROR, logger="fastpath.pmd"):
             assert receive(port, pool) == []
-            assert send(port, pool, [b"z" * 64]) == 0
+            assert send_once(port, pool, [b"z" * 64]) == 0
             assert receive(port, pool) == []
         assert port.counters().errors == 2
         assert "indices are inconsistent" in caplog.text
@@ -295,7 +285,7 @@ class RingMachine(RuleBasedStateMachine):
         self.serial = 0
 
     @rule(lengths=st.lists(st.integers(1, 256), max_size=20))
-    def send(self, lengths):
+    def send_once(self, lengths):
         frames = []
         for length in lengths:
             self.serial += 1
@@ -309,7 +299,7 @@ class RingMachine(RuleBasedStateMachine):
             else:
                 self.model.append(frame)
             expected += 1
-        assert send(self.port, self.pool, frames) == expected
+        assert send_once(self.port, self.pool, frames) == expected
 
     @rule(max_n=st.integers(0, 12))
     def receive(self, max_n):
