@@ -36,7 +36,7 @@ examples:
 
 # How long a run whose replays are over goes on while frames still move (coming back
 # through a loopback, say), and ends once nothing has moved for this long.
-DRAIN_SECONDS = 0.5
+DRAIN_SECONDS = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

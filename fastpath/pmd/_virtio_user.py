@@ -17,7 +17,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from fastpath._numba import NJIT
+from fastpath._numba import NJIT, copy_bytes
 from fastpath.errors import FastpathError
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
 from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
@@ -71,16 +71,6 @@ NUM_BUFFERS_OFFSET = 10
 @njit(**NJIT)
 def _ring_state(address):
     return carray(u64_pointer(address), (RING_COLUMNS,))
-
-
-@njit(**NJIT)
-def _copy(destination, source, n):
-    """Copy n bytes between addresses. Indices counted up from 0 into views made here let
-    the compiler vectorize the loop (an index that might be negative would not)."""
-    dst = carray(u8_pointer(destination), (n,))
-    src = carray(u8_pointer(source), (n,))
-    for i in range(n):
-        dst[i] = src[i]
 
 
 @njit(**NJIT)
@@ -175,7 +165,7 @@ def rx(row, pool, mbufs, max_n):
             if total + n > room:
                 good = False
                 continue
-            _copy(data_at + mbuf * room + total, buffers_at + slot * buffer_size + skip, n)
+            copy_bytes(data_at + mbuf * room + total, buffers_at + slot * buffer_size + skip, n)
             total += n
         done += count
         if good:
@@ -233,7 +223,7 @@ def tx(row, pool, mbufs, n):
             too_long += 1
             continue
         slot = free[free_count - 1 - added]
-        _copy(buffers_at + slot * buffer_size, data_at + mbuf * room, length)
+        copy_bytes(buffers_at + slot * buffer_size, data_at + mbuf * room, length)
         segments[slot * SEGMENT_WORDS + SEGMENT_LEN] = NET_HDR_SIZE + length
         chains[added * CHAIN_WORDS + CHAIN_FIRST_SEG] = slot
         added += 1
