@@ -58,16 +58,15 @@ PCAPNG_MAGIC = 0x0A0D0D0A  # the block type of a pcapng section header
 # Row arguments.
 ARG_STATE = ROW_ARGS            # address of the port's int64[STATE_COLUMNS] state
 ARG_BLOB = ROW_ARGS + 1         # address of the replayed file's bytes (uint8)
-ARG_BLOB_BYTES = ROW_ARGS + 2   # their count
-ARG_OFFSETS = ROW_ARGS + 3      # address of each replayed frame's offset in the blob (uint64)
-ARG_LENGTHS = ROW_ARGS + 4      # address of each replayed frame's length (uint32)
-ARG_FRAMES = ROW_ARGS + 5       # frames to replay; 0: the port receives nothing
-ARG_RING = ROW_ARGS + 6         # address of the capture ring (uint8, RING_ROWS x SNAPLEN)
-ARG_RING_ROWS = ROW_ARGS + 7    # frames the ring holds; 0: the port discards what it is sent
-ARG_SNAPLEN = ROW_ARGS + 8      # bytes kept of each frame captured
-ARG_RING_LENGTHS = ROW_ARGS + 9  # address of the ring's frame lengths (uint32)
-ARG_RING_STAMPS = ROW_ARGS + 10  # address of the ring's stamps (int64)
-ARG_RING_STATE = ROW_ARGS + 11   # address of the ring's state (uint64: held, missed)
+ARG_OFFSETS = ROW_ARGS + 2      # address of each replayed frame's offset in the blob (uint64)
+ARG_LENGTHS = ROW_ARGS + 3      # address of each replayed frame's length (uint32)
+ARG_FRAMES = ROW_ARGS + 4       # frames to replay; 0: the port receives nothing
+ARG_RING = ROW_ARGS + 5         # address of the capture ring (uint8, RING_ROWS x SNAPLEN)
+ARG_RING_ROWS = ROW_ARGS + 6    # frames the ring holds; 0: the port discards what it is sent
+ARG_SNAPLEN = ROW_ARGS + 7      # bytes kept of each frame captured
+ARG_RING_LENGTHS = ROW_ARGS + 8  # address of the ring's frame lengths (uint32)
+ARG_RING_STAMPS = ROW_ARGS + 9   # address of the ring's stamps (int64)
+ARG_RING_STATE = ROW_ARGS + 10   # address of the ring's state (uint64: held, missed)
 
 # State columns (int64).
 STATE_NEXT = 0          # the next frame to replay
@@ -341,7 +340,6 @@ class PcapPort(Port):
         if replay is not None:
             self._replay = read_pcap(replay, pool.room)
             row[ARG_BLOB] = self._replay.blob.ctypes.data
-            row[ARG_BLOB_BYTES] = len(self._replay.blob)
             row[ARG_OFFSETS] = self._replay.offsets.ctypes.data
             row[ARG_LENGTHS] = self._replay.lengths.ctypes.data
             row[ARG_FRAMES] = len(self._replay)
