@@ -36,6 +36,8 @@ def core_function(module: str, name: str, signature) -> types.ExternalFunction:
 copy_bytes = core_function("chain", "fp_copy_bytes", types.void(POINTER, POINTER, types.uint64))
 
 _PACKAGE = Path(__file__).resolve().parent
+# In a checkout, the tests' and benchmarks' own kernels call package kernels too.
+_CHECKOUT_KERNEL_DIRS = (_PACKAGE.parent / "tests", _PACKAGE.parent / "bench")
 
 
 @functools.cache
@@ -53,15 +55,20 @@ def _package_stamp() -> str:
 class _PackageStampedLocator(caching.InTreeCacheLocator):
     # Numba keys a cached kernel on its own source file alone, so a kernel that calls kernels
     # of other modules (a port dispatcher, a forwarding loop) would go on running their old
-    # code after they changed. Kernels of this package are keyed on the whole package.
+    # code after they changed, and crash where a row layout moved. Kernels of this package
+    # are keyed on the whole package; those of the checkout's tests and benchmarks on their
+    # own file and the whole package.
 
     def get_source_stamp(self):
-        return _package_stamp()
+        if Path(self._py_file).resolve().is_relative_to(_PACKAGE):
+            return _package_stamp()
+        return (super().get_source_stamp(), _package_stamp())
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        if os.environ.get("NUMBA_CACHE_DIR") or not Path(py_file).resolve().is_relative_to(
-                _PACKAGE):
+        path = Path(py_file).resolve()
+        if os.environ.get("NUMBA_CACHE_DIR") or not any(
+                path.is_relative_to(d) for d in (_PACKAGE, *_CHECKOUT_KERNEL_DIRS)):
             return None
         return super().from_function(py_func, py_file)
 

@@ -1,6 +1,8 @@
-"""Numba's on-disk cache keys a kernel on its own file alone; fastpath's kernels are keyed on
-the whole package, so a kernel never keeps running the old code of a kernel it calls from
-another module."""
+"""Numba's on-disk cache keys a kernel on its own file alone; fastpath's kernels (and those of
+the checkout's tests and benchmarks) are keyed on the whole package too, so a kernel never
+keeps running the old code of a kernel it calls from another module."""
+
+from numba.core import caching
 
 from fastpath import _numba
 from fastpath.pmd import _dispatch
@@ -32,3 +34,15 @@ def test_code_outside_the_package_keeps_numba_s_own_stamp(tmp_path):
     namespace: dict = {}
     exec(compile(outside.read_text(), str(outside), "exec"), namespace)
     assert _numba._PackageStampedLocator.from_function(namespace["f"], str(outside)) is None
+
+
+
+def test_kernels_of_the_checkout_s_tests_are_stamped_with_their_file_and_the_package():
+    # A test kernel that inlined a package kernel once ran its old row layout from the cache
+    # after the layout moved, and crashed (the pcap port's capture test).
+    this = test_kernels_of_the_checkout_s_tests_are_stamped_with_their_file_and_the_package
+    locator = _numba._PackageStampedLocator.from_function(this, __file__)
+    assert locator is not None
+    own, package = locator.get_source_stamp()
+    assert package == _numba._package_stamp()
+    assert own == caching._SourceFileBackedLocatorMixin.get_source_stamp(locator)
