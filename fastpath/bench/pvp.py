@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=int, default=256, help="virtqueue size")
     parser.add_argument("--json", metavar="FILE", help="write every run and the summary")
     parser.add_argument("--plot", metavar="FILE.png", help="draw Mpps and Gbit/s per size")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is none either when standard error is "
+                        "not a terminal: a line per run is printed all the same)")
 
 
 @dataclass
@@ -218,7 +220,8 @@ def _parse_sizes(text: str) -> list[str]:
 def _measure_all(runs: list[Run], sizes: list[str], backends: list[str],
                  args: argparse.Namespace) -> bool:
     # Every size, round and back-end, appended to runs; False (said why) if a run failed.
-    progress = _progress(len(sizes) * args.rounds * len(backends), not args.no_progress)
+    progress = _progress(len(sizes) * args.rounds * len(backends),
+                         not args.no_progress and sys.stderr.isatty())
     with progress:
         for size in sizes:
             for round_ in range(args.rounds):
