@@ -77,8 +77,7 @@ STATE_REPLAYED = 4      # frames replayed
 STATE_RATE_MHZ = 5      # replay rate in frames per 1000 s; 0: as fast as asked
 STATE_START_NS = 6      # the clock at the first paced receive; 0: not yet
 STATE_BURST_MAX = 7     # the largest burst a transmit was asked to take
-STATE_CAPTURED = 8      # frames taken into the capture ring
-STATE_COLUMNS = 9
+STATE_COLUMNS = 8
 
 # Walk outcomes (the third member of what `index_records` returns).
 WALK_COMPLETE = 0       # every byte belongs to a whole record
@@ -271,10 +270,8 @@ def tx(row, pool, mbufs, n):
     ring_state = carray(u64_pointer(row[ARG_RING_STATE]), (2,))
     room = np.int64(rows - ring_state[STATE_HELD])
     take = n if n < room else room
-    taken = capture_burst(pool[POOL_DATA], pool[POOL_LENGTH], mbufs, take, ring, ring_lengths,
-                          ring_stamps, ring_state)
-    state[STATE_CAPTURED] += taken
-    return taken
+    return capture_burst(pool[POOL_DATA], pool[POOL_LENGTH], mbufs, take, ring, ring_lengths,
+                         ring_stamps, ring_state)
 
 
 @njit(**NJIT)
@@ -395,7 +392,9 @@ class PcapPort(Port):
     @property
     def captured(self) -> int:
         """Frames taken for the capture file (written, or held in the ring to be)."""
-        return int(self._state[STATE_CAPTURED])
+        if self._capture is None:
+            return 0
+        return self._capture.written + int(self._capture.state[STATE_HELD])
 
     @property
     def written(self) -> int:
