@@ -188,7 +188,7 @@ def read_pcap(path: str | Path, room: int = MAX_RECORD) -> PcapFile:
     kept, skipped, outcome, at = index_records(raw, big_endian, room, no_index,
                                                np.zeros(0, dtype=np.uint32))
     if outcome == WALK_CORRUPT:
-        included = struct.unpack_from((">" if big_endian else "<") + "I", raw[at + 8:at + 12])[0]
+        included = _u32(raw, at + 8, big_endian)
         raise ValueError(f"{path}: the record after {kept + skipped} others (at byte {at}) "
                          f"claims {included} bytes, more than a pcap record holds "
                          f"({MAX_RECORD}): the file is corrupt")
@@ -320,7 +320,8 @@ class PcapPort(Port):
         if capture_frames < 1:
             raise ValueError(f"a capture ring holds at least one frame, not {capture_frames}")
         if name is None:
-            parts = [f"in={replay}"] * (replay is not None) + [f"out={capture}"] * (
+            # The spec that names this port: pcap:FILE,out=FILE (either part may be missing).
+            parts = [str(replay)] * (replay is not None) + [f"out={capture}"] * (
                 capture is not None)
             name = "pcap:" + ",".join(parts)
         super().__init__(name, pool, 1)

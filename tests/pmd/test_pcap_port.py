@@ -27,7 +27,7 @@ from scapy.utils import rdpcap, wrpcap, wrpcapng
 
 from fastpath._numba import NJIT
 from fastpath.errors import FastpathError
-from fastpath.pmd import MbufPool
+from fastpath.pmd import MbufPool, open_port
 from fastpath.pmd._dispatch import port_tx, port_wants_service
 from fastpath.pmd._lcore import ForwardingLoop, Stream
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, alloc_burst, free_burst
@@ -483,3 +483,11 @@ def test_a_forwarding_loop_replays_into_a_capture_losing_nothing(tmp_path, scapy
 def test_impossible_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         PcapPort(MbufPool(64), **options)
+
+
+def test_a_port_s_default_name_is_the_spec_that_opens_it(scapy_pcap, tmp_path):
+    pool = MbufPool(64)
+    with PcapPort(pool, replay=scapy_pcap, capture=tmp_path / "out.pcap") as port:
+        name = port.name
+    with open_port(name, pool) as again:
+        assert again.replay_file.path == str(scapy_pcap) and again.written == 0
