@@ -3,6 +3,11 @@ back-end (QEMU and DPDK's virtio-user emulate it themselves). A command is a cla
 command byte and its data, device-readable, then one device-writable ack byte.
 
 Commands are rare, so they are handled in Python, once per loop turn, never per frame.
+
+Only the multiqueue class is implemented: the device offers none of the features that the other
+classes depend on (CTRL_RX for the receive mode and MAC table, CTRL_MAC_ADDR, CTRL_VLAN,
+GUEST_ANNOUNCE), since it filters nothing, so §5.1.6.5 has a driver send none of them and the
+device refuses any it gets (VIRTIO_NET_ERR) rather than ack a filter it would not apply.
 """
 
 from __future__ import annotations
@@ -19,27 +24,22 @@ log = logging.getLogger("fastpath.vhost_user")
 VIRTIO_NET_OK = 0
 VIRTIO_NET_ERR = 1
 
-CLASS_RX, CLASS_MAC, CLASS_VLAN, CLASS_ANNOUNCE, CLASS_MQ = 0, 1, 2, 3, 4
-RX_COMMANDS = range(6)          # PROMISC ALLMULTI ALLUNI NOMULTI NOUNI NOBCAST: on/off byte
-MAC_TABLE_SET, MAC_ADDR_SET = 0, 1
-VLAN_ADD, VLAN_DEL = 0, 1
-ANNOUNCE_ACK = 0
+# §5.1.6.5 command classes: RX (0), MAC (1), VLAN (2) and ANNOUNCE (3) are refused.
+CLASS_MQ = 4
 MQ_VQ_PAIRS_SET = 0
 
 MAX_COMMAND = 4096
 
 
 class ControlQueue:
-    """Serves one control virtqueue for a device with `max_pairs` queue pairs.
+    """Serves one control virtqueue for a device with `max_pairs` queue pairs. With
+    `multiqueue` (VIRTIO_NET_F_MQ negotiated) VQ_PAIRS_SET sets `active_pairs`; every other
+    command is refused."""
 
-    The device receives every frame whatever the receive filters say (it does not filter),
-    so RX-mode, MAC-table and VLAN commands succeed without changing what is delivered.
-    """
-
-    def __init__(self, queue: DeviceQueue, max_pairs: int, mac: bytearray):
+    def __init__(self, queue: DeviceQueue, max_pairs: int, *, multiqueue: bool = True):
         self.queue = queue
         self.max_pairs = max_pairs
-        self.mac = mac
+        self.multiqueue = multiqueue
         self.active_pairs = max_pairs
         self.call_fd = -1
         self.kick_fd = -1
@@ -69,18 +69,7 @@ class ControlQueue:
         if len(command) < 2:
             return VIRTIO_NET_ERR
         klass, cmd, data = command[0], command[1], command[2:]
-        if klass == CLASS_RX and cmd in RX_COMMANDS and len(data) == 1:
-            return VIRTIO_NET_OK
-        if klass == CLASS_MAC and cmd == MAC_ADDR_SET and len(data) == 6:
-            self.mac[:] = data
-            return VIRTIO_NET_OK
-        if klass == CLASS_MAC and cmd == MAC_TABLE_SET:
-            return VIRTIO_NET_OK if _mac_tables_fit(data) else VIRTIO_NET_ERR
-        if klass == CLASS_VLAN and cmd in (VLAN_ADD, VLAN_DEL) and len(data) == 2:
-            return VIRTIO_NET_OK
-        if klass == CLASS_ANNOUNCE and cmd == ANNOUNCE_ACK:
-            return VIRTIO_NET_OK
-        if klass == CLASS_MQ and cmd == MQ_VQ_PAIRS_SET and len(data) == 2:
+        if self.multiqueue and klass == CLASS_MQ and cmd == MQ_VQ_PAIRS_SET and len(data) == 2:
             (pairs,) = struct.unpack("<H", data)
             if 1 <= pairs <= self.max_pairs:
                 self.active_pairs = pairs
@@ -88,13 +77,3 @@ class ControlQueue:
         log.info("control command class %d command %d refused", klass, cmd)
         return VIRTIO_NET_ERR
 
-
-def _mac_tables_fit(data: bytes) -> bool:
-    # Two tables (unicast, multicast), each a le32 count and that many 6-byte addresses.
-    at = 0
-    for _ in range(2):
-        if len(data) < at + 4:
-            return False
-        (entries,) = struct.unpack_from("<I", data, at)
-        at += 4 + 6 * entries
-    return at == len(data)

@@ -38,10 +38,7 @@ VIRTIO_NET_F_MAC = 5
 VIRTIO_NET_F_MRG_RXBUF = 15
 VIRTIO_NET_F_STATUS = 16
 VIRTIO_NET_F_CTRL_VQ = 17
-VIRTIO_NET_F_CTRL_RX = 18
-VIRTIO_NET_F_CTRL_VLAN = 19
 VIRTIO_NET_F_MQ = 22
-VIRTIO_NET_F_CTRL_MAC_ADDR = 23
 VIRTIO_F_IN_ORDER = 35
 
 VIRTIO_NET_S_LINK_UP = 1
@@ -52,9 +49,9 @@ NET_FEATURES = sum(1 << bit for bit in (
     VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_NET_F_MQ, VIRTIO_F_RING_PACKED, VIRTIO_F_IN_ORDER,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MAC, VHOST_F_LOG_ALL, VIRTIO_NET_F_CTRL_VQ,
-    VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VLAN, VIRTIO_NET_F_CTRL_MAC_ADDR,
 ))
-"""What the device offers (MTU is added when one is set)."""
+"""What the device offers (MTU is added when one is set). No receive filtering (CTRL_RX,
+CTRL_VLAN, CTRL_MAC_ADDR): the device delivers every frame, so it offers none of them."""
 
 
 def net_config(mac: bytes, queue_pairs: int, mtu: int) -> bytes:
@@ -225,8 +222,8 @@ class VirtioNet(DeviceHooks):
             self.control = None
             return
         if self.control is None or self.control.queue is not setup.queue:
-            self.control = ControlQueue(setup.queue, self.queue_pairs,
-                                        memoryview(backend.config)[:6])
+            self.control = ControlQueue(setup.queue, self.queue_pairs)
+        self.control.multiqueue = bool(backend.acked >> VIRTIO_NET_F_MQ & 1)
         self.control.call_fd = _fd(setup.call)
         self.control.kick_fd = _fd(setup.kick)
 

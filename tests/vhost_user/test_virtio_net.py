@@ -16,7 +16,13 @@ from fastpath.vhost_user import U64, LogArea, ProtocolFeature, VringState
 from fastpath.vhost_user._backend import VHOST_F_LOG_ALL
 from fastpath.vhost_user._forwarder import Forwarder
 from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MRG_RXBUF, VirtioNet
+from fastpath.vhost_user._net_control import VIRTIO_NET_ERR, VIRTIO_NET_OK
+from fastpath.vhost_user._virtio_net import (
+    VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_MQ,
+    VIRTIO_NET_F_MRG_RXBUF,
+    VirtioNet,
+)
 from fastpath.vring import PackedDriverQueue, SplitDriverQueue, ring_layout
 
 RX_BUFFERS = 0x200000
@@ -232,40 +238,82 @@ def test_frames_wait_for_the_receiveq_and_a_disabled_transmitq_is_emptied():
         guest.fe.backend.close()
 
 
-def test_control_queue_commands_are_acked_and_vq_pairs_set_limits_the_pairs_served():
-    # §5.1.6.5: a front-end that passes the control queue on gets each command acked.
-    from fastpath.vhost_user._net_control import VIRTIO_NET_ERR, VIRTIO_NET_OK
-    from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ
+def control_device(fwd, features):
+    """A two-pair device whose front-end passes the control queue on; returns the device, its
+    front-end and command(bytes) -> the ack byte the device wrote."""
+    device = VirtioNet(fwd.gate, queue_pairs=2)
+    fwd.attach(device)
+    fe = ScriptedFrontend(device.backend)
+    fe.handshake(False, features)
+    # §5.1.2: the control queue follows the pairs the driver may use (one without MQ).
+    control = 4 if features >> VIRTIO_NET_F_MQ & 1 else 2
+    for index in range(control):
+        fe.start_vring(index, 64, False)
+    ctrl = SplitDriverQueue(fe.memory, 64, fe.start_vring(control, 64, False))
 
+    def command(data: bytes) -> int:
+        fe.memory.write(TX_BUFFERS, data)
+        ctrl.add(readable=[(TX_BUFFERS, len(data))], writable=[(TX_BUFFERS + 512, 1)])
+        deadline = time.monotonic() + 5
+        while not (done := ctrl.collect()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert done == [(done[0][0], 1)]
+        return fe.memory.read(TX_BUFFERS + 512, 1)[0]
+
+    return device, fe, command
+
+
+def test_control_queue_vq_pairs_set_limits_the_pairs_served():
+    # §5.1.6.5.5: with MQ negotiated, VQ_PAIRS_SET picks how many pairs the driver uses.
     with serving("drop") as fwd:
-        device = VirtioNet(fwd.gate, queue_pairs=2)
-        fwd.attach(device)
-        fe = ScriptedFrontend(device.backend)
-        fe.handshake(False, 1 << VIRTIO_NET_F_CTRL_VQ | 1 << VIRTIO_NET_F_MQ)
-        for index in range(4):
-            fe.start_vring(index, 64, False)
-        ctrl = SplitDriverQueue(fe.memory, 64, fe.start_vring(4, 64, False))
+        device, fe, command = control_device(fwd, 1 << VIRTIO_NET_F_CTRL_VQ
+                                             | 1 << VIRTIO_NET_F_MQ)
         assert len(device.pairs) == 2
-
-        def command(data: bytes) -> int:
-            fe.memory.write(TX_BUFFERS, data)
-            ctrl.add(readable=[(TX_BUFFERS, len(data))], writable=[(TX_BUFFERS + 512, 1)])
-            deadline = time.monotonic() + 5
-            while not (done := ctrl.collect()) and time.monotonic() < deadline:
-                time.sleep(0.001)
-            assert done == [(done[0][0], 1)]
-            return fe.memory.read(TX_BUFFERS + 512, 1)[0]
-
         assert command(bytes([4, 0, 1, 0])) == VIRTIO_NET_OK       # MQ VQ_PAIRS_SET 1
         assert len(device.pairs) == 1
         assert command(bytes([4, 0, 3, 0])) == VIRTIO_NET_ERR      # more pairs than offered
-        assert command(bytes([1, 1]) + bytes.fromhex("020000000042")) == VIRTIO_NET_OK
-        assert fe.backend.config[:6] == bytes.fromhex("020000000042")  # MAC_ADDR_SET
-        assert command(bytes([0, 0, 1])) == VIRTIO_NET_OK          # RX PROMISC on
+        assert command(bytes([4, 0, 0, 0])) == VIRTIO_NET_ERR      # fewer than one
         assert command(bytes([9, 9])) == VIRTIO_NET_ERR            # no such class
         assert command(bytes([0])) == VIRTIO_NET_ERR               # too short
         assert command(bytes([4, 0, 2, 0])) == VIRTIO_NET_OK
         assert len(device.pairs) == 2
+        fe.backend.close()
+
+
+def test_receive_filter_features_are_not_offered():
+    # Offered means implemented: the device filters nothing, so it offers no filter classes.
+    offered = VirtioNet(Gate()).features
+    for bit in (18, 19, 20, 21, 23):   # CTRL_RX, CTRL_VLAN, CTRL_RX_EXTRA, GUEST_ANNOUNCE,
+        assert not offered >> bit & 1  # CTRL_MAC_ADDR
+    assert offered >> VIRTIO_NET_F_CTRL_VQ & 1 and offered >> VIRTIO_NET_F_MQ & 1
+
+
+@pytest.mark.parametrize("name, command", [
+    ("RX PROMISC on", bytes([0, 0, 1])),
+    ("RX ALLMULTI off", bytes([0, 1, 0])),
+    ("MAC TABLE_SET, empty tables", bytes([1, 0]) + bytes(8)),
+    ("MAC ADDR_SET", bytes([1, 1]) + bytes.fromhex("020000000042")),
+    ("VLAN ADD 5", bytes([2, 0, 5, 0])),
+    ("VLAN DEL 5", bytes([2, 1, 5, 0])),
+    ("ANNOUNCE ACK", bytes([3, 0])),
+])
+def test_commands_of_classes_not_negotiated_are_refused(name, command):
+    # §5.1.6.5: RX and MAC need CTRL_RX, ADDR_SET CTRL_MAC_ADDR, VLAN CTRL_VLAN, ANNOUNCE
+    # GUEST_ANNOUNCE; none is offered, so none is acked, and the MAC stays what it was.
+    with serving("drop") as fwd:
+        device, fe, command_ack = control_device(fwd, 1 << VIRTIO_NET_F_CTRL_VQ
+                                                 | 1 << VIRTIO_NET_F_MQ)
+        config = bytes(fe.backend.config)
+        assert command_ack(command) == VIRTIO_NET_ERR, name
+        assert bytes(fe.backend.config) == config
+        fe.backend.close()
+
+
+def test_vq_pairs_set_is_refused_without_mq():
+    with serving("drop") as fwd:
+        device, fe, command = control_device(fwd, 1 << VIRTIO_NET_F_CTRL_VQ)
+        assert command(bytes([4, 0, 1, 0])) == VIRTIO_NET_ERR
+        assert len(device.pairs) == 1
         fe.backend.close()
 
 
