@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 
+import fastpath
 from fastpath.vhost_user._forwarder import MODES, Forwarder
 from fastpath.vhost_user._gate import Gate
 from fastpath.vhost_user._pcap import PcapCapture
@@ -131,8 +134,10 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     forwarder.start()
+    origin = _which_fastpath()
     print(f"fastpath vhost-net: {'connecting to' if args.client else 'listening on'} "
-          f"{args.socket}, {args.queues} queue pair(s), fwd {args.fwd}", file=sys.stderr,
+          f"{args.socket}, {args.queues} queue pair(s), fwd {args.fwd}; fastpath "
+          f"{origin['file']} revision {origin['revision'] or 'unknown'}", file=sys.stderr,
           flush=True)
     started = time.monotonic()
     last_report, last_snapshot = started, connections.snapshot()
@@ -162,6 +167,23 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0
+
+
+def _which_fastpath() -> dict:
+    # Which checkout ran, so that a benchmark comparing two of them can prove it: the package's
+    # file and the revision of its checkout (git's, or the one an export recorded in .revision).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastpath.__file__)))
+    revision = None
+    try:
+        if os.path.exists(os.path.join(root, ".git")):
+            revision = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"],
+                                      capture_output=True, text=True, timeout=5).stdout.strip()
+        elif os.path.exists(os.path.join(root, ".revision")):
+            with open(os.path.join(root, ".revision")) as f:
+                revision = f.read().strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"file": fastpath.__file__, "revision": revision or None}
 
 
 def _print_rates(now: dict, before: dict, seconds: float) -> None:
