@@ -24,6 +24,7 @@ __all__ = [
     "RingFull",
     "error_for_code",
     "ChannelClosed",
+    "PeerTooSlow",
     "ProtocolError",
     "TruncatedMessage",
     "BadVersion",
@@ -138,6 +139,11 @@ class RingFull(VringError):
 
 class ChannelClosed(FastpathError):
     """The peer closed a vhost-user connection between two messages: an orderly end."""
+
+
+class PeerTooSlow(FastpathError):
+    """A vhost-user peer left a message half-sent, or what was sent to it unread, for longer
+    or in larger amounts than a back-end serving other peers can wait for."""
 
 
 class BackendRefused(FastpathError):

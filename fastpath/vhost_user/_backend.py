@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastpath.errors import ChannelClosed, FastpathError, ProtocolError
+from fastpath.errors import ChannelClosed, FastpathError, PeerTooSlow, ProtocolError
 from fastpath.hv import GuestMemory, SharedRegion
 from fastpath.vhost_user._channel import Channel
 from fastpath.vhost_user._payloads import (
@@ -70,6 +70,17 @@ _DATA_PLANE_REQUESTS = {
 class RequestRefused(FastpathError):
     """A well-formed request the back-end cannot carry out (a bad vring index, say)."""
 
+    # Whether the connection must close when the refusal cannot be acked: the front-end
+    # would go on believing the request was carried out, and it is not one to ignore.
+    closes_unless_acked = False
+
+
+class NotAnEventfd(RequestRefused):
+    """A kick, call or error fd that is not an eventfd (a pipe, a socket, a file): reading or
+    signalling it could block the data plane."""
+
+    closes_unless_acked = True
+
 
 class DeviceHooks:
     """What a device behind a `Backend` is told; every hook does nothing by default.
@@ -96,6 +107,24 @@ class DeviceHooks:
 
     def closed(self, backend: Backend) -> None:
         """The connection is closing: let go of every ring (the device is quiesced)."""
+
+
+def _take_eventfd(fds: list[int], what: str) -> int | None:
+    # The fd a SET_VRING_KICK/CALL/ERR carries, checked to be an eventfd and made
+    # non-blocking, so that signalling a counter the front-end let fill up returns at once
+    # (EAGAIN) instead of stopping the data plane. Front-ends create theirs non-blocking
+    # anyway (O_NONBLOCK is shared with them).
+    if not fds:
+        return None
+    try:
+        target = os.readlink(f"/proc/self/fd/{fds[-1]}")
+    except OSError as e:
+        target = f"unreadable ({e.strerror})"
+    if target != "anon_inode:[eventfd]":
+        raise NotAnEventfd(f"the {what} fd is {target}, not an eventfd")
+    fd = fds.pop()
+    os.set_blocking(fd, False)
+    return fd
 
 
 def _replace_fd(holder: object, name: str, fd: int | None) -> None:
@@ -202,20 +231,25 @@ class Backend:
     # --- the engine ---
 
     def handle_request(self) -> bool:
-        """Receive and handle one message; False once the connection is over.
+        """Read what has arrived and handle one message once it is whole; False once the
+        connection is over. It never waits for the front-end: call it when the channel is
+        readable (a message still incomplete returns True, having done nothing more).
 
-        A malformed message or a failed request that must be answered ends the connection (the
-        front-end would otherwise wait for ever); any other refused request is logged, answered
-        with a failing REPLY_ACK if one was asked for, and the back-end carries on.
+        A malformed message, a failed request that must be answered (the front-end would
+        otherwise wait for ever) or a front-end that stops reading its replies ends the
+        connection; any other refused request is logged, answered with a failing REPLY_ACK if
+        one was asked for, and the back-end carries on.
         """
         try:
-            received = self.channel.receive()
-        except ChannelClosed:
-            log.info("front-end disconnected")
+            received = self.channel.receive_nowait()
+        except ChannelClosed as e:
+            log.info("front-end disconnected: %s", e)
             return False
         except ProtocolError as e:
             log.error("closing the connection: %s", e)
             return False
+        if received is None:
+            return True
         header = received.message.header
         request = header.request
         handler = self._handlers.get(request)
@@ -228,9 +262,13 @@ class Backend:
                     raise RequestRefused(f"{request.name} is not implemented")
                 reply = handler(received.message.payload, fds)
                 ok = True
-            except (FastpathError, ValueError, OSError) as e:
-                log.error("%s refused: %s", request.name, e)
-                if request in ALWAYS_REPLY:
+            except (FastpathError, OSError) as e:
+                acked = header.need_reply and self.protocol & ProtocolFeature.REPLY_ACK
+                closes = request in ALWAYS_REPLY or (
+                    getattr(e, "closes_unless_acked", False) and not acked)
+                log.error("%s refused%s: %s", request.name,
+                          "; closing the connection" if closes else "", e)
+                if closes:
                     return False
                 reply, ok = None, False
             finally:
@@ -238,10 +276,17 @@ class Backend:
                     os.close(fd)
                 if touches_data_plane:
                     self.device.rings_changed(self)
-        if request in ALWAYS_REPLY:
-            self.channel.send(encode_reply(request, reply))
-        elif header.need_reply and self.protocol & ProtocolFeature.REPLY_ACK:
-            self.channel.send(encode_reply(request, U64(0 if ok else 1)))
+        try:
+            if request in ALWAYS_REPLY:
+                self.channel.send_nowait(encode_reply(request, reply))
+            elif header.need_reply and self.protocol & ProtocolFeature.REPLY_ACK:
+                self.channel.send_nowait(encode_reply(request, U64(0 if ok else 1)))
+        except ChannelClosed as e:
+            log.info("front-end disconnected before its reply to %s: %s", request.name, e)
+            return False
+        except PeerTooSlow as e:
+            log.error("closing the connection: %s", e)
+            return False
         return True
 
     def reset(self) -> None:
@@ -328,12 +373,17 @@ class Backend:
                   for fd, r in zip(fds, payload.regions, strict=True)]
         fds.clear()  # from_shared owns them now, and closes them itself if it fails
         memory = GuestMemory.from_shared(shared, owns_fds=True)
+        # Started rings move to the new mapping where they stood. A ring the new table does
+        # not hold refuses the request, and the old table and rings go on as they were.
+        try:
+            moved = {index: self._new_queue(index, memory, self._ring_base(vring.queue))
+                     for index, vring in enumerate(self.vrings) if vring.started}
+        except BaseException:
+            memory.close()
+            raise
         old, self.memory = self.memory, memory
-        # Started rings move to the new mapping where they stood.
-        for index, vring in enumerate(self.vrings):
-            if vring.started:
-                vring.base = self._ring_base(vring.queue)
-                self._start(index)
+        for index, queue in moved.items():
+            self.vrings[index].queue = queue
         if old is not None:
             old.close()
         log.info("memory table: %s", memory)
@@ -383,37 +433,56 @@ class Backend:
 
     def _set_vring_kick(self, payload: VringFile, fds: list[int]) -> None:
         vring = self._vring(payload.index)
-        self._start(payload.index)
-        vring.replace_fd("kick", fds.pop() if fds else None)
+        kick = _take_eventfd(fds, "kick")
+        if vring.started:
+            # A new kick fd for a running ring (QEMU after a vhost restart without stopping
+            # it): go on from where the ring stands, not from the base it was started with.
+            vring.base = self._ring_base(vring.queue)
+        try:
+            self._start(payload.index)
+        except BaseException:
+            if kick is not None:
+                os.close(kick)
+            raise
+        vring.replace_fd("kick", kick)
 
     def _set_vring_fd(self, payload: VringFile, fds: list[int], name: str) -> None:
-        self._vring(payload.index).replace_fd(name, fds.pop() if fds else None)
+        vring = self._vring(payload.index)
+        vring.replace_fd(name, _take_eventfd(fds, name))
 
     def _set_vring_enable(self, payload: VringState, fds: list[int]) -> None:
         self._vring(payload.index).enabled = bool(payload.num)
 
     def _start(self, index: int) -> None:
         vring = self.vrings[index]
-        if self.memory is None or vring.address is None or not vring.num:
+        vring.queue = self._new_queue(index, self.memory, vring.base)
+        # Without PROTOCOL_FEATURES a ring is enabled as soon as it starts.
+        if not self.acked >> VHOST_USER_F_PROTOCOL_FEATURES & 1:
+            vring.enabled = True
+
+    def _new_queue(self, index: int, memory: GuestMemory | None, base: int) -> DeviceQueue:
+        # Vring `index` laid over `memory`, going on from `base` (as SET_VRING_BASE gives it).
+        vring = self.vrings[index]
+        if memory is None or vring.address is None or not vring.num:
             raise RequestRefused(f"vring {index} started before its memory, size and addresses")
         a = vring.address
-        to_guest = self.memory.user_to_guest
+        to_guest = memory.user_to_guest
         addresses = RingAddresses(to_guest(a.desc), to_guest(a.avail), to_guest(a.used))
         options = {"event_idx": bool(self.acked >> VIRTIO_RING_F_EVENT_IDX & 1),
                    "indirect": bool(self.acked >> VIRTIO_RING_F_INDIRECT_DESC & 1)}
         if self.packed:
             # Bits 0-14: the next avail slot, bit 15 its wrap counter (a new ring: 0x8000). The
             # used position starts there too unless bits 16-31 carry it.
-            queue = PackedDeviceQueue(self.memory, vring.num, addresses, **options)
-            avail = vring.base & 0xFFFF
-            used = vring.base >> 16 or avail
+            queue = PackedDeviceQueue(memory, vring.num, addresses, **options)
+            avail = base & 0xFFFF
+            used = base >> 16 or avail
             queue.avail_state = (avail & 0x7FFF, avail >> 15)
             queue.used_state = (used & 0x7FFF, used >> 15)
         else:
-            queue = SplitDeviceQueue(self.memory, vring.num, addresses, **options)
-            base = vring.base & 0xFFFF
+            queue = SplitDeviceQueue(memory, vring.num, addresses, **options)
+            base &= 0xFFFF
             # §2.7.8: used.idx, the ring's own record of how far this device got.
-            used = int(self.memory.view(addresses.device + 2, 2).view("<u2")[0])
+            used = int(memory.view(addresses.device + 2, 2).view("<u2")[0])
             if used != base and self.device.uses_buffers_in_order:
                 # A front-end that lost its back-end (DPDK's virtio-user after a reconnect)
                 # may give base 0 for a ring already in use. A device that uses buffers in
@@ -424,16 +493,13 @@ class Backend:
                 base = used
             queue.last_avail_idx = base
             queue.used_idx = base
-        # Without PROTOCOL_FEATURES a ring is enabled as soon as it starts.
-        if not self.acked >> VHOST_USER_F_PROTOCOL_FEATURES & 1:
-            vring.enabled = True
-        vring.queue = queue
+        return queue
 
     def _ring_base(self, queue: DeviceQueue) -> int:
-        # Split: the next avail index. Packed: the next avail slot with its wrap counter in bit
-        # 15, as DPDK reads it; the used position follows in bits 16-31 when it differs.
+        # Split: the next avail index. Packed: bits 0-14 the next avail slot and bit 15 its
+        # wrap counter (all DPDK reads), bits 16-30 the next used slot and bit 31 its wrap
+        # counter, as QEMU reads a packed ring's state back from GET_VRING_BASE.
         if isinstance(queue, PackedDeviceQueue):
             (avail, avail_wrap), (used, used_wrap) = queue.avail_state, queue.used_state
-            avail_bits, used_bits = avail | avail_wrap << 15, used | used_wrap << 15
-            return avail_bits | (used_bits << 16 if used_bits != avail_bits else 0)
+            return avail | avail_wrap << 15 | used << 16 | used_wrap << 31
         return queue.last_avail_idx

@@ -2,7 +2,9 @@
 that connects to a listening front-end and reconnects when it goes away (client mode).
 
 Each connection gets its own `Backend`; one that misbehaves or goes away is closed and forgotten
-while the others carry on.
+while the others carry on. No connection can hold the loop: sockets are read and written without
+waiting, and a front-end that leaves a message half-sent, or its replies unread, for longer than
+`message_deadline` seconds is closed with a log line.
 """
 
 from __future__ import annotations
@@ -16,10 +18,41 @@ import stat
 import time
 from collections.abc import Callable
 
+from fastpath.errors import ChannelClosed
 from fastpath.vhost_user._backend import Backend
 from fastpath.vhost_user._channel import Channel
 
 log = logging.getLogger("fastpath.vhost_user")
+
+# Real front-ends send a message whole, in one sendmsg, and read each reply at once; ten
+# seconds leaves room for a front-end on a loaded machine (QEMU under TCG).
+MESSAGE_DEADLINE = 10.0
+
+
+def _serve_events(backend: Backend, events: int) -> bool:
+    # A readable and/or writable connection's turn; False once it is over.
+    try:
+        if events & selectors.EVENT_WRITE:
+            backend.channel.flush()
+    except ChannelClosed as e:
+        log.info("front-end disconnected: %s", e)
+        return False
+    return not events & selectors.EVENT_READ or backend.handle_request()
+
+
+def _interest(backend: Backend) -> int:
+    # Writable interest only while output waits, so that an idle socket does not wake the loop.
+    return selectors.EVENT_READ | (selectors.EVENT_WRITE if backend.channel.has_queued_output
+                                   else 0)
+
+
+def _overdue(backend: Backend, deadline: float) -> bool:
+    since = backend.channel.waiting_since()
+    if since is None or time.monotonic() - since <= deadline:
+        return False
+    log.error("closing a front-end that left a message half-sent or its replies unread for "
+              "more than %g s", deadline)
+    return True
 
 
 class BackendServer:
@@ -30,10 +63,12 @@ class BackendServer:
     """
 
     def __init__(self, path: str, make_backend: Callable[[Channel], Backend], *,
-                 backlog: int = 4, max_connections: int | None = None):
+                 backlog: int = 16, max_connections: int | None = None,
+                 message_deadline: float = MESSAGE_DEADLINE):
         self.path = path
         self.make_backend = make_backend
         self.max_connections = max_connections
+        self.message_deadline = message_deadline
         if os.path.exists(path):
             if not stat.S_ISSOCK(os.stat(path).st_mode):
                 raise FileExistsError(f"{path} exists and is not a socket")
@@ -46,13 +81,21 @@ class BackendServer:
         self.backends: list[Backend] = []
 
     def serve_once(self, timeout: float | None = None) -> None:
-        """Wait up to `timeout` seconds, then accept new connections and handle one message on
-        every connection that has one."""
-        for key, _ in self.selector.select(timeout):
+        """Wait up to `timeout` seconds (at most the message deadline), then accept new
+        connections, handle one message on every connection that has one, write queued
+        replies, and close connections that stalled past the deadline."""
+        if timeout is None or timeout > self.message_deadline:
+            timeout = self.message_deadline
+        for key, events in self.selector.select(timeout):
             if key.fileobj is self.listener:
                 self._accept()
-            elif not key.data.handle_request():
+            elif not _serve_events(key.data, events):
                 self._drop(key.data)
+        for backend in list(self.backends):
+            if _overdue(backend, self.message_deadline):
+                self._drop(backend)
+            else:
+                self.selector.modify(backend.channel.sock, _interest(backend), backend)
 
     def close(self) -> None:
         """Close every connection and the listening socket, and remove the socket file."""
@@ -65,7 +108,13 @@ class BackendServer:
             os.unlink(self.path)
 
     def _accept(self) -> None:
-        sock, _ = self.listener.accept()
+        try:
+            sock, _ = self.listener.accept()
+        except OSError as e:
+            # The front-end gave up before it was accepted (ECONNABORTED), or the process is
+            # out of fds: the others go on, and the listener is tried again next time.
+            log.error("accepting a front-end on %s failed: %s", self.path, e)
+            return
         if self.max_connections is not None and len(self.backends) >= self.max_connections:
             log.error("refused a front-end on %s: %d already connected", self.path,
                       len(self.backends))
@@ -90,10 +139,11 @@ class BackendClient:
     _RETRY = {errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN}
 
     def __init__(self, path: str, make_backend: Callable[[Channel], Backend], *,
-                 retry_interval: float = 0.5):
+                 retry_interval: float = 0.5, message_deadline: float = MESSAGE_DEADLINE):
         self.path = path
         self.make_backend = make_backend
         self.retry_interval = retry_interval
+        self.message_deadline = message_deadline
         self.backend: Backend | None = None
         self.connections = 0
         self._next_attempt = 0.0
@@ -106,15 +156,18 @@ class BackendClient:
             if self.backend is None:
                 time.sleep(min(timeout, max(0.0, self._next_attempt - time.monotonic())))
                 return
-        readable = selectors.DefaultSelector()
+        selector = selectors.DefaultSelector()
         try:
-            readable.register(self.backend.channel.sock, selectors.EVENT_READ)
-            if readable.select(timeout) and not self.backend.handle_request():
-                self.backend.close()
-                self.backend = None
-                log.info("front-end on %s went away; reconnecting", self.path)
+            selector.register(self.backend.channel.sock, _interest(self.backend))
+            ready = selector.select(timeout)
+            over = (bool(ready) and not _serve_events(self.backend, ready[0][1])) or _overdue(
+                self.backend, self.message_deadline)
         finally:
-            readable.close()
+            selector.close()
+        if over:
+            self.backend.close()
+            self.backend = None
+            log.info("front-end on %s went away; reconnecting", self.path)
 
     def close(self) -> None:
         """Close the connection, if any."""
