@@ -79,15 +79,18 @@ class QemuGuest:
     `socket` is the vhost-user socket of the guest's one virtio-net device (None: no network
     device); `server` makes QEMU listen on it, `reconnect` (seconds) makes QEMU as the client
     reconnect after losing the back-end. `append` is added to the kernel command line
-    ``console=ttyS0 quiet panic=-1``. `memory_mb` is the guest's memory, `mac` the device's
-    MAC address, `queues` its queue pairs, `extra` more QEMU arguments, `cpu` a CPU to pin
-    QEMU to (None: no pinning). QEMU is killed after `time_limit` seconds whatever happens.
+    ``console=ttyS0 quiet panic=-1``. `memory_mb` is the guest's memory, `vcpus` its virtual
+    CPUs, `mac` the device's MAC address, `queues` its queue pairs (more than one: ``mq=on``),
+    `packed` gives it packed rings (``packed=on``), `extra` more QEMU arguments, `cpu` a CPU
+    to pin QEMU to (None: no pinning). QEMU is killed after `time_limit` seconds whatever
+    happens.
     """
 
     def __init__(self, kernel: str | os.PathLike, initrd: str | os.PathLike, *,
                  socket: str | os.PathLike | None = None, server: bool = False,
                  reconnect: int | None = None, append: str = "", memory_mb: int = 512,
-                 mac: str = "52:54:00:12:34:56", queues: int = 1, extra: Sequence[str] = (),
+                 vcpus: int = 1, mac: str = "52:54:00:12:34:56", queues: int = 1,
+                 packed: bool = False, extra: Sequence[str] = (),
                  cpu: int | None = None, time_limit: float = 120.0, qemu: str | None = None):
         binary = qemu or self.find()
         if binary is None:
@@ -96,7 +99,7 @@ class QemuGuest:
             raise ValueError("reconnect is for QEMU as the socket's client, not with server")
         self.socket = os.fspath(socket) if socket is not None else None
         self.command = [
-            binary, "-accel", "tcg", "-m", f"{memory_mb}M",
+            binary, "-accel", "tcg", "-smp", str(vcpus), "-m", f"{memory_mb}M",
             "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on",
             "-numa", "node,memdev=mem",
             "-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd),
@@ -115,7 +118,7 @@ class QemuGuest:
                 "-chardev", chardev,
                 "-netdev", f"vhost-user,id=n0,chardev=c0,queues={queues}",
                 "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=,vectors=0"
-                + (",mq=on" if queues > 1 else ""),
+                + (",mq=on" if queues > 1 else "") + (",packed=on" if packed else ""),
             ]
         self.command += list(extra)
         cpus = {cpu} if cpu is not None else None

@@ -169,14 +169,27 @@ class VirtioNet(DeviceHooks):
         """Virtqueues: a receiveq and a transmitq per pair, then the control queue."""
         return 2 * self.queue_pairs + 1
 
-    def backend(self, channel) -> Backend:
-        """A back-end engine for this device on a new connection."""
+    @property
+    def protocol_features(self) -> int:
+        """The vhost-user protocol features the device offers."""
         # No CONFIG: QEMU and DPDK keep a net device's config space themselves (QEMU warns
         # about a net back-end that offers it).
+        withheld = ProtocolFeature.CONFIG
+        if self.queue_pairs > 1:
+            # QEMU 7.2 drives each queue pair as a vhost device of its own and sends only
+            # SET_MEM_TABLE once per connection: with CONFIGURE_MEM_SLOTS every pair sends
+            # ADD_MEM_REG for every region, the engine refuses the second pair's copies as
+            # overlapping, and QEMU gives up on the back-end ("falling back on userspace
+            # virtio"): no frame of any pair reaches it. Without it QEMU sends one table.
+            withheld |= ProtocolFeature.CONFIGURE_MEM_SLOTS
+        return ENGINE_PROTOCOL_FEATURES & ~withheld
+
+    def backend(self, channel) -> Backend:
+        """A back-end engine for this device on a new connection."""
         return Backend(channel, features=self.features, vrings=self.vrings,
                        queue_num=self.queue_pairs, config=net_config(self.mac, self.queue_pairs,
                                                                      self.mtu), device=self,
-                       protocol_features=ENGINE_PROTOCOL_FEATURES & ~ProtocolFeature.CONFIG)
+                       protocol_features=self.protocol_features)
 
     # --- DeviceHooks ---
 

@@ -22,9 +22,12 @@ guest"):
   from busybox-static with a link for each of its applets, ``/dev/console``, the modules,
   ``/bin/netcheck`` (``netcheck.c`` next to this script, ``gcc -static``) and ``/init``. The
   init script mounts /proc, /sys and /dev, loads the modules, brings eth0 up, prints the
-  device's negotiated virtio feature bits (``NETCHECK FEATURES <bits>``), runs netcheck with
-  the arguments of the kernel parameter ``netcheck=ARG,ARG,...`` and powers off, so QEMU
-  (``-no-reboot``) exits. With ``netcheck_rebind=N`` it then N times unbinds the virtio_net
+  device's negotiated virtio feature bits (``NETCHECK FEATURES <bits>``) and the transmit
+  queues the driver uses (``NETCHECK QUEUES n``), runs netcheck with the arguments of the
+  kernel parameter ``netcheck=ARG,ARG,...`` and powers off, so QEMU (``-no-reboot``) exits.
+  With ``netcheck_cpus=0,1,...`` it runs netcheck once pinned to each of those CPUs instead,
+  each run after a line ``NETCHECK CPU k`` (a multiqueue driver transmits on the queue pair
+  of the CPU it runs on). With ``netcheck_rebind=N`` it then N times unbinds the virtio_net
   driver (a device reset), binds it again and runs netcheck again, each time after a line
   ``NETCHECK REBIND k``.
 
@@ -86,10 +89,12 @@ wait_eth0() {
 }
 args=""
 rebind=0
+cpus=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
         netcheck=*) args=$(echo "${word#netcheck=}" | tr , ' ') ;;
         netcheck_rebind=*) rebind=${word#netcheck_rebind=} ;;
+        netcheck_cpus=*) cpus=$(echo "${word#netcheck_cpus=}" | tr , ' ') ;;
     esac
 done
 if wait_eth0; then
@@ -97,8 +102,21 @@ if wait_eth0; then
         [ -e $d/net ] && echo "NETCHECK FEATURES $(cat $d/features)"
     done
     ip link set eth0 up
-    /bin/netcheck $args
-    echo "NETCHECK EXIT $?"
+    # The transmit queues the driver uses (it enables one queue pair per CPU, up to the
+    # device's maximum).
+    echo "NETCHECK QUEUES $(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)"
+    if [ -n "$cpus" ]; then
+        # netcheck_cpus=0,1: netcheck once pinned to each CPU, which transmits on the queue
+        # pair the driver maps that CPU to (and receives on it too, from an io back-end).
+        for cpu in $cpus; do
+            echo "NETCHECK CPU $cpu"
+            taskset -c $cpu /bin/netcheck $args -r $((cpu * 1000))
+            echo "NETCHECK EXIT $?"
+        done
+    else
+        /bin/netcheck $args
+        echo "NETCHECK EXIT $?"
+    fi
     # netcheck_rebind=N: N times, unbind the driver (the device is reset) and bind it again
     # (the driver sets the device up from scratch, as after a guest reboot), and check again.
     n=0

@@ -28,6 +28,8 @@
  * Options: -i IFACE (eth0)  -n FRAMES per round (200)  -w WINDOW frames in flight (32)
  *          -t SECONDS a round may take (20)  -d SECONDS of rounds (0: a single run)
  *          -g MILLISECONDS between rounds (200)  -a SECONDS hard time limit (-d + -t + 30)
+ *          -r ROUND the number of the first round (0), so that runs one after the other
+ *             (on each CPU, say) tell each other's late frames from their own
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -59,6 +61,7 @@ static double round_seconds = 20.0;
 static double duration = 0.0;
 static int gap_ms = 200;
 static int alarm_seconds = 0;
+static int first_round = 0;
 
 static unsigned char mac[6];
 /* The source address: not ours, so that a back-end that swaps or rewrites MACs is caught. */
@@ -258,14 +261,14 @@ static int run_round(int fd, int ifindex, uint32_t round, struct result *r)
 static void usage(void)
 {
     fprintf(stderr, "usage: netcheck [-i IFACE] [-n FRAMES] [-w WINDOW] [-t SECONDS] "
-                    "[-d SECONDS] [-g MS] [-a SECONDS]\n");
+                    "[-d SECONDS] [-g MS] [-a SECONDS] [-r ROUND]\n");
     exit(64);
 }
 
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "i:n:w:t:d:g:a:")) != -1) {
+    while ((opt = getopt(argc, argv, "i:n:w:t:d:g:a:r:")) != -1) {
         switch (opt) {
         case 'i': iface = optarg; break;
         case 'n': frames = atoi(optarg); break;
@@ -274,10 +277,11 @@ int main(int argc, char **argv)
         case 'd': duration = atof(optarg); break;
         case 'g': gap_ms = atoi(optarg); break;
         case 'a': alarm_seconds = atoi(optarg); break;
+        case 'r': first_round = atoi(optarg); break;
         default: usage();
         }
     }
-    if (frames < 2 || frames > MAX_FRAMES || window < 1 || round_seconds <= 0)
+    if (frames < 2 || frames > MAX_FRAMES || window < 1 || round_seconds <= 0 || first_round < 0)
         usage();
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGALRM, on_alarm);
@@ -321,12 +325,12 @@ int main(int argc, char **argv)
 
     struct result r;
     if (duration <= 0) {
-        int ok = run_round(fd, ifindex, 0, &r);
+        int ok = run_round(fd, ifindex, first_round, &r);
         print_result("NETCHECK ", &r, ok);
         return ok ? 0 : 1;
     }
     double end = now() + duration;
-    int rounds = 0, passed = 0;
+    int rounds = first_round, passed = 0;
     char prefix[48];
     while (now() < end) {
         int ok = run_round(fd, ifindex, rounds, &r);
@@ -336,6 +340,7 @@ int main(int argc, char **argv)
         passed += ok;
         usleep(gap_ms * 1000);
     }
+    rounds -= first_round;
     printf("NETCHECK DONE rounds=%d ok=%d failed=%d\n", rounds, passed, rounds - passed);
     return passed == rounds ? 0 : 1;
 }
