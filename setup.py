@@ -23,7 +23,8 @@ DIRECTIVES = {
 
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-DNDEBUG"]
 
-MODULES = ["memory", "split", "packed", "chain", "notify", "net", "clock", "ring", "fdio"]
+MODULES = ["memory", "split", "packed", "chain", "notify", "net", "clock", "ring", "fdio",
+           "guard"]
 
 extensions = [
     Extension(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastpath._core import guard as _core_guard
 from fastpath._core import memory as _core_memory
 from fastpath.errors import GuestMemoryError
 
@@ -50,6 +51,7 @@ class _Mapping:
 
     # Set only once the mapping exists: a failed one must not close an fd it never took.
     owns_fd = False
+    guard_slot: int | None = None
 
     def __init__(self, shared: SharedRegion, owns_fd: bool):
         self.shared = shared
@@ -66,6 +68,17 @@ class _Mapping:
         self.bytes = np.frombuffer(self.map, dtype=np.uint8)
         self.host_addr = self.bytes.ctypes.data
         self.owns_fd = owns_fd
+        if not _sealed_against_shrinking(shared.fd):
+            # The peer can cut the file short under us (DPDK's memory is not sealed): an
+            # access past its new end then reads zeros instead of killing the process, and
+            # `faulted` tells the control plane to close that peer.
+            length = -(-shared.size // PAGE_SIZE) * PAGE_SIZE
+            self.guard_slot = _core_guard.guard(self.host_addr, length)
+
+    @property
+    def faulted(self) -> bool:
+        """Whether the file under this mapping shrank and an access past its end faulted."""
+        return self.guard_slot is not None and _core_guard.faulted(self.guard_slot)
 
     def close_fd(self) -> None:
         """Close the fd if this mapping owns it; the mapping itself stays until unreferenced."""
@@ -74,8 +87,11 @@ class _Mapping:
             os.close(self.shared.fd)
 
     def __del__(self) -> None:
-        # A memory nobody closed still gives its fds back when its last mapping goes.
+        # A memory nobody closed still gives its fds back when its last mapping goes. Its
+        # range is unmapped with it: another mapping may take its place unguarded.
         self.close_fd()
+        if self.guard_slot is not None:
+            _core_guard.unguard(self.guard_slot)
 
     @classmethod
     def create(cls, name: str, gpa: int, size: int, hugetlb: bool) -> _Mapping:
@@ -229,6 +245,12 @@ class GuestMemory:
         """Total bytes mapped."""
         return sum(m.shared.size for m in self._mappings)
 
+    @property
+    def faulted(self) -> bool:
+        """Whether a peer cut a region's file short under its mapping and an access faulted:
+        that region now reads zeros, and whoever shared it should be cut off."""
+        return any(m.faulted for m in self._mappings)
+
     def translate(self, gpa: int, length: int = 1) -> int:
         """Host address of the guest-physical range [gpa, gpa + length)."""
         hva = self._core.gpa_to_hva(gpa, length) if _in_u64(gpa, length) else 0
@@ -308,6 +330,13 @@ class GuestMemory:
     def __repr__(self) -> str:
         parts = ", ".join(f"{s.guest_phys_addr:#x}+{s.size:#x}" for s in self.regions)
         return f"GuestMemory([{parts}])"
+
+
+def _sealed_against_shrinking(fd: int) -> bool:
+    try:
+        return bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK)
+    except OSError:  # not a memfd (a hugetlbfs file, say): never sealed
+        return False
 
 
 def _in_u64(addr: int, length: int) -> bool:

@@ -312,6 +312,12 @@ class Backend:
         self.channel.close()
 
     @property
+    def memory_lost(self) -> bool:
+        """Whether the front-end cut a region's file short under the mapping: the rings read
+        zeros there now, and the connection should be closed."""
+        return self.memory is not None and self.memory.faulted
+
+    @property
     def packed(self) -> bool:
         return bool(self.acked >> VIRTIO_F_RING_PACKED & 1)
 

@@ -46,7 +46,11 @@ def _interest(backend: Backend) -> int:
                                    else 0)
 
 
-def _overdue(backend: Backend, deadline: float) -> bool:
+def _must_close(backend: Backend, deadline: float) -> bool:
+    # A front-end that stalled past the deadline, or took its memory away under the rings.
+    if backend.memory_lost:
+        log.error("closing a front-end that cut its shared memory short under its rings")
+        return True
     since = backend.channel.waiting_since()
     if since is None or time.monotonic() - since <= deadline:
         return False
@@ -92,7 +96,7 @@ class BackendServer:
             elif not _serve_events(key.data, events):
                 self._drop(key.data)
         for backend in list(self.backends):
-            if _overdue(backend, self.message_deadline):
+            if _must_close(backend, self.message_deadline):
                 self._drop(backend)
             else:
                 self.selector.modify(backend.channel.sock, _interest(backend), backend)
@@ -160,7 +164,7 @@ class BackendClient:
         try:
             selector.register(self.backend.channel.sock, _interest(self.backend))
             ready = selector.select(timeout)
-            over = (bool(ready) and not _serve_events(self.backend, ready[0][1])) or _overdue(
+            over = (bool(ready) and not _serve_events(self.backend, ready[0][1])) or _must_close(
                 self.backend, self.message_deadline)
         finally:
             selector.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -544,3 +545,50 @@ def test_the_region_table_the_core_reads_is_read_only():
     with pytest.raises(ValueError):
         memory.table["size"][0] = 1 << 40
     memory.close()
+
+
+def _unsealed_memfd(size: int) -> int:
+    fd = os.memfd_create("unsealed-peer-memory", os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def test_memory_a_peer_cuts_short_reads_zeros_instead_of_killing_the_process():
+    # A front-end that does not seal its memfd (DPDK's) can shrink it under the mapping; the
+    # access past the new end would raise SIGBUS. It reads zeros, and the memory says so.
+    fd = _unsealed_memfd(1 << 20)
+    memory = GuestMemory.from_shared([SharedRegion(fd, 0, 1 << 20, 0x10000000)])
+    memory.write(0x80000, b"before")
+    assert not memory.faulted
+    os.ftruncate(fd, 4096)
+    assert memory.read(0x80000, 6) == bytes(6)
+    assert memory.faulted
+    assert memory.read(0, 4) == bytes(4)   # the whole region was replaced
+    memory.close()
+
+
+def test_sealed_memory_is_not_guarded_since_it_cannot_shrink():
+    memory = GuestMemory([(0, 1 << 20)])
+    fd = memory.regions[0].fd
+    with pytest.raises(PermissionError):
+        os.ftruncate(fd, 4096)
+    shared = GuestMemory.from_shared([SharedRegion(os.dup(fd), 0, 1 << 20, 0x10000000)])
+    assert all(m.guard_slot is None for m in shared.mappings)
+    shared.close()
+    memory.close()
+
+
+def test_a_fault_outside_guarded_memory_still_kills_the_process(tmp_path):
+    # Only guarded ranges are forgiven: any other SIGBUS goes on to its usual end.
+    script = (
+        "import mmap, os\n"
+        "from fastpath.hv import GuestMemory, SharedRegion\n"
+        "fd = os.memfd_create('x'); os.ftruncate(fd, 1 << 20)\n"
+        "guarded = GuestMemory.from_shared([SharedRegion(os.dup(fd), 0, 1 << 20, 1 << 30)])\n"
+        "other = os.memfd_create('y'); os.ftruncate(other, 1 << 20)\n"
+        "m = mmap.mmap(other, 1 << 20)\n"
+        "os.ftruncate(other, 0)\n"
+        "m[4096]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGBUS

@@ -29,7 +29,7 @@ def round_trip(fe: NetFrontend, sent: list[bytes], header_apart=False) -> list[b
     return got + fe.receive(len(sent) - len(got), timeout=5)
 
 
-@pytest.mark.skipif(Testpmd.find() is None, reason="dpdk-testpmd is not installed")
+@pytest.mark.peer("dpdk")
 @RING_TYPES
 @MERGEABLE
 def test_frames_come_back_from_dpdk_vhost(tmp_path, packed, mergeable):

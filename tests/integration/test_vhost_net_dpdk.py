@@ -11,7 +11,7 @@ import pytest
 
 from fastpath.testing import Testpmd, VhostNetProcess, received_frames, sent_frames
 
-pytestmark = pytest.mark.skipif(Testpmd.find() is None, reason="dpdk-testpmd is not installed")
+pytestmark = pytest.mark.peer("dpdk")
 
 TRAFFIC_SECONDS = 2.0
 

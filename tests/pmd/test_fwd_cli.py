@@ -66,8 +66,7 @@ def looping_back_end(kind, sock):
 
 @pytest.mark.parametrize("back_end", [
     "fastpath",
-    pytest.param("dpdk", marks=pytest.mark.skipif(Testpmd.find() is None,
-                                                  reason="dpdk-testpmd is not installed"))])
+    pytest.param("dpdk", marks=pytest.mark.peer("dpdk"))])
 def test_a_pcap_comes_back_byte_for_byte_through_a_vhost_user_loopback(tmp_path, back_end):
     replayed, captured = tmp_path / "imix.pcap", tmp_path / "back.pcap"
     made = subprocess.run(FASTPATH + ["gen", "--profile", "imix", "--count", "600",

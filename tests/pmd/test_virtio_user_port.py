@@ -122,7 +122,7 @@ def test_every_queue_pair_carries_its_own_traffic(tmp_path, packed):
 # --- DPDK testpmd's vhost PMD ---
 
 
-@pytest.mark.skipif(Testpmd.find() is None, reason="dpdk-testpmd is not installed")
+@pytest.mark.peer("dpdk")
 @RING_TYPES
 @MERGEABLE
 def test_frames_come_back_from_dpdk_vhost(tmp_path, packed, buffers):
@@ -141,7 +141,7 @@ def test_frames_come_back_from_dpdk_vhost(tmp_path, packed, buffers):
     assert totals["rx_packets"] == totals["tx_packets"] == len(sent)
 
 
-@pytest.mark.skipif(Testpmd.find() is None, reason="dpdk-testpmd is not installed")
+@pytest.mark.peer("dpdk")
 def test_both_queue_pairs_come_back_from_dpdk_vhost(tmp_path):
     sock = str(tmp_path / "vhost.sock")
     pool = MbufPool(1024)
