@@ -190,6 +190,8 @@ class Backend:
         self.config = bytearray(config)
         self.max_mem_slots = max_mem_slots
         self.memory: GuestMemory | None = None
+        # ADD_MEM_REG of a region already mapped, per guest-physical base (see _add_mem_reg).
+        self._region_adds: dict[int, int] = {}
         # Live migration: the dirty log (mapped at guest address 0 of its own GuestMemory)
         # and the optional eventfd to signal when it changed (not used: the log is polled).
         self.log: GuestMemory | None = None
@@ -388,6 +390,7 @@ class Backend:
             memory.close()
             raise
         old, self.memory = self.memory, memory
+        self._region_adds.clear()
         for index, queue in moved.items():
             self.vrings[index].queue = queue
         if old is not None:
@@ -397,6 +400,13 @@ class Backend:
     def _add_mem_reg(self, payload: MemoryRegion, fds: list[int]) -> None:
         if self.memory is None:
             self.memory = GuestMemory()
+        gpa = payload.guest_phys_addr
+        if self._already_mapped(payload, fds[0]):
+            # QEMU keeps one memory table per vhost device, and a net device with several
+            # queue pairs is a vhost device per pair on one connection: each adds the same
+            # regions, and each removes them again. A copy is counted, not mapped twice.
+            self._region_adds[gpa] = self._region_adds.get(gpa, 1) + 1
+            return
         if len(self.memory.regions) >= self.max_mem_slots:
             raise RequestRefused(f"all {self.max_mem_slots} memory slots are in use")
         self.memory.add_region(SharedRegion(fds[0], payload.guest_phys_addr, payload.size,
@@ -407,7 +417,22 @@ class Backend:
         # No fd should come; one may, and handle_request closes it.
         if self.memory is None:
             raise RequestRefused("no memory is mapped")
-        self.memory.remove_region(payload.guest_phys_addr)
+        gpa = payload.guest_phys_addr
+        if self._region_adds.get(gpa, 1) > 1:
+            self._region_adds[gpa] -= 1
+            return
+        self.memory.remove_region(gpa)
+        self._region_adds.pop(gpa, None)
+
+    def _already_mapped(self, region: MemoryRegion, fd: int) -> bool:
+        # The same range of the same file at the same addresses as a mapped region.
+        new = os.fstat(fd)
+        for mapped in self.memory.regions:
+            if (mapped.guest_phys_addr, mapped.size, mapped.user_addr, mapped.mmap_offset) == (
+                    region.guest_phys_addr, region.size, region.user_addr, region.mmap_offset):
+                old = os.fstat(mapped.fd)
+                return (old.st_dev, old.st_ino) == (new.st_dev, new.st_ino)
+        return False
 
     # --- vrings ---
 

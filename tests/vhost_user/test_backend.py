@@ -8,6 +8,7 @@ import socket
 import pytest
 from scripted_frontend import F, ScriptedFrontend
 
+from fastpath.hv import GuestMemory
 from fastpath.vhost_user import (
     FLAG_REPLY,
     U64,
@@ -219,3 +220,32 @@ def test_a_bug_in_a_handler_is_not_passed_off_as_a_refused_request(monkeypatch):
     with pytest.raises(ValueError, match="a bug"):
         fe.send(F.SET_OWNER)
     fe.backend.close()
+
+
+def test_a_region_added_once_per_queue_pair_is_mapped_once_and_removed_with_the_last():
+    # QEMU adds and removes every region once per vhost device, and a net device with N
+    # queue pairs is N vhost devices on one connection.
+    from fastpath.vhost_user import MemoryRegion
+
+    fe = ScriptedFrontend()
+    fe.send(F.SET_PROTOCOL_FEATURES, U64(ProtocolFeature.REPLY_ACK
+                                         | ProtocolFeature.CONFIGURE_MEM_SLOTS))
+    r = fe.memory.regions[0]
+    region = MemoryRegion(0, r.size, r.user_addr, 0)
+    for _ in range(2):
+        assert fe.send(F.ADD_MEM_REG, region, fds=[r.fd], need_reply=True)
+        assert fe.reply() == U64(0)
+    assert len(fe.backend.memory.regions) == 1
+    other = GuestMemory([(0, 1 << 20)])  # same addresses, another file: refused
+    o = other.regions[0]
+    assert fe.send(F.ADD_MEM_REG, MemoryRegion(0, r.size, r.user_addr, 0), fds=[o.fd],
+                   need_reply=True)
+    assert fe.reply() == U64(1)
+    for left in (1, 0):
+        assert fe.send(F.REM_MEM_REG, region, need_reply=True)
+        assert fe.reply() == U64(0)
+        assert len(fe.backend.memory.regions) == left
+    assert fe.send(F.REM_MEM_REG, region, need_reply=True)
+    assert fe.reply() == U64(1)
+    fe.backend.close()
+    other.close()
