@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from fastpath.errors import ChannelClosed, FastpathError, PeerTooSlow, ProtocolE
 from fastpath.hv import GuestMemory, SharedRegion
 from fastpath.vhost_user._channel import Channel
 from fastpath.vhost_user._payloads import (
+    NO_PAYLOAD,
     U64,
     DeviceConfig,
     LogArea,
@@ -29,9 +33,12 @@ from fastpath.vhost_user._payloads import (
 )
 from fastpath.vhost_user._protocol import (
     ALWAYS_REPLY,
+    FLAG_NEED_REPLY,
     VHOST_USER_F_PROTOCOL_FEATURES,
+    BackendRequest,
     FrontendRequest,
     ProtocolFeature,
+    encode_message,
     encode_reply,
 )
 from fastpath.vring import DeviceQueue, PackedDeviceQueue, RingAddresses, SplitDeviceQueue
@@ -196,8 +203,12 @@ class Backend:
         # and the optional eventfd to signal when it changed (not used: the log is polled).
         self.log: GuestMemory | None = None
         self.log_fd: int | None = None
-        # The back-end-to-front-end channel, kept for back-end requests to come.
-        self.backend_req_fd: int | None = None
+        # The back-end channel (SET_BACKEND_REQ_FD), and the requests sent on it whose
+        # REPLY_ACK has not come back yet, with when each was sent.
+        self.backend_channel: Channel | None = None
+        self._unacked: deque[tuple[BackendRequest, float]] = deque()
+        # Why the connection must end, found outside a request (a back-end request failed).
+        self._failure: str | None = None
         self.vrings = [VringSetup() for _ in range(vrings)]
         self._handlers: dict[FrontendRequest, Callable[[Any, list[int]], Any]] = {
             F.GET_FEATURES: lambda p, fds: U64(self.offered),
@@ -225,7 +236,7 @@ class Backend:
             F.REM_MEM_REG: self._rem_mem_reg,
             F.SET_LOG_BASE: self._set_log_base,
             F.SET_LOG_FD: lambda p, fds: self._keep_fd("log_fd", fds),
-            F.SET_BACKEND_REQ_FD: lambda p, fds: self._keep_fd("backend_req_fd", fds),
+            F.SET_BACKEND_REQ_FD: self._set_backend_req_fd,
             F.SET_STATUS: self._set_status,
             F.GET_STATUS: lambda p, fds: U64(self.status),
         }
@@ -310,14 +321,87 @@ class Backend:
                     memory.close()
             self.memory = self.log = None
             self._keep_fd("log_fd", [])
-            self._keep_fd("backend_req_fd", [])
+            self._replace_backend_channel(None)
         self.channel.close()
 
     @property
-    def memory_lost(self) -> bool:
-        """Whether the front-end cut a region's file short under the mapping: the rings read
-        zeros there now, and the connection should be closed."""
-        return self.memory is not None and self.memory.faulted
+    def must_close(self) -> str | None:
+        """Why the connection must be closed now, found outside a request, or None: the
+        front-end cut a region's file short under the rings (they read zeros there now), or
+        a back-end request could not be sent or was answered out of turn."""
+        if self.memory is not None and self.memory.faulted:
+            return "it cut its shared memory short under its rings"
+        return self._failure
+
+    def waiting_since(self) -> float | None:
+        """Since when (time.monotonic) the front-end has kept the back-end waiting: a message
+        half-sent, output unread, or a back-end request unacknowledged; None while nothing."""
+        times = [self.channel.waiting_since(), self._unacked[0][1] if self._unacked else None,
+                 self.backend_channel.waiting_since() if self.backend_channel else None]
+        return min((t for t in times if t is not None), default=None)
+
+    # --- back-end requests ---
+
+    def send_backend_request(self, request: BackendRequest, payload: Any = NO_PAYLOAD) -> bool:
+        """Send the front-end a request on the back-end channel, without waiting; False when
+        there is none (BACKEND_REQ not negotiated, or no SET_BACKEND_REQ_FD). With REPLY_ACK
+        negotiated the front-end must acknowledge it: `poll_backend_replies` reads the acks,
+        and one that does not come within the adapters' deadline closes the connection."""
+        if self.backend_channel is None or not self.protocol & ProtocolFeature.BACKEND_REQ:
+            return False
+        want_ack = bool(self.protocol & ProtocolFeature.REPLY_ACK)
+        try:
+            self.backend_channel.send_nowait(encode_message(
+                request, payload, flags=FLAG_NEED_REPLY if want_ack else 0))
+        except (ChannelClosed, PeerTooSlow) as e:
+            self._failure = f"its back-end channel failed: {e}"
+            return False
+        if want_ack:
+            self._unacked.append((request, time.monotonic()))
+        return True
+
+    def config_changed(self) -> bool:
+        """Tell the front-end that the device's config space changed (CONFIG_CHANGE_MSG), when
+        CONFIG and BACKEND_REQ were negotiated; it reads the config again with GET_CONFIG."""
+        if not self.protocol & ProtocolFeature.CONFIG:
+            return False
+        return self.send_backend_request(BackendRequest.CONFIG_CHANGE_MSG)
+
+    def poll_backend_replies(self) -> None:
+        """Write what waits on the back-end channel and read the acks that have come back,
+        without waiting (the adapters call it on every turn)."""
+        channel = self.backend_channel
+        if channel is None or self._failure:
+            return
+        try:
+            channel.flush()
+            while self._unacked:
+                received = channel.receive_nowait()
+                if received is None:
+                    return
+                for fd in received.fds:
+                    os.close(fd)
+                request, _ = self._unacked.popleft()
+                reply = received.message
+                if reply.header.request != request:
+                    raise ProtocolError(f"{reply.header.request.name} answered {request.name}")
+                if reply.payload.value:
+                    log.error("the front-end failed %s (%d)", request.name, reply.payload.value)
+        except (ChannelClosed, PeerTooSlow, ProtocolError) as e:
+            self._failure = f"its back-end channel failed: {e}"
+
+    def _set_backend_req_fd(self, payload: Any, fds: list[int]) -> None:
+        sock = socket.socket(fileno=fds.pop())
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.close()
+            raise RequestRefused("the back-end channel is not a Unix stream socket")
+        self._replace_backend_channel(Channel(sock, requests=BackendRequest, replies=True))
+
+    def _replace_backend_channel(self, channel: Channel | None) -> None:
+        if self.backend_channel is not None:
+            self.backend_channel.close()
+        self.backend_channel = channel
+        self._unacked.clear()
 
     @property
     def packed(self) -> bool:

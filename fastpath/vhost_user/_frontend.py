@@ -25,15 +25,19 @@ from fastpath.vhost_user._protocol import (
     ALWAYS_REPLY,
     FLAG_NEED_REPLY,
     VHOST_USER_F_PROTOCOL_FEATURES,
+    BackendRequest,
     FrontendRequest,
+    Message,
     ProtocolFeature,
     encode_message,
+    encode_reply,
 )
 from fastpath.vring import RingAddresses
 
 F = FrontendRequest
 
-# What this front-end can use of the protocol.
+# What this front-end uses of the protocol unless asked for more: BACKEND_REQ is there to be
+# asked for (the caller then answers the back-end's requests with `next_backend_request`).
 FRONTEND_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
                               | ProtocolFeature.STATUS)
 
@@ -61,6 +65,8 @@ class Frontend:
         sock = _connect(path, connect_timeout)
         sock.settimeout(reply_timeout)
         self.channel = Channel(sock, replies=True)
+        # Requests from the back-end, once BACKEND_REQ is negotiated.
+        self.backend_requests: Channel | None = None
         self.features = 0
         self.protocol = 0
         self.vrings: dict[int, Vring] = {}
@@ -99,9 +105,37 @@ class Frontend:
             acked |= 1 << VHOST_USER_F_PROTOCOL_FEATURES
             self.protocol = self.request(F.GET_PROTOCOL_FEATURES).value & protocol
             self.request(F.SET_PROTOCOL_FEATURES, U64(self.protocol), ack=False)
+            if self.protocol & ProtocolFeature.BACKEND_REQ:
+                self._open_backend_channel()
         self.request(F.SET_FEATURES, U64(acked))
         self.features = acked
         return acked
+
+    def next_backend_request(self, timeout: float, *, status: int = 0) -> Message | None:
+        """Wait up to `timeout` seconds for a request on the back-end channel; acknowledge it
+        with `status` (0: carried out) when the back-end asks, and return it, or None if none
+        came. The caller acts on it (GET_CONFIG after a CONFIG_CHANGE_MSG, say)."""
+        if self.backend_requests is None:
+            raise BackendRefused("no back-end channel: BACKEND_REQ was not negotiated")
+        self.backend_requests.sock.settimeout(timeout)
+        try:
+            received = self.backend_requests.receive()
+        except TimeoutError:
+            return None
+        for fd in received.fds:
+            os.close(fd)
+        message = received.message
+        if message.header.need_reply:
+            self.backend_requests.send(encode_reply(message.header.request, U64(status)))
+        return message
+
+    def _open_backend_channel(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.request(F.SET_BACKEND_REQ_FD, fds=[theirs.fileno()])
+        finally:
+            theirs.close()
+        self.backend_requests = Channel(ours, requests=BackendRequest)
 
     def queue_num(self) -> int | None:
         """The most queues the back-end serves (GET_QUEUE_NUM; queue pairs for a net device),
@@ -160,6 +194,8 @@ class Frontend:
             os.close(vring.kick)
             os.close(vring.call)
         self.vrings.clear()
+        if self.backend_requests is not None:
+            self.backend_requests.close()
         self.channel.close()
 
 

@@ -47,15 +47,17 @@ def _interest(backend: Backend) -> int:
 
 
 def _must_close(backend: Backend, deadline: float) -> bool:
-    # A front-end that stalled past the deadline, or took its memory away under the rings.
-    if backend.memory_lost:
-        log.error("closing a front-end that cut its shared memory short under its rings")
+    # A front-end that stalled past the deadline, or broke its connection outside a request.
+    backend.poll_backend_replies()
+    reason = backend.must_close
+    if reason:
+        log.error("closing a front-end: %s", reason)
         return True
-    since = backend.channel.waiting_since()
+    since = backend.waiting_since()
     if since is None or time.monotonic() - since <= deadline:
         return False
-    log.error("closing a front-end that left a message half-sent or its replies unread for "
-              "more than %g s", deadline)
+    log.error("closing a front-end that left a message half-sent, its replies unread or a "
+              "back-end request unanswered for more than %g s", deadline)
     return True
 
 

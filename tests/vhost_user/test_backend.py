@@ -126,8 +126,7 @@ def test_the_backend_request_channel_is_kept_and_closed_with_the_connection():
     a, b = socket.socketpair()
     fe.send(F.SET_BACKEND_REQ_FD, fds=[b.fileno()], need_reply=True)
     assert fe.reply() == U64(0)
-    kept = fe.backend.backend_req_fd
-    assert kept is not None and os.fstat(kept)
+    assert fe.backend.backend_channel is not None
     fe.backend.close()
     b.close()
     a.settimeout(1)
