@@ -21,8 +21,9 @@ def _add_command(commands, name: str, module_name: str, **texts) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastpath",
-        description="A user-space virtualization dataplane: virtqueues, vhost-user, poll-mode "
-        "drivers and block I/O over a compiled core.",
+        description="A user-space virtualization dataplane: virtio virtqueues, a vhost-user "
+        "virtio-net back-end and front-end, poll-mode drivers with testpmd-style forwarding, "
+        "and packet benchmarks, over a compiled core.",
         epilog="Run 'fastpath COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"fastpath {__version__}")

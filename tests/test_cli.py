@@ -1,8 +1,10 @@
 """The `fastpath` command as a user runs it."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fastpath
@@ -83,6 +85,28 @@ def test_vhost_net_runs_for_its_duration_and_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "listening on" in result.stderr
     assert json.loads(out.read_text()) == {"fwd": "io", "queues": 1, "connections": []}
+
+
+def test_vhost_net_follows_the_back_end_program_conventions(tmp_path):
+    result = run("vhost-net", "--print-capabilities")
+    assert result.returncode == 0 and json.loads(result.stdout) == {"type": "net"}
+    result = run("vhost-net")
+    assert result.returncode != 0 and "--socket-path PATH is required" in result.stderr
+    # --socket-path as the convention names it, and SIGTERM ends it with status 0.
+    sock = tmp_path / "vhost.sock"
+    process = subprocess.Popen(FASTPATH + ["vhost-net", "--socket-path", str(sock), "--backoff",
+                                           "10"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
 
 
 def test_bench_vhost_net_help_names_its_peer():

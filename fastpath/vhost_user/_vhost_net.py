@@ -25,9 +25,12 @@ log = logging.getLogger("fastpath.vhost_user")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options."""
-    parser.add_argument("--socket", required=True, metavar="PATH",
+    parser.add_argument("--socket-path", "--socket", dest="socket", metavar="PATH",
                         help="the vhost-user Unix socket: listened on, or with --client "
-                        "connected to")
+                        "connected to (required unless --print-capabilities)")
+    parser.add_argument("--print-capabilities", action="store_true",
+                        help="print the back-end's capabilities as JSON (the vhost-user "
+                        "back-end program convention) and exit")
     parser.add_argument("--client", action="store_true",
                         help="connect to a front-end listening on PATH (QEMU server=on, "
                         "DPDK server=1) and reconnect whenever it goes away")
@@ -103,8 +106,19 @@ def _parse_mac(text: str) -> bytes:
     return mac
 
 
+# What --print-capabilities prints: the vhost-user back-end program convention's JSON, for
+# a program (libvirt, say) that looks for back-ends of a device type.
+CAPABILITIES = {"type": "net"}
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the back-end until a signal or --duration; returns the exit status."""
+    """Run the back-end until a signal or --duration; returns the exit status (0 after
+    SIGINT or SIGTERM too)."""
+    if args.print_capabilities:
+        print(json.dumps(CAPABILITIES))
+        return 0
+    if not args.socket:
+        raise SystemExit("fastpath vhost-net: --socket-path PATH is required")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if not 1 <= args.queues <= MAX_QUEUE_PAIRS:
