@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fastpath bench pvp --peer dpdk --sizes 64,1518,imix --plot pvp.png",
     )
     _add_command(
-        commands, "fwd", "fastpath.pmd._fwd_cli",
+        commands, "fwd", "fastpath.commands.fwd",
         help="forward frames between ports, testpmd-style (io, mac, macswap, txonly, rxonly, "
         "flowgen, csum)",
         description=(
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_command(
-        commands, "gen", "fastpath.pmd._gen",
+        commands, "gen", "fastpath.commands.gen",
         help="write a pcap file of generated traffic (udp64, tcp, imix, vlan, ipv6, flows)",
         description=(
             "Make frames of a traffic profile with Scapy and write them to a pcap file, for "
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_command(
-        commands, "vhost-net", "fastpath.vhost_user._vhost_net",
+        commands, "vhost-net", "fastpath.commands.vhost_net",
         help="run a virtio-net vhost-user back-end that forwards or drops what it receives",
         description=(
             "Serve virtio-net front-ends (QEMU, DPDK virtio-user, fastpath's own) on a "

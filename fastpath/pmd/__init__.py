@@ -14,11 +14,24 @@ from fastpath.pmd._null import NullPort
 from fastpath.pmd._pcap_port import PcapPort
 from fastpath.pmd._port import Port, PortCounters
 from fastpath.pmd._ring import RingPort
-from fastpath.pmd._spec import PORT_KINDS, open_port
+from fastpath.pmd._spec import PORT_KINDS, open_port, port_help
 from fastpath.pmd._tap import TapPort
+from fastpath.pmd._traffic import (
+    DEFAULT_FLOWS,
+    ETH_DST,
+    ETH_SRC,
+    MAX_FLOWS,
+    MAX_SIZE,
+    MIN_SIZE,
+    PROFILES,
+    profile_frames,
+)
 from fastpath.pmd._vhost import VhostPort
 from fastpath.pmd._virtio_user import VirtioUserPort
 
 __all__ = ["MbufPool", "Port", "PortCounters", "NullPort", "VhostPort", "open_port",
-           "VirtioUserPort", "RingPort", "TapPort", "PcapPort",
-           "PORT_KINDS", "ForwardingLoop", "Stream", "paired_streams"]
+           "port_help", "VirtioUserPort", "RingPort", "TapPort", "PcapPort",
+           "PORT_KINDS", "ForwardingLoop", "Stream", "paired_streams",
+           # Traffic profiles (Scapy templates) that txonly sends and `fastpath gen` writes.
+           "PROFILES", "profile_frames", "DEFAULT_FLOWS", "MAX_FLOWS", "MIN_SIZE", "MAX_SIZE",
+           "ETH_SRC", "ETH_DST"]

@@ -11,7 +11,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
-from fastpath.pmd import _gen
+from fastpath.commands import gen as _gen
 from fastpath.pmd._traffic import PROFILES, profile_frames
 
 LAYERS = {"udp64": (Ether, IP, UDP), "tcp": (Ether, IP, TCP), "imix": (Ether, IP, UDP),

@@ -8,7 +8,7 @@ import textwrap
 
 from scapy.utils import wrpcap
 
-from fastpath.pmd._traffic import (
+from fastpath.pmd import (
     DEFAULT_FLOWS,
     MAX_FLOWS,
     MAX_SIZE,

@@ -10,13 +10,20 @@ import sys
 import time
 
 from fastpath.bench._report import environment, print_table, write_json
-from fastpath.pmd._lcore import ForwardingLoop, paired_streams
-from fastpath.pmd._mbuf import MbufPool
-from fastpath.pmd._port import Port, PortCounters
-from fastpath.pmd._spec import open_port, port_help
-from fastpath.pmd._traffic import DEFAULT_FLOWS, PROFILES
+from fastpath.pmd import (
+    DEFAULT_FLOWS,
+    ETH_DST,
+    ETH_SRC,
+    PROFILES,
+    ForwardingLoop,
+    MbufPool,
+    Port,
+    PortCounters,
+    open_port,
+    paired_streams,
+    port_help,
+)
 from fastpath.pmd.fwd import ENGINES, setup_engine
-from fastpath.pmd.fwd._options import DEFAULT_ETH_DST, DEFAULT_ETH_SRC
 
 EPILOG = f"""ports (streams pair port 0 with 1, 2 with 3, ..., both ways; a lone port sends
 back out of itself):
@@ -59,10 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flows", type=int, default=DEFAULT_FLOWS,
                         help=f"flowgen's flows, and the flows profile's (default "
                         f"{DEFAULT_FLOWS})")
-    parser.add_argument("--eth-dst", default=DEFAULT_ETH_DST,
-                        help=f"mac mode's destination MAC (default {DEFAULT_ETH_DST})")
-    parser.add_argument("--eth-src", default=DEFAULT_ETH_SRC,
-                        help=f"mac mode's source MAC (default {DEFAULT_ETH_SRC})")
+    parser.add_argument("--eth-dst", default=ETH_DST,
+                        help=f"mac mode's destination MAC (default {ETH_DST})")
+    parser.add_argument("--eth-src", default=ETH_SRC,
+                        help=f"mac mode's source MAC (default {ETH_SRC})")
     parser.add_argument("--csum", choices=["verify", "fill"], default="verify",
                         help="csum mode: count bad checksums, or compute them (default verify)")
     parser.add_argument("--cpu", type=int, metavar="N", help="run on this CPU only")
