@@ -25,9 +25,15 @@ NJIT = {"nogil": True, "cache": not DEBUG, "boundscheck": DEBUG}
 POINTER = types.uintp
 
 
+# Every core function declared for kernels: (module, name, signature), so that a repository
+# test can hold each signature to the function's declaration in the module's .pxd.
+CORE_FUNCTIONS: list[tuple[str, str, object]] = []
+
+
 def core_function(module: str, name: str, signature) -> types.ExternalFunction:
     """The `fp_*` function `name` of fastpath._core.<module>, callable from @njit code."""
     binding.add_symbol(name, get_cython_function_address(f"fastpath._core.{module}", name))
+    CORE_FUNCTIONS.append((module, name, signature))
     return types.ExternalFunction(name, signature)
 
 

@@ -131,3 +131,48 @@ def test_every_exported_class_and_function_is_documented():
                         public = not attr.startswith("_")
                         if public and (inspect.isfunction(member) or isinstance(member, property)):
                             assert inspect.getdoc(member), f"{name}.{attr} has no docstring"
+
+
+# The Numba type each C type of a .pxd declaration crosses as (pointers cross as integers).
+_C_TO_NUMBA = {"int": "int32", "int32_t": "int32", "uint32_t": "uint32", "int64_t": "int64",
+               "uint64_t": "uint64", "uint16_t": "uint16", "uint8_t": "uint8",
+               "size_t": "uint64", "void": "none", "bint": "int32"}
+
+
+def _numba_type_of(c_type: str) -> str:
+    c_type = c_type.replace("const ", "").strip()
+    return "uint64" if "*" in c_type else _C_TO_NUMBA.get(c_type, c_type)
+
+
+def _pxd_signature(decl: str) -> tuple[str, list[str]]:
+    match = re.match(r"cdef (?:inline )?(?P<ret>[\w ]+?\**)\s*(?P<name>\w+)\((?P<args>.*)\)",
+                     decl)
+    args = [a.strip() for a in match["args"].split(",") if a.strip()]
+    # Each argument is a type and a name: the type is all but the last word, stars included.
+    arg_types = [re.sub(r"\s*\w+$", "", a) if not a.endswith("*") else a for a in args]
+    return _numba_type_of(match["ret"]), [_numba_type_of(t) for t in arg_types]
+
+
+def test_every_core_function_a_kernel_calls_matches_its_pxd_declaration():
+    import importlib
+    import pkgutil
+
+    from fastpath._numba import CORE_FUNCTIONS
+
+    for module in pkgutil.walk_packages([str(PACKAGE)], "fastpath."):
+        importlib.import_module(module.name)
+    declared = {}
+    for pxd_name, decl in _pxd_function_declarations():
+        name = re.match(r"cdef (?:inline )?[\w ]+?\**\s*(\w+)\(", decl)[1]
+        if name.startswith("fp_"):
+            declared[pxd_name[:-4], name] = _pxd_signature(decl)
+    assert len(CORE_FUNCTIONS) > 20
+    for module, name, signature in CORE_FUNCTIONS:
+        assert (module, name) in declared, f"{name} is not declared in _core/{module}.pxd"
+        ret, args = declared[module, name]
+        numba_args = [str(t).replace("uintp", "uint64") for t in signature.args]
+        numba_ret = str(signature.return_type).replace("uintp", "uint64")
+        assert (numba_ret, numba_args) == (ret, args), (
+            f"{name}: the kernels declare {numba_ret}({', '.join(numba_args)}), "
+            f"_core/{module}.pxd {ret}({', '.join(args)})")
+

@@ -87,6 +87,8 @@ WALK_CORRUPT = 2        # a record claims more than MAX_RECORD bytes
 
 @njit(**NJIT)
 def _state(row):
+    # SAFETY: ARG_STATE is the address of the port's int64[STATE_COLUMNS] state, kept by the
+    # port as long as its row.
     return carray(i64_pointer(row[ARG_STATE]), (STATE_COLUMNS,))
 
 
@@ -225,6 +227,9 @@ def rx(row, pool, mbufs, max_n):
         if due < want:
             want = due
     got = take_mbufs(row, pool, mbufs, want)
+    # SAFETY: the offsets and lengths arrays hold one entry per frame of the file (`frames`),
+    # made by the port when it read the file; every offset and length was checked against
+    # the blob then.
     offsets = carray(u64_pointer(row[ARG_OFFSETS]), (frames,))
     lengths = carray(u32_pointer(row[ARG_LENGTHS]), (frames,))
     blob_at = row[ARG_BLOB]
@@ -264,6 +269,8 @@ def tx(row, pool, mbufs, n):
     state = _state(row)
     if n > state[STATE_BURST_MAX]:
         state[STATE_BURST_MAX] = n
+    # SAFETY: the capture ring's arrays were allocated by the port with `rows` rows of
+    # ARG_SNAPLEN bytes (and one length and stamp per row) and live as long as its row.
     ring = carray(u8_pointer(row[ARG_RING]), (rows, row[ARG_SNAPLEN]))
     ring_lengths = carray(u32_pointer(row[ARG_RING_LENGTHS]), (rows,))
     ring_stamps = carray(i64_pointer(row[ARG_RING_STAMPS]), (rows,))
@@ -282,6 +289,7 @@ def wants_service(row):
     if rows == 0:
         return False
     state = _state(row)
+    # SAFETY: the capture ring's uint64[2] state, allocated by the port with its ring.
     held = np.int64(carray(u64_pointer(row[ARG_RING_STATE]), (2,))[STATE_HELD])
     burst = state[STATE_BURST_MAX]
     return rows - held < (burst if burst > 1 else 1)

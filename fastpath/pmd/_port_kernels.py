@@ -12,6 +12,8 @@ from fastpath.pmd._port import ROW_STATS, STAT_COLUMNS, STAT_RX_NO_MBUF
 @njit(**NJIT)
 def row_stats(row):
     """The queue's statistics array (STAT_* columns)."""
+    # SAFETY: ROW_STATS is the address of the port's own uint64[STAT_COLUMNS] row, written by
+    # Port.__init__ from the statistics array the port keeps for its lifetime.
     return carray(u64_pointer(row[ROW_STATS]), (STAT_COLUMNS,))
 
 

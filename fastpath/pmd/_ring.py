@@ -54,6 +54,8 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 @njit(**NJIT)
 def _counter(address):
+    # SAFETY: the addresses passed are those of the ring's head and tail counters inside the
+    # shared mapping the RingPort holds open while its rows are in use.
     return carray(u64_pointer(address), (1,))
 
 

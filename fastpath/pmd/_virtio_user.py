@@ -70,6 +70,8 @@ NUM_BUFFERS_OFFSET = 10
 
 @njit(**NJIT)
 def _ring_state(address):
+    # SAFETY: the address is that of a queue's uint64[RING_COLUMNS] state row, which the port
+    # keeps (with every array it names) for as long as the port row points at it.
     return carray(u64_pointer(address), (RING_COLUMNS,))
 
 
@@ -111,6 +113,9 @@ def rx(row, pool, mbufs, max_n):
     size = np.int64(ring[RING_SIZE])
     buffer_size = np.int64(ring[RING_BUFFER_SIZE])
     mergeable = ring[RING_MERGEABLE] != 0
+    # SAFETY: every array below was allocated by the port with exactly these sizes (size
+    # entries of USED_WORDS, CHAIN_WORDS, one slot each; size buffers of buffer_size bytes in
+    # the port's own guest memory) and lives as long as the state row naming it.
     used = carray(u32_pointer(ring[RING_USED]), (size * USED_WORDS,))
     slots = carray(u32_pointer(ring[RING_SLOTS]), (size,))
     # Elements left from the last burst come first: frames there were no mbufs for, or one
@@ -194,6 +199,8 @@ def tx(row, pool, mbufs, n):
     ring = _ring_state(row[ARG_TRANSMITQ])
     size = np.int64(ring[RING_SIZE])
     buffer_size = np.int64(ring[RING_BUFFER_SIZE])
+    # SAFETY: as in rx, each array was allocated by the port with these sizes and lives as
+    # long as the state row naming it.
     slots = carray(u32_pointer(ring[RING_SLOTS]), (size,))
     free = carray(u32_pointer(ring[RING_FREE]), (size,))
     free_count = np.int64(ring[RING_COUNT])
