@@ -1,9 +1,10 @@
 """The vhost-user port: fastpath's virtio-net back-end as a poll-mode port.
 
 Queue q is virtio-net queue pair q of the one front-end connected (QEMU, DPDK's virtio-user,
-fastpath's own): receiving takes what the driver put on its transmitq, sending fills its
-receiveq. The control plane runs in `NetBackend`'s thread; `hold()` takes its gate and brings
-the rows up to date with the rings the front-end has set up.
+fastpath's own): receiving takes what the driver put on its transmitq (after the frames the
+device drained from it when it last stopped being served), sending fills its receiveq. The
+control plane runs in `NetBackend`'s thread; `hold()` takes its gate and brings the rows up to
+date with the rings the front-end has set up.
 """
 
 from __future__ import annotations
@@ -16,35 +17,63 @@ from numba import njit
 
 from fastpath._numba import NJIT
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
+from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._port import KIND_VHOST, ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
 from fastpath.vhost_user import NetBackend
-from fastpath.vhost_user._net_kernels import net_receive, net_transmit
+from fastpath.vhost_user._net_kernels import (
+    HELD_COLUMNS,
+    HELD_COUNT,
+    HELD_FRAMES_AT,
+    HELD_LENGTHS_AT,
+    HELD_NEXT,
+    HELD_ROWS,
+    HELD_STRIDE,
+    net_receive,
+    net_transmit,
+    take_held,
+)
 from fastpath.vhost_user._virtio_net import DEFAULT_MAC
 
 log = logging.getLogger("fastpath.pmd")
 
 ARG_TRANSMITQ = ROW_ARGS       # NetQueue handle of the driver's transmitq; 0: none served
 ARG_RECEIVEQ = ROW_ARGS + 1    # NetQueue handle of the driver's receiveq; 0: none
+ARG_HELD = ROW_ARGS + 2        # HeldFrames handle of the queue pair (always set)
+
+
+@njit(**NJIT)
+def _take_held(held, pool, mbufs, want):
+    # The frames the device drained from the transmitq when it stopped being served.
+    rows, stride = int(held[HELD_ROWS]), int(held[HELD_STRIDE])
+    frames = carray(u8_pointer(held[HELD_FRAMES_AT]), (rows, stride))
+    lengths = carray(u32_pointer(held[HELD_LENGTHS_AT]), (rows,))
+    return take_held(held, frames, lengths, pool[POOL_DATA], pool[POOL_LENGTH], mbufs, want)
 
 
 @njit(**NJIT)
 def rx(row, pool, mbufs, max_n):
-    """Frames the driver transmitted."""
+    """Frames the driver transmitted: those held from a transmitq that stopped first."""
     queue = row[ARG_TRANSMITQ]
-    if queue == 0:
+    held = carray(u64_pointer(row[ARG_HELD]), (HELD_COLUMNS,))
+    pending = held[HELD_COUNT] != held[HELD_NEXT]
+    if queue == 0 and not pending:
         return 0
     want = take_mbufs(row, pool, mbufs, max_n)
     if want == 0:
         return 0
-    data = pool[POOL_DATA]
-    got = net_receive(queue, data.ctypes.data, data.shape[1], mbufs.ctypes.data,
-                      pool[POOL_LENGTH].ctypes.data, want)
-    if got < 0:
-        # The driver broke its ring: it is not served again until it sets the ring up anew.
-        row_stats(row)[STAT_ERRORS] += 1
-        row[ARG_TRANSMITQ] = 0
-        got = 0
+    got = _take_held(held, pool, mbufs, want) if pending else 0
+    if queue != 0 and got < want:
+        data = pool[POOL_DATA]
+        n = net_receive(queue, data.ctypes.data, data.shape[1], mbufs[got:].ctypes.data,
+                        pool[POOL_LENGTH].ctypes.data, want - got)
+        if n < 0:
+            # The driver broke its ring: it is not served again until it sets the ring up
+            # anew.
+            row_stats(row)[STAT_ERRORS] += 1
+            row[ARG_TRANSMITQ] = 0
+        else:
+            got += n
     free_burst(pool, mbufs, got, want)
     return got
 
@@ -81,6 +110,8 @@ class VhostPort(Port):
         super().__init__(name or f"vhost:{path}", pool, queues)
         self.backend = NetBackend(path, client=client, queue_pairs=queues, mac=mac, mtu=mtu,
                                   max_burst=max_burst)
+        for q in range(queues):
+            self.rows[q, ARG_HELD] = self.backend.held(q).handle
         # The queue objects each row was made from: a row a kernel zeroed (a broken ring)
         # stays zero until the front-end sets up a new queue.
         self._seen: list[list] = [[None, None] for _ in range(queues)]

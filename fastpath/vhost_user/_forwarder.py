@@ -150,16 +150,15 @@ class Forwarder:
         self._kicks = np.array(kicks, dtype=np.int32)
 
     def _served(self, pair) -> bool:
-        # A transmitq is served once it has been enabled (see QueuePair.tx_served); while
-        # enabled, a forwarding loop also waits for the pair's receiveq, and once disabled
-        # its frames are discarded (vhost-user "Ring states").
-        if pair.tx is None or not pair.tx_served:
-            return False
-        return self.mode == "drop" or pair.rx is not None or not pair.tx_enabled
+        # The device offers a transmitq while it may be served (and empties it itself once
+        # disabled); a forwarding loop also waits for the pair's receiveq.
+        return pair.tx is not None and (self.mode == "drop" or pair.rx is not None)
 
     def _drain(self, device: VirtioNet, index: int) -> None:
-        # The control plane holds the gate: serve this one pair from here until its transmitq
-        # is empty (bounded: a driver could keep adding for ever).
+        # The device's on_drain: the pair's transmitq stops being served. The control plane
+        # holds the gate: serve this one pair from here until its transmitq is empty
+        # (bounded: a driver could keep adding for ever). A pair without a row (its receiveq
+        # gone) keeps its frames for the device to discard.
         rows = [row for row, (owner, pair) in enumerate(self._rows)
                 if owner is device and pair == index]
         if not rows:
@@ -174,11 +173,11 @@ class Forwarder:
                 self.capture.flush()
         self._stats[rows[0]] += stats[0]
 
-    def _serve_controls(self) -> None:
-        # Control commands are rare: handled in Python, once per loop call (gate held).
+    def _serve_devices(self) -> None:
+        # Control commands and disabled transmitqs are rare: served in Python, once per loop
+        # call (gate held).
         for device in self.devices:
-            if device.control is not None:
-                device.serve_control()
+            device.service()
 
     def _warm_up(self) -> None:
         # Compile (or load from Numba's cache) before any front-end waits on the gate.
@@ -192,7 +191,7 @@ class Forwarder:
             if not len(self._table):
                 time.sleep(0.01)
                 with self.gate.data():
-                    self._serve_controls()
+                    self._serve_devices()
                 continue
             with self.gate.data():
                 k.forward(self._table, self._stats, mode, self.frames, self.lengths, self.burst,
@@ -201,7 +200,7 @@ class Forwarder:
                 now_broken = int(self._stats[:, k.STAT_BROKEN].sum())
                 if self.capture:
                     self.capture.flush()  # inside the gate: a drain may fill the ring too
-                self._serve_controls()
+                self._serve_devices()
             if now_broken > broken:
                 log.error("a ring broke (the driver corrupted it); it is no longer served "
                           "until the front-end sets it up again")

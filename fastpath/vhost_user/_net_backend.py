@@ -15,9 +15,9 @@ import numpy as np
 
 from fastpath.errors import VringError
 from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._net_queue import NetQueue
+from fastpath.vhost_user._net_queue import HeldFrames, NetQueue
 from fastpath.vhost_user._server import BackendClient, BackendServer
-from fastpath.vhost_user._virtio_net import DEFAULT_MAC, NetCounters, VirtioNet
+from fastpath.vhost_user._virtio_net import DEFAULT_MAC, NetCounters, VirtioNet, frame_size
 
 log = logging.getLogger("fastpath.vhost_user")
 
@@ -29,6 +29,11 @@ class NetBackend:
     goes away; otherwise it listens there (a second front-end is refused while one is
     connected). Frames cross as rows of a uint8 array, one frame per row, with their lengths
     in a uint32 array; queue pair k is polled by at most one thread at a time.
+
+    Frames the driver sent are not lost when it stops a transmitq (disables it, or stops it
+    with GET_VRING_BASE, as DPDK's virtio-user does on exit) before the program took them:
+    the device drains them into the pair's `held` store, and `rx_burst` gives them out first,
+    after the front-end has gone too.
     """
 
     def __init__(self, path: str, *, client: bool = False, queue_pairs: int = 1,
@@ -39,6 +44,7 @@ class NetBackend:
         self._settings = {"queue_pairs": queue_pairs, "mac": mac, "mtu": mtu,
                           "max_burst": max_burst}
         VirtioNet(self._gate, **self._settings)  # reject bad settings here, not per connection
+        self._held = [HeldFrames(frame_size(mtu)) for _ in range(queue_pairs)]
         self._device: VirtioNet | None = None
         self._finished = [NetCounters() for _ in range(queue_pairs)]
         self._changed = threading.Condition()
@@ -75,10 +81,14 @@ class NetBackend:
 
     def rx_burst(self, pair: int, frames: np.ndarray, lengths: np.ndarray) -> int:
         """Take up to len(lengths) frames the driver transmitted on queue pair `pair` into the
-        rows of `frames` (header stripped); returns how many (0 while none is connected)."""
+        rows of `frames` (header stripped); returns how many. Frames held from a transmitq
+        that stopped come first (see `held`); then 0 while no transmitq is served."""
         with self._gate.data():
+            n = self._held[pair].take(frames, lengths) if 0 <= pair < self.queue_pairs else 0
             queue = self._queue(pair, "tx")
-            return self._burst(queue.receive, frames, lengths) if queue else 0
+            if queue is not None and n < len(lengths):
+                n += self._burst(queue.receive, frames[n:], lengths[n:])
+            return n
 
     def tx_burst(self, pair: int, frames: np.ndarray, lengths: np.ndarray, n: int) -> int:
         """Give the first n frames to the driver's receive buffers on queue pair `pair`;
@@ -88,11 +98,17 @@ class NetBackend:
             return self._burst(queue.transmit, frames, lengths, n) if queue else 0
 
     def queues(self, pair: int) -> tuple[NetQueue | None, NetQueue | None]:
-        """Queue pair `pair`'s (transmitq, receiveq) as the connected front-end set them up
-        (None for one it has not), for compiled code that serves them by handle. Call it, and
-        use the handles, only inside `data_plane()`."""
-        transmitq = self._queue(pair, "tx")
-        return transmitq if self._queue_served(pair) else None, self._queue(pair, "rx")
+        """Queue pair `pair`'s (transmitq, receiveq) while the connected front-end has them
+        served (None for one it has not set up, or has disabled), for compiled code that
+        serves them by handle. Call it, and use the handles, only inside `data_plane()`;
+        take what `held(pair)` keeps before the transmitq."""
+        return self._queue(pair, "tx"), self._queue(pair, "rx")
+
+    def held(self, pair: int) -> HeldFrames:
+        """Where frames of pair `pair`'s transmitq wait after it stopped being served, for
+        compiled code that serves the queues by handle (`take_held` gives them out; use it,
+        like the handles, only inside `data_plane()`)."""
+        return self._held[pair]
 
     def data_plane(self) -> AbstractContextManager:
         """Held around data-plane work on the queues: the control plane changes none of them
@@ -120,10 +136,6 @@ class NetBackend:
             return None
         return getattr(device.pairs[pair], side)
 
-    def _queue_served(self, pair: int) -> bool:
-        device = self._device
-        return bool(device and device.pairs[pair].tx_served)
-
     def _burst(self, operation, *args) -> int:
         try:
             return operation(*args)
@@ -133,7 +145,8 @@ class NetBackend:
             return 0
 
     def _make_backend(self, channel):
-        device = VirtioNet(self._gate, on_change=self._on_change, **self._settings)
+        device = VirtioNet(self._gate, on_change=self._on_change, held=self._held,
+                           **self._settings)
         return device.backend(channel)
 
     def _on_change(self, device: VirtioNet) -> None:
@@ -152,6 +165,6 @@ class NetBackend:
         while not self._stop.is_set():
             self._adapter.serve_once(0.05)
             device = self._device
-            if device is not None and device.control is not None:
+            if device is not None and device.wants_service:
                 with self._gate.control():
-                    device.serve_control()
+                    device.service()

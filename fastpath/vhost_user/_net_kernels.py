@@ -1,9 +1,11 @@
 """The core's virtio-net and eventfd functions as Numba sees them (fastpath/_core/net.pxd,
-notify.pxd), for poll loops that serve net queues and drivers that kick, without the GIL."""
+notify.pxd), for poll loops that serve net queues and drivers that kick, without the GIL; and
+the kernel that hands out the frames a transmitq left as it stopped being served."""
 
-from numba import types
+import numpy as np
+from numba import njit, types
 
-from fastpath._numba import POINTER, core_function
+from fastpath._numba import NJIT, POINTER, copy_bytes, core_function
 
 _i32 = types.int32
 _u32 = types.uint32
@@ -18,3 +20,48 @@ net_transmit = core_function("net", "fp_net_transmit",
 eventfd_wait = core_function("notify", "fp_eventfd_wait", _i32(POINTER, _u32, _i32))
 # (eventfd) -> 0 or -errno: a kick or a call
 eventfd_signal = core_function("notify", "fp_eventfd_signal", _i32(_i32))
+
+# A HeldFrames store's state (uint64 columns): frames taken off a transmitq as it stopped
+# being served, kept for the next receive on its queue pair (see _net_queue.HeldFrames).
+HELD_COUNT = 0        # frames held: rows [0, count) of its arrays
+HELD_NEXT = 1         # the next of them to give out
+HELD_DROPPED = 2      # frames given up on: longer than the row they were to go into
+HELD_FRAMES_AT = 3    # address of its uint8 (rows, stride) frames array
+HELD_LENGTHS_AT = 4   # address of its uint32 (rows,) lengths array
+HELD_ROWS = 5
+HELD_STRIDE = 6
+HELD_COLUMNS = 8
+
+
+@njit(**NJIT)
+def take_held(state, held_frames, held_lengths, frames, lengths, slots, max_n):
+    """Move up to max_n held frames, oldest first, into `frames` by the core's burst
+    convention (the k-th into row s = slots[k], or k when `slots` is None, its length into
+    lengths[s]); one longer than a row is dropped and counted. Returns the frames moved.
+
+    `state` is the store's state; `held_frames` and `held_lengths` its arrays."""
+    stride = np.uint64(frames.shape[1])
+    held_stride = np.uint64(held_frames.shape[1])
+    frames_at = np.uint64(frames.ctypes.data)
+    held_at = np.uint64(held_frames.ctypes.data)
+    k = state[HELD_NEXT]
+    count = state[HELD_COUNT]
+    out = 0
+    while k < count and out < max_n:
+        length = held_lengths[k]
+        if length > stride:
+            state[HELD_DROPPED] += np.uint64(1)
+        else:
+            s = np.uint64(out) if slots is None else np.uint64(slots[out])
+            # SAFETY: the frame fits a row of `frames` (checked above), row k of the store
+            # exists (k < count <= its rows), and row s of `frames` is the caller's to fill
+            # (slots name rows of that array, as for fp_net_receive).
+            copy_bytes(frames_at + s * stride, held_at + k * held_stride, np.uint64(length))
+            lengths[s] = length
+            out += 1
+        k += np.uint64(1)
+    if k == count:
+        state[HELD_COUNT] = 0   # all given out: the rows are free again
+        k = np.uint64(0)
+    state[HELD_NEXT] = k
+    return out

@@ -3,7 +3,19 @@ config space, and the queue pairs its data plane serves.
 
 Virtqueue 2k is queue pair k's receiveq (the device writes frames for the driver), 2k + 1 its
 transmitq (the driver's frames for the device). A receiveq takes frames only when started and
-enabled (vhost-user "Ring states").
+enabled (vhost-user "Ring states"). A started transmitq is, in turn:
+
+* waiting until it is first enabled: left alone, as DPDK's vhost does, so that a front-end
+  that sends before the back-end has read its last set-up messages finds its frames served;
+* served while enabled: the host (a forwarding loop, `NetBackend`'s program) receives from it;
+* discarding once disabled after that: "Ring states" has a disabled ring processed without
+  side effects, a net device's transmitq emptied and its frames dropped. `service()` does it.
+
+Frames the driver made available while the transmitq was served are not lost when it stops
+being served, whether disabled (SET_VRING_ENABLE 0) or stopped (GET_VRING_BASE, which DPDK's
+virtio-user sends right after disabling its rings on exit): the device drains the ring at that
+moment, through the host's `on_drain` when it has one (the forwarder sends them on), otherwise
+into the pair's `HeldFrames` for the host's next receive.
 """
 
 from __future__ import annotations
@@ -13,6 +25,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from fastpath.errors import VringError
 from fastpath.vhost_user._backend import (
     ENGINE_PROTOCOL_FEATURES,
     VHOST_F_LOG_ALL,
@@ -25,7 +40,7 @@ from fastpath.vhost_user._backend import (
 )
 from fastpath.vhost_user._gate import Gate
 from fastpath.vhost_user._net_control import ControlQueue
-from fastpath.vhost_user._net_queue import NetQueue
+from fastpath.vhost_user._net_queue import HeldFrames, NetQueue
 from fastpath.vhost_user._payloads import VRING_F_LOG
 from fastpath.vhost_user._protocol import ProtocolFeature
 from fastpath.vring import DeviceQueue
@@ -44,6 +59,7 @@ VIRTIO_F_IN_ORDER = 35
 VIRTIO_NET_S_LINK_UP = 1
 MAX_QUEUE_PAIRS = 8
 DEFAULT_MAC = bytes.fromhex("525400123456")
+ETHERNET_OVERHEAD = 18   # a frame's MAC addresses, one VLAN tag and EtherType beyond its MTU
 
 NET_FEATURES = sum(1 << bit for bit in (
     VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
@@ -59,19 +75,19 @@ def net_config(mac: bytes, queue_pairs: int, mtu: int) -> bytes:
     return mac + struct.pack("<HHH", VIRTIO_NET_S_LINK_UP, queue_pairs, mtu)
 
 
+def frame_size(mtu: int) -> int:
+    """Bytes a row needs for the largest frame a driver sends under `mtu` (0: none set)."""
+    return max(2048, mtu + ETHERNET_OVERHEAD)
+
+
 @dataclass
 class QueuePair:
-    """What the data plane serves of one queue pair: NetQueues for the started rings."""
+    """What the data plane serves of one queue pair: NetQueues for the rings it may use."""
 
     index: int
-    tx: NetQueue | None = None          # the driver's transmitq, when started
+    tx: NetQueue | None = None          # the driver's transmitq, while served (see above)
     rx: NetQueue | None = None          # the driver's receiveq, when started and enabled
     tx_kick: int = -1                   # the transmitq's kick eventfd, for a loop that sleeps
-    tx_enabled: bool = False
-    # Enabled at least once since it started. Before that a transmitq is left alone, as DPDK's
-    # vhost does: a front-end that sends before the back-end has read its last setup messages
-    # finds its frames served, not dropped. Disabled after that, it is emptied and discarded.
-    tx_served: bool = False
 
 
 @dataclass
@@ -85,6 +101,7 @@ class NetCounters:
     tx_bytes: int = 0
     tx_dropped: int = 0  # frames the receiveq could not take
     calls: int = 0
+    rx_discarded: int = 0  # of rx_frames, those of a disabled transmitq, dropped unserved
 
     def add(self, other: NetCounters) -> None:
         """Add another set of counters into this one."""
@@ -141,14 +158,21 @@ class VirtioNet(DeviceHooks):
     mtu: int = 0
     max_burst: int = 64
     on_change: Callable[[VirtioNet], None] | None = None
-    # on_drain(device, pair): a transmitq is being stopped; serve what is left in it.
+    # on_drain(device, pair): pair's transmitq stops being served (gate held); the host
+    # serves what is left in it. Without one, the device drains it into held[pair].
     on_drain: Callable[[VirtioNet, int], None] | None = None
+    # Per pair, where frames drained without on_drain wait for the host (a host that outlives
+    # connections passes its own, so that they outlive the device too).
+    held: list[HeldFrames] | None = None
     pairs: list[QueuePair] = field(default_factory=list)
     closed_down: bool = False   # the connection ended; the device serves nothing more
     # Counters of queues already let go; `counters()` adds the live ones.
     retired: list[NetCounters] = field(default_factory=list)
     _queues: dict[int, tuple[DeviceQueue, bool, NetQueue]] = field(default_factory=dict)
     _enabled_once: set[int] = field(default_factory=set)
+    _discarding: set[int] = field(default_factory=set)   # transmitqs disabled after serving
+    _discarded: list[int] = field(default_factory=list)  # per pair
+    _scratch: tuple[np.ndarray, np.ndarray] | None = None
     control: ControlQueue | None = None   # when the front-end passes the control queue on
     _backend: Backend | None = None
 
@@ -157,7 +181,12 @@ class VirtioNet(DeviceHooks):
             raise ValueError(f"queue pairs must be 1 to {MAX_QUEUE_PAIRS}")
         if len(self.mac) != 6:
             raise ValueError("a MAC address has 6 bytes")
+        if self.held is None:
+            self.held = [HeldFrames(frame_size(self.mtu)) for _ in range(self.queue_pairs)]
+        if len(self.held) != self.queue_pairs:
+            raise ValueError("held frames: one store per queue pair")
         self.retired = [NetCounters() for _ in range(self.queue_pairs)]
+        self._discarded = [0] * self.queue_pairs
 
     @property
     def features(self) -> int:
@@ -206,7 +235,12 @@ class VirtioNet(DeviceHooks):
         usable = self.queue_pairs if backend.acked >> VIRTIO_NET_F_MQ & 1 else 1
         self._control_changed(backend, 2 * usable)
         served = min(usable, self.control.active_pairs if self.control else usable)
+        for old in self.pairs:
+            setup = backend.vrings[2 * old.index + 1]
+            if old.tx is not None and old.tx.queue is setup.queue and not setup.enabled:
+                self._drain(old)   # disabled: what it held was sent while it was served
         pairs = []
+        self._discarding.clear()
         for k in range(self.queue_pairs):
             if k >= served:
                 for index in (2 * k, 2 * k + 1):
@@ -221,10 +255,11 @@ class VirtioNet(DeviceHooks):
                     _set_log(queue, backend, setup)
             if tx is not None and tx_setup.enabled:
                 self._enabled_once.add(2 * k + 1)
-            pairs.append(QueuePair(k, tx=tx, rx=rx if rx_setup.enabled else None,
-                                   tx_kick=_fd(tx_setup.kick),
-                                   tx_enabled=tx_setup.enabled,
-                                   tx_served=2 * k + 1 in self._enabled_once))
+            elif tx is not None and 2 * k + 1 in self._enabled_once:
+                self._discarding.add(2 * k + 1)
+            pairs.append(QueuePair(k, tx=tx if tx_setup.enabled else None,
+                                   rx=rx if rx_setup.enabled else None,
+                                   tx_kick=_fd(tx_setup.kick)))
         self.pairs = pairs
         if self.on_change:
             self.on_change(self)
@@ -240,9 +275,18 @@ class VirtioNet(DeviceHooks):
         self.control.call_fd = _fd(setup.call)
         self.control.kick_fd = _fd(setup.kick)
 
-    def serve_control(self) -> int:
-        """Handle the control commands waiting (call with the data plane's gate held); a
-        change of active queue pairs takes effect at once."""
+    @property
+    def wants_service(self) -> bool:
+        """Whether `service()` has anything to do: a control queue, or a transmitq to empty."""
+        return self.control is not None or bool(self._discarding)
+
+    def service(self) -> int:
+        """The device's own work between data-plane calls (call it often, with the data
+        plane's gate held): empty the transmitqs disabled after they were served, and handle
+        the control commands waiting, a change of active queue pairs taking effect at once.
+        Returns the control commands handled."""
+        for index in sorted(self._discarding):
+            self._discard(index)
         control = self.control
         if control is None:
             return 0
@@ -253,9 +297,45 @@ class VirtioNet(DeviceHooks):
         return n
 
     def stopping(self, backend: Backend, index: int) -> None:
-        """GET_VRING_BASE drains: a transmitq's frames still in the ring are served first."""
-        if index % 2 and self.on_drain and index // 2 < len(self.pairs):
-            self.on_drain(self, index // 2)
+        """GET_VRING_BASE: what a served transmitq still holds is drained first, what a
+        disabled one holds is discarded, so that the base reported covers it."""
+        if not index % 2:
+            return
+        pair = next((p for p in self.pairs if p.index == index // 2), None)
+        if pair is not None and pair.tx is not None:
+            self._drain(pair)
+        elif index in self._discarding:
+            self._discard(index)
+
+    def _drain(self, pair: QueuePair) -> None:
+        if self.on_drain is not None:
+            self.on_drain(self, pair.index)
+            return
+        try:
+            self.held[pair.index].drain(pair.tx)
+        except VringError as e:
+            log.error("queue pair %d: transmitq broken while drained: %s", pair.index, e)
+
+    def _discard(self, index: int) -> None:
+        # Bounded to a ring's worth per call: a driver could go on adding for ever.
+        queue = self._queues[index][2]
+        if self._scratch is None:
+            self._scratch = (np.zeros((self.max_burst, frame_size(self.mtu)), dtype=np.uint8),
+                             np.zeros(self.max_burst, dtype=np.uint32))
+        frames, lengths = self._scratch
+        done = 0
+        try:
+            while done < queue.queue.size:
+                n = queue.receive(frames, lengths)
+                if n == 0:
+                    break
+                done += n
+        except VringError as e:
+            # Left alone from now on, like a ring never enabled, until it is set up again.
+            log.error("vring %d: transmitq broken while discarded: %s", index, e)
+            self._enabled_once.discard(index)
+            self._discarding.discard(index)
+        self._discarded[index // 2] += done
 
     def closed(self, backend: Backend) -> None:
         """Let go of every queue."""
@@ -278,6 +358,7 @@ class VirtioNet(DeviceHooks):
             c.add(self.retired[k])
             rx, tx = self._queues.get(2 * k), self._queues.get(2 * k + 1)
             c.add(_queue_counters(rx[2] if rx else None, tx[2] if tx else None))
+            c.rx_discarded += self._discarded[k]
             totals.append(c)
         return totals
 
@@ -298,6 +379,7 @@ class VirtioNet(DeviceHooks):
 
     def _retire(self, index: int) -> None:
         self._enabled_once.discard(index)
+        self._discarding.discard(index)
         _, _, q = self._queues.pop(index)
         pair = self.retired[index // 2]
         pair.add(_queue_counters(q, None) if index % 2 == 0 else _queue_counters(None, q))

@@ -16,7 +16,7 @@ from fastpath.testing.reference.net import (
     placed_frames,
     received_frames,
 )
-from fastpath.vhost_user._net_queue import NetQueue
+from fastpath.vhost_user._net_queue import HeldFrames, NetQueue
 
 STRIDE = 2048
 RING_TYPES = pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
@@ -236,3 +236,42 @@ def test_transmit_matches_the_reference(packed, mergeable, buffers, lengths):
         stride=STRIDE)
     assert taken == expected_taken
     assert guest.used() == expected_used
+
+
+# --- frames held from a transmitq that stopped being served ---
+
+def taken(held: HeldFrames, n: int, stride: int = STRIDE) -> list[bytes]:
+    rows, lengths = np.zeros((n, stride), np.uint8), np.zeros(n, np.uint32)
+    got = held.take(rows, lengths)
+    return [rows[k, : lengths[k]].tobytes() for k in range(got)]
+
+
+@RING_TYPES
+def test_held_frames_come_out_in_order_across_drains_and_partial_takes(packed):
+    guest = GuestDriver(packed=packed, size=64, buffers=64)
+    held = HeldFrames()
+    sent = [frame(60 + k, k) for k in range(100)]
+    for f in sent[:50]:
+        guest.send(header(0) + f)
+    q = NetQueue(guest.device(), max_burst=8)
+    assert held.drain(q) == 50 and held.pending == 50
+    assert taken(held, 20) == sent[:20]
+    assert len(guest.collect()) == 50   # drained chains went back to the driver
+    for f in sent[50:]:
+        guest.send(header(0) + f)
+    assert held.drain(q) == 50          # grows, keeping the 30 not yet taken first
+    assert taken(held, 200) == sent[20:]
+    assert held.pending == 0 and taken(held, 8) == []
+    assert q.counters["frames"] == 100
+
+
+def test_a_held_frame_longer_than_the_row_it_would_go_into_is_dropped_and_counted():
+    guest = GuestDriver(size=16, buffer_size=4096, buffers=16)
+    held = HeldFrames()
+    sent = [frame(60), frame(1500, 1), frame(70, 2)]
+    for f in sent:
+        guest.send(header(0) + f)
+    assert held.drain(NetQueue(guest.device())) == 3
+    assert taken(held, 8, stride=1024) == [sent[0], sent[2]]
+    assert held.dropped == 1 and held.pending == 0
+

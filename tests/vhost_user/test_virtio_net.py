@@ -235,7 +235,52 @@ def test_frames_wait_for_the_receiveq_and_a_disabled_transmitq_is_emptied():
             time.sleep(0.001)
         assert guest.device.counters()[0].rx_frames == 1
         assert guest.received(1, timeout=0.1) == []
+        assert guest.device.counters()[0].rx_discarded == 1
         guest.fe.backend.close()
+
+
+def wait_for(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return condition()
+
+
+def test_a_disabled_transmitq_discards_its_frames_though_its_receiveq_takes_frames():
+    # vhost-user "Ring states": a started but disabled ring is processed without side
+    # effects; a net device's transmitq is emptied and its frames dropped, not forwarded.
+    with serving("io") as fwd:
+        guest = Guest(fwd, False, False)
+        guest.post_receive_buffers(16)
+        guest.fe.send(F.SET_VRING_ENABLE, VringState(1, 0))
+        guest.send([frame(64, k) for k in range(10)])
+        assert wait_for(lambda: guest.device.counters()[0].rx_discarded == 10)
+        assert guest.received(1, timeout=0.1) == []
+        counters = guest.device.counters()[0]
+        assert counters.rx_frames == 10 and counters.tx_frames == 0
+        assert fwd.drops(guest.device)[0] == (0, 0)
+        guest.fe.backend.close()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_what_a_transmitq_holds_when_it_is_disabled_is_served_first(packed):
+    # DPDK's virtio-user disables its rings as it exits: the frames it had made available
+    # while the ring was served still go where served frames go. No loop thread runs here:
+    # only the drain can move these.
+    fwd = Forwarder(Gate(), "io")
+    guest = Guest(fwd, packed, False)
+    guest.post_receive_buffers(32)
+    sent = [frame(60 + k, k) for k in range(10)]
+    guest.send(sent)
+    guest.fe.send(F.SET_VRING_ENABLE, VringState(1, 0))
+    assert [g[NET_HDR_SIZE:] for g in guest.received(10)] == sent
+    guest.send([frame(64, 50 + k) for k in range(5)])   # sent while disabled: dropped
+    with fwd.gate.control():
+        guest.device.service()
+    assert guest.received(1, timeout=0.1) == []
+    counters = guest.device.counters()[0]
+    assert counters.rx_frames == 15 and counters.rx_discarded == 5 and counters.tx_frames == 10
+    guest.fe.backend.close()
 
 
 def control_device(fwd, features):
@@ -364,3 +409,20 @@ def test_a_busy_polled_transmitq_asks_the_driver_not_to_kick(packed):
         guest.send([frame(64, 1)])
         assert not guest.tx.should_kick()
         guest.fe.backend.close()
+
+
+def test_a_disabled_transmitq_the_driver_breaks_is_logged_once_and_left_alone(caplog):
+    fwd = Forwarder(Gate(), "io")   # no loop thread: service() runs here
+    guest = Guest(fwd, False, False)
+    guest.fe.send(F.SET_VRING_ENABLE, VringState(1, 0))
+    assert guest.device.wants_service
+    # §2.7.13.3: the driver's avail index more than a ring ahead of the device: broken.
+    rings = ring_layout(256, 0x1000 + 1 * 0x10000, False)
+    guest.memory.view(rings.driver + 2, 2).view(np.uint16)[0] = 300
+    with fwd.gate.control():
+        guest.device.service()
+        guest.device.service()
+    assert [r.levelname for r in caplog.records if "broken" in r.getMessage()] == ["ERROR"]
+    assert not guest.device.wants_service
+    assert guest.device.counters()[0].rx_discarded == 0
+    guest.fe.backend.close()
