@@ -45,6 +45,9 @@ ARG_HELD = ROW_ARGS + 2        # HeldFrames handle of the queue pair (always set
 @njit(**NJIT)
 def _take_held(held, pool, mbufs, want):
     # The frames the device drained from the transmitq when it stopped being served.
+    # SAFETY: the row's HeldFrames (owned by the port's NetBackend for its whole life) keeps
+    # its state's addresses, rows and stride those of the arrays it holds; they change only
+    # while the device drains into it, with the gate held, so never while this kernel runs.
     rows, stride = int(held[HELD_ROWS]), int(held[HELD_STRIDE])
     frames = carray(u8_pointer(held[HELD_FRAMES_AT]), (rows, stride))
     lengths = carray(u32_pointer(held[HELD_LENGTHS_AT]), (rows,))
