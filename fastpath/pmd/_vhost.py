@@ -58,6 +58,8 @@ def _take_held(held, pool, mbufs, want):
 def rx(row, pool, mbufs, max_n):
     """Frames the driver transmitted: those held from a transmitq that stopped first."""
     queue = row[ARG_TRANSMITQ]
+    # SAFETY: ARG_HELD is the state array of the pair's HeldFrames, set when the port was
+    # made and kept alive by its NetBackend as long as the port.
     held = carray(u64_pointer(row[ARG_HELD]), (HELD_COLUMNS,))
     pending = held[HELD_COUNT] != held[HELD_NEXT]
     if queue == 0 and not pending:
