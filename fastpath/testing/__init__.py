@@ -5,7 +5,14 @@ DPDK testpmd as a vhost-user front-end or back-end, QEMU with a Linux guest, and
 from fastpath.testing._guest_driver import GuestDriver
 from fastpath.testing._qemu import QemuError, QemuGuest
 from fastpath.testing._testpmd import PeerError, Testpmd, ensure_hugepages
-from fastpath.testing._vhost_net import VhostNetProcess, received_frames, sent_frames
+from fastpath.testing._vhost_net import (
+    VhostNetProcess,
+    loaded_checkouts,
+    received_frames,
+    sent_frames,
+    source_python,
+)
 
 __all__ = ["GuestDriver", "PeerError", "Testpmd", "ensure_hugepages", "QemuGuest", "QemuError",
-           "VhostNetProcess", "received_frames", "sent_frames"]
+           "VhostNetProcess", "loaded_checkouts", "received_frames", "sent_frames",
+           "source_python"]

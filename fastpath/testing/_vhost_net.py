@@ -3,8 +3,10 @@ front-end at it."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import re
 import signal
 import site
 import subprocess
@@ -15,12 +17,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# What `fastpath vhost-net` says about itself at start-up: "...; fastpath FILE revision REV".
+_ORIGIN = re.compile(r"; fastpath (\S+) revision (\S+)$", re.M)
+_PR_SET_PDEATHSIG = 1
+
 
 class VhostNetProcess:
     """One `fastpath vhost-net` process on the socket `path`, pinned to CPU `cpu`.
 
-    It is killed after `time_limit` seconds whatever happens. `stop` ends it with SIGINT (it
-    closes its connections and writes its statistics) and returns them as the command's JSON.
+    It is killed after `time_limit` seconds whatever happens, and when the thread that started
+    it dies. `stop` ends it with SIGINT (it closes its connections and writes its statistics)
+    and returns them as the command's JSON. With `source`, the fastpath of that checkout runs
+    instead of this one, and nothing else can be imported in its place (see `source_python`);
+    `checkouts` and `reported` tell which one really ran.
     """
 
     def __init__(self, path: str | os.PathLike, *, fwd: str = "io", client: bool = False,
@@ -30,9 +39,10 @@ class VhostNetProcess:
         self.path = str(path)
         self._dir = tempfile.TemporaryDirectory(prefix="fastpath-vhost-net-")
         self._json = Path(self._dir.name) / "stats.json"
-        python, env = [sys.executable], None
+        python, env, cwd = [sys.executable], None, None
         if source is not None:
             python, env = source_python(source)
+            cwd = str(Path(source).resolve())
         self.command = [
             *python, "-m", "fastpath.cli", "vhost-net", "--socket", self.path,
             "--fwd", fwd, "--queues", str(queues), "--backoff", str(backoff),
@@ -41,8 +51,8 @@ class VhostNetProcess:
         cpus = {cpu} if cpu is not None else None
         self._process = subprocess.Popen(
             self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env=env,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+            stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+            preexec_fn=lambda: _child_setup(cpus))
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -64,6 +74,21 @@ class VhostNetProcess:
     def output(self) -> str:
         """Everything the process printed so far."""
         return "".join(self._lines)
+
+    @property
+    def reported(self) -> dict | None:
+        """What the process said it runs, {"file": fastpath.__file__, "revision": ...}, or None
+        when it said nothing (a checkout older than that start-up line)."""
+        match = _ORIGIN.search(self.output)
+        if match is None:
+            return None
+        return {"file": match.group(1),
+                "revision": None if match.group(2) == "unknown" else match.group(2)}
+
+    def checkouts(self) -> set[str]:
+        """The checkouts whose compiled core the running process has loaded (from its memory
+        map), whatever it says about itself: the directory that holds each `fastpath` package."""
+        return loaded_checkouts(self.pid)
 
     def stop(self, timeout: float = 30.0) -> dict:
         """End the process with SIGINT and return its final statistics."""
@@ -112,16 +137,43 @@ class VhostNetProcess:
             time.sleep(0.02)
 
 
+def _child_setup(cpus: set[int] | None) -> None:
+    # In the child before exec: its CPU, and SIGTERM when the thread that started it dies, so
+    # that a crashed benchmark leaves no busy-polling back-end behind.
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def source_python(source: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
     """The interpreter command and environment that import fastpath from the checkout
-    `source` (its core built in place) instead of the installed one, with this
-    environment's other packages: a baseline to compare the working tree with."""
-    # An editable install's import hook outranks PYTHONPATH; without the site module it is
-    # not loaded, and the environment's packages come in through PYTHONPATH instead.
+    `source` (its core built in place) and from nowhere else, with this environment's other
+    packages: a baseline to compare the working tree with. Run it with `source` as the current
+    directory.
+
+    An editable install's import hook outranks PYTHONPATH; without the site module (-S) it is not
+    loaded, and the environment's packages come in through PYTHONPATH, after `source`, instead.
+    -P keeps the current directory (or a script's) off the path, which `-m` would otherwise put
+    first; variables that would add or move other paths are dropped.
+    """
     packages = [p for p in site.getsitepackages() if os.path.isdir(p)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(source).resolve()),
-                                                      *packages]))
-    return [sys.executable, "-S"], env
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONSAFEPATH")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(source).resolve()), *packages])
+    return [sys.executable, "-S", "-P"], env
+
+
+def loaded_checkouts(pid: int) -> set[str]:
+    """The checkouts whose compiled core (``fastpath/_core/*.so``) process `pid` has mapped:
+    the directory that holds each such `fastpath` package."""
+    roots = set()
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            path = line.rstrip("\n").split(maxsplit=5)[-1]
+            parts = Path(path).parts
+            if path.endswith(".so") and parts[-3:-1] == ("fastpath", "_core"):
+                roots.add(str(Path(*parts[:-3])))
+    return roots
 
 
 def received_frames(result: dict) -> int:
