@@ -25,6 +25,7 @@ __all__ = [
     "error_for_code",
     "ChannelClosed",
     "PeerTooSlow",
+    "RequestRefused",
     "ProtocolError",
     "TruncatedMessage",
     "BadVersion",
@@ -144,6 +145,16 @@ class ChannelClosed(FastpathError):
 class PeerTooSlow(FastpathError):
     """A vhost-user peer left a message half-sent, or what was sent to it unread, for longer
     or in larger amounts than a back-end serving other peers can wait for."""
+
+
+class RequestRefused(FastpathError):
+    """A well-formed vhost-user request the back-end or its device cannot carry out (a bad
+    vring index, a config write the device does not take): answered with a failing REPLY_ACK
+    where one was asked for."""
+
+    # Whether the connection must close when the refusal cannot be acked: the front-end
+    # would go on believing the request was carried out, and it is not one to ignore.
+    closes_unless_acked = False
 
 
 class BackendRefused(FastpathError):

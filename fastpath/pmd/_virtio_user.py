@@ -23,12 +23,18 @@ from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
 from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._port import KIND_VIRTIO_USER, ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
-from fastpath.vhost_user._backend import VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1
 from fastpath.vhost_user._net_driver import BUFFER_SIZE, NetDriver
 from fastpath.vhost_user._net_kernels import eventfd_signal
 from fastpath.vhost_user._net_queue import NET_HDR_SIZE
 from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF
-from fastpath.vring import DRIVER_CHAIN_DTYPE, SEG_WRITE, SEGMENT_DTYPE, USED_ELEM_DTYPE
+from fastpath.vring import (
+    DRIVER_CHAIN_DTYPE,
+    SEG_WRITE,
+    SEGMENT_DTYPE,
+    USED_ELEM_DTYPE,
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_VERSION_1,
+)
 from fastpath.vring.kernels import add_burst, collect_burst, driver_should_kick
 
 log = logging.getLogger("fastpath.pmd")

@@ -13,13 +13,20 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastpath.errors import ChannelClosed, FastpathError, PeerTooSlow, ProtocolError
+from fastpath.errors import (
+    ChannelClosed,
+    FastpathError,
+    PeerTooSlow,
+    ProtocolError,
+    RequestRefused,
+)
 from fastpath.hv import GuestMemory, SharedRegion
 from fastpath.vhost_user._channel import Channel
+from fastpath.vhost_user._device import ENGINE_PROTOCOL_FEATURES, Device
 from fastpath.vhost_user._payloads import (
     NO_PAYLOAD,
     U64,
@@ -41,31 +48,22 @@ from fastpath.vhost_user._protocol import (
     encode_message,
     encode_reply,
 )
-from fastpath.vring import DeviceQueue, PackedDeviceQueue, RingAddresses, SplitDeviceQueue
+from fastpath.vring import (
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+    DeviceQueue,
+    PackedDeviceQueue,
+    RingAddresses,
+    SplitDeviceQueue,
+)
 
 log = logging.getLogger("fastpath.vhost_user")
 
 F = FrontendRequest
 
-# virtio 1.2 §6 feature bits the engine itself acts on, and vhost's own.
+# vhost's own feature bit: the front-end asks for dirty-page logging (live migration).
 VHOST_F_LOG_ALL = 26
-VIRTIO_RING_F_INDIRECT_DESC = 28
-VIRTIO_RING_F_EVENT_IDX = 29
-VIRTIO_F_VERSION_1 = 32
-VIRTIO_F_RING_PACKED = 34
-
-# What this engine implements of the protocol (bits 0-19 only; see ProtocolFeature).
-ENGINE_PROTOCOL_FEATURES = (
-    ProtocolFeature.MQ
-    | ProtocolFeature.LOG_SHMFD
-    | ProtocolFeature.REPLY_ACK
-    | ProtocolFeature.BACKEND_REQ
-    | ProtocolFeature.MTU
-    | ProtocolFeature.CONFIG
-    | ProtocolFeature.RESET_DEVICE
-    | ProtocolFeature.CONFIGURE_MEM_SLOTS
-    | ProtocolFeature.STATUS
-)
 
 # Requests that change what a data plane touches: ring state, kick and call fds, memory.
 _DATA_PLANE_REQUESTS = {
@@ -74,46 +72,11 @@ _DATA_PLANE_REQUESTS = {
 }
 
 
-class RequestRefused(FastpathError):
-    """A well-formed request the back-end cannot carry out (a bad vring index, say)."""
-
-    # Whether the connection must close when the refusal cannot be acked: the front-end
-    # would go on believing the request was carried out, and it is not one to ignore.
-    closes_unless_acked = False
-
-
 class NotAnEventfd(RequestRefused):
     """A kick, call or error fd that is not an eventfd (a pipe, a socket, a file): reading or
     signalling it could block the data plane."""
 
     closes_unless_acked = True
-
-
-class DeviceHooks:
-    """What a device behind a `Backend` is told; every hook does nothing by default.
-
-    Data-plane threads may poll the rings while the engine runs. Before a request changes what
-    they touch (ring state, fds, memory), the engine enters `quiesced()`, which returns once no
-    data-plane thread is inside the rings and keeps them out until it exits; `rings_changed`
-    runs inside it, after the change, for the device to pick up the new state.
-    """
-
-    # True for a device that uses every buffer in the order it took it, with none in flight
-    # once a ring stops (net): a ring can then be resumed from its used index.
-    uses_buffers_in_order = False
-
-    def quiesced(self) -> AbstractContextManager:
-        """A context in which no data-plane thread touches this device's rings or memory."""
-        return nullcontext()
-
-    def rings_changed(self, backend: Backend) -> None:
-        """The rings, their fds, the memory or the features changed (the device is quiesced)."""
-
-    def stopping(self, backend: Backend, index: int) -> None:
-        """GET_VRING_BASE is about to stop vring `index` (quiesced): finish what is in it."""
-
-    def closed(self, backend: Backend) -> None:
-        """The connection is closing: let go of every ring (the device is quiesced)."""
 
 
 def _take_eventfd(fds: list[int], what: str) -> int | None:
@@ -170,31 +133,20 @@ class VringSetup:
 
 
 class Backend:
-    """A vhost-user back-end for one connection.
+    """A vhost-user back-end for one connection, serving `device`: it offers what the device
+    offers (see `Device`) and keeps the protocol's state, none of the device's."""
 
-    `features` are the device's virtio feature bits (VERSION_1 and the ring features the device
-    serves); `vrings` how many virtqueues it has; `queue_num` what GET_QUEUE_NUM reports (queue
-    pairs, for net); `config` the device's config space for GET_CONFIG; `device` the hooks that
-    keep a data plane in step with the rings; `protocol_features` what GET_PROTOCOL_FEATURES
-    offers (some of what the engine implements).
-    """
-
-    def __init__(self, channel: Channel, *, features: int, vrings: int, queue_num: int = 1,
-                 config: bytes = b"", max_mem_slots: int = 8, device: DeviceHooks | None = None,
-                 protocol_features: int = ENGINE_PROTOCOL_FEATURES):
-        if protocol_features & ~ENGINE_PROTOCOL_FEATURES:
+    def __init__(self, channel: Channel, device: Device, *, max_mem_slots: int = 8):
+        if device.protocol_features & ~ENGINE_PROTOCOL_FEATURES:
             raise ValueError("protocol features the engine does not implement")
         self.channel = channel
-        self.protocol_offered = protocol_features
-        self.device = device or DeviceHooks()
-        self.offered = features | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+        self.device = device
+        self.protocol_offered = device.protocol_features
+        self.offered = device.features | 1 << VHOST_USER_F_PROTOCOL_FEATURES
         self.acked = 0
         self.protocol = 0
         self.owner = False
         self.status = 0
-        self.mtu = 0
-        self.queue_num = queue_num
-        self.config = bytearray(config)
         self.max_mem_slots = max_mem_slots
         self.memory: GuestMemory | None = None
         # ADD_MEM_REG of a region already mapped, per guest-physical base (see _add_mem_reg).
@@ -209,7 +161,7 @@ class Backend:
         self._unacked: deque[tuple[BackendRequest, float]] = deque()
         # Why the connection must end, found outside a request (a back-end request failed).
         self._failure: str | None = None
-        self.vrings = [VringSetup() for _ in range(vrings)]
+        self.vrings = [VringSetup() for _ in range(device.queues)]
         self._handlers: dict[FrontendRequest, Callable[[Any, list[int]], Any]] = {
             F.GET_FEATURES: lambda p, fds: U64(self.offered),
             F.SET_FEATURES: self._set_features,
@@ -218,7 +170,7 @@ class Backend:
             F.SET_MEM_TABLE: self._set_mem_table,
             F.GET_PROTOCOL_FEATURES: lambda p, fds: U64(self.protocol_offered),
             F.SET_PROTOCOL_FEATURES: self._set_protocol_features,
-            F.GET_QUEUE_NUM: lambda p, fds: U64(self.queue_num),
+            F.GET_QUEUE_NUM: lambda p, fds: U64(self.device.queue_num),
             F.SET_VRING_NUM: self._set_vring_num,
             F.SET_VRING_ADDR: self._set_vring_addr,
             F.SET_VRING_BASE: self._set_vring_base,
@@ -227,7 +179,6 @@ class Backend:
             F.SET_VRING_CALL: lambda p, fds: self._set_vring_fd(p, fds, "call"),
             F.SET_VRING_ERR: lambda p, fds: self._set_vring_fd(p, fds, "err"),
             F.SET_VRING_ENABLE: self._set_vring_enable,
-            F.NET_SET_MTU: self._set_mtu,
             F.GET_CONFIG: self._get_config,
             F.SET_CONFIG: self._set_config,
             F.RESET_DEVICE: lambda p, fds: self.reset(),
@@ -240,6 +191,9 @@ class Backend:
             F.SET_STATUS: self._set_status,
             F.GET_STATUS: lambda p, fds: U64(self.status),
         }
+        # The device's own requests come after the engine's (which it cannot replace).
+        for request, handler in device.requests().items():
+            self._handlers.setdefault(request, lambda p, fds, handler=handler: handler(p))
 
     # --- the engine ---
 
@@ -442,21 +396,13 @@ class Backend:
     def _set_status(self, payload: U64, fds: list[int]) -> None:
         self.status = payload.value & 0xFF
 
-    def _set_mtu(self, payload: U64, fds: list[int]) -> None:
-        if not 68 <= payload.value <= 65535:
-            raise RequestRefused(f"MTU {payload.value} is outside 68..65535")
-        self.mtu = payload.value
-
     def _get_config(self, payload: DeviceConfig, fds: list[int]) -> DeviceConfig:
-        data = bytes(self.config[payload.offset : payload.offset + len(payload.data)])
-        return DeviceConfig(payload.offset, payload.flags, data.ljust(len(payload.data), b"\0"))
+        size = len(payload.data)
+        data = self.device.read_config(payload.offset, size)[:size]
+        return DeviceConfig(payload.offset, payload.flags, data.ljust(size, b"\0"))
 
     def _set_config(self, payload: DeviceConfig, fds: list[int]) -> None:
-        end = payload.offset + len(payload.data)
-        if end > len(self.config):
-            raise RequestRefused(f"config write {payload.offset}+{len(payload.data)} is past "
-                                 f"the {len(self.config)}-byte config space")
-        self.config[payload.offset : end] = payload.data
+        self.device.write_config(payload.offset, payload.data)
 
     # --- memory ---
 
@@ -528,7 +474,7 @@ class Backend:
 
     def _set_vring_num(self, payload: VringState, fds: list[int]) -> None:
         num = payload.num
-        if not 1 <= num <= 32768 or (not self.packed and num & (num - 1)):
+        if not 1 <= num <= self.device.max_queue_size or (not self.packed and num & (num - 1)):
             raise RequestRefused(f"vring size {num} is not allowed")
         self._vring(payload.index).num = num
 

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 
 from fastpath.errors import BackendRefused
 from fastpath.hv import GuestMemory
-from fastpath.vhost_user._backend import (
-    VIRTIO_F_RING_PACKED,
-    VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-)
 from fastpath.vhost_user._frontend import Frontend, Vring
 from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF
 from fastpath.vring import (
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
     DriverQueue,
     PackedDriverQueue,
     RingAddresses,

@@ -27,23 +27,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastpath.errors import VringError
-from fastpath.vhost_user._backend import (
-    ENGINE_PROTOCOL_FEATURES,
-    VHOST_F_LOG_ALL,
-    VIRTIO_F_RING_PACKED,
-    VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
-    Backend,
-    DeviceHooks,
-)
+from fastpath.errors import RequestRefused, VringError
+from fastpath.vhost_user._backend import VHOST_F_LOG_ALL, Backend
+from fastpath.vhost_user._device import ENGINE_PROTOCOL_FEATURES, Device
 from fastpath.vhost_user._gate import Gate
 from fastpath.vhost_user._net_control import ControlQueue
 from fastpath.vhost_user._net_queue import HeldFrames, NetQueue
 from fastpath.vhost_user._payloads import VRING_F_LOG
-from fastpath.vhost_user._protocol import ProtocolFeature
-from fastpath.vring import DeviceQueue
+from fastpath.vhost_user._protocol import FrontendRequest, ProtocolFeature
+from fastpath.vring import (
+    VIRTIO_F_IN_ORDER,
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+    DeviceQueue,
+)
 
 log = logging.getLogger("fastpath.vhost_user")
 
@@ -54,7 +53,6 @@ VIRTIO_NET_F_MRG_RXBUF = 15
 VIRTIO_NET_F_STATUS = 16
 VIRTIO_NET_F_CTRL_VQ = 17
 VIRTIO_NET_F_MQ = 22
-VIRTIO_F_IN_ORDER = 35
 
 VIRTIO_NET_S_LINK_UP = 1
 MAX_QUEUE_PAIRS = 8
@@ -146,7 +144,7 @@ def _set_log(queue: NetQueue, backend: Backend, setup) -> None:
 
 
 @dataclass
-class VirtioNet(DeviceHooks):
+class VirtioNet(Device):
     """One front-end's virtio-net device: hooks for its `Backend` and the queue pairs a data
     plane serves. `on_change(device)` runs (quiesced) whenever the served pairs change."""
 
@@ -174,6 +172,8 @@ class VirtioNet(DeviceHooks):
     _discarded: list[int] = field(default_factory=list)  # per pair
     _scratch: tuple[np.ndarray, np.ndarray] | None = None
     control: ControlQueue | None = None   # when the front-end passes the control queue on
+    # The MTU the front-end reported (NET_SET_MTU, with VIRTIO_NET_F_MTU negotiated), or 0.
+    front_end_mtu: int = 0
     _backend: Backend | None = None
 
     def __post_init__(self):
@@ -194,33 +194,40 @@ class VirtioNet(DeviceHooks):
         return NET_FEATURES | (1 << VIRTIO_NET_F_MTU if self.mtu else 0)
 
     @property
-    def vrings(self) -> int:
+    def queues(self) -> int:
         """Virtqueues: a receiveq and a transmitq per pair, then the control queue."""
         return 2 * self.queue_pairs + 1
+
+    @property
+    def queue_num(self) -> int:
+        """GET_QUEUE_NUM: queue pairs."""
+        return self.queue_pairs
 
     @property
     def protocol_features(self) -> int:
         """The vhost-user protocol features the device offers."""
         # No CONFIG: QEMU and DPDK keep a net device's config space themselves (QEMU warns
         # about a net back-end that offers it).
-        withheld = ProtocolFeature.CONFIG
-        if self.queue_pairs > 1:
-            # QEMU 7.2 drives each queue pair as a vhost device of its own and sends only
-            # SET_MEM_TABLE once per connection: with CONFIGURE_MEM_SLOTS every pair sends
-            # ADD_MEM_REG for every region, the engine refuses the second pair's copies as
-            # overlapping, and QEMU gives up on the back-end ("falling back on userspace
-            # virtio"): no frame of any pair reaches it. Without it QEMU sends one table.
-            withheld |= ProtocolFeature.CONFIGURE_MEM_SLOTS
-        return ENGINE_PROTOCOL_FEATURES & ~withheld
+        return ENGINE_PROTOCOL_FEATURES & ~ProtocolFeature.CONFIG
 
     def backend(self, channel) -> Backend:
         """A back-end engine for this device on a new connection."""
-        return Backend(channel, features=self.features, vrings=self.vrings,
-                       queue_num=self.queue_pairs, config=net_config(self.mac, self.queue_pairs,
-                                                                     self.mtu), device=self,
-                       protocol_features=self.protocol_features)
+        return Backend(channel, self)
 
-    # --- DeviceHooks ---
+    # --- Device ---
+
+    def read_config(self, offset: int, size: int) -> bytes:
+        """The config space (§5.1.4): mac, status, max_virtqueue_pairs, mtu."""
+        return net_config(self.mac, self.queue_pairs, self.mtu)[offset:offset + size]
+
+    def requests(self):
+        """NET_SET_MTU, the one vhost-user request of the net device's own."""
+        return {FrontendRequest.NET_SET_MTU: self._set_front_end_mtu}
+
+    def _set_front_end_mtu(self, payload) -> None:
+        if not 68 <= payload.value <= 65535:
+            raise RequestRefused(f"MTU {payload.value} is outside 68..65535")
+        self.front_end_mtu = payload.value
 
     def quiesced(self):
         """Hold the data plane's gate."""

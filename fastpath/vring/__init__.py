@@ -7,6 +7,14 @@ asks whether to kick, and collects used ones. Numba loops call the same core thr
 
 from fastpath.vring._device import Burst, DeviceQueue, PackedDeviceQueue, SplitDeviceQueue
 from fastpath.vring._driver import DriverQueue, PackedDriverQueue, SplitDriverQueue
+from fastpath.vring._features import (
+    VIRTIO_F_ACCESS_PLATFORM,
+    VIRTIO_F_IN_ORDER,
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+)
 from fastpath.vring._layout import (
     MAX_QUEUE_SIZE,
     PACKED_DESC_DTYPE,
@@ -24,6 +32,13 @@ from fastpath.vring._records import (
 )
 
 __all__ = [
+    # Feature bits (virtio 1.2 §6).
+    "VIRTIO_RING_F_INDIRECT_DESC",
+    "VIRTIO_RING_F_EVENT_IDX",
+    "VIRTIO_F_VERSION_1",
+    "VIRTIO_F_ACCESS_PLATFORM",
+    "VIRTIO_F_RING_PACKED",
+    "VIRTIO_F_IN_ORDER",
     "Burst",
     "DeviceQueue",
     "SplitDeviceQueue",

@@ -4,6 +4,7 @@ DPDK's virtio-user sends (see the shared notes on peers) and reading the replies
 import os
 import socket
 
+from fastpath.errors import RequestRefused
 from fastpath.hv import GuestMemory
 from fastpath.vhost_user import (
     FLAG_NEED_REPLY,
@@ -20,17 +21,43 @@ from fastpath.vhost_user import (
     decode_message,
     encode_message,
 )
-from fastpath.vhost_user._backend import (
+from fastpath.vhost_user._backend import Backend
+from fastpath.vhost_user._device import Device
+from fastpath.vring import (
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
-    Backend,
+    ring_layout,
 )
-from fastpath.vring import ring_layout
 
 F = FrontendRequest
 PROTOCOL_FEATURES_BIT = 1 << 30
 FEATURES = 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_F_RING_PACKED
+
+
+class PlainDevice(Device):
+    """A device of `queues` virtqueues offering `features`, with a config space of bytes that
+    SET_CONFIG may write within."""
+
+    def __init__(self, *, features: int = FEATURES, queues: int = 2, config: bytes = b"",
+                 queue_num: int = 1):
+        self.features = features
+        self.queues = queues
+        self.config = bytearray(config)
+        self._queue_num = queue_num
+
+    @property
+    def queue_num(self) -> int:
+        return self._queue_num
+
+    def read_config(self, offset: int, size: int) -> bytes:
+        return bytes(self.config[offset:offset + size])
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        if offset + len(data) > len(self.config):
+            raise RequestRefused(f"config write {offset}+{len(data)} is past the "
+                                 f"{len(self.config)}-byte config space")
+        self.config[offset:offset + len(data)] = data
 
 
 class ScriptedFrontend:
@@ -40,8 +67,7 @@ class ScriptedFrontend:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = ours
         if make_backend is None:
-            self.backend = Backend(Channel(theirs), features=FEATURES, vrings=2, queue_num=1,
-                                   config=bytes(range(12)))
+            self.backend = Backend(Channel(theirs), PlainDevice(config=bytes(range(12))))
         else:
             self.backend = make_backend(Channel(theirs))
         self.memory = GuestMemory([(0, 4 << 20)])

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from scripted_frontend import PlainDevice
 
 from fastpath.errors import BackendRefused
 from fastpath.vhost_user import (
@@ -16,8 +17,9 @@ from fastpath.vhost_user import (
     FrontendRequest,
     ProtocolFeature,
 )
-from fastpath.vhost_user._backend import VIRTIO_F_VERSION_1, Backend
+from fastpath.vhost_user._backend import Backend
 from fastpath.vhost_user._server import BackendServer
+from fastpath.vring import VIRTIO_F_VERSION_1
 
 F = FrontendRequest
 PROTOCOL = (ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIG)
@@ -29,7 +31,7 @@ class Served:
 
     def __init__(self, path):
         self.server = BackendServer(path, lambda ch: Backend(
-            ch, features=1 << VIRTIO_F_VERSION_1, vrings=2, config=b"config-v1"),
+            ch, PlainDevice(features=1 << VIRTIO_F_VERSION_1, config=b"config-v1")),
             message_deadline=DEADLINE)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -70,7 +72,7 @@ def connected(served, protocol=PROTOCOL) -> tuple[Frontend, Backend]:
 def test_a_config_change_reaches_the_front_end_which_acks_it_and_reads_the_config_again(served):
     fe, backend = connected(served)
     assert backend.backend_channel is not None
-    backend.config[7:9] = b"v2"
+    backend.device.config[7:9] = b"v2"
     assert backend.config_changed()
     message = fe.next_backend_request(timeout=5)
     assert message.header.request == BackendRequest.CONFIG_CHANGE_MSG

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from scripted_frontend import PlainDevice
 
 from fastpath.vhost_user import (
     U64,
@@ -20,9 +21,10 @@ from fastpath.vhost_user import (
     decode_message,
     encode_message,
 )
-from fastpath.vhost_user._backend import VIRTIO_F_VERSION_1, Backend
+from fastpath.vhost_user._backend import Backend
 from fastpath.vhost_user._channel import MAX_QUEUED_OUTPUT
 from fastpath.vhost_user._server import BackendServer
+from fastpath.vring import VIRTIO_F_VERSION_1
 
 F = FrontendRequest
 DEADLINE = 0.3
@@ -31,8 +33,8 @@ DEADLINE = 0.3
 @pytest.fixture
 def server(tmp_path):
     path = str(tmp_path / "vhost.sock")
-    srv = BackendServer(path, lambda channel: Backend(channel, features=1 << VIRTIO_F_VERSION_1,
-                                                      vrings=2), message_deadline=DEADLINE)
+    srv = BackendServer(path, lambda channel: Backend(channel, PlainDevice(
+        features=1 << VIRTIO_F_VERSION_1)), message_deadline=DEADLINE)
     stop = threading.Event()
     failures = []
 

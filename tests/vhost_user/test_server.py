@@ -6,10 +6,12 @@ import socket
 import threading
 
 import pytest
+from scripted_frontend import PlainDevice
 
 from fastpath.vhost_user import U64, FrontendRequest, decode_message, encode_message
-from fastpath.vhost_user._backend import VIRTIO_F_VERSION_1, Backend
+from fastpath.vhost_user._backend import Backend
 from fastpath.vhost_user._server import BackendClient, BackendServer
+from fastpath.vring import VIRTIO_F_VERSION_1
 
 F = FrontendRequest
 
@@ -17,8 +19,8 @@ F = FrontendRequest
 @pytest.fixture
 def server(tmp_path):
     path = str(tmp_path / "vhost.sock")
-    srv = BackendServer(path, lambda channel: Backend(channel, features=1 << VIRTIO_F_VERSION_1,
-                                                      vrings=2))
+    srv = BackendServer(path, lambda channel: Backend(channel, PlainDevice(
+        features=1 << VIRTIO_F_VERSION_1)))
     stop = threading.Event()
 
     def loop():
@@ -78,18 +80,18 @@ def test_a_stale_socket_file_is_replaced_but_a_regular_file_is_not(tmp_path):
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     leftover.bind(str(stale))
     leftover.close()
-    BackendServer(str(stale), lambda ch: Backend(ch, features=0, vrings=1)).close()
+    BackendServer(str(stale), lambda ch: Backend(ch, PlainDevice(features=0, queues=1))).close()
     regular = tmp_path / "file"
     regular.write_text("not a socket")
     with pytest.raises(FileExistsError):
-        BackendServer(str(regular), lambda ch: Backend(ch, features=0, vrings=1))
+        BackendServer(str(regular), lambda ch: Backend(ch, PlainDevice(features=0, queues=1)))
     assert regular.exists() and os.path.isfile(regular)
 
 
 def test_client_mode_waits_for_the_front_end_and_reconnects_after_it_restarts(tmp_path):
     path = str(tmp_path / "frontend.sock")
-    client = BackendClient(path, lambda ch: Backend(ch, features=1 << VIRTIO_F_VERSION_1,
-                                                    vrings=2), retry_interval=0.01)
+    client = BackendClient(path, lambda ch: Backend(ch, PlainDevice(
+        features=1 << VIRTIO_F_VERSION_1)), retry_interval=0.01)
     client.serve_once(0.01)  # nobody listening yet: no error, no connection
     assert client.backend is None
     for restart in range(2):

@@ -1,0 +1,91 @@
+"""`Device`: what a virtio device implements to sit behind the protocol engine (`Backend`).
+
+The engine speaks the protocol: it negotiates what the device offers, maps the front-end's
+memory, keeps each vring's setup and turns started rings into queues. Everything of the device
+itself stays in the device: its config space, its own requests (NET_SET_MTU for net), the
+queues it serves and how. Every hook has a default, so a device implements what it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from fastpath.errors import RequestRefused
+from fastpath.vhost_user._protocol import FrontendRequest, ProtocolFeature
+from fastpath.vring import MAX_QUEUE_SIZE, VIRTIO_F_VERSION_1
+
+if TYPE_CHECKING:
+    from fastpath.vhost_user._backend import Backend
+
+# What the engine implements of the protocol (bits 0-19 only; see ProtocolFeature): a device
+# offers these or fewer.
+ENGINE_PROTOCOL_FEATURES = (
+    ProtocolFeature.MQ
+    | ProtocolFeature.LOG_SHMFD
+    | ProtocolFeature.REPLY_ACK
+    | ProtocolFeature.BACKEND_REQ
+    | ProtocolFeature.MTU
+    | ProtocolFeature.CONFIG
+    | ProtocolFeature.RESET_DEVICE
+    | ProtocolFeature.CONFIGURE_MEM_SLOTS
+    | ProtocolFeature.STATUS
+)
+
+
+class Device:
+    """A virtio device behind a vhost-user back-end (subclass it; override what applies).
+
+    What it offers is read when a connection starts: `features` (virtio feature bits: VERSION_1
+    and the ring features it serves, and its own), `protocol_features` (some of
+    ENGINE_PROTOCOL_FEATURES), `queues` (virtqueues), `queue_num` (what GET_QUEUE_NUM reports:
+    queue pairs for net) and `max_queue_size`.
+
+    Data-plane threads may poll the rings while the engine runs. Before a request changes what
+    they touch (ring state, fds, memory), the engine enters `quiesced()`, which returns once no
+    data-plane thread is inside the rings and keeps them out until it exits; `rings_changed`
+    runs inside it, after the change, for the device to pick up the new state.
+    """
+
+    features: int = 1 << VIRTIO_F_VERSION_1
+    protocol_features: int = ENGINE_PROTOCOL_FEATURES
+    queues: int = 1
+    max_queue_size: int = MAX_QUEUE_SIZE
+    # True for a device that uses every buffer in the order it took it, with none in flight
+    # once a ring stops (net): a ring can then be resumed from its used index.
+    uses_buffers_in_order: bool = False
+
+    @property
+    def queue_num(self) -> int:
+        """What GET_QUEUE_NUM reports: the virtqueues, unless the device counts otherwise."""
+        return self.queues
+
+    def read_config(self, offset: int, size: int) -> bytes:
+        """`size` bytes of the config space from `offset` (GET_CONFIG); bytes past its end
+        read as zeros. Raise RequestRefused where there is none."""
+        raise RequestRefused("the device has no config space")
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        """Write the config space (SET_CONFIG); raise RequestRefused for a write the device
+        does not take."""
+        raise RequestRefused("the device's config space is read-only")
+
+    def requests(self) -> Mapping[FrontendRequest, Callable[[Any], Any]]:
+        """Device-specific requests and their handlers (payload in, reply payload or None out;
+        RequestRefused for one the device cannot carry out)."""
+        return {}
+
+    def quiesced(self) -> AbstractContextManager:
+        """A context in which no data-plane thread touches this device's rings or memory."""
+        return nullcontext()
+
+    def rings_changed(self, backend: Backend) -> None:
+        """Rings were started, stopped, enabled or disabled, or their fds, the memory table or
+        the features changed (the device is quiesced)."""
+
+    def stopping(self, backend: Backend, index: int) -> None:
+        """GET_VRING_BASE is about to stop vring `index` (quiesced): finish what is in it."""
+
+    def closed(self, backend: Backend) -> None:
+        """The connection is closing: let go of every ring (the device is quiesced)."""
