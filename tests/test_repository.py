@@ -176,3 +176,23 @@ def test_every_core_function_a_kernel_calls_matches_its_pxd_declaration():
             f"{name}: the kernels declare {numba_ret}({', '.join(numba_args)}), "
             f"_core/{module}.pxd {ret}({', '.join(args)})")
 
+
+def test_kernels_that_reach_memory_by_raw_address_say_why_it_is_safe():
+    # A kernel that makes an array out of an address (carray over a pointer from a port row)
+    # has nothing checking the address or the length: its SAFETY note says what keeps them
+    # valid, as the core's unchecked functions do.
+    found = 0
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            body = ast.get_source_segment(text, node)
+            if "carray(" not in body:
+                continue
+            found += 1
+            assert "# SAFETY:" in body, (
+                f"{path.relative_to(ROOT)}:{node.lineno} {node.name} makes arrays from raw "
+                "addresses without a SAFETY note")
+    assert found >= 8
