@@ -23,6 +23,7 @@ __all__ = [
     "ChainTooLarge",
     "RingFull",
     "error_for_code",
+    "raise_for_code",
     "ChannelClosed",
     "PeerTooSlow",
     "RequestRefused",
@@ -236,3 +237,9 @@ def error_for_code(code: int) -> type[VringError]:
         return _BY_CODE[code]
     except KeyError:
         raise ValueError(f"{code} is not a fastpath core error code") from None
+
+
+def raise_for_code(code: int):
+    """Raise the VringError subclass for a negative core return."""
+    cls = error_for_code(code)
+    raise cls(f"queue error {cls.__name__} ({code})")

@@ -118,14 +118,15 @@ def test_every_exported_class_and_function_is_documented():
     import importlib
     import inspect
 
-    for init in PACKAGE.glob("*/__init__.py"):
-        if init.parent.name.startswith("_"):
+    for init in PACKAGE.rglob("*/__init__.py"):
+        parts = init.parent.relative_to(PACKAGE).parts
+        if any(part.startswith("_") for part in parts):
             continue
-        module = importlib.import_module(f"fastpath.{init.parent.name}")
+        module = importlib.import_module(".".join(("fastpath", *parts)))
         for name in module.__all__:
             obj = getattr(module, name)
             if inspect.isclass(obj) or inspect.isfunction(obj):
-                assert inspect.getdoc(obj), f"fastpath.{init.parent.name}.{name} has no docstring"
+                assert inspect.getdoc(obj), f"{module.__name__}.{name} has no docstring"
                 if inspect.isclass(obj):
                     for attr, member in vars(obj).items():
                         public = not attr.startswith("_")
@@ -196,3 +197,70 @@ def test_kernels_that_reach_memory_by_raw_address_say_why_it_is_safe():
                 f"{path.relative_to(ROOT)}:{node.lineno} {node.name} makes arrays from raw "
                 "addresses without a SAFETY note")
     assert found >= 8
+
+
+# The rooms of the package, lowest layer first (DESIGN.md, "Layers"): a module imports only
+# from its own room and from lower layers. Rooms on one line share a layer and import nothing
+# from each other. The base modules (errors, the Numba options) sit below every room.
+LAYERS = [
+    ["_core"],
+    ["hv"],
+    ["vring"],
+    ["vhost_user"],
+    ["devices.net", "devices.blk"],
+    ["pmd"],
+    ["spdk_like"],
+    ["testing"],
+    ["bench"],
+    ["commands"],
+    ["cli"],
+]
+BASE = {"errors", "_numba", ""}
+LAYER_OF = {room: k for k, rooms in enumerate(LAYERS) for room in rooms}
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")[1:]
+    if parts[:1] == ["devices"] and len(parts) > 1:
+        return "devices." + parts[1]
+    return parts[0] if parts else ""
+
+
+def _package_imports():
+    """(importing module, imported module) for every fastpath import inside the package."""
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+                # `from fastpath.x import _y` imports the module fastpath.x._y.
+                names += [f"{node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name == "fastpath" or name.startswith("fastpath."):
+                    yield module, name
+
+
+def test_rooms_import_only_from_their_own_and_lower_layers():
+    for importer, imported in _package_imports():
+        mine, theirs = _room(importer), _room(imported)
+        if theirs in BASE or mine == theirs:
+            continue
+        assert mine in LAYER_OF and theirs in LAYER_OF, f"{importer}: room of {imported}?"
+        assert LAYER_OF[theirs] < LAYER_OF[mine], (
+            f"{importer} ({mine}) imports {imported} ({theirs}), which is not below it")
+
+
+def test_no_module_imports_another_rooms_private_module():
+    for importer, imported in _package_imports():
+        mine, theirs = _room(importer), _room(imported)
+        if mine == theirs or theirs in BASE or theirs == "_core":
+            continue
+        inner = imported.split(".")[1 + theirs.count(".") + 1:]
+        assert not any(p.startswith("_") for p in inner), (
+            f"{importer} imports {imported}, a private module of {theirs}")

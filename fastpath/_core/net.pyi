@@ -1,6 +1,7 @@
 import numpy as np
 
 HDR_SIZE: int
+NUM_BUFFERS_OFFSET: int
 
 class NetQueue:
     def __init__(self, vq: int, packed: bool, owner: object, *, mergeable: bool = ...,

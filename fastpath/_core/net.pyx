@@ -18,6 +18,8 @@ from fastpath._core.split cimport (fp_split_device, fp_split_device_should_notif
 
 HDR_SIZE = sizeof(fp_net_hdr)
 assert HDR_SIZE == 12
+# Where num_buffers sits in the header, for the Python side's dtype to be held to.
+NUM_BUFFERS_OFFSET = <size_t>&(<fp_net_hdr *>NULL).num_buffers
 
 
 cdef inline int _pop(fp_net_queue *q, uint32_t first, uint32_t n,

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from fastpath.bench._report import environment, print_table, write_json
+from fastpath.bench import environment, print_table, write_json
 from fastpath.pmd import (
     DEFAULT_FLOWS,
     ETH_DST,

@@ -14,11 +14,9 @@ import threading
 import time
 
 import fastpath
-from fastpath.vhost_user._forwarder import MODES, Forwarder
-from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._pcap import PcapCapture
-from fastpath.vhost_user._server import BackendClient, BackendServer
-from fastpath.vhost_user._virtio_net import MAX_QUEUE_PAIRS, NetCounters, VirtioNet
+from fastpath.devices.net import MAX_QUEUE_PAIRS, NetCounters, VirtioNet
+from fastpath.pmd import FORWARDER_MODES, Forwarder, PcapCapture
+from fastpath.vhost_user import BackendClient, BackendServer, Gate
 
 log = logging.getLogger("fastpath.vhost_user")
 
@@ -36,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "DPDK server=1) and reconnect whenever it goes away")
     parser.add_argument("--queues", type=int, default=1, metavar="N",
                         help=f"queue pairs offered (1 to {MAX_QUEUE_PAIRS})")
-    parser.add_argument("--fwd", choices=sorted(MODES), default="io",
+    parser.add_argument("--fwd", choices=sorted(FORWARDER_MODES), default="io",
                         help="io: frames back unchanged; macswap: MACs swapped; drop: "
                         "count and free")
     parser.add_argument("--burst", type=int, default=32, help="frames per receive")

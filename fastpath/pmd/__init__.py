@@ -8,9 +8,12 @@ and the loop that runs rx port -> engine -> tx port in compiled code.
     sent = port.tx_burst(0, mbufs, n)      # back to the guest; mbufs[sent:n] are still yours
 """
 
+from fastpath.pmd._forwarder import MODES as FORWARDER_MODES
+from fastpath.pmd._forwarder import Forwarder
 from fastpath.pmd._lcore import ForwardingLoop, Stream, paired_streams
 from fastpath.pmd._mbuf import MbufPool
 from fastpath.pmd._null import NullPort
+from fastpath.pmd._pcap import PcapCapture
 from fastpath.pmd._pcap_port import PcapPort
 from fastpath.pmd._port import Port, PortCounters
 from fastpath.pmd._ring import RingPort
@@ -32,6 +35,8 @@ from fastpath.pmd._virtio_user import VirtioUserPort
 __all__ = ["MbufPool", "Port", "PortCounters", "NullPort", "VhostPort", "open_port",
            "port_help", "VirtioUserPort", "RingPort", "TapPort", "PcapPort",
            "PORT_KINDS", "ForwardingLoop", "Stream", "paired_streams",
+           # vhost-net's loop over virtio-net devices, and the pcap capture it can record to.
+           "Forwarder", "FORWARDER_MODES", "PcapCapture",
            # Traffic profiles (Scapy templates) that txonly sends and `fastpath gen` writes.
            "PROFILES", "profile_frames", "DEFAULT_FLOWS", "MAX_FLOWS", "MIN_SIZE", "MAX_SIZE",
            "ETH_SRC", "ETH_DST"]

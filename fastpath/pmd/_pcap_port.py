@@ -6,7 +6,7 @@ in order, `loops` times over (0: for ever), and at `rate` frames per second when
 each call releases the frames due by then (the first at once, then one every 1/rate seconds
 after the first call), never sleeping.
 
-Capture goes through a capture ring (`fastpath.vhost_user._pcap`): the transmit kernel copies
+Capture goes through a capture ring (`fastpath.pmd._pcap`): the transmit kernel copies
 frames from their mbufs into it, taking only as many as it has room for, and `wants_service`
 asks the loop to come back to Python, whose `service()` writes the ring to the file, before it
 cannot take another full burst. So a capture loses nothing, whatever the loop's pace.
@@ -28,10 +28,7 @@ from numba import njit
 
 from fastpath._numba import NJIT, copy_bytes
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, MbufPool, free_burst
-from fastpath.pmd._pointers import carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
-from fastpath.pmd._port import KIND_PCAP, ROW_ARGS, STAT_ERRORS, Port
-from fastpath.pmd._port_kernels import take_mbufs
-from fastpath.vhost_user._pcap import (
+from fastpath.pmd._pcap import (
     LINKTYPE_ETHERNET,
     RECORD_HEADER,
     STATE_HELD,
@@ -39,6 +36,9 @@ from fastpath.vhost_user._pcap import (
     capture_burst,
     realtime_ns,
 )
+from fastpath.pmd._pointers import carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
+from fastpath.pmd._port import KIND_PCAP, ROW_ARGS, STAT_ERRORS, Port
+from fastpath.pmd._port_kernels import take_mbufs
 
 log = logging.getLogger("fastpath.pmd")
 

@@ -16,12 +16,8 @@ from contextlib import contextmanager
 from numba import njit
 
 from fastpath._numba import NJIT
-from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
-from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
-from fastpath.pmd._port import KIND_VHOST, ROW_ARGS, STAT_ERRORS, Port
-from fastpath.pmd._port_kernels import row_stats, take_mbufs
-from fastpath.vhost_user import NetBackend
-from fastpath.vhost_user._net_kernels import (
+from fastpath.devices.net import DEFAULT_MAC, NetBackend
+from fastpath.devices.net.kernels import (
     HELD_COLUMNS,
     HELD_COUNT,
     HELD_FRAMES_AT,
@@ -33,7 +29,10 @@ from fastpath.vhost_user._net_kernels import (
     net_transmit,
     take_held,
 )
-from fastpath.vhost_user._virtio_net import DEFAULT_MAC
+from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
+from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
+from fastpath.pmd._port import KIND_VHOST, ROW_ARGS, STAT_ERRORS, Port
+from fastpath.pmd._port_kernels import row_stats, take_mbufs
 
 log = logging.getLogger("fastpath.pmd")
 

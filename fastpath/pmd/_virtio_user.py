@@ -18,15 +18,20 @@ import numpy as np
 from numba import njit
 
 from fastpath._numba import NJIT, copy_bytes
+from fastpath.devices.net import (
+    BUFFER_SIZE,
+    NET_HDR_SIZE,
+    NUM_BUFFERS_OFFSET,
+    VIRTIO_NET_F_MQ,
+    VIRTIO_NET_F_MRG_RXBUF,
+    NetDriver,
+)
+from fastpath.devices.net.kernels import eventfd_signal
 from fastpath.errors import FastpathError
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
 from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._port import KIND_VIRTIO_USER, ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
-from fastpath.vhost_user._net_driver import BUFFER_SIZE, NetDriver
-from fastpath.vhost_user._net_kernels import eventfd_signal
-from fastpath.vhost_user._net_queue import NET_HDR_SIZE
-from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF
 from fastpath.vring import (
     DRIVER_CHAIN_DTYPE,
     SEG_WRITE,
@@ -70,8 +75,6 @@ USED_ID = USED_ELEM_DTYPE.fields["id"][1] // 4
 USED_LEN = USED_ELEM_DTYPE.fields["len"][1] // 4
 assert CHAIN_ID_SHIFT == 16 and DRIVER_CHAIN_DTYPE.fields["nseg"][1] % 4 == 0
 
-# virtio 1.2 §5.1.6: num_buffers, the last field of the header.
-NUM_BUFFERS_OFFSET = 10
 
 
 @njit(**NJIT)

@@ -124,9 +124,11 @@ class VringSetup:
         return self.queue is not None
 
     def replace_fd(self, name: str, fd: int | None) -> None:
+        """Keep `fd` as the vring's "kick", "call" or "err" fd, closing the one it replaces."""
         _replace_fd(self, name, fd)
 
     def close(self) -> None:
+        """Close the vring's fds and let go of its queue."""
         for name in ("kick", "call", "err"):
             self.replace_fd(name, None)
         self.queue = None
@@ -359,6 +361,7 @@ class Backend:
 
     @property
     def packed(self) -> bool:
+        """Whether the front-end acked VIRTIO_F_RING_PACKED (every ring is packed)."""
         return bool(self.acked >> VIRTIO_F_RING_PACKED & 1)
 
     # --- features and status ---

@@ -7,10 +7,10 @@ import numpy as np
 from fastpath._core import chain as _chain
 from fastpath._core import packed as _packed
 from fastpath._core import split as _split
-from fastpath.errors import error_for_code
+from fastpath.errors import error_for_code, raise_for_code
 from fastpath.hv import GuestMemory
 from fastpath.vring._layout import RingAddresses
-from fastpath.vring._queue import RingArea, named_errors, options, raise_queue_error
+from fastpath.vring._queue import RingArea, named_errors, options
 from fastpath.vring._records import CHAIN_DTYPE, SEGMENT_DTYPE, as_bytes
 
 # The most pieces a chain may have and still be served whatever burst it lands in; QEMU
@@ -101,7 +101,7 @@ class DeviceQueue:
         n = self._core.pop_burst(burst._chain_bytes, burst._segment_bytes)
         if n < 0:
             burst.count = 0
-            raise_queue_error(n)
+            raise_for_code(n)
         burst.count = n
         return n
 

@@ -52,6 +52,3 @@ def named_errors(counts: dict[int, int]) -> dict[str, int]:
     return {error_for_code(-code).__name__: n for code, n in counts.items()}
 
 
-def raise_queue_error(code: int) -> None:
-    """Raise the exception for a negative core return."""
-    raise error_for_code(code)(f"queue error {error_for_code(code).__name__} ({code})")

@@ -4,8 +4,8 @@ back byte for byte, on split and packed rings, with and without mergeable buffer
 
 import pytest
 
+from fastpath.devices.net import NetFrontend
 from fastpath.testing import Testpmd, VhostNetProcess
-from fastpath.vhost_user import NetFrontend
 
 RING_TYPES = pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
 MERGEABLE = pytest.mark.parametrize("mergeable", [False, True], ids=["plain", "mergeable"])

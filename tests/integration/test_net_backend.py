@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 
+from fastpath.devices.net import NetBackend, NetFrontend
 from fastpath.testing import Testpmd
-from fastpath.vhost_user import FrontendRequest, NetBackend, NetFrontend, VringState
+from fastpath.vhost_user.wire import FrontendRequest, VringState
 
 
 class EchoLoop(threading.Thread):

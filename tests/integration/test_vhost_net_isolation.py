@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pytest
 
+from fastpath.devices.net import NetFrontend
 from fastpath.hv import GuestMemory, SharedRegion
 from fastpath.testing import VhostNetProcess
-from fastpath.vhost_user import U64, Frontend, FrontendRequest, NetFrontend, encode_message
+from fastpath.vhost_user import Frontend
+from fastpath.vhost_user.wire import U64, FrontendRequest, encode_message
 from fastpath.vring import ring_layout
 
 F = FrontendRequest

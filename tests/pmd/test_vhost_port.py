@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from fastpath.devices.net import NetFrontend
 from fastpath.pmd import MbufPool, VhostPort
-from fastpath.vhost_user import NetFrontend
 
 
 @pytest.fixture(scope="module", autouse=True)

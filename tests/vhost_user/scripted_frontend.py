@@ -6,11 +6,13 @@ import socket
 
 from fastpath.errors import RequestRefused
 from fastpath.hv import GuestMemory
-from fastpath.vhost_user import (
+from fastpath.vhost_user import Channel
+from fastpath.vhost_user._backend import Backend
+from fastpath.vhost_user._device import Device
+from fastpath.vhost_user.wire import (
     FLAG_NEED_REPLY,
     U64,
     VRING_F_LOG,
-    Channel,
     FrontendRequest,
     MemoryRegion,
     MemoryTable,
@@ -21,8 +23,6 @@ from fastpath.vhost_user import (
     decode_message,
     encode_message,
 )
-from fastpath.vhost_user._backend import Backend
-from fastpath.vhost_user._device import Device
 from fastpath.vring import (
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,

@@ -9,7 +9,7 @@ import pytest
 from scripted_frontend import F, ScriptedFrontend
 
 from fastpath.hv import GuestMemory
-from fastpath.vhost_user import (
+from fastpath.vhost_user.wire import (
     FLAG_REPLY,
     U64,
     ProtocolFeature,
@@ -90,7 +90,7 @@ def test_features_that_were_not_offered_are_refused():
 
 
 def test_get_config_reads_the_device_config_space():
-    from fastpath.vhost_user import ConfigFlag, DeviceConfig
+    from fastpath.vhost_user.wire import ConfigFlag, DeviceConfig
 
     fe = ScriptedFrontend()
     fe.send(F.GET_CONFIG, DeviceConfig(2, ConfigFlag(0), bytes(4)))
@@ -137,7 +137,7 @@ def test_the_backend_request_channel_is_kept_and_closed_with_the_connection():
 def test_a_dirty_log_without_log_shmfd_ends_the_connection():
     # SET_LOG_BASE always gets a reply; one the back-end cannot give ends the connection.
     from fastpath.hv import GuestMemory
-    from fastpath.vhost_user import LogArea
+    from fastpath.vhost_user.wire import LogArea
 
     fe = ScriptedFrontend()
     fe.handshake(False)
@@ -181,7 +181,7 @@ def test_a_new_kick_fd_for_a_running_ring_goes_on_from_where_the_ring_stands():
 
 def test_a_refused_memory_table_leaves_the_previous_one_working_and_leaks_nothing(caplog):
     from fastpath.hv import GuestMemory
-    from fastpath.vhost_user import MemoryRegion, MemoryTable
+    from fastpath.vhost_user.wire import MemoryRegion, MemoryTable
 
     fe = ScriptedFrontend()
     fe.handshake(False)
@@ -224,7 +224,7 @@ def test_a_bug_in_a_handler_is_not_passed_off_as_a_refused_request(monkeypatch):
 def test_a_region_added_once_per_queue_pair_is_mapped_once_and_removed_with_the_last():
     # QEMU adds and removes every region once per vhost device, and a net device with N
     # queue pairs is N vhost devices on one connection.
-    from fastpath.vhost_user import MemoryRegion
+    from fastpath.vhost_user.wire import MemoryRegion
 
     fe = ScriptedFrontend()
     fe.send(F.SET_PROTOCOL_FEATURES, U64(ProtocolFeature.REPLY_ACK

@@ -9,16 +9,16 @@ import pytest
 from scripted_frontend import PlainDevice
 
 from fastpath.errors import BackendRefused
-from fastpath.vhost_user import (
+from fastpath.vhost_user import Frontend
+from fastpath.vhost_user._backend import Backend
+from fastpath.vhost_user._server import BackendServer
+from fastpath.vhost_user.wire import (
     BackendRequest,
     ConfigFlag,
     DeviceConfig,
-    Frontend,
     FrontendRequest,
     ProtocolFeature,
 )
-from fastpath.vhost_user._backend import Backend
-from fastpath.vhost_user._server import BackendServer
 from fastpath.vring import VIRTIO_F_VERSION_1
 
 F = FrontendRequest

@@ -10,11 +10,13 @@ import threading
 
 import pytest
 
+from fastpath.devices.net._device import NET_FEATURES, VirtioNet
 from fastpath.hv import GuestMemory
-from fastpath.vhost_user import (
+from fastpath.vhost_user import Channel
+from fastpath.vhost_user._gate import Gate
+from fastpath.vhost_user.wire import (
     FLAG_NEED_REPLY,
     U64,
-    Channel,
     FrontendRequest,
     MemoryRegion,
     MemoryTable,
@@ -24,8 +26,6 @@ from fastpath.vhost_user import (
     VringState,
     encode_message,
 )
-from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._virtio_net import NET_FEATURES, VirtioNet
 from fastpath.vring import ring_layout
 
 F = FrontendRequest

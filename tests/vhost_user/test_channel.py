@@ -17,9 +17,9 @@ from fastpath.errors import (
     WrongFdCount,
 )
 from fastpath.hv import GuestMemory, SharedRegion
-from fastpath.vhost_user import (
+from fastpath.vhost_user import Channel
+from fastpath.vhost_user.wire import (
     U64,
-    Channel,
     FrontendRequest,
     MemoryRegion,
     MemoryTable,

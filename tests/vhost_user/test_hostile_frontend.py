@@ -11,7 +11,7 @@ import struct
 import pytest
 from scripted_frontend import F, ScriptedFrontend
 
-from fastpath.vhost_user import (
+from fastpath.vhost_user.wire import (
     U64,
     MemoryRegion,
     ProtocolFeature,
@@ -75,7 +75,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_a_request_that_cannot_be_carried_out_is_acked_as_failed(case, caplog):
-    from fastpath.vhost_user import MemoryTable
+    from fastpath.vhost_user.wire import MemoryTable
 
     fe = ScriptedFrontend()
     fe.send(F.SET_PROTOCOL_FEATURES, U64(ProtocolFeature.REPLY_ACK))

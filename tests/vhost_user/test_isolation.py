@@ -13,7 +13,10 @@ import time
 import pytest
 from scripted_frontend import PlainDevice
 
-from fastpath.vhost_user import (
+from fastpath.vhost_user._backend import Backend
+from fastpath.vhost_user._channel import MAX_QUEUED_OUTPUT
+from fastpath.vhost_user._server import BackendServer
+from fastpath.vhost_user.wire import (
     U64,
     FrontendRequest,
     ProtocolFeature,
@@ -21,9 +24,6 @@ from fastpath.vhost_user import (
     decode_message,
     encode_message,
 )
-from fastpath.vhost_user._backend import Backend
-from fastpath.vhost_user._channel import MAX_QUEUED_OUTPUT
-from fastpath.vhost_user._server import BackendServer
 from fastpath.vring import VIRTIO_F_VERSION_1
 
 F = FrontendRequest

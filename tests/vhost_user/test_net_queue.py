@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastpath.devices.net._queue import HeldFrames, NetQueue
 from fastpath.errors import QueueBroken
 from fastpath.testing import GuestDriver
 from fastpath.testing.reference.net import (
@@ -16,7 +17,6 @@ from fastpath.testing.reference.net import (
     placed_frames,
     received_frames,
 )
-from fastpath.vhost_user._net_queue import HeldFrames, NetQueue
 
 STRIDE = 2048
 RING_TYPES = pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])

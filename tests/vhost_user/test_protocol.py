@@ -38,7 +38,7 @@ from fastpath.errors import (
     UnsupportedRequest,
     WrongFdCount,
 )
-from fastpath.vhost_user import (
+from fastpath.vhost_user.wire import (
     FLAG_NEED_REPLY,
     FLAG_REPLY,
     MAX_PAYLOAD_SIZE,

@@ -8,9 +8,9 @@ import threading
 import pytest
 from scripted_frontend import PlainDevice
 
-from fastpath.vhost_user import U64, FrontendRequest, decode_message, encode_message
 from fastpath.vhost_user._backend import Backend
 from fastpath.vhost_user._server import BackendClient, BackendServer
+from fastpath.vhost_user.wire import U64, FrontendRequest, decode_message, encode_message
 from fastpath.vring import VIRTIO_F_VERSION_1
 
 F = FrontendRequest

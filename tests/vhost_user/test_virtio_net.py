@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 from scripted_frontend import F, ScriptedFrontend
 
-from fastpath.hv import GuestMemory
-from fastpath.testing.reference.net import NET_HDR_SIZE, header
-from fastpath.vhost_user import U64, LogArea, ProtocolFeature, VringState
-from fastpath.vhost_user._backend import VHOST_F_LOG_ALL
-from fastpath.vhost_user._forwarder import Forwarder
-from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._net_control import VIRTIO_NET_ERR, VIRTIO_NET_OK
-from fastpath.vhost_user._virtio_net import (
+from fastpath.devices.net._control import VIRTIO_NET_ERR, VIRTIO_NET_OK
+from fastpath.devices.net._device import (
     VIRTIO_NET_F_CTRL_VQ,
     VIRTIO_NET_F_MQ,
     VIRTIO_NET_F_MRG_RXBUF,
     VirtioNet,
 )
+from fastpath.hv import GuestMemory
+from fastpath.pmd._forwarder import Forwarder
+from fastpath.testing.reference.net import NET_HDR_SIZE, header
+from fastpath.vhost_user._backend import VHOST_F_LOG_ALL
+from fastpath.vhost_user._gate import Gate
+from fastpath.vhost_user.wire import U64, LogArea, ProtocolFeature, VringState
 from fastpath.vring import PackedDriverQueue, SplitDriverQueue, ring_layout
 
 RX_BUFFERS = 0x200000

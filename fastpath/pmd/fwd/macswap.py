@@ -3,8 +3,8 @@
 from numba import njit
 
 from fastpath._numba import NJIT
+from fastpath.pmd._forwarder_kernels import swap_macs
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH
-from fastpath.vhost_user._fwd_kernels import swap_macs
 
 CODE = 2
 GENERATES = False

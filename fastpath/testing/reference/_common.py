@@ -60,10 +60,12 @@ class Chain:
 
     @property
     def readable_len(self) -> int:
+        """Bytes the device may read: the sum of the chain's readable pieces."""
         return sum(p.length for p in self.pieces if not p.writable)
 
     @property
     def writable_len(self) -> int:
+        """Bytes the device may write: the sum of the chain's writable pieces."""
         return sum(p.length for p in self.pieces if p.writable)
 
 

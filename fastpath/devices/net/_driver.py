@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastpath.devices.net._device import VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF
 from fastpath.errors import BackendRefused
 from fastpath.hv import GuestMemory
-from fastpath.vhost_user._frontend import Frontend, Vring
-from fastpath.vhost_user._virtio_net import VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF
+from fastpath.vhost_user import Frontend, Vring
 from fastpath.vring import (
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,

@@ -13,11 +13,10 @@ from contextlib import AbstractContextManager
 
 import numpy as np
 
+from fastpath.devices.net._device import DEFAULT_MAC, NetCounters, VirtioNet, frame_size
+from fastpath.devices.net._queue import HeldFrames, NetQueue
 from fastpath.errors import VringError
-from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._net_queue import HeldFrames, NetQueue
-from fastpath.vhost_user._server import BackendClient, BackendServer
-from fastpath.vhost_user._virtio_net import DEFAULT_MAC, NetCounters, VirtioNet, frame_size
+from fastpath.vhost_user import BackendClient, BackendServer, Gate
 
 log = logging.getLogger("fastpath.vhost_user")
 

@@ -7,8 +7,8 @@ control plane can step in between calls; nothing per frame or per burst runs in 
 from numba import njit
 
 from fastpath._numba import NJIT
-from fastpath.vhost_user._net_kernels import eventfd_wait, net_receive, net_transmit
-from fastpath.vhost_user._pcap import capture_burst
+from fastpath.devices.net.kernels import eventfd_wait, net_receive, net_transmit
+from fastpath.pmd._pcap import capture_burst
 from fastpath.vring.kernels import device_set_kicks
 
 # Forwarding modes.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastpath._core import net as _net
-from fastpath.vhost_user._net_kernels import (
+from fastpath.devices.net.kernels import (
     HELD_COLUMNS,
     HELD_COUNT,
     HELD_DROPPED,
@@ -21,11 +21,8 @@ from fastpath.vhost_user._net_kernels import (
     HELD_STRIDE,
     take_held,
 )
+from fastpath.errors import raise_for_code
 from fastpath.vring import DeviceQueue
-from fastpath.vring._queue import raise_queue_error
-
-NET_HDR_SIZE = _net.HDR_SIZE
-"""Bytes of the virtio-net header before every frame (VERSION_1)."""
 
 
 class NetQueue:
@@ -71,7 +68,7 @@ class NetQueue:
         returns how many. Chains too short for a header or too long for a row are dropped."""
         n = self._core.receive(frames, lengths)
         if n < 0:
-            raise_queue_error(n)
+            raise_for_code(n)
         return n
 
     def transmit(self, frames: np.ndarray, lengths: np.ndarray, n: int) -> int:
@@ -80,7 +77,7 @@ class NetQueue:
         means the driver has too few buffers posted for the rest."""
         taken = self._core.transmit(frames, lengths, n)
         if taken < 0:
-            raise_queue_error(taken)
+            raise_for_code(taken)
         return taken
 
 

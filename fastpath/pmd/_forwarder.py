@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fastpath.vhost_user import _fwd_kernels as k
-from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._pcap import NO_CAPTURE, PcapCapture
-from fastpath.vhost_user._virtio_net import VirtioNet
+from fastpath.devices.net import VirtioNet
+from fastpath.pmd import _forwarder_kernels as k
+from fastpath.pmd._pcap import NO_CAPTURE, PcapCapture
+from fastpath.vhost_user import Gate
 
 log = logging.getLogger("fastpath.vhost_user")
 

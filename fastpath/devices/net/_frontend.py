@@ -4,11 +4,12 @@ its own memfd-backed `GuestMemory`, shared with the back-end."""
 
 from __future__ import annotations
 
-import struct
 import time
 
-from fastpath.vhost_user._net_driver import BUFFER_SIZE, NetDriver
-from fastpath.vhost_user._net_queue import NET_HDR_SIZE
+import numpy as np
+
+from fastpath.devices.net._driver import BUFFER_SIZE, NetDriver
+from fastpath.devices.net._header import NET_HDR_DTYPE, NET_HDR_SIZE
 from fastpath.vring import DriverQueue
 
 
@@ -103,7 +104,7 @@ class NetFrontend:
             if len(data) < NET_HDR_SIZE:
                 raise ValueError(f"a receive buffer came back with {len(data)} bytes, less "
                                  "than a header")
-            (num_buffers,) = struct.unpack_from("<H", data, 10)
+            num_buffers = int(np.frombuffer(data, NET_HDR_DTYPE, count=1)[0]["num_buffers"])
             self._partial = [data[NET_HDR_SIZE:]]
             self._partial_left = (num_buffers if self.mergeable else 1) - 1
         if self._partial_left:

@@ -27,14 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastpath.devices.net._control import ControlQueue
+from fastpath.devices.net._queue import HeldFrames, NetQueue
 from fastpath.errors import RequestRefused, VringError
-from fastpath.vhost_user._backend import VHOST_F_LOG_ALL, Backend
-from fastpath.vhost_user._device import ENGINE_PROTOCOL_FEATURES, Device
-from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._net_control import ControlQueue
-from fastpath.vhost_user._net_queue import HeldFrames, NetQueue
-from fastpath.vhost_user._payloads import VRING_F_LOG
-from fastpath.vhost_user._protocol import FrontendRequest, ProtocolFeature
+from fastpath.vhost_user import ENGINE_PROTOCOL_FEATURES, VHOST_F_LOG_ALL, Backend, Device, Gate
+from fastpath.vhost_user.wire import VRING_F_LOG, FrontendRequest, ProtocolFeature
 from fastpath.vring import (
     VIRTIO_F_IN_ORDER,
     VIRTIO_F_RING_PACKED,
