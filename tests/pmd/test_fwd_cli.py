@@ -75,8 +75,11 @@ def test_a_pcap_comes_back_byte_for_byte_through_a_vhost_user_loopback(tmp_path,
     assert made.returncode == 0, made.stderr
     sock = str(tmp_path / "vhost.sock")
     with looping_back_end(back_end, sock):
-        # Paced, so that the loopback never finds the receive ring full and drops a frame.
-        result = fwd(f"pcap:{replayed},out={captured},rate=20000", f"virtio-user:{sock}",
+        # Paced, and with rings deep enough (1024 frames: a fifth of a second at this rate)
+        # that a loaded machine stalling the traffic process never leaves the loopback a full
+        # receive ring, where it drops what it cannot place (as any io forwarder does).
+        result = fwd(f"pcap:{replayed},out={captured},rate=5000",
+                     f"virtio-user:{sock},queue_size=1024",
                      "--fwd", "io", "-q", "--json", str(tmp_path / "fwd.json"))
     assert result.returncode == 0, result.stdout + result.stderr
     sent = [bytes(p) for p in rdpcap(str(replayed))]
