@@ -27,6 +27,12 @@ def missing_peer(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def peer_missing():
+    """`missing_peer` for a fixture that finds a peer unusable (a guest that cannot be built)."""
+    return missing_peer
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "peer(name): the test runs against a real peer program "
                             f"({', '.join(PEERS)})")

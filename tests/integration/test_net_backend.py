@@ -37,7 +37,7 @@ class EchoLoop(threading.Thread):
                 time.sleep(0.0001)
 
 
-@pytest.mark.skipif(Testpmd.find() is None, reason="dpdk-testpmd is not installed")
+@pytest.mark.peer("dpdk")
 def test_a_program_loop_takes_every_frame_testpmd_sends(tmp_path):
     sock = str(tmp_path / "vhost.sock")
     with NetBackend(sock) as backend:

@@ -14,8 +14,8 @@ boots only the first test here, as a smoke test; the others run in the release p
 
 The guest (a Debian kernel, its virtio modules, busybox and ``guest/netcheck.c`` in an
 initramfs) is built by ``guest/build.py`` into ``build/guest`` (``FASTPATH_GUEST_DIR``
-overrides it) the first time and taken from there afterwards. The tests skip when
-qemu-system-x86_64 is not installed or the guest cannot be built.
+overrides it) the first time and taken from there afterwards. Under `make test` they fail when
+qemu-system-x86_64 is not installed or the guest cannot be built; a bare pytest skips them.
 """
 
 import json
@@ -30,8 +30,7 @@ import pytest
 
 from fastpath.testing import QemuGuest, VhostNetProcess, received_frames, sent_frames
 
-pytestmark = pytest.mark.skipif(QemuGuest.find() is None,
-                                reason="qemu-system-x86_64 is not installed (qemu-system-x86)")
+pytestmark = pytest.mark.peer("qemu")
 DEBUG_PASS = os.environ.get("FASTPATH_DEBUG", "") not in ("", "0")
 release_pass = pytest.mark.skipif(DEBUG_PASS, reason="guest boots are slow under TCG: the "
                                   "FASTPATH_DEBUG=1 pass boots only the smoke test")
@@ -61,21 +60,21 @@ FEATURE_NAMES = {
 
 
 @pytest.fixture(scope="session")
-def guest():
+def guest(peer_missing):
     """The kernel and initramfs (built once, then cached), as guest.json describes them."""
     out = os.environ.get("FASTPATH_GUEST_DIR")
     command = [sys.executable, str(BUILDER), *(["--out", out] if out else [])]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:
-        pytest.skip(f"the guest build took more than {BUILD_TIMEOUT} s")
+        peer_missing(f"the guest build took more than {BUILD_TIMEOUT} s")
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         last = max((k for k, line in enumerate(lines)
                     if line.startswith(("guest build: cannot", "guest build: failed"))),
                    default=max(0, len(lines) - 5))
         reason = " | ".join(lines[last:])[:600]
-        pytest.skip(f"the QEMU guest cannot be built (status {result.returncode}): {reason}")
+        peer_missing(f"the QEMU guest cannot be built (status {result.returncode}): {reason}")
     return json.loads(result.stdout)
 
 

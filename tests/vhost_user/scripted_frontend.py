@@ -3,6 +3,8 @@ DPDK's virtio-user sends (see the shared notes on peers) and reading the replies
 
 import os
 import socket
+import threading
+from contextlib import contextmanager
 
 from fastpath.errors import RequestRefused
 from fastpath.hv import GuestMemory
@@ -58,6 +60,35 @@ class PlainDevice(Device):
             raise RequestRefused(f"config write {offset}+{len(data)} is past the "
                                  f"{len(self.config)}-byte config space")
         self.config[offset:offset + len(data)] = data
+
+
+@contextmanager
+def served(path: str, **options):
+    """A listening back-end of PlainDevice engines on `path`, its loop in a thread until the
+    context ends; anything escaping the adapter's loop fails the test there."""
+    from fastpath.vhost_user import BackendServer
+
+    server = BackendServer(path, lambda channel: Backend(channel, PlainDevice(
+        features=1 << VIRTIO_F_VERSION_1)), **options)
+    stop = threading.Event()
+    failures = []
+
+    def loop():
+        try:
+            while not stop.is_set():
+                server.serve_once(0.02)
+        except BaseException as e:
+            failures.append(e)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert not failures, failures
 
 
 class ScriptedFrontend:

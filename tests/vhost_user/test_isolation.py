@@ -7,15 +7,12 @@ import logging
 import os
 import socket
 import struct
-import threading
 import time
 
 import pytest
-from scripted_frontend import PlainDevice
+from scripted_frontend import served
 
-from fastpath.vhost_user._backend import Backend
 from fastpath.vhost_user._channel import MAX_QUEUED_OUTPUT
-from fastpath.vhost_user._server import BackendServer
 from fastpath.vhost_user.wire import (
     U64,
     FrontendRequest,
@@ -32,26 +29,9 @@ DEADLINE = 0.3
 
 @pytest.fixture
 def server(tmp_path):
-    path = str(tmp_path / "vhost.sock")
-    srv = BackendServer(path, lambda channel: Backend(channel, PlainDevice(
-        features=1 << VIRTIO_F_VERSION_1)), message_deadline=DEADLINE)
-    stop = threading.Event()
-    failures = []
-
-    def loop():
-        try:
-            while not stop.is_set():
-                srv.serve_once(0.02)
-        except BaseException as e:  # the test fails on anything escaping the adapter
-            failures.append(e)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    yield srv
-    stop.set()
-    thread.join(5)
-    srv.close()
-    assert not failures, failures
+    # Anything escaping the adapter's loop fails the test (see `served`).
+    with served(str(tmp_path / "vhost.sock"), message_deadline=DEADLINE) as srv:
+        yield srv
 
 
 def connect(path: str) -> socket.socket:

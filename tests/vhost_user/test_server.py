@@ -3,10 +3,9 @@ misbehaving one never takes the others down."""
 
 import os
 import socket
-import threading
 
 import pytest
-from scripted_frontend import PlainDevice
+from scripted_frontend import PlainDevice, served
 
 from fastpath.vhost_user._backend import Backend
 from fastpath.vhost_user._server import BackendClient, BackendServer
@@ -18,21 +17,8 @@ F = FrontendRequest
 
 @pytest.fixture
 def server(tmp_path):
-    path = str(tmp_path / "vhost.sock")
-    srv = BackendServer(path, lambda channel: Backend(channel, PlainDevice(
-        features=1 << VIRTIO_F_VERSION_1)))
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            srv.serve_once(0.05)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    yield srv
-    stop.set()
-    thread.join(5)
-    srv.close()
+    with served(str(tmp_path / "vhost.sock")) as srv:
+        yield srv
 
 
 def connect(path: str) -> socket.socket:
