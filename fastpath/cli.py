@@ -44,13 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_command(
         benches, "vhost-net", "fastpath.bench.vhost_net",
-        help="frames per second from DPDK's virtio-user into fastpath vhost-net, against "
-        "DPDK's vhost PMD",
+        help="fastpath vhost-net's rate with DPDK's virtio-user as the traffic, against DPDK's "
+        "vhost PMD or another checkout's back-end",
         description=(
-            "Point DPDK testpmd's virtio-user front-end (txonly) at fastpath vhost-net "
-            "(--fwd drop) and at DPDK's own vhost PMD (rxonly), alternately, one CPU each, and "
-            "report the best rate of each and fastpath/DPDK per frame size. Needs dpdk-testpmd "
-            "(make peers)."
+            "Point DPDK testpmd's virtio-user front-end at fastpath vhost-net and at a second "
+            "back-end (DPDK's vhost PMD, or with --baseline another checkout's vhost-net), in "
+            "pairs of runs alternated in order, one CPU each: rx (testpmd txonly into --fwd "
+            "drop) and loop (testpmd flowgen into --fwd io and back, so the back-end also "
+            "enqueues). Reports each side's rate and the median ratio of the pairs per size "
+            "and direction; --fail-below turns that into a pass or a failure. Needs "
+            "dpdk-testpmd (make peers)."
         ),
     )
     _add_command(

@@ -12,6 +12,11 @@ import fastpath
 FASTPATH = [str(Path(sys.executable).parent / "fastpath")]
 
 
+def git_revision() -> str:
+    return subprocess.run(["git", "-C", str(Path(fastpath.__file__).parent.parent), "rev-parse",
+                           "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def run(*args, timeout=300):
     return subprocess.run(FASTPATH + list(args), capture_output=True, text=True, timeout=timeout)
 
@@ -84,7 +89,10 @@ def test_vhost_net_runs_for_its_duration_and_writes_json(tmp_path):
                  "--backoff", "10", "--json", str(out))
     assert result.returncode == 0, result.stderr
     assert "listening on" in result.stderr
-    assert json.loads(out.read_text()) == {"fwd": "io", "queues": 1, "connections": []}
+    stats = json.loads(out.read_text())
+    # Which fastpath ran: this checkout's package, at this checkout's revision.
+    assert stats.pop("fastpath") == {"file": fastpath.__file__, "revision": git_revision()}
+    assert stats == {"fwd": "io", "queues": 1, "connections": []}
 
 
 def test_vhost_net_follows_the_back_end_program_conventions(tmp_path):

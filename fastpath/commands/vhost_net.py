@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
         forwarder.stop()
         if capture:
             capture.close()
-    result = {"fwd": args.fwd, "queues": args.queues, "connections": connections.finished}
+    result = {"fwd": args.fwd, "queues": args.queues, "fastpath": origin,
+              "connections": connections.finished}
     if capture:
         result["pcap"] = {"file": args.pcap, "frames": capture.written, "missed": capture.missed}
         print(f"fastpath vhost-net: {capture.written} frames recorded in {args.pcap}"
