@@ -347,7 +347,9 @@ class Backend:
             self._failure = f"its back-end channel failed: {e}"
 
     def _set_backend_req_fd(self, payload: Any, fds: list[int]) -> None:
-        sock = socket.socket(fileno=fds.pop())
+        # The fd stays in `fds` (closed by handle_request) until it proves to be a socket.
+        sock = socket.socket(fileno=fds[-1])
+        fds.pop()
         if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
             sock.close()
             raise RequestRefused("the back-end channel is not a Unix stream socket")

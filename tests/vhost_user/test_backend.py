@@ -248,3 +248,18 @@ def test_a_region_added_once_per_queue_pair_is_mapped_once_and_removed_with_the_
     assert fe.reply() == U64(1)
     fe.backend.close()
     other.close()
+
+
+def test_a_back_end_channel_that_is_not_a_socket_is_refused_and_its_fd_closed():
+    fe = ScriptedFrontend()
+    fe.handshake(False)
+    read_end, write_end = os.pipe()
+    assert fe.send(F.SET_BACKEND_REQ_FD, fds=[read_end], need_reply=True)
+    assert fe.reply() == U64(1)
+    assert fe.backend.backend_channel is None
+    os.close(read_end)
+    # The back-end's copy is closed too: the pipe's write end sees no reader left.
+    with pytest.raises(BrokenPipeError):
+        os.write(write_end, b"x")
+    os.close(write_end)
+    fe.backend.close()
