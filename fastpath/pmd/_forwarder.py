@@ -1,57 +1,60 @@
-"""`Forwarder`: one data-plane thread that loops every served queue pair's transmitq back to
-its receiveq (io, macswap) or drops what it receives, for any number of devices.
+"""`Forwarder`: a poller that loops every served queue pair's transmitq back to its receiveq
+(io, macswap) or drops what it receives, for any number of devices: `fastpath vhost-net` is a
+poll host with one of these on it.
 
-The thread holds the gate only while inside the compiled loop; the control plane, changing a
-device, holds it too, and rebuilds the table of rows the loop serves through `VirtioNet`'s
+The host holds the gate only while inside its kernel; the control plane, changing a device,
+holds it too, and rebuilds the table of pairs the poller serves through `VirtioNet`'s
 on_change hook.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
 
 from fastpath.devices.net import VirtioNet
 from fastpath.pmd import _forwarder_kernels as k
+from fastpath.pmd._host import PollHost
 from fastpath.pmd._pcap import NO_CAPTURE, PcapCapture
+from fastpath.pmd._pollers import Poller
 from fastpath.vhost_user import Gate
 
 log = logging.getLogger("fastpath.vhost_user")
 
 MODES = {"io": k.FWD_IO, "macswap": k.FWD_MACSWAP, "drop": k.FWD_DROP}
 
-# Rounds per call: short enough that a control request waits well under a millisecond or so
-# while traffic flows, long enough that the return to Python costs nothing.
+# Rounds per host call: short enough that a control request waits well under a millisecond or
+# so while traffic flows, long enough that the return to Python costs nothing.
 ROUNDS_PER_CALL = 2048
 
 
-class Forwarder:
-    """Serves the queue pairs of every attached device in one thread.
+class Forwarder(Poller):
+    """Serves the queue pairs of every attached device, on a host of its own (`start`, `stop`)
+    or on `host`.
 
     `mode`: "io", "macswap" or "drop". `burst`: frames per receive. `frame_size`: the largest
     frame taken (a longer one is dropped). `idle_rounds`: 0 to busy-poll for ever, else the idle
-    rounds after which the thread sleeps on the kick eventfds (up to `sleep_ms`).
+    rounds after which its own host sleeps on the kick eventfds (up to `sleep_ms`).
     `on_finished(device, drops)` runs (gate held) when a device's connection has closed and
     the forwarder lets go of it. With `capture`, every frame received is recorded there.
     """
 
+    kind = k.KIND
+
     def __init__(self, gate: Gate, mode: str = "io", *, burst: int = 32,
                  frame_size: int = 2048, idle_rounds: int = 0, sleep_ms: int = 10,
                  on_finished: Callable[[VirtioNet, list[tuple[int, int]]], None] | None = None,
-                 capture: PcapCapture | None = None):
+                 capture: PcapCapture | None = None, host: PollHost | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not 1 <= burst <= 1024:
             raise ValueError("burst must be 1 to 1024")
+        super().__init__()
         self.gate = gate
         self.mode = mode
         self.burst = burst
-        self.idle_rounds = idle_rounds
-        self.sleep_ms = sleep_ms
         self.on_finished = on_finished
         self.capture = capture
         self._capture = capture.arrays if capture else NO_CAPTURE
@@ -61,12 +64,25 @@ class Forwarder:
         self._rows: list[tuple[VirtioNet, int]] = []
         self._table = np.zeros((0, k.TABLE_COLUMNS), dtype=np.uint64)
         self._stats = np.zeros((0, k.STAT_COLUMNS), dtype=np.uint64)
-        self._kicks = np.full(0, -1, dtype=np.int32)
+        self._kicks: list[int] = []
         # Per device: (no-room drops, broken rings) of rows already rebuilt away.
         self._carried: dict[int, np.ndarray] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._warm_up()
+        self._broken = 0
+        ring, lengths, stamps, state = self._capture
+        for column, value in (
+                (k.ARG_MODE, MODES[mode]), (k.ARG_FRAMES, self.frames.ctypes.data),
+                (k.ARG_BURST, burst), (k.ARG_STRIDE, frame_size),
+                (k.ARG_LENGTHS, self.lengths.ctypes.data),
+                (k.ARG_CAPTURE_RING, ring.ctypes.data), (k.ARG_CAPTURE_ROWS, ring.shape[0]),
+                (k.ARG_CAPTURE_SNAPLEN, ring.shape[1]),
+                (k.ARG_CAPTURE_LENGTHS, lengths.ctypes.data),
+                (k.ARG_CAPTURE_STAMPS, stamps.ctypes.data),
+                (k.ARG_CAPTURE_STATE, state.ctypes.data)):
+            self.row[column] = value
+        self._name_table()
+        self._own_host = host is None
+        (host or PollHost("fastpath-fwd", idle_rounds=idle_rounds, sleep_ms=sleep_ms,
+                          rounds=ROUNDS_PER_CALL)).add(self)
 
     def attach(self, device: VirtioNet) -> None:
         """Serve this device's queue pairs from now on (its on_change hook is taken)."""
@@ -87,17 +103,34 @@ class Forwarder:
                 del self._carried[id(device)]
 
     def start(self) -> None:
-        """Start the thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="fastpath-fwd", daemon=True)
-        self._thread.start()
+        """Start the host's thread."""
+        self.host.start()
 
     def stop(self) -> None:
-        """Stop the thread and wait for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Stop the host's thread and wait for it."""
+        self.host.stop()
+
+    def hold(self):
+        """The gate, for the data plane."""
+        return self.gate.data()
+
+    def service(self) -> None:
+        """Write the capture out, serve the devices' control commands and disabled
+        transmitqs (rare: in Python, once per host call), report a ring that broke."""
+        if self.capture:
+            self.capture.flush()  # inside the gate: a drain may fill the ring too
+        for device in self.devices:
+            device.service()
+        broken = int(self._stats[:, k.STAT_BROKEN].sum())
+        if broken > self._broken:
+            log.error("a ring broke (the driver corrupted it); it is no longer served "
+                      "until the front-end sets it up again")
+        self._broken = broken
+
+    @property
+    def wake_fds(self) -> list[int]:
+        """The served transmitqs' kick eventfds and the control queues'."""
+        return self._kicks
 
     def drops(self, device: VirtioNet) -> list[tuple[int, int]]:
         """Per queue pair of `device`: (frames dropped for want of room, rings broken)."""
@@ -147,7 +180,16 @@ class Forwarder:
         self._rows = rows
         self._table = np.array(table, dtype=np.uint64).reshape(-1, k.TABLE_COLUMNS)
         self._stats = np.zeros((len(rows), k.STAT_COLUMNS), dtype=np.uint64)
-        self._kicks = np.array(kicks, dtype=np.int32)
+        self._broken = 0
+        self._kicks = kicks
+        self._name_table()
+        if self.host is not None:
+            self.host.wake_fds_changed()
+
+    def _name_table(self) -> None:
+        self.row[k.ARG_TABLE] = self._table.ctypes.data
+        self.row[k.ARG_PAIRS] = len(self._table)
+        self.row[k.ARG_STATS] = self._stats.ctypes.data
 
     def _served(self, pair) -> bool:
         # The device offers a transmitq while it may be served (and empties it itself once
@@ -166,42 +208,10 @@ class Forwarder:
         table = self._table[rows].copy()
         stats = np.zeros((1, k.STAT_COLUMNS), dtype=np.uint64)
         for _ in range(64):
-            if not k.forward(table, stats, MODES[self.mode], self.frames, self.lengths,
-                             self.burst, 1, 0, self._kicks[:0], 0, self._capture):
+            received, _ = k.serve_pairs(table, stats, MODES[self.mode], self.frames,
+                                        self.lengths, self.burst, self._capture)
+            if not received:
                 break
             if self.capture:
                 self.capture.flush()
         self._stats[rows[0]] += stats[0]
-
-    def _serve_devices(self) -> None:
-        # Control commands and disabled transmitqs are rare: served in Python, once per loop
-        # call (gate held).
-        for device in self.devices:
-            device.service()
-
-    def _warm_up(self) -> None:
-        # Compile (or load from Numba's cache) before any front-end waits on the gate.
-        k.forward(self._table, self._stats, MODES[self.mode], self.frames, self.lengths,
-                  self.burst, 1, 0, self._kicks, 0, self._capture)
-
-    def _run(self) -> None:
-        mode = MODES[self.mode]
-        broken = 0
-        while not self._stop.is_set():
-            if not len(self._table):
-                time.sleep(0.01)
-                with self.gate.data():
-                    self._serve_devices()
-                continue
-            with self.gate.data():
-                k.forward(self._table, self._stats, mode, self.frames, self.lengths, self.burst,
-                          ROUNDS_PER_CALL, self.idle_rounds, self._kicks, self.sleep_ms,
-                          self._capture)
-                now_broken = int(self._stats[:, k.STAT_BROKEN].sum())
-                if self.capture:
-                    self.capture.flush()  # inside the gate: a drain may fill the ring too
-                self._serve_devices()
-            if now_broken > broken:
-                log.error("a ring broke (the driver corrupted it); it is no longer served "
-                          "until the front-end sets it up again")
-            broken = now_broken

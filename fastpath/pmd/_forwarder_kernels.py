@@ -1,14 +1,14 @@
-"""The forwarding poll loop: each queue pair's transmitq back to its receiveq, in compiled code.
-
-One call serves every row of a table for a bounded number of rounds and returns, so that the
-control plane can step in between calls; nothing per frame or per burst runs in Python.
+"""The vhost-net poller: each queue pair's transmitq back to its receiveq (or dropped), in
+compiled code, one burst per pair and round; nothing per frame or per burst runs in Python.
 """
 
 from numba import njit
 
 from fastpath._numba import NJIT
-from fastpath.devices.net.kernels import eventfd_wait, net_receive, net_transmit
+from fastpath.devices.net.kernels import net_receive, net_transmit
 from fastpath.pmd._pcap import capture_burst
+from fastpath.pmd._pointers import carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
+from fastpath.pmd._pollers import HOST_SERVICE, POLLER_ARGS, register_poller
 from fastpath.vring.kernels import device_set_kicks
 
 # Forwarding modes.
@@ -30,6 +30,24 @@ STAT_COLUMNS = 2
 
 MAC_BYTES = 6
 
+KIND = 2
+
+# The poller's row: where the Forwarder's arrays are.
+ARG_TABLE = POLLER_ARGS               # uint64 (pairs, TABLE_COLUMNS)
+ARG_PAIRS = POLLER_ARGS + 1
+ARG_STATS = POLLER_ARGS + 2           # uint64 (pairs, STAT_COLUMNS)
+ARG_MODE = POLLER_ARGS + 3            # FWD_*
+ARG_FRAMES = POLLER_ARGS + 4          # uint8 (burst, stride): one burst of frames
+ARG_BURST = POLLER_ARGS + 5
+ARG_STRIDE = POLLER_ARGS + 6
+ARG_LENGTHS = POLLER_ARGS + 7         # uint32 (burst,)
+ARG_CAPTURE_RING = POLLER_ARGS + 8    # the capture's uint8 (rows, snaplen); 0 rows: none
+ARG_CAPTURE_ROWS = POLLER_ARGS + 9
+ARG_CAPTURE_SNAPLEN = POLLER_ARGS + 10
+ARG_CAPTURE_LENGTHS = POLLER_ARGS + 11   # uint32 (rows,)
+ARG_CAPTURE_STAMPS = POLLER_ARGS + 12    # int64 (rows,)
+ARG_CAPTURE_STATE = POLLER_ARGS + 13     # uint64 (2,)
+
 
 @njit(**NJIT)
 def swap_macs(frames, lengths, slots, n):
@@ -48,72 +66,90 @@ def swap_macs(frames, lengths, slots, n):
 
 
 @njit(**NJIT)
-def forward(table, stats, mode, frames, lengths, burst, rounds, idle_rounds, kick_fds,
-            sleep_ms, capture):
-    """Serve every row for up to `rounds` rounds; returns the frames received.
+def serve_pairs(table, stats, mode, frames, lengths, burst, capture):
+    """Serve every row of `table` once; returns the frames received, and whether the capture
+    needs writing out before the next round.
 
     `capture` is (ring, lengths, stamps, state) of a pcap capture ring that records every
     frame received, or a ring of no rows.
-
-    With idle_rounds > 0, after that many rounds in a row with nothing received it asks the
-    drivers for kicks, sleeps on kick_fds (int32, -1 for none) for up to sleep_ms, asks them to
-    stop kicking and returns.
     """
     stride = frames.shape[1]
     frames_at = frames.ctypes.data
     lengths_at = lengths.ctypes.data
     received = 0
-    idle = 0
-    for _ in range(rounds):
-        moved = 0
-        for p in range(table.shape[0]):
-            tx = table[p, COL_TX]
-            if tx == 0:
-                continue
-            got = net_receive(tx, frames_at, stride, 0, lengths_at, burst)
-            if got < 0:
+    for p in range(table.shape[0]):
+        tx = table[p, COL_TX]
+        if tx == 0:
+            continue
+        got = net_receive(tx, frames_at, stride, 0, lengths_at, burst)
+        if got < 0:
+            stats[p, STAT_BROKEN] += 1
+            table[p, COL_TX] = 0
+            continue
+        if got == 0:
+            continue
+        received += got
+        if capture[0].shape[0]:
+            capture_burst(frames, lengths, None, got, capture[0], capture[1], capture[2],
+                          capture[3])
+        if mode == FWD_DROP:
+            continue
+        if mode == FWD_MACSWAP:
+            swap_macs(frames, lengths, None, got)
+        sent = 0
+        rx = table[p, COL_RX]
+        if rx != 0:
+            sent = net_transmit(rx, frames_at, stride, 0, lengths_at, got)
+            if sent < 0:
                 stats[p, STAT_BROKEN] += 1
-                table[p, COL_TX] = 0
-                continue
-            if got == 0:
-                continue
-            moved += got
-            if capture[0].shape[0]:
-                capture_burst(frames, lengths, None, got, capture[0], capture[1], capture[2],
-                              capture[3])
-            if mode == FWD_DROP:
-                continue
-            if mode == FWD_MACSWAP:
-                swap_macs(frames, lengths, None, got)
-            sent = 0
-            rx = table[p, COL_RX]
-            if rx != 0:
-                sent = net_transmit(rx, frames_at, stride, 0, lengths_at, got)
-                if sent < 0:
-                    stats[p, STAT_BROKEN] += 1
-                    table[p, COL_RX] = 0
-                    sent = 0
-            stats[p, STAT_NO_ROOM] += got - sent
-        received += moved
-        if capture[0].shape[0] and (capture[3][0] + burst * table.shape[0]
-                                    > capture[0].shape[0]):
-            return received  # for the caller to write the capture out before it overflows
-        if moved:
-            idle = 0
-            continue
-        if idle_rounds <= 0:
-            continue
-        idle += 1
-        if idle < idle_rounds:
-            continue
-        pending = 0
-        for p in range(table.shape[0]):
-            if table[p, COL_TX] != 0:
-                pending += device_set_kicks(table[p, COL_PACKED] != 0, table[p, COL_TX_VQ], 1)
-        if pending == 0:
-            eventfd_wait(kick_fds.ctypes.data, kick_fds.shape[0], sleep_ms)
-        for p in range(table.shape[0]):
-            if table[p, COL_TX] != 0:
-                device_set_kicks(table[p, COL_PACKED] != 0, table[p, COL_TX_VQ], 0)
-        return received
+                table[p, COL_RX] = 0
+                sent = 0
+        stats[p, STAT_NO_ROOM] += got - sent
+    full = capture[0].shape[0] > 0 and (capture[3][0] + burst * table.shape[0]
+                                    > capture[0].shape[0])
+    return received, full
+
+
+@njit(**NJIT)
+def _arrays(row):
+    # SAFETY: every address in the row is that of an array the Forwarder owns (its table and
+    # statistics, rebuilt only with the gate held, when no kernel runs; its frame buffers; the
+    # capture's ring, which the capture keeps as long as the Forwarder), with the shapes
+    # recorded beside them.
+    pairs, burst = int(row[ARG_PAIRS]), int(row[ARG_BURST])
+    table = carray(u64_pointer(row[ARG_TABLE]), (pairs, TABLE_COLUMNS))
+    stats = carray(u64_pointer(row[ARG_STATS]), (pairs, STAT_COLUMNS))
+    frames = carray(u8_pointer(row[ARG_FRAMES]), (burst, int(row[ARG_STRIDE])))
+    lengths = carray(u32_pointer(row[ARG_LENGTHS]), (burst,))
+    rows = int(row[ARG_CAPTURE_ROWS])
+    capture = (carray(u8_pointer(row[ARG_CAPTURE_RING]), (rows, int(row[ARG_CAPTURE_SNAPLEN]))),
+               carray(u32_pointer(row[ARG_CAPTURE_LENGTHS]), (rows,)),
+               carray(i64_pointer(row[ARG_CAPTURE_STAMPS]), (rows,)),
+               carray(u64_pointer(row[ARG_CAPTURE_STATE]), (2,)))
+    return table, stats, frames, lengths, capture
+
+
+@njit(**NJIT)
+def poll(row, host):
+    """One round of every queue pair the Forwarder serves."""
+    table, stats, frames, lengths, capture = _arrays(row)
+    received, full = serve_pairs(table, stats, row[ARG_MODE], frames, lengths,
+                                 int(row[ARG_BURST]), capture)
+    if full:
+        host[HOST_SERVICE] = 1  # for Python to write the capture out before it overflows
     return received
+
+
+@njit(**NJIT)
+def arm(row, on):
+    """Ask every served transmitq's driver for kicks (on=1) or not to kick (on=0); returns
+    the buffers already pending."""
+    table = _arrays(row)[0]
+    pending = 0
+    for p in range(table.shape[0]):
+        if table[p, COL_TX] != 0:
+            pending += device_set_kicks(table[p, COL_PACKED] != 0, table[p, COL_TX_VQ], on)
+    return pending
+
+
+register_poller(KIND, "vhost-net queue pairs", poll, arm)

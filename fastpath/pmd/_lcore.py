@@ -1,29 +1,25 @@
 """`ForwardingLoop`: streams of frames from rx port queues through an engine to tx port
-queues, served by one thread in compiled code (an lcore, as testpmd calls it).
+queues, a poller of a poll host (an lcore, as testpmd calls it).
 
-The loop adopts its ports' rows into one table and calls the kernel for a bounded number of
-rounds at a time, holding every port (so their control planes wait) only while inside it.
-Between calls Python services the ports and reports statistics.
+The loop adopts its ports' rows into one table that its poller row names; the host holds every
+port (so their control planes wait) only while inside its kernel, and services them between
+calls.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fastpath.pmd._lcore_kernels import STREAM_COLUMNS, STREAM_RX, STREAM_TX, forward_rounds
+from fastpath.pmd import _lcore_kernels as k
+from fastpath.pmd._host import PollHost
 from fastpath.pmd._mbuf import MbufPool
+from fastpath.pmd._pollers import Poller
 from fastpath.pmd._port import Port, PortCounters
 from fastpath.pmd.fwd import EngineSetup
-
-# Rounds per kernel call: at most a few milliseconds with traffic, so that a control plane
-# waiting on a port's gate (a front-end setting rings up) waits little.
-ROUNDS_PER_CALL = 1024
 
 
 @dataclass(frozen=True)
@@ -40,9 +36,9 @@ def paired_streams(ports: Sequence[Port]) -> list[Stream]:
     """testpmd's default pairing: port 0 with 1, 2 with 3 and so on, both ways, queue q to
     queue q; an odd port out (or a single port) sends back out of itself."""
     streams = []
-    for k in range(0, len(ports), 2):
-        a = ports[k]
-        b = ports[k + 1] if k + 1 < len(ports) else a
+    for first in range(0, len(ports), 2):
+        a = ports[first]
+        b = ports[first + 1] if first + 1 < len(ports) else a
         for q in range(min(a.queues, b.queues)):
             streams.append(Stream(a, q, b, q))
             if b is not a:
@@ -50,19 +46,23 @@ def paired_streams(ports: Sequence[Port]) -> list[Stream]:
     return streams
 
 
-class ForwardingLoop:
+class ForwardingLoop(Poller):
     """Serves `streams` with `engine` in bursts of up to `burst` frames from `pool`.
 
     Every port of the streams must take its mbufs from `pool`: frames move between ports as
-    mbuf numbers.
+    mbuf numbers. The loop runs on `host` (added to it), or on a host of its own that `step`,
+    `run` and `stop` drive.
     """
 
+    kind = k.KIND
+
     def __init__(self, streams: Sequence[Stream], engine: EngineSetup, pool: MbufPool, *,
-                 burst: int = 32):
+                 burst: int = 32, host: PollHost | None = None):
         if not streams:
             raise ValueError("a forwarding loop needs at least one stream")
         if not 1 <= burst <= 1024:
             raise ValueError(f"burst must be 1 to 1024, not {burst}")
+        super().__init__()
         self.engine = engine
         self.pool = pool
         self.burst = burst
@@ -83,51 +83,74 @@ class ForwardingLoop:
             # From now on the port's rows are the loop's: both see every change.
             port.rows = self.rows[at:at + port.queues]
             at += port.queues
-        self.streams = np.zeros((len(streams), STREAM_COLUMNS), dtype=np.int64)
-        for k, s in enumerate(streams):
-            self.streams[k, STREAM_RX] = first_row[id(s.rx_port)] + s.rx_queue
-            self.streams[k, STREAM_TX] = first_row[id(s.tx_port)] + s.tx_queue
+        self.streams = np.zeros((len(streams), k.STREAM_COLUMNS), dtype=np.int64)
+        for n, s in enumerate(streams):
+            self.streams[n, k.STREAM_RX] = first_row[id(s.rx_port)] + s.rx_queue
+            self.streams[n, k.STREAM_TX] = first_row[id(s.tx_port)] + s.tx_queue
         self.mbufs = pool.burst(burst)
-        self.moved = 0
-        self._stop = threading.Event()
-        # Compile (or load from Numba's cache) now, not in the first timed call.
-        forward_rounds(self.rows, self.streams, engine.arrays, pool.arrays, self.mbufs, burst, 0)
+        self._describe()
+        (host or PollHost("fastpath-fwd")).add(self)
 
-    def step(self, rounds: int = ROUNDS_PER_CALL) -> int:
-        """One kernel call of up to `rounds` rounds; returns the frames sent on."""
-        with contextlib.ExitStack() as held:
-            for port in self.ports:
-                held.enter_context(port.hold())
-            moved = forward_rounds(self.rows, self.streams, self.engine.arrays,
-                                   self.pool.arrays, self.mbufs, self.burst, rounds)
+    def _describe(self) -> None:
+        # The row names every array by address; they live as long as the loop.
+        code, config, templates, template_lengths, state = self.engine.arrays
+        data, length, free, top = self.pool.arrays
+        for column, value in (
+                (k.ARG_ROWS, self.rows.ctypes.data), (k.ARG_ROW_COUNT, len(self.rows)),
+                (k.ARG_STREAMS, self.streams.ctypes.data),
+                (k.ARG_STREAM_COUNT, len(self.streams)),
+                (k.ARG_ENGINE, code), (k.ARG_CONFIG, config.ctypes.data),
+                (k.ARG_TEMPLATES, templates.ctypes.data),
+                (k.ARG_TEMPLATE_COUNT, templates.shape[0]),
+                (k.ARG_TEMPLATE_WIDTH, templates.shape[1]),
+                (k.ARG_TEMPLATE_LENGTHS, template_lengths.ctypes.data),
+                (k.ARG_STATE, state.ctypes.data), (k.ARG_POOL_DATA, data.ctypes.data),
+                (k.ARG_POOL_COUNT, data.shape[0]), (k.ARG_POOL_ROOM, data.shape[1]),
+                (k.ARG_POOL_LENGTH, length.ctypes.data), (k.ARG_POOL_FREE, free.ctypes.data),
+                (k.ARG_POOL_TOP, top.ctypes.data), (k.ARG_MBUFS, self.mbufs.ctypes.data),
+                (k.ARG_BURST, self.burst)):
+            self.row[column] = value
+        for array, dtype in ((self.rows, np.uint64), (self.streams, np.int64),
+                             (config, np.uint64), (templates, np.uint8),
+                             (template_lengths, np.uint32), (state, np.uint64),
+                             (data, np.uint8), (length, np.uint32), (free, np.uint32),
+                             (top, np.int64), (self.mbufs, np.uint32)):
+            if array.dtype != dtype or not array.flags.c_contiguous:
+                raise TypeError(f"a forwarding loop's arrays are C-contiguous {dtype}")
+
+    @property
+    def moved(self) -> int:
+        """Frames the loop sent on so far."""
+        return int(self.row[k.ARG_MOVED])
+
+    def hold(self) -> contextlib.AbstractContextManager:
+        """Every port held."""
+        held = contextlib.ExitStack()
+        for port in self.ports:
+            held.enter_context(port.hold())
+        return held
+
+    def service(self) -> None:
+        """Every port serviced."""
         for port in self.ports:
             port.service()
-        self.moved += moved
-        return moved
+
+    def step(self, rounds: int | None = None) -> int:
+        """One call of the loop's host; returns the frames its pollers sent on."""
+        return self.host.step(rounds)
 
     def run(self, duration: float | None = None, *, report_every: float = 1.0,
             on_report: Callable[[ForwardingLoop], None] | None = None,
             until: Callable[[], bool] | None = None) -> None:
-        """Serve until `duration` seconds passed, `until()` is true (checked between calls)
-        or `stop()` is called; `on_report(self)` runs every `report_every` seconds."""
-        start = time.monotonic()
-        next_report = start + report_every
-        self._stop.clear()
-        while not self._stop.is_set():
-            self.step()
-            now = time.monotonic()
-            if on_report and now >= next_report:
-                on_report(self)
-                next_report += report_every * max(1, int((now - next_report) // report_every
-                                                        + 1))
-            if duration is not None and now - start >= duration:
-                break
-            if until is not None and until():
-                break
+        """Run the loop's host until `duration` seconds passed, `until()` is true (checked
+        between calls) or `stop()` is called; `on_report(self)` runs every `report_every`
+        seconds."""
+        self.host.run(duration, report_every=report_every,
+                      on_report=(lambda: on_report(self)) if on_report else None, until=until)
 
     def stop(self) -> None:
         """Make `run` return after the current call (from another thread or a signal)."""
-        self._stop.set()
+        self.host.stop()
 
     def counters(self) -> dict[str, PortCounters]:
         """Per port name, its totals."""

@@ -1,0 +1,56 @@
+"""The poll host's kernel: every poller of a host, round after round, in compiled code.
+
+Poller kinds register (see `_pollers`) when their module is imported, which must be before a
+host kernel is compiled: the modules of the built-in kinds are imported here.
+"""
+
+import importlib
+
+from numba import njit
+
+from fastpath._numba import NJIT
+from fastpath.devices.net.kernels import eventfd_wait
+from fastpath.pmd._pollers import HOST_SERVICE, arm_by_kind, poll_by_kind
+
+
+@njit(**NJIT)
+def run_pollers(table, host, rounds, idle_rounds, wake_fds, sleep_ms):
+    """Poll every row of `table` for up to `rounds` rounds; returns the work done.
+
+    Returns early when a poller sets host[HOST_SERVICE] (cleared here). With idle_rounds > 0,
+    after that many rounds in a row with no work it arms every poller, sleeps on `wake_fds`
+    (int32 eventfds) for up to sleep_ms unless one had work pending, disarms them and returns.
+    """
+    done = 0
+    idle = 0
+    for _ in range(rounds):
+        work = 0
+        for p in range(table.shape[0]):
+            work += poll_by_kind(table[p], host)
+        done += work
+        if host[HOST_SERVICE] != 0:
+            host[HOST_SERVICE] = 0
+            return done
+        if work:
+            idle = 0
+            continue
+        if idle_rounds <= 0:
+            continue
+        idle += 1
+        if idle < idle_rounds:
+            continue
+        pending = 0
+        for p in range(table.shape[0]):
+            pending += arm_by_kind(table[p], 1)
+        if pending == 0:
+            eventfd_wait(wake_fds.ctypes.data, wake_fds.shape[0], sleep_ms)
+        for p in range(table.shape[0]):
+            arm_by_kind(table[p], 0)
+        return done
+    return done
+
+
+# The built-in poller kinds, each registering itself on import.
+for _module in ("fastpath.pmd._lcore_kernels", "fastpath.pmd._forwarder_kernels",
+                "fastpath.pmd._relay"):
+    importlib.import_module(_module)
