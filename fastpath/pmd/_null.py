@@ -3,7 +3,10 @@
 from numba import njit
 
 from fastpath._numba import NJIT
-from fastpath.pmd._port import KIND_NULL, Port
+from fastpath.pmd._kinds import PortKind, register_port_kind
+from fastpath.pmd._port import Port
+
+KIND = 6
 
 
 @njit(**NJIT)
@@ -22,7 +25,13 @@ class NullPort(Port):
     """A sink (and an empty source): what a forwarding loop's far side is when only the
     near side matters."""
 
-    kind = KIND_NULL
+    kind = KIND
 
     def __init__(self, pool, queues: int = 1, name: str = "null"):
         super().__init__(name, pool, queues)
+
+
+register_port_kind(PortKind(
+    code=KIND, name="null", argument="", options={"queues": int},
+    help="receives nothing, discards what it is sent",
+    make=lambda argument, pool, **options: NullPort(pool, **options), rx=rx, tx=tx))

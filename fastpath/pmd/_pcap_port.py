@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit
 
 from fastpath._numba import NJIT, copy_bytes
+from fastpath.pmd._kinds import PortKind, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, MbufPool, free_burst
 from fastpath.pmd._pcap import (
     LINKTYPE_ETHERNET,
@@ -37,7 +38,7 @@ from fastpath.pmd._pcap import (
     realtime_ns,
 )
 from fastpath.pmd._pointers import carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
-from fastpath.pmd._port import KIND_PCAP, ROW_ARGS, STAT_ERRORS, Port
+from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import take_mbufs
 
 log = logging.getLogger("fastpath.pmd")
@@ -54,6 +55,8 @@ MAGICS = {
     0x4D3CB2A1: (True, True),
 }
 PCAPNG_MAGIC = 0x0A0D0D0A  # the block type of a pcapng section header
+
+KIND = 5
 
 # Row arguments.
 ARG_STATE = ROW_ARGS            # address of the port's int64[STATE_COLUMNS] state
@@ -311,7 +314,7 @@ class PcapPort(Port):
     long as its burst is at most `capture_frames`.
     """
 
-    kind = KIND_PCAP
+    kind = KIND
 
     def __init__(self, pool: MbufPool, *, replay: str | Path | None = None,
                  capture: str | Path | None = None, rate: float = 0.0, loops: int = 1,
@@ -423,3 +426,20 @@ class PcapPort(Port):
         self.rows[:, ARG_RING_ROWS] = 0
         self._capture.close()
         self._closed = True
+
+
+def _from_spec(replay: str, pool: MbufPool, *, out: str | None = None,
+               **options) -> PcapPort:
+    # `pcap:FILE` replays FILE; `out=FILE` is the port's capture.
+    if not replay and out is None:
+        raise ValueError("give a FILE to replay, an out=FILE to capture to, or both")
+    return PcapPort(pool, replay=replay or None, capture=out, **options)
+
+
+register_port_kind(PortKind(
+    code=KIND, name="pcap", argument="FILE",
+    options={"out": str, "rate": float, "loops": int, "snaplen": int},
+    help="replays the pcap file FILE (loops=N passes, 0: for ever; rate=N frames per second, "
+         "default as fast as asked) and records what it is sent to out=FILE (snaplen=N bytes "
+         "of each frame); either side may be left out",
+    make=_from_spec, rx=rx, tx=tx, wants_service=wants_service, argument_optional=True))

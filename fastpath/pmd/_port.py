@@ -6,9 +6,9 @@ port took, and those go back to the pool; the caller still owns the rest (retry 
 The arrays belong to the caller, as with DPDK's burst functions.
 
 A port queue's compiled face is one row of uint64 (`ROW_*`): its kind, the address of its
-statistics and up to ROW_COLUMNS - ROW_ARGS arguments of the kind's own. A forwarding loop
-passes rows to the kernels in `_dispatch`; the Python methods here call the same kernels, one
-call per burst.
+statistics and up to ROW_COLUMNS - ROW_ARGS arguments of the kind's own. Each kind's module
+registers the kind (see `_kinds`). A forwarding loop passes rows to the kernels in `_dispatch`;
+the Python methods here call the same kernels, one call per burst.
 """
 
 from __future__ import annotations
@@ -18,15 +18,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from fastpath.pmd._kinds import burst_kernels
 from fastpath.pmd._mbuf import MbufPool
-
-# Port kinds.
-KIND_NULL = 1
-KIND_VHOST = 2
-KIND_VIRTIO_USER = 3
-KIND_RING = 4
-KIND_PCAP = 5
-KIND_TAP = 6
 
 # Row columns.
 ROW_KIND = 0
@@ -66,8 +59,9 @@ class PortCounters:
 class Port:
     """A port with `queues` queues whose receive bursts take mbufs from `pool`.
 
-    Subclasses set `kind` and fill their rows' arguments. `hold()` is held around every burst
-    (and around every forwarding-loop call); `service()` runs after, outside the compiled code.
+    Subclasses set `kind` (the code their module registers) and fill their rows' arguments.
+    `hold()` is held around every burst (and around every forwarding-loop call); `service()`
+    runs after, outside the compiled code.
     """
 
     kind = 0
@@ -96,22 +90,18 @@ class Port:
     def rx_burst(self, queue: int, mbufs: np.ndarray, max_n: int) -> int:
         """Receive up to max_n frames on `queue` into mbufs[:n] (taken from the pool);
         returns n."""
-        from fastpath.pmd._dispatch import port_rx
-
         self._check(queue, mbufs, max_n)
         with self.hold():
-            n = port_rx(self.rows[queue], self.pool.arrays, mbufs, max_n)
+            n = burst_kernels().rx(self.rows[queue], self.pool.arrays, mbufs, max_n)
         self.service()
         return n
 
     def tx_burst(self, queue: int, mbufs: np.ndarray, n: int) -> int:
         """Send mbufs[:n] on `queue`; returns how many the port took (they are back in the
         pool). The caller owns the rest."""
-        from fastpath.pmd._dispatch import port_tx
-
         self._check(queue, mbufs, n)
         with self.hold():
-            sent = port_tx(self.rows[queue], self.pool.arrays, mbufs, n)
+            sent = burst_kernels().tx(self.rows[queue], self.pool.arrays, mbufs, n)
         self.service()
         return sent
 

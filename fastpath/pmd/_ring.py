@@ -25,9 +25,10 @@ from numba import njit, types
 
 from fastpath._core.ring import RING_MAGIC, Ring, format_ring, ring_bytes
 from fastpath._numba import NJIT, POINTER, core_function
+from fastpath.pmd._kinds import PortKind, flag, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, MbufPool, free_burst
 from fastpath.pmd._pointers import carray, u64_pointer
-from fastpath.pmd._port import KIND_RING, ROW_ARGS, STAT_ERRORS, Port
+from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
 
 log = logging.getLogger("fastpath.pmd")
@@ -41,6 +42,8 @@ ring_enqueue = core_function("ring", "fp_ring_enqueue",
 # (ring, frames, stride, slots or 0, lengths, max_n) -> frames placed or FP_E_BROKEN
 ring_dequeue = core_function("ring", "fp_ring_dequeue",
                              _i32(POINTER, POINTER, _u32, POINTER, POINTER, _u32))
+
+KIND = 3
 
 ARG_RX_RING = ROW_ARGS         # the ring's core handle for receiving; 0: none (closed, broken)
 ARG_TX_RING = ROW_ARGS + 1     # the same handle for sending; 0: none
@@ -130,7 +133,7 @@ class RingPort(Port):
     one empties then takes nothing back from it.
     """
 
-    kind = KIND_RING
+    kind = KIND
 
     def __init__(self, name: str, pool: MbufPool, *, slots: int = 1024, slot_size: int = 2048,
                  create: bool | None = None, receive: bool = True, send: bool = True):
@@ -289,3 +292,17 @@ def _format(fd: int, path: str, size: int, slots: int, slot_size: int) -> None:
     os.posix_fallocate(fd, 0, size)
     with mmap.mmap(fd, size) as memory:
         format_ring(memory, slots, slot_size)
+
+
+def _from_spec(name: str, pool: MbufPool, **options) -> RingPort:
+    # The command line's rx=0 and tx=0 are the port's receive=False and send=False.
+    receive, send = options.pop("rx", True), options.pop("tx", True)
+    return RingPort(name, pool, receive=receive, send=send, **options)
+
+
+register_port_kind(PortKind(
+    code=KIND, name="ring", argument="NAME",
+    options={"slots": int, "slot_size": int, "rx": flag, "tx": flag},
+    help="a shared-memory ring NAME: what one process sends, another receives (rx=0: "
+         "only send; tx=0: only receive)",
+    make=_from_spec, rx=rx, tx=tx))

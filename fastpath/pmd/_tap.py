@@ -18,8 +18,9 @@ import struct
 from numba import njit, types
 
 from fastpath._numba import NJIT, POINTER, core_function
+from fastpath.pmd._kinds import PortKind, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, MbufPool, free_burst
-from fastpath.pmd._port import KIND_TAP, ROW_ARGS, ROW_STATS, STAT_ERRORS, Port
+from fastpath.pmd._port import ROW_ARGS, ROW_STATS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
 
 _i32 = types.int32
@@ -31,6 +32,8 @@ fd_read_burst = core_function("fdio", "fp_fd_read_burst",
 # (fd, frames, stride, slots or 0, lengths, n, dropped count or 0) -> frames taken or -errno
 fd_write_burst = core_function("fdio", "fp_fd_write_burst",
                                _i32(_i32, POINTER, _u32, POINTER, POINTER, _u32, POINTER))
+
+KIND = 4
 
 ARG_OPEN = ROW_ARGS        # 1 while the queue's fd is open
 ARG_FD = ROW_ARGS + 1      # the queue's /dev/net/tun fd
@@ -109,7 +112,7 @@ class TapPort(Port):
     `interface` is the interface's name, `ifindex` its index, `fds` the queues' descriptors.
     """
 
-    kind = KIND_TAP
+    kind = KIND
 
     def __init__(self, name: str, pool: MbufPool, *, queues: int = 1):
         check_interface_name(name)
@@ -184,3 +187,9 @@ def _bring_up(name: str) -> None:
         _, flags = _IFREQ.unpack(fcntl.ioctl(control, _SIOCGIFFLAGS, request))
         if not flags & _IFF_UP:
             fcntl.ioctl(control, _SIOCSIFFLAGS, _IFREQ.pack(name.encode(), flags | _IFF_UP))
+
+
+register_port_kind(PortKind(
+    code=KIND, name="tap", argument="NAME", options={"queues": int},
+    help="a TAP interface NAME of the kernel's network stack (made if missing; root)",
+    make=TapPort, rx=rx, tx=tx))

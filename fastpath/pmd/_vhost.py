@@ -29,12 +29,15 @@ from fastpath.devices.net.kernels import (
     net_transmit,
     take_held,
 )
+from fastpath.pmd._kinds import PortKind, flag, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
 from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
-from fastpath.pmd._port import KIND_VHOST, ROW_ARGS, STAT_ERRORS, Port
+from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
 
 log = logging.getLogger("fastpath.pmd")
+
+KIND = 1
 
 ARG_TRANSMITQ = ROW_ARGS       # NetQueue handle of the driver's transmitq; 0: none served
 ARG_RECEIVEQ = ROW_ARGS + 1    # NetQueue handle of the driver's receiveq; 0: none
@@ -106,7 +109,7 @@ class VhostPort(Port):
     nothing. `mac` and `mtu` are what the device tells the driver.
     """
 
-    kind = KIND_VHOST
+    kind = KIND
 
     def __init__(self, path: str, pool, *, queues: int = 1, client: bool = False,
                  mac: bytes = DEFAULT_MAC, mtu: int = 0, max_burst: int = 64,
@@ -157,3 +160,10 @@ class VhostPort(Port):
                     # A polled ring needs no kicks; asking the driver not to spares it a
                     # system call per burst.
                     queue.queue.disable_kicks()
+
+
+register_port_kind(PortKind(
+    code=KIND, name="vhost", argument="SOCKET", options={"queues": int, "client": flag},
+    help="fastpath's vhost-user back-end on SOCKET (client=1: connect to a front-end "
+         "listening there)",
+    make=VhostPort, rx=rx, tx=tx))

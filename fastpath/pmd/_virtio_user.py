@@ -28,9 +28,10 @@ from fastpath.devices.net import (
 )
 from fastpath.devices.net.kernels import eventfd_signal
 from fastpath.errors import FastpathError
+from fastpath.pmd._kinds import PortKind, flag, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
 from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
-from fastpath.pmd._port import KIND_VIRTIO_USER, ROW_ARGS, STAT_ERRORS, Port
+from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
 from fastpath.vring import (
     DRIVER_CHAIN_DTYPE,
@@ -43,6 +44,8 @@ from fastpath.vring import (
 from fastpath.vring.kernels import add_burst, collect_burst, driver_should_kick
 
 log = logging.getLogger("fastpath.pmd")
+
+KIND = 2
 
 ARG_RECEIVEQ = ROW_ARGS        # address of the receiveq's ring state (RING_*); 0: closed
 ARG_TRANSMITQ = ROW_ARGS + 1   # address of the transmitq's ring state
@@ -310,7 +313,7 @@ class VirtioUserPort(Port):
     frame cannot arrive; with them, one that does not fit an mbuf is dropped and counted).
     """
 
-    kind = KIND_VIRTIO_USER
+    kind = KIND
 
     def __init__(self, path: str, pool, *, queues: int = 1, queue_size: int = 256,
                  packed: bool = False, mergeable: bool = False, connect_timeout: float = 10.0,
@@ -371,3 +374,10 @@ class VirtioUserPort(Port):
             log.info("%s: stopping the vrings failed: %s", self.name, e)
         finally:
             self.driver.close()
+
+
+register_port_kind(PortKind(
+    code=KIND, name="virtio-user", argument="SOCKET",
+    options={"queues": int, "packed": flag, "mergeable": flag, "queue_size": int},
+    help="a virtio-net front-end of a vhost-user back-end listening on SOCKET",
+    make=VirtioUserPort, rx=rx, tx=tx))
