@@ -226,12 +226,24 @@ def _room(module: str) -> str:
     return parts[0] if parts else ""
 
 
-def _package_imports():
-    """(importing module, imported module) for every fastpath import inside the package."""
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    # The import nodes under `if TYPE_CHECKING:`, which never run.
+    return {id(n) for block in ast.walk(tree)
+            if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+            for n in ast.walk(block)}
+
+
+def _package_imports(runtime_only: bool = False):
+    """(importing module, imported module) for every fastpath import inside the package (with
+    `runtime_only`, leaving out those made for type checkers alone)."""
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(ROOT).with_suffix("").parts
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        skipped = _type_checking_only(tree) if runtime_only else set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
                 # `from fastpath.x import _y` imports the module fastpath.x._y.
@@ -264,3 +276,32 @@ def test_no_module_imports_another_rooms_private_module():
         inner = imported.split(".")[1 + theirs.count(".") + 1:]
         assert not any(p.startswith("_") for p in inner), (
             f"{importer} imports {imported}, a private module of {theirs}")
+
+
+def test_no_modules_import_each_other_round_in_a_cycle():
+    # A cycle (pmd's ports, dispatch and kinds once) makes every module of it depend on import
+    # order and on imports hidden in functions; packages' __init__ re-exports and imports for
+    # type checkers alone do not count.
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts)
+               for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for importer, imported in _package_imports(runtime_only=True):
+        if importer in modules and imported in modules and importer != imported:
+            graph[importer].add(imported)
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        stack.append(module)
+        for imported in sorted(graph[module]):
+            assert state.get(imported) != 1, " -> ".join(
+                stack[stack.index(imported):] + [imported])
+            if imported not in state:
+                visit(imported)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)

@@ -12,6 +12,7 @@ pairs, a program's own) on a core, with mailboxes between hosts.
 from fastpath.pmd._forwarder import MODES as FORWARDER_MODES
 from fastpath.pmd._forwarder import Forwarder
 from fastpath.pmd._host import PollHost
+from fastpath.pmd._kinds import PortKind, register_port_kind
 from fastpath.pmd._lcore import ForwardingLoop, Stream, paired_streams
 from fastpath.pmd._mailbox import MESSAGE_WORDS, Mailbox
 from fastpath.pmd._mbuf import MbufPool
@@ -39,7 +40,8 @@ from fastpath.pmd._virtio_user import VirtioUserPort
 
 __all__ = ["MbufPool", "Port", "PortCounters", "NullPort", "VhostPort", "open_port",
            "port_help", "VirtioUserPort", "RingPort", "TapPort", "PcapPort",
-           "PORT_KINDS", "ForwardingLoop", "Stream", "paired_streams",
+           "PORT_KINDS", "PortKind", "register_port_kind", "ForwardingLoop", "Stream",
+           "paired_streams",
            # The poll host: pollers of any kind on a core, mailboxes between cores.
            "PollHost", "Poller", "register_poller", "POLLER_ARGS", "POLLER_COLUMNS",
            "Mailbox", "MESSAGE_WORDS", "Relay",

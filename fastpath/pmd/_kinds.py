@@ -7,7 +7,7 @@ compiled kernels serve a port queue's row of its kind (column 0 of the row is th
 - `tx(row, pool, mbufs, n) -> sent` copies mbufs[:sent] out (`_dispatch` frees them);
 - `wants_service(row) -> bool`, for a kind with work for Python between bursts.
 
-`_dispatch` calls them through the dispatches here, whose chains of `if`s are built from the
+`_dispatch` calls them through the dispatches here, whose switch on the kind is built from the
 registry when a kernel calling them is compiled: a kind registers before that, when its module
 is imported (`_dispatch` imports the built-in kinds). This module imports no kind, and no port:
 ports import it.
@@ -41,8 +41,7 @@ class PortKind:
     argument_optional: bool = False
 
 
-# The kinds by name, in the order of their codes: the order `--help` lists them in, and the
-# order the dispatch tests a row's kind in (so the busiest kinds have the lowest codes).
+# The kinds by name, in the order of their codes: the order `--help` lists them in.
 PORT_KINDS: dict[str, PortKind] = {}
 
 

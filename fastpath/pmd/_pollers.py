@@ -10,15 +10,11 @@ registry, so there is no Python between pollers, whatever their kinds.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
 
 from fastpath._numba import NJIT, KindDispatch
-
-if TYPE_CHECKING:
-    from fastpath.pmd._host import PollHost
 
 # Poller row columns (uint64).
 POLLER_KIND = 0
@@ -71,7 +67,7 @@ class Poller:
     def __init__(self) -> None:
         self.row = np.zeros(POLLER_COLUMNS, dtype=np.uint64)
         self.row[0] = self.kind
-        self.host: PollHost | None = None
+        self.host = None   # the PollHost polling it, once added
 
     def hold(self) -> contextlib.AbstractContextManager:
         """Held while the host's kernel runs: what the row names is current and stays
