@@ -18,7 +18,7 @@ from fastpath.devices.net import VirtioNet
 from fastpath.pmd import _forwarder_kernels as k
 from fastpath.pmd._host import PollHost
 from fastpath.pmd._pcap import NO_CAPTURE, PcapCapture
-from fastpath.pmd._pollers import Poller
+from fastpath.pmd._pollers import HOST_COLUMNS, Poller
 from fastpath.vhost_user import Gate
 
 log = logging.getLogger("fastpath.vhost_user")
@@ -207,10 +207,12 @@ class Forwarder(Poller):
             return
         table = self._table[rows].copy()
         stats = np.zeros((1, k.STAT_COLUMNS), dtype=np.uint64)
+        row = self.row.copy()   # this poller, serving the one pair
+        row[k.ARG_TABLE], row[k.ARG_PAIRS] = table.ctypes.data, 1
+        row[k.ARG_STATS] = stats.ctypes.data
+        host = np.zeros(HOST_COLUMNS, dtype=np.uint64)
         for _ in range(64):
-            received, _ = k.serve_pairs(table, stats, MODES[self.mode], self.frames,
-                                        self.lengths, self.burst, self._capture)
-            if not received:
+            if not k.poll(row, host):
                 break
             if self.capture:
                 self.capture.flush()

@@ -66,51 +66,6 @@ def swap_macs(frames, lengths, slots, n):
 
 
 @njit(**NJIT)
-def serve_pairs(table, stats, mode, frames, lengths, burst, capture):
-    """Serve every row of `table` once; returns the frames received, and whether the capture
-    needs writing out before the next round.
-
-    `capture` is (ring, lengths, stamps, state) of a pcap capture ring that records every
-    frame received, or a ring of no rows.
-    """
-    stride = frames.shape[1]
-    frames_at = frames.ctypes.data
-    lengths_at = lengths.ctypes.data
-    received = 0
-    for p in range(table.shape[0]):
-        tx = table[p, COL_TX]
-        if tx == 0:
-            continue
-        got = net_receive(tx, frames_at, stride, 0, lengths_at, burst)
-        if got < 0:
-            stats[p, STAT_BROKEN] += 1
-            table[p, COL_TX] = 0
-            continue
-        if got == 0:
-            continue
-        received += got
-        if capture[0].shape[0]:
-            capture_burst(frames, lengths, None, got, capture[0], capture[1], capture[2],
-                          capture[3])
-        if mode == FWD_DROP:
-            continue
-        if mode == FWD_MACSWAP:
-            swap_macs(frames, lengths, None, got)
-        sent = 0
-        rx = table[p, COL_RX]
-        if rx != 0:
-            sent = net_transmit(rx, frames_at, stride, 0, lengths_at, got)
-            if sent < 0:
-                stats[p, STAT_BROKEN] += 1
-                table[p, COL_RX] = 0
-                sent = 0
-        stats[p, STAT_NO_ROOM] += got - sent
-    full = capture[0].shape[0] > 0 and (capture[3][0] + burst * table.shape[0]
-                                    > capture[0].shape[0])
-    return received, full
-
-
-@njit(**NJIT)
 def _arrays(row):
     # SAFETY: every address in the row is that of an array the Forwarder owns (its table and
     # statistics, rebuilt only with the gate held, when no kernel runs; its frame buffers; the
@@ -131,12 +86,48 @@ def _arrays(row):
 
 @njit(**NJIT)
 def poll(row, host):
-    """One round of every queue pair the Forwarder serves."""
+    """Serve every queue pair of the row's table once; returns the frames received. Asks the
+    host for service when the capture (with `capture`, every frame received is recorded) needs
+    writing out before the next round."""
+    # One function for the whole round: the arrays passed to a call of its own cost more than
+    # the round itself where the pairs have little to do.
     table, stats, frames, lengths, capture = _arrays(row)
-    received, full = serve_pairs(table, stats, row[ARG_MODE], frames, lengths,
-                                 int(row[ARG_BURST]), capture)
-    if full:
-        host[HOST_SERVICE] = 1  # for Python to write the capture out before it overflows
+    mode, burst = row[ARG_MODE], int(row[ARG_BURST])
+    stride = frames.shape[1]
+    frames_at = frames.ctypes.data
+    lengths_at = lengths.ctypes.data
+    capturing = capture[0].shape[0] > 0
+    received = 0
+    for p in range(table.shape[0]):
+        tx = table[p, COL_TX]
+        if tx == 0:
+            continue
+        got = net_receive(tx, frames_at, stride, 0, lengths_at, burst)
+        if got < 0:
+            stats[p, STAT_BROKEN] += 1
+            table[p, COL_TX] = 0
+            continue
+        if got == 0:
+            continue
+        received += got
+        if capturing:
+            capture_burst(frames, lengths, None, got, capture[0], capture[1], capture[2],
+                          capture[3])
+        if mode == FWD_DROP:
+            continue
+        if mode == FWD_MACSWAP:
+            swap_macs(frames, lengths, None, got)
+        sent = 0
+        rx = table[p, COL_RX]
+        if rx != 0:
+            sent = net_transmit(rx, frames_at, stride, 0, lengths_at, got)
+            if sent < 0:
+                stats[p, STAT_BROKEN] += 1
+                table[p, COL_RX] = 0
+                sent = 0
+        stats[p, STAT_NO_ROOM] += got - sent
+    if capturing and capture[3][0] + burst * table.shape[0] > capture[0].shape[0]:
+        host[HOST_SERVICE] = 1
     return received
 
 

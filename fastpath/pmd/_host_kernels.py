@@ -10,7 +10,14 @@ from numba import njit
 
 from fastpath._numba import NJIT
 from fastpath.devices.net.kernels import eventfd_wait
-from fastpath.pmd._pollers import HOST_SERVICE, arm_by_kind, poll_by_kind
+from fastpath.pmd._pointers import carray, u64_pointer
+from fastpath.pmd._pollers import (
+    HOST_COLUMNS,
+    HOST_SERVICE,
+    POLLER_COLUMNS,
+    arm_by_kind,
+    poll_by_kind,
+)
 
 
 @njit(**NJIT)
@@ -21,11 +28,17 @@ def run_pollers(table, host, rounds, idle_rounds, wake_fds, sleep_ms):
     after that many rounds in a row with no work it arms every poller, sleeps on `wake_fds`
     (int32 eventfds) for up to sleep_ms unless one had work pending, disarms them and returns.
     """
+    # SAFETY: views of the caller's own arrays, which outlive the call. Views without an
+    # owner spare each poller call a pair of atomic reference counts (a third of a round's
+    # cost where the pollers have little to do).
+    pollers = table.shape[0]
+    table = carray(u64_pointer(table.ctypes.data), (pollers, POLLER_COLUMNS))
+    host = carray(u64_pointer(host.ctypes.data), (HOST_COLUMNS,))
     done = 0
     idle = 0
     for _ in range(rounds):
         work = 0
-        for p in range(table.shape[0]):
+        for p in range(pollers):
             work += poll_by_kind(table[p], host)
         done += work
         if host[HOST_SERVICE] != 0:

@@ -44,19 +44,37 @@ ARG_MOVED = POLLER_ARGS + 19         # frames sent on, in all
 
 
 @njit(**NJIT)
-def forward_round(rows, streams, engine, pool, mbufs, burst):
-    """Run every stream once; returns the frames sent on, and whether a port asks for Python's
-    service (a capture to write out).
-
-    `engine` is (code, config, templates, template_lengths, state) as `EngineSetup.arrays`
-    gives it. Frames a tx port does not take are freed and counted as its drops.
-    """
-    code, config, templates, template_lengths, state = engine
+def poll(row, host):
+    """One round of the loop's streams: each stream's rx port -> engine -> tx port, a burst
+    each; returns the frames sent on. Frames a tx port does not take are freed and counted as
+    its drops; a port that needs Python's service (a capture to write out) asks the host."""
+    # SAFETY: every address in the row is that of an array the ForwardingLoop made or was
+    # given (its port rows and streams, the engine's arrays, the pool's, its burst), kept
+    # alive by it while it is on a host, with the shapes recorded beside them.
+    # One function for the whole round: the arrays passed to a call of its own would cost more
+    # than the round where the streams have little to do.
+    count, room = int(row[ARG_POOL_COUNT]), int(row[ARG_POOL_ROOM])
+    pool = (carray(u8_pointer(row[ARG_POOL_DATA]), (count, room)),
+            carray(u32_pointer(row[ARG_POOL_LENGTH]), (count,)),
+            carray(u32_pointer(row[ARG_POOL_FREE]), (count,)),
+            carray(i64_pointer(row[ARG_POOL_TOP]), (1,)))
+    templates = int(row[ARG_TEMPLATE_COUNT])
+    code = row[ARG_ENGINE]
+    config = carray(u64_pointer(row[ARG_CONFIG]), (SLOTS,))
+    template_frames = carray(u8_pointer(row[ARG_TEMPLATES]),
+                             (templates, int(row[ARG_TEMPLATE_WIDTH])))
+    template_lengths = carray(u32_pointer(row[ARG_TEMPLATE_LENGTHS]), (templates,))
+    state = carray(u64_pointer(row[ARG_STATE]), (SLOTS,))
+    burst = int(row[ARG_BURST])
+    rows = carray(u64_pointer(row[ARG_ROWS]), (int(row[ARG_ROW_COUNT]), ROW_COLUMNS))
+    streams = carray(i64_pointer(row[ARG_STREAMS]), (int(row[ARG_STREAM_COUNT]),
+                                                     STREAM_COLUMNS))
+    mbufs = carray(u32_pointer(row[ARG_MBUFS]), (burst,))
     moved = 0
     for s in range(streams.shape[0]):
         n = port_rx(rows[streams[s, STREAM_RX]], pool, mbufs, burst)
-        n = engine_burst(code, config, templates, template_lengths, state, pool, mbufs, n,
-                         burst)
+        n = engine_burst(code, config, template_frames, template_lengths, state, pool, mbufs,
+                         n, burst)
         if n <= 0:
             continue
         tx_row = rows[streams[s, STREAM_TX]]
@@ -65,37 +83,11 @@ def forward_round(rows, streams, engine, pool, mbufs, burst):
             free_burst(pool, mbufs, sent, n)
             row_stats(tx_row)[STAT_TX_DROPPED] += n - sent
         moved += sent
+    row[ARG_MOVED] += moved
     for r in range(rows.shape[0]):
         if port_wants_service(rows[r]):
-            return moved, True
-    return moved, False
-
-
-@njit(**NJIT)
-def poll(row, host):
-    """One round of the loop's streams."""
-    # SAFETY: every address in the row is that of an array the ForwardingLoop made or was
-    # given (its port rows and streams, the engine's arrays, the pool's, its burst), kept
-    # alive by it while it is on a host, with the shapes recorded beside them.
-    count, room = int(row[ARG_POOL_COUNT]), int(row[ARG_POOL_ROOM])
-    pool = (carray(u8_pointer(row[ARG_POOL_DATA]), (count, room)),
-            carray(u32_pointer(row[ARG_POOL_LENGTH]), (count,)),
-            carray(u32_pointer(row[ARG_POOL_FREE]), (count,)),
-            carray(i64_pointer(row[ARG_POOL_TOP]), (1,)))
-    templates = int(row[ARG_TEMPLATE_COUNT])
-    engine = (row[ARG_ENGINE],
-              carray(u64_pointer(row[ARG_CONFIG]), (SLOTS,)),
-              carray(u8_pointer(row[ARG_TEMPLATES]), (templates, int(row[ARG_TEMPLATE_WIDTH]))),
-              carray(u32_pointer(row[ARG_TEMPLATE_LENGTHS]), (templates,)),
-              carray(u64_pointer(row[ARG_STATE]), (SLOTS,)))
-    burst = int(row[ARG_BURST])
-    moved, wants_service = forward_round(
-        carray(u64_pointer(row[ARG_ROWS]), (int(row[ARG_ROW_COUNT]), ROW_COLUMNS)),
-        carray(i64_pointer(row[ARG_STREAMS]), (int(row[ARG_STREAM_COUNT]), STREAM_COLUMNS)),
-        engine, pool, carray(u32_pointer(row[ARG_MBUFS]), (burst,)), burst)
-    row[ARG_MOVED] += moved
-    if wants_service:
-        host[HOST_SERVICE] = 1
+            host[HOST_SERVICE] = 1
+            break
     return moved
 
 
