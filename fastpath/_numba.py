@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from llvmlite import binding, ir
+from numba import carray as carray  # re-exported for kernels, beside the pointers
 from numba import types
 from numba.core import caching, cgutils
 from numba.core.extending import get_cython_function_address, intrinsic
@@ -23,6 +24,27 @@ NJIT = {"nogil": True, "cache": not DEBUG, "boundscheck": DEBUG}
 
 # Pointers cross as integers: the same register on x86-64, and Numba passes ints freely.
 POINTER = types.uintp
+
+
+
+def _pointer_to(element):
+    @intrinsic
+    def pointer(typingctx, address):
+        signature = types.CPointer(element)(address)
+
+        def codegen(context, builder, sig, args):
+            return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+        return signature, codegen
+    return pointer
+
+
+# Arrays at raw addresses, for kernels whose state reaches them as integers in a row (a port's,
+# a poller's, a bdev channel's): `carray(u64_pointer(address), shape)`. The Python object that
+# made the arrays keeps them alive while the row is in use.
+u8_pointer = _pointer_to(types.uint8)
+u32_pointer = _pointer_to(types.uint32)
+u64_pointer = _pointer_to(types.uint64)
+i64_pointer = _pointer_to(types.int64)
 
 
 # Every core function declared for kernels: (module, name, signature), so that a repository

@@ -4,10 +4,9 @@ compiled code, one burst per pair and round; nothing per frame or per burst runs
 
 from numba import njit
 
-from fastpath._numba import NJIT
+from fastpath._numba import NJIT, carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
 from fastpath.devices.net.kernels import net_receive, net_transmit
 from fastpath.pmd._pcap import capture_burst
-from fastpath.pmd._pointers import carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._pollers import HOST_SERVICE, POLLER_ARGS, register_poller
 from fastpath.vring.kernels import device_set_kicks
 

@@ -8,9 +8,8 @@ import importlib
 
 from numba import njit
 
-from fastpath._numba import NJIT
+from fastpath._numba import NJIT, carray, u64_pointer
 from fastpath.devices.net.kernels import eventfd_wait
-from fastpath.pmd._pointers import carray, u64_pointer
 from fastpath.pmd._pollers import (
     HOST_COLUMNS,
     HOST_SERVICE,

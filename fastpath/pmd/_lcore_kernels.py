@@ -3,10 +3,9 @@ round, with nothing in Python between bursts."""
 
 from numba import njit
 
-from fastpath._numba import NJIT
+from fastpath._numba import NJIT, carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._dispatch import port_rx, port_tx, port_wants_service
 from fastpath.pmd._mbuf import free_burst
-from fastpath.pmd._pointers import carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._pollers import HOST_SERVICE, POLLER_ARGS, register_poller
 from fastpath.pmd._port import ROW_COLUMNS, STAT_TX_DROPPED
 from fastpath.pmd._port_kernels import row_stats

@@ -26,7 +26,15 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from fastpath._numba import NJIT, copy_bytes
+from fastpath._numba import (
+    NJIT,
+    carray,
+    copy_bytes,
+    i64_pointer,
+    u8_pointer,
+    u32_pointer,
+    u64_pointer,
+)
 from fastpath.pmd._kinds import PortKind, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, MbufPool, free_burst
 from fastpath.pmd._pcap import (
@@ -37,7 +45,6 @@ from fastpath.pmd._pcap import (
     capture_burst,
     realtime_ns,
 )
-from fastpath.pmd._pointers import carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import take_mbufs
 

@@ -3,9 +3,8 @@ receive burst."""
 
 from numba import njit
 
-from fastpath._numba import NJIT
+from fastpath._numba import NJIT, carray, u64_pointer
 from fastpath.pmd._mbuf import alloc_burst
-from fastpath.pmd._pointers import carray, u64_pointer
 from fastpath.pmd._port import ROW_STATS, STAT_COLUMNS, STAT_RX_NO_MBUF
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastpath._numba import NJIT
+from fastpath._numba import NJIT, carray, u32_pointer, u64_pointer
 from fastpath.pmd._mailbox import (
     MESSAGE_WORDS,
     Mailbox,
@@ -18,7 +18,6 @@ from fastpath.pmd._mailbox import (
     mailbox_take,
     message_buffer,
 )
-from fastpath.pmd._pointers import carray, u32_pointer, u64_pointer
 from fastpath.pmd._pollers import POLLER_ARGS, Poller, register_poller
 
 KIND = 3

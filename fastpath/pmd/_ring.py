@@ -24,10 +24,9 @@ import re
 from numba import njit, types
 
 from fastpath._core.ring import RING_MAGIC, Ring, format_ring, ring_bytes
-from fastpath._numba import NJIT, POINTER, core_function
+from fastpath._numba import NJIT, POINTER, carray, core_function, u64_pointer
 from fastpath.pmd._kinds import PortKind, flag, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, MbufPool, free_burst
-from fastpath.pmd._pointers import carray, u64_pointer
 from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
 

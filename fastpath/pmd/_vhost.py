@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from numba import njit
 
-from fastpath._numba import NJIT
+from fastpath._numba import NJIT, carray, u8_pointer, u32_pointer, u64_pointer
 from fastpath.devices.net import DEFAULT_MAC, NetBackend
 from fastpath.devices.net.kernels import (
     HELD_COLUMNS,
@@ -31,7 +31,6 @@ from fastpath.devices.net.kernels import (
 )
 from fastpath.pmd._kinds import PortKind, flag, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
-from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
 

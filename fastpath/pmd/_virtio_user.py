@@ -17,7 +17,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from fastpath._numba import NJIT, copy_bytes
+from fastpath._numba import NJIT, carray, copy_bytes, u8_pointer, u32_pointer, u64_pointer
 from fastpath.devices.net import (
     BUFFER_SIZE,
     NET_HDR_SIZE,
@@ -30,7 +30,6 @@ from fastpath.devices.net.kernels import eventfd_signal
 from fastpath.errors import FastpathError
 from fastpath.pmd._kinds import PortKind, flag, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
-from fastpath.pmd._pointers import carray, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
 from fastpath.vring import (

@@ -1,3 +1,45 @@
-"""SPDK-style block I/O: bdevs, NVMe-like queue pairs, pollers, vhost-user-blk (to come)."""
+"""SPDK-style block I/O: bdevs behind one asynchronous API (NVMe-like queue pairs, reactors and
+the vhost-user-blk target to come).
 
-__all__: list[str] = []
+`open_bdev("malloc:64M")` makes a bdev from a spec; `bdev.open_channel(depth)` gives a thread
+its channel, whose `submit` and `poll` (or, in compiled code, `bdev_submit` and `bdev_poll` on
+`channel.row`) move `fastpath.devices.blk.BLOCK_IO` requests and `BLOCK_COMPLETION`s in bursts.
+A bdev kind registers itself with `register_bdev_kind`.
+"""
+
+from fastpath.spdk_like import _malloc, _null  # noqa: F401  (the built-in kinds register)
+from fastpath.spdk_like._bdev import (
+    BDEV_KINDS,
+    CH_ARGS,
+    CH_COLUMNS,
+    Bdev,
+    BdevChannel,
+    BdevKind,
+    BdevStatistics,
+    bdev_poll,
+    bdev_submit,
+    complete_now,
+    open_bdev,
+    parse_size,
+    register_bdev_kind,
+)
+from fastpath.spdk_like._malloc import MallocBdev
+from fastpath.spdk_like._null import NullBdev
+
+__all__ = [
+    "Bdev",
+    "BdevChannel",
+    "BdevKind",
+    "BdevStatistics",
+    "BDEV_KINDS",
+    "CH_ARGS",
+    "CH_COLUMNS",
+    "MallocBdev",
+    "NullBdev",
+    "bdev_poll",
+    "bdev_submit",
+    "complete_now",
+    "open_bdev",
+    "parse_size",
+    "register_bdev_kind",
+]
