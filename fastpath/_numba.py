@@ -63,7 +63,7 @@ def core_function(module: str, name: str, signature) -> types.ExternalFunction:
 # of what a Numba slice assignment costs (an element loop: 20x slower at 1518 bytes).
 copy_bytes = core_function("chain", "fp_copy_bytes", types.void(POINTER, POINTER, types.uint64))
 
-# Per dispatch by kind, its kinds (code, owner): part of the cache stamp of every kernel that
+# Per dispatch by kind, its kinds (code, owner): part of the cache key of every kernel that
 # may call a dispatch, since the kinds registered are compiled into it.
 _REGISTRIES: dict[str, list[tuple[int, str]]] = {}
 
@@ -96,13 +96,14 @@ class _PackageStampedLocator(caching.InTreeCacheLocator):
     # own file and the whole package.
 
     def get_source_stamp(self):
-        path = Path(self._py_file).resolve()
-        if any(path.is_relative_to(room) for room in _BELOW_DISPATCH):
+        if Path(self._py_file).resolve().is_relative_to(_PACKAGE):
             return _package_stamp()
-        registries = repr(sorted(_REGISTRIES.items()))
-        if path.is_relative_to(_PACKAGE):
-            return (_package_stamp(), registries)
-        return (super().get_source_stamp(), _package_stamp(), registries)
+        return (super().get_source_stamp(), _package_stamp())
+
+    def may_dispatch(self) -> bool:
+        """Whether the kernel may call a dispatch by kind (by the layer order)."""
+        path = Path(self._py_file).resolve()
+        return not any(path.is_relative_to(room) for room in _BELOW_DISPATCH)
 
     @classmethod
     def from_function(cls, py_func, py_file):
@@ -113,7 +114,29 @@ class _PackageStampedLocator(caching.InTreeCacheLocator):
         return super().from_function(py_func, py_file)
 
 
+def registered_kinds() -> str:
+    """Every dispatch's kinds as registered now: what a kernel that may dispatch compiles in."""
+    return repr(sorted(_REGISTRIES.items()))
+
+
+_index_key_of_numba = caching.FunctionCache._index_key
+
+
+def _index_key(self, sig, codegen):
+    # The kinds a kernel that may dispatch was compiled with are part of its key among the
+    # entries of its cache file, taken when the kernel is loaded or compiled (once every kind
+    # registered), not when it was decorated: a process that registers more kinds (one that
+    # imports spdk_like, say) then finds or adds its own entry beside the others' instead of
+    # loading a kernel that lacks its kinds or replacing theirs.
+    key = _index_key_of_numba(self, sig, codegen)
+    locator = self._impl.locator
+    if isinstance(locator, _PackageStampedLocator) and locator.may_dispatch():
+        return (*key, registered_kinds())
+    return key
+
+
 caching.CacheImpl._locator_classes.insert(0, _PackageStampedLocator)
+caching.FunctionCache._index_key = _index_key
 
 
 # --- dispatch by kind, from a registry ---
@@ -127,7 +150,7 @@ class KindDispatch:
     kind, costs a call and reference counting per kind tried: up to 5x per burst). Kinds
     register before any kernel calling the dispatch is compiled: the switch is built from the
     registry when that kernel is typed, and a kernel compiled earlier would not see a later
-    kind (the registries are part of the cache stamp of the kernels that may call them).
+    kind (the registries are part of the cache key of the kernels that may call them).
     """
 
     def __init__(self, name: str, arity: int, miss):

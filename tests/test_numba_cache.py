@@ -1,33 +1,51 @@
 """Numba's on-disk cache keys a kernel on its own file alone; fastpath's kernels (and those of
 the checkout's tests and benchmarks) are keyed on the whole package too, so a kernel never
 keeps running the old code of a kernel it calls from another module; those that may call a
-dispatch by kind, on the kinds registered too."""
+dispatch by kind, on the kinds registered too (in their key within the cache file, so that
+processes registering different kinds keep entries side by side)."""
 
+from numba import njit
 from numba.core import caching
 
 from fastpath import _numba
+from fastpath._numba import NJIT
 from fastpath.devices.net import kernels as net_kernels
 from fastpath.pmd import _dispatch
 
 
-def _registries() -> str:
-    return repr(sorted(_numba._REGISTRIES.items()))
+@njit(**NJIT)
+def _probe(x):
+    return x + 1
 
 
-def test_kernels_that_may_dispatch_by_kind_are_stamped_with_the_package_and_the_kinds():
+def _key(kernel):
+    return kernel._cache._index_key(kernel.signatures[0], kernel.targetctx.codegen())
+
+
+def test_kernels_that_may_dispatch_by_kind_are_keyed_on_the_kinds_registered_when_loaded():
     py_func = _dispatch.port_rx.py_func
     locator = _numba._PackageStampedLocator.from_function(py_func, _dispatch.__file__)
-    assert locator is not None
-    assert locator.get_source_stamp() == (_numba._package_stamp(), _registries())
-    assert "'null'" in _registries()
+    assert locator is not None and locator.may_dispatch()
+    assert locator.get_source_stamp() == _numba._package_stamp()
+    assert "'null'" in _numba.registered_kinds()
+    _probe(1)
+    before = _key(_probe)
+    assert before[-1] == _numba.registered_kinds()
+    # A process that registers another kind looks for (or adds) an entry of its own.
+    _numba._REGISTRIES["probe"] = [(1, "probe")]
+    try:
+        assert _key(_probe)[-1] == _numba.registered_kinds() != before[-1]
+    finally:
+        del _numba._REGISTRIES["probe"]
 
 
-def test_kernels_below_pmd_are_stamped_with_the_package_alone():
+def test_kernels_below_pmd_are_keyed_as_numba_keys_them():
     # By the layer order they call no dispatch: whichever kinds a process registered, they
-    # share one cache.
+    # share one cache entry.
     py_func = net_kernels.take_held.py_func
     locator = _numba._PackageStampedLocator.from_function(py_func, net_kernels.__file__)
     assert locator.get_source_stamp() == _numba._package_stamp()
+    assert not locator.may_dispatch()
 
 
 def test_the_stamp_changes_when_any_module_changes(tmp_path):
@@ -57,6 +75,6 @@ def test_kernels_of_the_checkout_s_tests_are_stamped_with_their_file_and_the_pac
     this = test_kernels_of_the_checkout_s_tests_are_stamped_with_their_file_and_the_package
     locator = _numba._PackageStampedLocator.from_function(this, __file__)
     assert locator is not None
-    own, package, kinds = locator.get_source_stamp()
-    assert package == _numba._package_stamp() and kinds == _registries()
+    own, package = locator.get_source_stamp()
+    assert package == _numba._package_stamp() and locator.may_dispatch()
     assert own == caching._SourceFileBackedLocatorMixin.get_source_stamp(locator)
