@@ -90,18 +90,30 @@ $(PEER_BINARIES) &:
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 		dpdk dpdk-dev qemu-system-x86 busybox-static
 
+# What the compiled core links besides libc, from Debian's packages too: liburing for
+# fastpath._core.uring (setup.py's LIBRARIES). Apart from the peers, so that `make build` needs
+# no DPDK or QEMU; `make test` then runs apt twice on a fresh machine, and never again.
+BUILD_DEPENDENCIES := /usr/include/liburing.h
+
+$(BUILD_DEPENDENCIES) &:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+		liburing-dev
+
 # The guest kernel and initramfs (cached under build/guest; the tests build it on demand too).
 guest: peers $(INSTALLED)
 	$(PY) tests/integration/guest/build.py
 
-$(INSTALLED): pyproject.toml setup.py
+# The editable install builds the core too, so it needs the core's libraries (order-only: an
+# upgraded header does not reinstall).
+$(INSTALLED): pyproject.toml setup.py | $(BUILD_DEPENDENCIES)
 	test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install -q -U pip 'setuptools>=77' wheel 'Cython>=3.0'
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 # Rebuilds the compiled core when a source changes or the build mode does.
-$(BUILT): $(CORE_SOURCES) $(INSTALLED)
+$(BUILT): $(CORE_SOURCES) $(INSTALLED) | $(BUILD_DEPENDENCIES)
 	rm -f fastpath/_core/.built-*
 	FASTPATH_DEBUG=$(if $(filter debug,$(MODE)),1,0) $(PY) setup.py -q build_ext --inplace --force
 	touch $@

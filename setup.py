@@ -24,13 +24,18 @@ DIRECTIVES = {
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-DNDEBUG"]
 
 MODULES = ["memory", "split", "packed", "chain", "notify", "net", "clock", "ring", "fdio",
-           "guard"]
+           "guard", "uring"]
+
+# The system libraries a module links besides libc (the Makefile installs their Debian -dev
+# packages): io_uring through liburing (liburing-dev).
+LIBRARIES = {"uring": ["uring"]}
 
 extensions = [
     Extension(
         f"fastpath._core.{name}",
         [f"fastpath/_core/{name}.pyx"],
         include_dirs=["fastpath/_core"],
+        libraries=LIBRARIES.get(name, []),
         extra_compile_args=CFLAGS,
     )
     for name in MODULES
