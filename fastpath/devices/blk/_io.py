@@ -13,6 +13,8 @@ Contract:
 - `iov` is the address of `iovcnt` `IOVEC` entries (Linux's struct iovec), host addresses of
   the data; the submitter keeps them, and the data, valid until the request completes. FLUSH,
   DISCARD and WRITE_ZEROES carry no iovecs.
+- A WRITE or WRITE_ZEROES with `IO_FLAG_FUA` completes only once its data is stable, as if
+  a FLUSH had followed it (the device's cache is in writethrough mode).
 - Every request accepted completes exactly once, with its `tag` (the submitter's own cookie)
   and a status: 0, or a negative errno (`EIO`, `EINVAL` for a range or alignment the executor
   refuses, `EROFS`, `EOPNOTSUPP`, `ENOSPC`).
@@ -57,6 +59,9 @@ assert BLOCK_IO.itemsize == 40
 
 # WRITE_ZEROES: the range may be deallocated (virtio-blk's unmap flag on WRITE_ZEROES).
 IO_FLAG_MAY_UNMAP = 1
+# WRITE, WRITE_ZEROES: complete only once the data is stable (on persistent storage, as after
+# a FLUSH): the device's cache is in writethrough mode (virtio-blk's writeback field at 0).
+IO_FLAG_FUA = 2
 
 BLOCK_COMPLETION = np.dtype([
     ("tag", "<u8"),
