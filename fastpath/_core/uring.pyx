@@ -7,6 +7,7 @@ import os
 from libc.errno cimport EBUSY, EINTR, EINVAL, ENOMEM, EOPNOTSUPP, ETIME, errno
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
+from posix.signal cimport sigset_t
 
 
 cdef extern from "<liburing.h>" nogil:
@@ -23,6 +24,7 @@ cdef extern from "<liburing.h>" nogil:
 
     enum:
         IORING_FEAT_EXT_ARG
+        IORING_SETUP_SUBMIT_ALL
         IORING_FSYNC_DATASYNC
 
     int io_uring_queue_init(unsigned int entries, io_uring *ring, unsigned int flags)
@@ -41,8 +43,9 @@ cdef extern from "<liburing.h>" nogil:
     unsigned int io_uring_peek_batch_cqe(io_uring *ring, io_uring_cqe **cqes,
                                          unsigned int count)
     void io_uring_cq_advance(io_uring *ring, unsigned int count)
-    int io_uring_wait_cqe_timeout(io_uring *ring, io_uring_cqe **cqe_ptr,
-                                  __kernel_timespec *ts)
+    int io_uring_submit_and_wait_timeout(io_uring *ring, io_uring_cqe **cqe_ptr,
+                                         unsigned int wait_nr, __kernel_timespec *ts,
+                                         sigset_t *sigmask)
 
 
 cdef extern from "<linux/falloc.h>" nogil:
@@ -82,7 +85,12 @@ cdef int fp_uring_create(uint32_t entries, uint32_t flags, fp_uring **ring) noex
     cdef int error
     if r == NULL:
         return -ENOMEM
-    error = io_uring_queue_init(entries, &r.ring, flags)
+    # Without SUBMIT_ALL (Linux 5.18) a request the kernel refuses as it takes it (iovecs
+    # outside memory) ends the submission there, and the requests after it wait for the next
+    # submit: a caller that only reaps then would wait for them forever.
+    error = io_uring_queue_init(entries, &r.ring, flags | IORING_SETUP_SUBMIT_ALL)
+    if error == -EINVAL:
+        error = io_uring_queue_init(entries, &r.ring, flags)
     if error < 0:
         free(r)
         return error
@@ -227,9 +235,9 @@ cdef int fp_uring_reap(fp_uring *ring, uint64_t *user_data, int32_t *results, ui
             timeout.tv_nsec = wait_ns % 1000000000
             # One wait per call: a caller that wants more waits again.
             wait_ns = 0
-            # It submits what is queued first (liburing flushes the submission queue).
-            error = io_uring_wait_cqe_timeout(&ring.ring, &ready, &timeout)
-            if error == 0:
+            # What is queued goes to the kernel first, with the same system call.
+            error = io_uring_submit_and_wait_timeout(&ring.ring, &ready, 1, &timeout, NULL)
+            if error >= 0:
                 continue
             if error == -ETIME or error == -EINTR:
                 break
