@@ -20,9 +20,11 @@ cdef extern from "<liburing.h>" nogil:
         unsigned int features
 
 
-# fp_uring_queue_fsync flags.
+# Flags of fp_uring_queue_fsync and fp_uring_queue_writev.
 cpdef enum:
-    FP_URING_DATASYNC = 1       # the data and what reading it back needs (fdatasync(2))
+    # fsync: the data and what reading it back needs (fdatasync(2)); writev: the write
+    # completes only once so synced (RWF_DSYNC), a write with FUA.
+    FP_URING_DATASYNC = 1
 
 
 # fp_uring_queue_fallocate modes. Both keep the file's size; the range reads back as zeros.
@@ -73,8 +75,9 @@ cdef uint32_t fp_uring_outstanding(const fp_uring *ring) noexcept nogil
 # request completes. `user_data` comes back with the completion.
 cdef int fp_uring_queue_readv(fp_uring *ring, int fd, const iovec *iov, uint32_t iovcnt,
                               uint64_t offset, uint64_t user_data) noexcept nogil
+# `flags`: 0 or FP_URING_DATASYNC.
 cdef int fp_uring_queue_writev(fp_uring *ring, int fd, const iovec *iov, uint32_t iovcnt,
-                               uint64_t offset, uint64_t user_data) noexcept nogil
+                               uint64_t offset, uint32_t flags, uint64_t user_data) noexcept nogil
 # fsync(2) (flags 0) or fdatasync(2) (FP_URING_DATASYNC) of the whole file: a flush.
 cdef int fp_uring_queue_fsync(fp_uring *ring, int fd, uint32_t flags,
                               uint64_t user_data) noexcept nogil

@@ -34,8 +34,8 @@ cdef extern from "<liburing.h>" nogil:
     void io_uring_sqe_set_data64(io_uring_sqe *sqe, uint64_t data)
     void io_uring_prep_readv(io_uring_sqe *sqe, int fd, const iovec *iovecs,
                              unsigned int nr_vecs, uint64_t offset)
-    void io_uring_prep_writev(io_uring_sqe *sqe, int fd, const iovec *iovecs,
-                              unsigned int nr_vecs, uint64_t offset)
+    void io_uring_prep_writev2(io_uring_sqe *sqe, int fd, const iovec *iovecs,
+                               unsigned int nr_vecs, uint64_t offset, int flags)
     void io_uring_prep_fsync(io_uring_sqe *sqe, int fd, unsigned int fsync_flags)
     void io_uring_prep_fallocate(io_uring_sqe *sqe, int fd, int mode, long offset, long length)
     int io_uring_submit(io_uring *ring)
@@ -53,6 +53,11 @@ cdef extern from "<linux/falloc.h>" nogil:
         FALLOC_FL_KEEP_SIZE
         FALLOC_FL_PUNCH_HOLE
         FALLOC_FL_ZERO_RANGE
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    enum:
+        RWF_DSYNC
 
 
 cdef extern from "<fcntl.h>" nogil:
@@ -167,12 +172,16 @@ cdef int fp_uring_queue_readv(fp_uring *ring, int fd, const iovec *iov, uint32_t
 
 
 cdef int fp_uring_queue_writev(fp_uring *ring, int fd, const iovec *iov, uint32_t iovcnt,
-                               uint64_t offset, uint64_t user_data) noexcept nogil:
+                               uint64_t offset, uint32_t flags, uint64_t user_data) noexcept nogil:
     # SAFETY: as fp_uring_queue_readv; the kernel only reads the buffers.
-    cdef io_uring_sqe *sqe = _next_sqe(ring)
+    cdef io_uring_sqe *sqe
+    if flags & ~(<uint32_t>FP_URING_DATASYNC):
+        return -EINVAL
+    sqe = _next_sqe(ring)
     if sqe == NULL:
         return -EBUSY
-    io_uring_prep_writev(sqe, fd, iov, iovcnt, offset)
+    io_uring_prep_writev2(sqe, fd, iov, iovcnt, offset,
+                          RWF_DSYNC if flags & FP_URING_DATASYNC else 0)
     _queued(ring, sqe, user_data)
     return 0
 
@@ -334,10 +343,11 @@ cdef class Uring:
                                     user_data)
 
     def writev(self, int fd, uintptr_t iov, uint32_t iovcnt, uint64_t offset,
-               uint64_t user_data):
-        """Queue a write from the `iovcnt` iovecs at address `iov`: 0 or -EBUSY."""
+               uint64_t user_data, uint32_t flags=0):
+        """Queue a write from the `iovcnt` iovecs at address `iov` (FP_URING_DATASYNC: durable
+        when it completes): 0, -EBUSY or -EINVAL."""
         return fp_uring_queue_writev(self._live(), fd, <const iovec *>iov, iovcnt, offset,
-                                     user_data)
+                                     flags, user_data)
 
     def fsync(self, int fd, uint32_t flags, uint64_t user_data):
         """Queue an fsync (FP_URING_DATASYNC: fdatasync): 0, -EBUSY or -EINVAL."""

@@ -40,8 +40,10 @@ uring_outstanding = core_function("uring", "fp_uring_outstanding", _u32(POINTER)
 # (ring, fd, iovec address, iovcnt, offset, user_data) -> 0 or -EBUSY
 uring_queue_readv = core_function("uring", "fp_uring_queue_readv",
                                   _i32(POINTER, _i32, POINTER, _u32, _u64, _u64))
+# (ring, fd, iovec address, iovcnt, offset, 0 or URING_DATASYNC, user_data)
+#   -> 0, -EBUSY or -EINVAL
 uring_queue_writev = core_function("uring", "fp_uring_queue_writev",
-                                   _i32(POINTER, _i32, POINTER, _u32, _u64, _u64))
+                                   _i32(POINTER, _i32, POINTER, _u32, _u64, _u32, _u64))
 # (ring, fd, 0 or URING_DATASYNC, user_data) -> 0, -EBUSY or -EINVAL
 uring_queue_fsync = core_function("uring", "fp_uring_queue_fsync",
                                   _i32(POINTER, _i32, _u32, _u64))

@@ -242,14 +242,20 @@ def test_a_full_ring_refuses_a_request_and_keeps_none_of_it(disk_dir):
     os.close(fd)
 
 
-def test_fsync_and_fdatasync_complete(disk_dir):
+def test_fsync_fdatasync_and_synced_writes_complete(disk_dir):
     fd = os.open(_make_file(disk_dir), os.O_RDWR)
+    buffers = Buffers()
+    data = buffers.buffer(4096, _random_bytes(4096, 5))
+    iov = buffers.iovec([data])
     with Uring(8) as ring:
         assert ring.fsync(fd, 0, 1) == 0
         assert ring.fsync(fd, URING_DATASYNC, 2) == 0
-        assert ring.fsync(fd, 0x80, 3) == -errno.EINVAL
+        assert ring.writev(fd, iov, 1, 8192, 3, URING_DATASYNC) == 0
+        assert ring.fsync(fd, 0x80, 4) == -errno.EINVAL
+        assert ring.writev(fd, iov, 1, 0, 4, 0x80) == -errno.EINVAL
         ring.submit()
-        assert _drain(ring, 2) == {1: 0, 2: 0}
+        assert _drain(ring, 3) == {1: 0, 2: 0, 3: 4096}
+    assert os.pread(fd, 4096, 8192) == data.tobytes()
     os.close(fd)
 
 
@@ -470,7 +476,7 @@ def _copy_through_a_ring(fd, sources, targets, iovecs, block):
                 iovecs[k, 1] = block
                 address = iovecs.ctypes.data + k * 16
                 if phase == 0:
-                    code = uring_queue_writev(ring, fd, address, 1, queued * block, k)
+                    code = uring_queue_writev(ring, fd, address, 1, queued * block, 0, k)
                 else:
                     code = uring_queue_readv(ring, fd, address, 1, queued * block, k)
                 if code < 0:
