@@ -4,7 +4,8 @@ Each class works on a ring in a `GuestMemory`, laid out exactly as the compiled 
 `fastpath.vring` lay it out, so a reference driver can feed a compiled device and a compiled
 driver a reference device. They are written from the spec for readability, not speed; tests
 compare the core against them, and `run_reference_loop` is the pure-Python baseline that
-benchmarks quote the core's speed against.
+benchmarks quote the core's speed against. `blk` is the virtio-blk request path's oracle: its
+request parser, a queue serving a reference ring with it, and an executor over a disk in memory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 
 from fastpath.hv import PAGE_SIZE, GuestMemory
+from fastpath.testing.reference import blk
 from fastpath.testing.reference._common import Chain, Piece
 from fastpath.testing.reference.packed import PackedDevice, PackedDriver
 from fastpath.testing.reference.split import SplitDevice, SplitDriver
@@ -25,6 +27,7 @@ __all__ = [
     "PackedDevice",
     "PackedDriver",
     "run_reference_loop",
+    "blk",
 ]
 
 _RING_BASE = 0x1000
