@@ -47,6 +47,17 @@ u64_pointer = _pointer_to(types.uint64)
 i64_pointer = _pointer_to(types.int64)
 
 
+@intrinsic
+def void_pointer(typingctx, address):
+    """An address as a void pointer, for arrays of records: `carray(void_pointer(address),
+    shape, RECORD_DTYPE)`."""
+    # SAFETY: a cast only; each kernel that makes an array of it says why its address holds
+    # what the array claims.
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+    return types.voidptr(address), codegen
+
+
 # Every core function declared for kernels: (module, name, signature), so that a repository
 # test can hold each signature to the function's declaration in the module's .pxd.
 CORE_FUNCTIONS: list[tuple[str, str, object]] = []
@@ -62,6 +73,9 @@ def core_function(module: str, name: str, signature) -> types.ExternalFunction:
 # (destination, source, bytes): one frame's copy between a kernel's own buffers, for a fraction
 # of what a Numba slice assignment costs (an element loop: 20x slower at 1518 bytes).
 copy_bytes = core_function("chain", "fp_copy_bytes", types.void(POINTER, POINTER, types.uint64))
+
+# Nanoseconds of the monotonic clock, for kernels that time what they do.
+monotonic_ns = core_function("clock", "fp_monotonic_ns", types.int64())
 
 # Per dispatch by kind, its kinds (code, owner): part of the cache key of every kernel that
 # may call a dispatch, since the kinds registered are compiled into it.

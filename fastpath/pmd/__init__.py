@@ -19,7 +19,13 @@ from fastpath.pmd._mbuf import MbufPool
 from fastpath.pmd._null import NullPort
 from fastpath.pmd._pcap import PcapCapture
 from fastpath.pmd._pcap_port import PcapPort
-from fastpath.pmd._pollers import POLLER_ARGS, POLLER_COLUMNS, Poller, register_poller
+from fastpath.pmd._pollers import (
+    HOST_SERVICE,
+    POLLER_ARGS,
+    POLLER_COLUMNS,
+    Poller,
+    register_poller,
+)
 from fastpath.pmd._port import Port, PortCounters
 from fastpath.pmd._relay import Relay
 from fastpath.pmd._ring import RingPort
@@ -43,7 +49,7 @@ __all__ = ["MbufPool", "Port", "PortCounters", "NullPort", "VhostPort", "open_po
            "PORT_KINDS", "PortKind", "register_port_kind", "ForwardingLoop", "Stream",
            "paired_streams",
            # The poll host: pollers of any kind on a core, mailboxes between cores.
-           "PollHost", "Poller", "register_poller", "POLLER_ARGS", "POLLER_COLUMNS",
+           "PollHost", "Poller", "register_poller", "POLLER_ARGS", "POLLER_COLUMNS", "HOST_SERVICE",
            "Mailbox", "MESSAGE_WORDS", "Relay",
            # vhost-net's loop over virtio-net devices, and the pcap capture it can record to.
            "Forwarder", "FORWARDER_MODES", "PcapCapture",

@@ -23,6 +23,7 @@ from fastpath.spdk_like._bdev import (
     parse_size,
     register_bdev_kind,
 )
+from fastpath.spdk_like._job import WORKLOADS, IoJob
 from fastpath.spdk_like._malloc import MallocBdev
 from fastpath.spdk_like._null import NullBdev
 
@@ -34,6 +35,7 @@ __all__ = [
     "BDEV_KINDS",
     "CH_ARGS",
     "CH_COLUMNS",
+    "IoJob",
     "MallocBdev",
     "NullBdev",
     "bdev_poll",
@@ -42,4 +44,5 @@ __all__ = [
     "open_bdev",
     "parse_size",
     "register_bdev_kind",
+    "WORKLOADS",
 ]
