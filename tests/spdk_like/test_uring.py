@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import mmap
 import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from file_helpers import FILE_SIZE, Buffers, file_system_of, make_file, random_bytes
 from numba import njit
 
 from fastpath._numba import NJIT
 from fastpath.devices.blk import IOVEC
 from fastpath.spdk_like import _file
-from fastpath.spdk_like._file import _file_system, open_backing_file
+from fastpath.spdk_like._file import open_backing_file
 from fastpath.spdk_like._uring import (
     URING_DATASYNC,
     URING_PUNCH_HOLE,
@@ -35,76 +34,7 @@ from fastpath.spdk_like._uring import (
     uring_submit,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 SECOND = 1_000_000_000
-FILE_SIZE = 1 << 20
-
-
-def _file_system_of(directory: Path) -> str:
-    return _file_system(os.stat(directory).st_dev)
-
-
-@pytest.fixture
-def disk_dir(tmp_path):
-    """A directory on a file system with O_DIRECT and fallocate's modes (not tmpfs)."""
-    for candidate in (tmp_path, Path("/var/tmp"), ROOT / "build"):
-        if candidate.is_dir() and _file_system_of(candidate) in ("ext4", "xfs", "btrfs"):
-            directory = candidate / f"uring-{os.getpid()}-{time.monotonic_ns()}"
-            directory.mkdir()
-            yield directory
-            for path in directory.iterdir():
-                path.unlink()
-            directory.rmdir()
-            return
-    pytest.skip("no ext4, xfs or btrfs directory here (tmp_path, /var/tmp, build/)")
-
-
-@pytest.fixture
-def tmpfs_dir():
-    """A directory on tmpfs (/dev/shm)."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or _file_system_of(shm) != "tmpfs":
-        pytest.skip("/dev/shm is not tmpfs here")
-    directory = shm / f"fastpath-uring-{os.getpid()}-{time.monotonic_ns()}"
-    directory.mkdir()
-    yield directory
-    for path in directory.iterdir():
-        path.unlink()
-    directory.rmdir()
-
-
-def _make_file(directory: Path, size: int = FILE_SIZE, fill: int | None = None) -> Path:
-    path = directory / "disk.img"
-    with open(path, "wb") as f:
-        if fill is None:
-            f.truncate(size)
-        else:
-            f.write(bytes([fill]) * size)
-    return path
-
-
-class Buffers:
-    """Page-aligned buffers (O_DIRECT needs them aligned) and the iovecs naming them, kept
-    alive together until the test is done with the ring."""
-
-    def __init__(self):
-        self.maps: list[mmap.mmap] = []
-        self.iovecs: list[np.ndarray] = []
-
-    def buffer(self, size: int, fill: bytes | None = None) -> np.ndarray:
-        m = mmap.mmap(-1, max(size, 1))
-        self.maps.append(m)
-        data = np.frombuffer(m, dtype=np.uint8)[:size]
-        if fill is not None:
-            data[:] = np.frombuffer(fill, dtype=np.uint8)
-        return data
-
-    def iovec(self, pieces: list[np.ndarray]) -> int:
-        iov = np.zeros(len(pieces), dtype=IOVEC)
-        for k, piece in enumerate(pieces):
-            iov[k] = (piece.ctypes.data, len(piece))
-        self.iovecs.append(iov)
-        return iov.ctypes.data
 
 
 def _drain(ring: Uring, expected: int, wait_ns: int = 5 * SECOND) -> dict[int, int]:
@@ -122,10 +52,6 @@ def _drain(ring: Uring, expected: int, wait_ns: int = 5 * SECOND) -> dict[int, i
         assert time.monotonic() < deadline, f"{expected - len(done)} completions missing"
     assert ring.outstanding == 0
     return done
-
-
-def _random_bytes(size: int, seed: int) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
 def test_a_ring_refuses_what_the_kernel_refuses():
@@ -149,7 +75,7 @@ def test_a_ring_holds_as_many_requests_as_its_completion_queue():
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
 def test_writes_of_several_iovecs_read_back_at_their_offsets(disk_dir, direct):
-    backing = open_backing_file(str(_make_file(disk_dir)), direct=direct)
+    backing = open_backing_file(str(make_file(disk_dir)), direct=direct)
     assert backing.direct == direct
     block = backing.offset_alignment if direct else 512
     buffers = Buffers()
@@ -159,7 +85,7 @@ def test_writes_of_several_iovecs_read_back_at_their_offsets(disk_dir, direct):
     written = {}
     with Uring(16) as ring:
         for tag, (offset, lengths) in enumerate(layout):
-            pieces = [buffers.buffer(n, _random_bytes(n, 10 * tag + k))
+            pieces = [buffers.buffer(n, random_bytes(n, 10 * tag + k))
                       for k, n in enumerate(lengths)]
             written[offset] = b"".join(p.tobytes() for p in pieces)
             assert ring.writev(backing.fd, buffers.iovec(pieces), len(pieces), offset, tag) == 0
@@ -184,11 +110,11 @@ def test_writes_of_several_iovecs_read_back_at_their_offsets(disk_dir, direct):
 
 
 def test_many_requests_in_flight_each_complete_once(disk_dir):
-    backing = open_backing_file(str(_make_file(disk_dir)))
+    backing = open_backing_file(str(make_file(disk_dir)))
     block = 4096
     count = FILE_SIZE // block
     buffers = Buffers()
-    data = [buffers.buffer(block, _random_bytes(block, k)) for k in range(count)]
+    data = [buffers.buffer(block, random_bytes(block, k)) for k in range(count)]
     with Uring(32) as ring:
         queued = 0
         done: dict[int, int] = {}
@@ -216,7 +142,7 @@ def test_many_requests_in_flight_each_complete_once(disk_dir):
 
 
 def test_a_full_ring_refuses_a_request_and_keeps_none_of_it(disk_dir):
-    fd = os.open(_make_file(disk_dir, fill=7), os.O_RDWR)
+    fd = os.open(make_file(disk_dir, fill=7), os.O_RDWR)
     buffers = Buffers()
     target = buffers.buffer(512)
     iov = buffers.iovec([target])
@@ -243,9 +169,9 @@ def test_a_full_ring_refuses_a_request_and_keeps_none_of_it(disk_dir):
 
 
 def test_fsync_fdatasync_and_synced_writes_complete(disk_dir):
-    fd = os.open(_make_file(disk_dir), os.O_RDWR)
+    fd = os.open(make_file(disk_dir), os.O_RDWR)
     buffers = Buffers()
-    data = buffers.buffer(4096, _random_bytes(4096, 5))
+    data = buffers.buffer(4096, random_bytes(4096, 5))
     iov = buffers.iovec([data])
     with Uring(8) as ring:
         assert ring.fsync(fd, 0, 1) == 0
@@ -262,7 +188,7 @@ def test_fsync_fdatasync_and_synced_writes_complete(disk_dir):
 @pytest.mark.parametrize("mode", [URING_PUNCH_HOLE, URING_ZERO_RANGE],
                          ids=["punch_hole", "zero_range"])
 def test_fallocate_ranges_read_back_as_zeros_and_keep_the_size(disk_dir, mode):
-    path = _make_file(disk_dir, fill=0xA5)
+    path = make_file(disk_dir, fill=0xA5)
     fd = os.open(path, os.O_RDWR)
     with Uring(8) as ring:
         assert ring.fallocate(fd, mode, 8192, 3 * 4096, 5) == 0
@@ -278,7 +204,7 @@ def test_fallocate_ranges_read_back_as_zeros_and_keep_the_size(disk_dir, mode):
 
 def test_a_mode_the_file_system_lacks_completes_with_eopnotsupp(tmpfs_dir):
     # tmpfs punches holes but has no ZERO_RANGE: the caller's cue to fall back.
-    fd = os.open(_make_file(tmpfs_dir, fill=1), os.O_RDWR)
+    fd = os.open(make_file(tmpfs_dir, fill=1), os.O_RDWR)
     with Uring(8) as ring:
         assert ring.fallocate(fd, URING_ZERO_RANGE, 0, 4096, 1) == 0
         assert ring.fallocate(fd, URING_PUNCH_HOLE, 4096, 4096, 2) == 0
@@ -290,7 +216,7 @@ def test_a_mode_the_file_system_lacks_completes_with_eopnotsupp(tmpfs_dir):
 
 
 def test_faults_come_back_as_completions(disk_dir):
-    path = _make_file(disk_dir)
+    path = make_file(disk_dir)
     fd = os.open(path, os.O_RDWR)
     read_only = os.open(path, os.O_RDONLY)
     buffers = Buffers()
@@ -314,7 +240,7 @@ def test_faults_come_back_as_completions(disk_dir):
 
 def test_a_misaligned_direct_read_fails_alone(disk_dir):
     # Written blocks: a hole's read is zeros from the kernel, whatever its alignment.
-    backing = open_backing_file(str(_make_file(disk_dir, fill=0x11)))
+    backing = open_backing_file(str(make_file(disk_dir, fill=0x11)))
     assert backing.direct
     buffers = Buffers()
     page = buffers.buffer(8192)
@@ -329,7 +255,7 @@ def test_a_misaligned_direct_read_fails_alone(disk_dir):
 
 
 def test_a_reap_waits_only_for_what_is_outstanding(disk_dir):
-    fd = os.open(_make_file(disk_dir), os.O_RDWR)
+    fd = os.open(make_file(disk_dir), os.O_RDWR)
     user_data = np.zeros(4, dtype=np.uint64)
     results = np.zeros(4, dtype=np.int32)
     with Uring(8) as ring:
@@ -358,10 +284,10 @@ def test_a_reap_waits_only_for_what_is_outstanding(disk_dir):
 
 
 def test_closing_a_ring_waits_for_what_is_in_flight(disk_dir):
-    path = _make_file(disk_dir)
+    path = make_file(disk_dir)
     fd = os.open(path, os.O_RDWR)
     buffers = Buffers()
-    data = buffers.buffer(FILE_SIZE, _random_bytes(FILE_SIZE, 3))
+    data = buffers.buffer(FILE_SIZE, random_bytes(FILE_SIZE, 3))
     ring = Uring(64)
     for k in range(16):
         piece = data[k * 65536:(k + 1) * 65536]
@@ -380,7 +306,7 @@ def test_closing_a_ring_waits_for_what_is_in_flight(disk_dir):
 # --- opening a bdev's file ---
 
 def test_direct_io_where_the_file_system_allows_it(disk_dir):
-    path = _make_file(disk_dir)
+    path = make_file(disk_dir)
     backing = open_backing_file(str(path))
     assert backing.direct and backing.reason == ""
     assert backing.fd != backing.buffered_fd
@@ -402,12 +328,12 @@ def test_direct_io_where_the_file_system_allows_it(disk_dir):
 
 def test_tmpfs_gets_direct_io_or_says_why_not(tmpfs_dir):
     # tmpfs refuses O_DIRECT before Linux 6.6 and takes it (and does buffered I/O) since.
-    backing = open_backing_file(str(_make_file(tmpfs_dir)))
+    backing = open_backing_file(str(make_file(tmpfs_dir)))
     if not backing.direct:
         assert backing.reason == "O_DIRECT not supported on tmpfs: buffered I/O"
         assert backing.fd == backing.buffered_fd
     buffers = Buffers()
-    data = buffers.buffer(4096, _random_bytes(4096, 1))
+    data = buffers.buffer(4096, random_bytes(4096, 1))
     with Uring(4) as ring:
         assert ring.writev(backing.fd, buffers.iovec([data]), 1, 4096, 1) == 0
         ring.submit()
@@ -426,9 +352,9 @@ def test_a_file_system_that_refuses_o_direct_gets_buffered_io(disk_dir, monkeypa
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(_file.os, "open", refusing_open)
-    backing = open_backing_file(str(_make_file(disk_dir)))
+    backing = open_backing_file(str(make_file(disk_dir)))
     monkeypatch.undo()
-    file_system = _file_system_of(disk_dir)
+    file_system = file_system_of(disk_dir)
     assert not backing.direct
     assert backing.reason == f"O_DIRECT not supported on {file_system}: buffered I/O"
     assert backing.fd == backing.buffered_fd
@@ -498,12 +424,12 @@ def _copy_through_a_ring(fd, sources, targets, iovecs, block):
 
 
 def test_a_kernel_drives_the_ring(disk_dir):
-    backing = open_backing_file(str(_make_file(disk_dir)))
+    backing = open_backing_file(str(make_file(disk_dir)))
     block = 4096
     count = 40
     buffers = Buffers()
     sources = buffers.buffer(count * block).reshape(count, block)
-    sources[:] = np.frombuffer(_random_bytes(count * block, 9), dtype=np.uint8).reshape(
+    sources[:] = np.frombuffer(random_bytes(count * block, 9), dtype=np.uint8).reshape(
         count, block)
     targets = buffers.buffer(count * block).reshape(count, block)
     iovecs = np.zeros((2 * count, 2), dtype=np.uint64)
