@@ -43,6 +43,7 @@ __all__ = [
     "OverlappingRegions",
     "BadConfigAccess",
     "BadIotlbMessage",
+    "NvmeCommandFailed",
 ]
 
 
@@ -226,6 +227,19 @@ class BadConfigAccess(ProtocolError):
 
 class BadIotlbMessage(ProtocolError):
     """An IOTLB message has an unknown type or permission value."""
+
+
+# NVMe (fastpath.spdk_like)
+
+
+class NvmeCommandFailed(FastpathError):
+    """An NVMe command completed with an error: `status` is its completion's status field
+    without the phase tag (status code in bits 7:0, type in bits 10:8, Do Not Retry in bit
+    14)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 _BY_CODE = {cls.code: cls for cls in VringError.__subclasses__()}

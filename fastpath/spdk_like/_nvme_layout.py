@@ -68,8 +68,9 @@ def qword(entry, dword):
 @njit(**NJIT)
 def set_qword(entry, dword, value):
     """Write the qword field at `dword` of an entry seen as dwords."""
-    entry[dword] = np.uint32(value & 0xFFFFFFFF)
-    entry[dword + 1] = np.uint32(value >> np.uint64(32))
+    word = np.uint64(value)
+    entry[dword] = np.uint32(word & np.uint64(0xFFFFFFFF))
+    entry[dword + 1] = np.uint32(word >> np.uint64(32))
 
 
 # Command dword 0 (Figure 86): opcode 7:0, fused operation 9:8, PRP or SGL 15:14, command id.
