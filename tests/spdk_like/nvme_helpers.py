@@ -30,8 +30,9 @@ EX_TAIL = 7
 EX_REVERSE = 8       # nonzero: each reaped burst comes back in reverse order
 EX_FAIL_OPERATIONS = 9   # a bit per IO_* operation to fail...
 EX_FAIL_STATUS = 10      # ...with this negative errno (two's complement in 32 bits)
-EX_TAKEN = 11
-EX_COLUMNS = 12
+EX_TAKEN = 11        # requests taken, in all
+EX_HOLD = 12         # nonzero: reap returns nothing (the requests stay in flight)
+EX_COLUMNS = 13
 
 
 @njit(**NJIT)
@@ -90,6 +91,8 @@ def memory_reap(row, completions, max_n):
     # SAFETY: as in memory_submit.
     ring = carray(u64_pointer(row[EX_RING]), (int(row[EX_MASK]) + 1, 2))
     n = 0
+    if row[EX_HOLD]:
+        return 0
     while n < max_n and row[EX_HEAD] != row[EX_TAIL]:
         slot = row[EX_HEAD] & row[EX_MASK]
         completions[n].tag = ring[slot, 0]
