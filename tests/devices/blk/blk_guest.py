@@ -4,6 +4,7 @@ as a well-behaved driver lays them out or as a hostile one might."""
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from fastpath.devices.blk import (
     BLOCK_IO,
+    IOVEC,
     VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID,
@@ -20,8 +22,10 @@ from fastpath.devices.blk import (
     BlkDisk,
     BlkQueue,
 )
+from fastpath.errors import RingFull
 from fastpath.testing import GuestDriver
-from fastpath.testing.reference.blk import ReferenceExecutor
+from fastpath.testing.reference import PackedDevice, SplitDevice
+from fastpath.testing.reference.blk import ReferenceExecutor, ReferenceIO, ReferenceQueue
 
 PATTERN = 0xA5     # what every byte of the pool holds before a test: a device write shows
 GAP = 64           # bytes left untouched between pieces
@@ -202,3 +206,104 @@ class Served:
         ios = self.take()
         self.finish(ios)
         return ios
+
+
+class Twins:
+    """The same requests on two guests alike to the byte: one served by the compiled path
+    (`BlkQueue`), the other by the reference (`ReferenceQueue` on a reference ring), each
+    with its own executor. `check()` holds them to each other."""
+
+    def __init__(self, packed: bool, disk: BlkDisk, *, size: int = 64, max_burst: int = 16,
+                 event_idx: bool = False, indirect: bool = True, writethrough: bool = False):
+        self.compiled = BlkGuest(packed, size=size, event_idx=event_idx, indirect=indirect)
+        self.reference = BlkGuest(packed, size=size, event_idx=event_idx, indirect=indirect)
+        self.served = Served(self.compiled, disk, max_burst=max_burst,
+                             writethrough=writethrough)
+        device = (PackedDevice if packed else SplitDevice)(
+            self.reference.memory, size, self.reference.guest.addresses, event_idx=event_idx,
+            indirect=indirect)
+        self.model = ReferenceQueue(device, self.reference.memory, disk, max_burst=max_burst,
+                                    writethrough=writethrough)
+        self.model_executor = ReferenceExecutor(disk)
+        self.pending: list[tuple[np.ndarray, ReferenceIO]] = []
+
+    def add(self, readable=(), writable=(), *, indirect: bool = False) -> None:
+        """Offer the same chain on both guests (or on neither: a full ring, no pieces)."""
+        outcomes = []
+        for guest in (self.compiled, self.reference):
+            try:
+                outcomes.append(guest.add(readable, writable, indirect=indirect))
+            except (RingFull, ValueError) as e:
+                outcomes.append(type(e))
+        assert outcomes[0] == outcomes[1]
+
+    def add_raw(self, readable=(), writable=()) -> None:
+        """Offer the same chain of raw (gpa, length) pieces on both (a hostile driver's)."""
+        assert self.compiled.queue.add(readable, writable) == self.reference.queue.add(
+            readable, writable)
+
+    def take(self, max_n: int) -> int:
+        """Both take up to max_n requests; they must hand out the same ones."""
+        ios = self.served.take(max_n)
+        model = self.model.take(max_n)
+        assert [_record(self.compiled, io) for io in ios] == [
+            (m.tag, m.operation, m.offset, m.length, m.flags, m.data) for m in model]
+        self.pending += list(zip(ios, model, strict=True))
+        return len(ios)
+
+    def complete(self, picks: list[int], results: list[int]) -> None:
+        """Carry out and complete the pending requests at `picks` (indices, in that order,
+        each taken from what is still pending), with executor `results` (0: as the disk
+        says)."""
+        chosen = []
+        for pick in picks:
+            if self.pending:
+                chosen.append(self.pending.pop(pick % len(self.pending)))
+        if not chosen:
+            return
+        results = [results[k % len(results)] if results else 0 for k in range(len(chosen))]
+        ios = np.array([io for io, _ in chosen], dtype=BLOCK_IO)
+        done = self.served.executor.execute_records(ios, len(ios), results)
+        a = self.served.queue.complete(done)
+        b = self.model.complete(self.model.execute(self.model_executor, [m for _, m in chosen],
+                                                   results))
+        assert a == b
+
+    def check(self) -> None:
+        """Same chains used with the same lengths, same guest memory to the byte (rings and
+        all), same disks, same counts."""
+        assert self.compiled.queue.collect() == self.reference.queue.collect()
+        a, b = (g.memory.view(0, g.memory.regions[0].size) for g in (self.compiled,
+                                                                       self.reference))
+        different = np.flatnonzero(a != b)
+        assert not len(different), [hex(int(k)) for k in different[:8]]
+        assert self.served.executor.data == self.model_executor.data
+        counts = {name: n for name, n in self.served.queue.counters.items()
+                  if n and name not in ("notified", "broken")}
+        assert counts == {name: n for name, n in self.model.counters.items() if n}
+        assert self.served.queue.in_flight == self.model.in_flight
+
+
+def iovecs(io) -> list[tuple[int, int]]:
+    """A BLOCK_IO record's iovecs as (host address, length)."""
+    count = int(io["iovcnt"])
+    if not count:
+        return []
+    table = np.frombuffer((ctypes.c_uint8 * (count * IOVEC.itemsize)).from_address(
+        int(io["iov"])), dtype=IOVEC)
+    return [(int(v["base"]), int(v["length"])) for v in table]
+
+
+def _record(guest: BlkGuest, io) -> tuple:
+    # A BLOCK_IO record with its iovecs as (gpa, length), as the reference hands them out.
+    return (int(io["tag"]), int(io["operation"]), int(io["offset"]), int(io["length"]),
+            int(io["flags"]), [(guest_address(guest, a), n) for a, n in iovecs(io)])
+
+
+def guest_address(guest: BlkGuest, address: int) -> int:
+    """The guest-physical address of a host address inside the guest's memory."""
+    for region in guest.memory.regions:
+        start = guest.memory.translate(region.guest_phys_addr)
+        if start <= address < start + region.size:
+            return region.guest_phys_addr + address - start
+    raise AssertionError(f"{address:#x} is outside guest memory")

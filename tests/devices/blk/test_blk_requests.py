@@ -15,6 +15,7 @@ from blk_guest import (
     blk_range,
     data,
     header,
+    iovecs,
     span,
 )
 
@@ -27,7 +28,6 @@ from fastpath.devices.blk import (
     IO_READ,
     IO_WRITE,
     IO_WRITE_ZEROES,
-    IOVEC,
     VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
@@ -48,16 +48,6 @@ SECTORS = DISK.sectors
 @pytest.fixture(params=RING_TYPES)
 def guest(request):
     return BlkGuest(request.param == "packed")
-
-
-def iovecs(io) -> list[tuple[int, int]]:
-    """A BLOCK_IO record's iovecs as (host address, length)."""
-    count = int(io["iovcnt"])
-    if not count:
-        return []
-    table = np.ctypeslib.as_array(
-        (np.ctypeslib.ctypes.c_uint8 * (count * IOVEC.itemsize)).from_address(int(io["iov"])))
-    return [(int(v["base"]), int(v["length"])) for v in table.view(IOVEC)]
 
 
 def host(guest, gpa):
