@@ -88,12 +88,17 @@ class VirtioBlk(Device):
     """One front-end's virtio-blk device over `disk`: hooks for its `Backend`, and the request
     queues a data plane serves (`served[k]` for virtqueue k, None when not served).
 
+    A started ring keeps its `BlkQueue` while it is disabled: requests taken before still
+    complete into it. `draining` lists the queues the data plane no longer takes from that
+    still have requests in flight (disabled rings, and queues let go when their ring stopped
+    or moved), for the host to complete them through: their iovecs and guest memory stay
+    valid until then, since the executor holds their addresses.
+
     `on_change(device)` runs (quiesced) whenever the served queues change; `on_stop(device,
-    k)` when ring k is about to stop (quiesced), for the host to complete its requests in
-    flight. A ring stopped with requests still in flight leaves them unused: the driver's
-    recovery (a reset) is all that can take them back. A queue let go with requests in flight
-    waits in `draining`, its iovecs and guest memory still valid, until the executor has
-    completed them through it (the executor holds their addresses until then).
+    k, queue)` when ring k is about to stop (GET_VRING_BASE, quiesced) with requests in flight
+    in `queue`, for the host to complete them first, so that the ring's base covers them.
+    Requests left in flight then are never used: only the driver's recovery (a reset) takes
+    them back.
     """
 
     gate: Gate
@@ -101,12 +106,12 @@ class VirtioBlk(Device):
     num_queues: int = 1
     max_burst: int = 32
     on_change: Callable[[VirtioBlk], None] | None = None
-    on_stop: Callable[[VirtioBlk, int], None] | None = None
+    on_stop: Callable[[VirtioBlk, int, BlkQueue], None] | None = None
     served: list[BlkQueue | None] = field(default_factory=list)
-    draining: list[tuple[int, BlkQueue]] = field(default_factory=list)
     # Counters of queues already let go, per virtqueue; `counters()` adds the live ones.
     retired: list[dict[str, int]] = field(default_factory=list)
-    _queues: dict[int, BlkQueue] = field(default_factory=dict)
+    _queues: dict[int, BlkQueue] = field(default_factory=dict)   # of started rings
+    _let_go: list[tuple[int, BlkQueue]] = field(default_factory=list)   # with requests in flight
     _acked: int = 0
     _writeback: int | None = None   # the driver's choice (SET_CONFIG) since features were set
 
@@ -175,8 +180,9 @@ class VirtioBlk(Device):
         keepalive = backend.memory.mappings if backend.memory is not None else ()
         for index in range(self.num_queues):
             setup = backend.vrings[index]
-            queue = setup.queue if index < usable and setup.enabled else None
-            self.served[index] = self._blk_queue(index, queue, setup.call, keepalive)
+            queue = self._blk_queue(index, setup.queue if index < usable else None,
+                                    setup.call, keepalive)
+            self.served[index] = queue if setup.enabled else None
         if self.on_change:
             self.on_change(self)
 
@@ -186,7 +192,7 @@ class VirtioBlk(Device):
         if queue is None or not queue.in_flight:
             return
         if self.on_stop is not None:
-            self.on_stop(self, index)
+            self.on_stop(self, index, queue)
         if queue.in_flight:
             log.error("vring %d stops with %d requests in flight: they are never used",
                       index, queue.in_flight)
@@ -201,12 +207,18 @@ class VirtioBlk(Device):
 
     # --- counters ---
 
+    @property
+    def draining(self) -> list[tuple[int, BlkQueue]]:
+        """(virtqueue, queue) for each queue not served that has requests in flight."""
+        self._drop_drained()
+        return [(index, queue) for index, queue in self._queues.items()
+                if queue.in_flight and self.served[index] is not queue] + self._let_go
+
     def counters(self) -> list[dict[str, int]]:
         """Per request queue, everything counted so far (see `BlkQueue.counters`)."""
         self._drop_drained()
         totals = [dict(retired) for retired in self.retired]
-        live = list(self._queues.items()) + self.draining
-        for index, queue in live:
+        for index, queue in list(self._queues.items()) + self._let_go:
             for name, count in queue.counters.items():
                 totals[index][name] = totals[index].get(name, 0) + count
         return totals
@@ -230,14 +242,14 @@ class VirtioBlk(Device):
         queue = self._queues.pop(index)
         if queue.in_flight:
             log.warning("vring %d let go with %d requests in flight", index, queue.in_flight)
-            self.draining.append((index, queue))
+            self._let_go.append((index, queue))
         else:
             self._fold(index, queue)
         self._drop_drained()
 
     def _drop_drained(self) -> None:
-        drained = [(index, queue) for index, queue in self.draining if not queue.in_flight]
-        self.draining = [(index, queue) for index, queue in self.draining if queue.in_flight]
+        drained = [(index, queue) for index, queue in self._let_go if not queue.in_flight]
+        self._let_go = [(index, queue) for index, queue in self._let_go if queue.in_flight]
         for index, queue in drained:
             self._fold(index, queue)
 

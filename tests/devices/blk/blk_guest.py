@@ -26,6 +26,14 @@ from fastpath.errors import RingFull
 from fastpath.testing import GuestDriver
 from fastpath.testing.reference import PackedDevice, SplitDevice
 from fastpath.testing.reference.blk import ReferenceExecutor, ReferenceIO, ReferenceQueue
+from fastpath.vring import (
+    DriverQueue,
+    PackedDriverQueue,
+    RingAddresses,
+    SplitDriverQueue,
+    ring_bytes,
+    ring_layout,
+)
 
 PATTERN = 0xA5     # what every byte of the pool holds before a test: a device write shows
 GAP = 64           # bytes left untouched between pieces
@@ -86,9 +94,18 @@ class BlkGuest:
         self._next += -(-(n + GAP) // 64) * 64
         return gpa
 
-    def add(self, readable=(), writable=(), *, indirect: bool = False) -> Sent:
-        """Offer one chain: `readable` pieces of bytes, then `writable` pieces of so many
-        bytes (each PATTERN until the device writes), in that order."""
+    def another_queue(self, ring_gpa: int) -> tuple[DriverQueue, RingAddresses]:
+        """A second request queue's driver, its ring at `ring_gpa` (between the first ring's
+        indirect tables and the pool), as a multiqueue driver has."""
+        addresses = ring_layout(self.guest.size, ring_gpa, self.guest.packed)
+        assert ring_gpa + ring_bytes(self.guest.size, self.guest.packed) <= self.pool
+        queue_class = PackedDriverQueue if self.guest.packed else SplitDriverQueue
+        return queue_class(self.memory, self.guest.size, addresses), addresses
+
+    def add(self, readable=(), writable=(), *, indirect: bool = False,
+            queue: DriverQueue | None = None) -> Sent:
+        """Offer one chain (on `queue`, by default the first): `readable` pieces of bytes,
+        then `writable` pieces of so many bytes (each PATTERN until the device writes)."""
         sent = Sent(-1)
         for chunk in readable:
             gpa = self.place(len(chunk))
@@ -99,7 +116,7 @@ class BlkGuest:
             self.memory.view(gpa, n)[:] = PATTERN
             sent.writable.append((gpa, n))
         table = self.place(16 * (len(sent.readable) + len(sent.writable))) if indirect else 0
-        sent.id = self.queue.add(sent.readable, sent.writable, indirect_table=table)
+        sent.id = (queue or self.queue).add(sent.readable, sent.writable, indirect_table=table)
         return sent
 
     # Requests as a driver lays them out; `joined` puts the header and a write's data in one
