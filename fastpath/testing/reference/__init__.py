@@ -6,6 +6,8 @@ driver a reference device. They are written from the spec for readability, not s
 compare the core against them, and `run_reference_loop` is the pure-Python baseline that
 benchmarks quote the core's speed against. `blk` is the virtio-blk request path's oracle: its
 request parser, a queue serving a reference ring with it, and an executor over a disk in memory.
+`nvme` is the modelled NVMe controller's: its I/O commands carried out one at a time, with the
+statuses the spec gives them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import time
 
 from fastpath.hv import PAGE_SIZE, GuestMemory
-from fastpath.testing.reference import blk
+from fastpath.testing.reference import blk, nvme
 from fastpath.testing.reference._common import Chain, Piece
 from fastpath.testing.reference.packed import PackedDevice, PackedDriver
 from fastpath.testing.reference.split import SplitDevice, SplitDriver
@@ -28,6 +30,7 @@ __all__ = [
     "PackedDriver",
     "run_reference_loop",
     "blk",
+    "nvme",
 ]
 
 _RING_BASE = 0x1000
