@@ -74,13 +74,16 @@ bench-baseline:
 	fi
 
 # The real peers of the interoperability tests and benchmarks, from Debian's packages (see the
-# shared peers notes): DPDK's testpmd with its vhost and virtio-user PMDs, and QEMU with
-# busybox for the Linux guest that tests/integration/guest/build.py puts together.
+# shared peers notes): DPDK's testpmd with its vhost and virtio-user PMDs, QEMU with busybox
+# for the Linux guest that tests/integration/guest/build.py puts together, and for block I/O
+# fio and qemu-storage-daemon.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 TESTPMD := /usr/bin/dpdk-testpmd
 QEMU := /usr/bin/qemu-system-x86_64
 BUSYBOX := /bin/busybox
-PEER_BINARIES := $(TESTPMD) $(QEMU) $(BUSYBOX)
+FIO := /usr/bin/fio
+QSD := /usr/bin/qemu-storage-daemon
+PEER_BINARIES := $(TESTPMD) $(QEMU) $(BUSYBOX) $(FIO) $(QSD)
 
 peers: $(PEER_BINARIES)
 
@@ -88,7 +91,7 @@ peers: $(PEER_BINARIES)
 $(PEER_BINARIES) &:
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-		dpdk dpdk-dev qemu-system-x86 busybox-static
+		dpdk dpdk-dev qemu-system-x86 qemu-system-common busybox-static fio
 
 # What the compiled core links besides libc, from Debian's packages too: liburing for
 # fastpath._core.uring (setup.py's LIBRARIES). Apart from the peers, so that `make build` needs

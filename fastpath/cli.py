@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fastpath bench pvp --peer dpdk --sizes 64,1518,imix --plot pvp.png",
     )
     _add_command(
+        benches, "iops", "fastpath.bench.iops",
+        help="IOPS, MiB/s and latency of a workload on a bdev, bdevperf-style, against fio",
+        description=(
+            "Keep a queue depth of one workload (bdevperf's: read, write, randread, "
+            "randwrite, randrw, verify, flush, unmap) in flight on a bdev from a compiled "
+            "poller on one CPU, and report IOPS, MiB/s and latency (mean, min, max, p50, "
+            "p99, p99.9) from an HdrHistogram. --peer fio runs the same job through fio on "
+            "the same CPU, alternated, and prints the ratio."
+        ),
+        epilog="example: fastpath bench iops --bdev null:1G --workload randread --qd 32 "
+        "--peer fio --json iops.json --plot iops.png",
+    )
+    _add_command(
         commands, "fwd", "fastpath.commands.fwd",
         help="forward frames between ports, testpmd-style (io, mac, macswap, txonly, rxonly, "
         "flowgen, csum)",

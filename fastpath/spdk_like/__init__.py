@@ -7,7 +7,7 @@ its channel, whose `submit` and `poll` (or, in compiled code, `bdev_submit` and 
 A bdev kind registers itself with `register_bdev_kind`.
 """
 
-from fastpath.spdk_like import _malloc, _null  # noqa: F401  (the built-in kinds register)
+from fastpath.spdk_like import _file, _malloc, _null  # noqa: F401  (the built-in kinds register)
 from fastpath.spdk_like._bdev import (
     BDEV_KINDS,
     CH_ARGS,
@@ -23,6 +23,7 @@ from fastpath.spdk_like._bdev import (
     parse_size,
     register_bdev_kind,
 )
+from fastpath.spdk_like._file import FileBdev
 from fastpath.spdk_like._job import WORKLOADS, IoJob
 from fastpath.spdk_like._malloc import MallocBdev
 from fastpath.spdk_like._null import NullBdev
@@ -35,6 +36,7 @@ __all__ = [
     "BDEV_KINDS",
     "CH_ARGS",
     "CH_COLUMNS",
+    "FileBdev",
     "IoJob",
     "MallocBdev",
     "NullBdev",

@@ -51,7 +51,7 @@ ARG_STAGING = POLLER_ARGS + 2      # address of a BLOCK_IO array the burst is su
 ARG_COMPLETIONS = POLLER_ARGS + 3  # address of a BLOCK_COMPLETION array (queue_depth)
 ARG_SLOTS = POLLER_ARGS + 4        # address of int64 per-slot state (SLOT_* columns)
 ARG_PENDING = POLLER_ARGS + 5      # address of an int64 list of slots waiting to be submitted
-ARG_LATENCIES = POLLER_ARGS + 6    # address of the int64 latency array
+ARG_LATENCIES = POLLER_ARGS + 6    # address of int64 (capacity, 2): latency, times in a row
 ARG_DEPTH = POLLER_ARGS + 7
 ARG_WORKLOAD = POLLER_ARGS + 8
 ARG_IO_SIZE = POLLER_ARGS + 9
@@ -93,6 +93,7 @@ def _pattern(buffer, offset, seed):
     # Words that name the offset and the pass, so a block read back from the wrong place or
     # an older pass is told apart.
     words = buffer.shape[0] // 8
+    # SAFETY: the buffer's own bytes, as whole words (io_size is a multiple of 512).
     view = carray(u64_pointer(buffer.ctypes.data), (words,))
     for k in range(words):
         view[k] = (np.uint64(seed) << np.uint64(40)) ^ (np.uint64(offset) + np.uint64(k * 8))
@@ -151,7 +152,7 @@ def run_job(row, buffers, verify_buffers):
     slots = carray(i64_pointer(row[ARG_SLOTS]), (depth, SLOT_COLUMNS))
     pending = carray(i64_pointer(row[ARG_PENDING]), (depth,))
     capacity = np.int64(row[ARG_LATENCY_CAPACITY])
-    latencies = carray(i64_pointer(row[ARG_LATENCIES]), (capacity,))
+    latencies = carray(i64_pointer(row[ARG_LATENCIES]), (capacity, 2))
     workload = row[ARG_WORKLOAD]
     size = row[ARG_IO_SIZE]
 
@@ -161,9 +162,15 @@ def run_job(row, buffers, verify_buffers):
         waiting = np.int64(row[ARG_WAITING])
         for k in range(reaped):
             slot = np.int64(completions[k].tag)
+            # Requests submitted together and reaped together took the same time: one
+            # entry with a count, so that Python has little to hand to the histogram.
+            latency = now - slots[slot, SLOT_SUBMITTED]
             count = np.int64(row[ARG_LATENCY_COUNT])
-            if count < capacity:
-                latencies[count] = now - slots[slot, SLOT_SUBMITTED]
+            if count > 0 and latencies[count - 1, 0] == latency:
+                latencies[count - 1, 1] += 1
+            elif count < capacity:
+                latencies[count, 0] = latency
+                latencies[count, 1] = 1
                 row[ARG_LATENCY_COUNT] = count + 1
             row[ARG_COMPLETED] += 1
             if completions[k].status != 0:
@@ -221,8 +228,8 @@ def poll(row, host):
 register_poller(KIND, "io-job", poll)
 
 
-# Latencies kept between two services; the kernel asks for service at half.
-LATENCY_CAPACITY = 1 << 18
+# Distinct latencies kept between two services; the kernel asks for service at half.
+LATENCY_CAPACITY = 1 << 16
 # The longest latency the histogram holds: a minute, in nanoseconds.
 _LONGEST_NS = 60_000_000_000
 
@@ -271,7 +278,7 @@ class IoJob(Poller):
         self.completions = np.zeros(queue_depth, dtype=BLOCK_COMPLETION)
         self.slots = np.zeros((queue_depth, SLOT_COLUMNS), dtype=np.int64)
         self.pending = np.arange(queue_depth, dtype=np.int64)
-        self.latencies = np.zeros(LATENCY_CAPACITY, dtype=np.int64)
+        self.latencies = np.zeros((LATENCY_CAPACITY, 2), dtype=np.int64)
         for slot in range(queue_depth):
             self.iovecs[slot] = (self.buffers[0, slot].ctypes.data, io_size)
             self.ios[slot] = (slot, 0, io_size, self.iovecs[slot:].ctypes.data, 1, IO_READ,
@@ -300,7 +307,8 @@ class IoJob(Poller):
         distinct value (the clock is read once per round, so there are few)."""
         count = int(self.row[ARG_LATENCY_COUNT])
         if count:
-            values, counts = np.unique(self.latencies[:count], return_counts=True)
+            values, where = np.unique(self.latencies[:count, 0], return_inverse=True)
+            counts = np.bincount(where, weights=self.latencies[:count, 1]).astype(np.int64)
             for value, times in zip(values.tolist(), counts.tolist(), strict=True):
                 self.histogram.record_value(max(value, 1), times)
             self.row[ARG_LATENCY_COUNT] = 0

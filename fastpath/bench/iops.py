@@ -1,0 +1,303 @@
+"""`fastpath bench iops`: IOPS, MiB/s and latency of one workload on a bdev, as bdevperf
+measures them, and with --peer fio the same job through fio, alternated pair by pair.
+
+The fastpath side is an `IoJob` on a poll host (a reactor) pinned to one CPU, keeping the
+queue depth in flight on a bdev channel; fio runs the same workload, queue depth and I/O size
+with the engine that does what the bdev does (null for null, io_uring on the same file for
+file), pinned to the same CPU. Latencies come from an HdrHistogram (fastpath) or fio's own
+percentiles. JSON uses bdevperf's field names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from fastpath.bench._report import environment, print_table, write_json
+from fastpath.pmd import PollHost
+from fastpath.spdk_like import BDEV_KINDS, WORKLOADS, IoJob, open_bdev
+
+PEERS = ("fio",)
+# The workloads fio runs the same way (its --rw), and the bdev kinds it has an engine for.
+_FIO_WORKLOADS = {"read": "read", "write": "write", "randread": "randread",
+                  "randwrite": "randwrite", "randrw": "randrw", "unmap": "trim"}
+_FIO_ENGINES = {"null": "null", "file": "io_uring"}
+_PERCENTILES = (50.0, 99.0, 99.9)
+
+
+@dataclass
+class Result:
+    """One run: who ran it and what it measured (latencies in microseconds)."""
+
+    runner: str
+    workload: str
+    queue_depth: int
+    io_size: int
+    runtime: float
+    iops: float
+    mibps: float
+    io_failed: int
+    avg_latency_us: float
+    min_latency_us: float
+    max_latency_us: float
+    percentiles_us: dict[str, float]
+    per_second_iops: list[float] = field(default_factory=list)
+
+    def bdevperf_json(self, job: str, cpu: int, rwmix: int) -> dict:
+        """This run in bdevperf's JSON fields (and the percentiles bdevperf prints apart)."""
+        entry = {"job": job, "core_mask": hex(1 << cpu), "workload": self.workload}
+        if self.workload == "randrw":
+            entry["percentage"] = rwmix
+        entry |= {"status": "failed" if self.io_failed else "finished",
+                  "queue_depth": self.queue_depth, "io_size": self.io_size,
+                  "runtime": self.runtime, "iops": self.iops, "mibps": self.mibps,
+                  "io_failed": self.io_failed, "io_timeout": 0,
+                  "avg_latency_us": self.avg_latency_us,
+                  "min_latency_us": self.min_latency_us,
+                  "max_latency_us": self.max_latency_us,
+                  "latency_percentiles_us": self.percentiles_us,
+                  "runner": self.runner}
+        return entry
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    kinds = ", ".join(f"{k.name}:{k.argument}" for k in BDEV_KINDS.values())
+    parser.add_argument("--bdev", default="null:1G",
+                        help=f"the bdev to measure ({kinds}; options as ,block_size=4096)")
+    parser.add_argument("--target", choices=["local"], default="local",
+                        help="local: the job submits to the bdev on the reactor's own core")
+    parser.add_argument("--workload", choices=list(WORKLOADS), default="randread",
+                        help="bdevperf's workloads: sequential read/write, random "
+                        "randread/randwrite/randrw (--rwmix), verify (write, read back, "
+                        "compare), flush, unmap")
+    parser.add_argument("--qd", type=int, default=32, help="requests kept in flight")
+    parser.add_argument("--io-size", type=int, default=4096, help="bytes per request")
+    parser.add_argument("--time", type=float, default=5.0, help="seconds each run lasts")
+    parser.add_argument("--rwmix", type=int, default=70,
+                        help="randrw: percent of requests that are reads")
+    parser.add_argument("--cpu", type=int, default=0, help="the CPU the job (or fio) runs on")
+    parser.add_argument("--peer", choices=PEERS,
+                        help="run the same job through fio too, alternated, and print "
+                        "fastpath/fio (fio's null engine for null, io_uring on the file for "
+                        "file)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="with --peer: pairs of runs, order alternating; the median "
+                        "ratio counts")
+    parser.add_argument("--json", metavar="FILE", help="write the results (bdevperf's fields)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw IOPS per second and the latency percentiles of each run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _progress(total: float, label: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=round(total), unit="s", desc=label, file=sys.stderr, disable=not enabled,
+                leave=False)
+
+
+def run_fastpath(args: argparse.Namespace, progress: bool = True) -> Result:
+    """Run the job on a reactor of its own, pinned to args.cpu."""
+    bdev = open_bdev(args.bdev)
+    try:
+        channel = bdev.open_channel(args.qd)
+        job = IoJob(channel, args.workload, queue_depth=args.qd, io_size=args.io_size,
+                    rwmix=args.rwmix)
+        # Long kernel calls: the requests in flight while the host is back in Python wait
+        # longer, and would show in the tail latencies.
+        host = PollHost("reactor-0", cpu=args.cpu, rounds=1 << 16)
+        host.add(job)
+        samples: list[float] = []
+        host.start()
+        try:
+            start = last_time = time.monotonic()
+            first = last = job.completed
+            with _progress(args.time, f"fastpath {args.workload}", progress) as bar:
+                while (now := time.monotonic()) - start < args.time:
+                    time.sleep(min(1.0, start + args.time - now))
+                    now, done = time.monotonic(), job.completed
+                    samples.append((done - last) / (now - last_time))
+                    bar.set_postfix_str(f"{samples[-1] / 1e6:.2f} M IOPS")
+                    bar.update(round(now - start) - bar.n)
+                    last, last_time = done, now
+            runtime = time.monotonic() - start
+            completed = job.completed - first
+            job.drain()
+            deadline = time.monotonic() + 10
+            while job.in_flight and time.monotonic() < deadline:
+                time.sleep(0.001)
+        finally:
+            host.stop()
+        job.service()
+        histogram = job.histogram
+        iops = completed / runtime
+        return Result(
+            runner="fastpath", workload=args.workload, queue_depth=args.qd,
+            io_size=args.io_size, runtime=runtime, iops=iops,
+            mibps=iops * args.io_size / (1 << 20), io_failed=job.failed,
+            avg_latency_us=histogram.get_mean_value() / 1e3,
+            min_latency_us=histogram.get_min_value() / 1e3,
+            max_latency_us=histogram.get_max_value() / 1e3,
+            percentiles_us={f"p{p:g}": histogram.get_value_at_percentile(p) / 1e3
+                            for p in _PERCENTILES},
+            per_second_iops=samples)
+    finally:
+        bdev.close()
+
+
+def fio_command(args: argparse.Namespace) -> list[str]:
+    """fio doing what the fastpath job does; ValueError where it has no equivalent."""
+    kind, _, rest = args.bdev.partition(":")
+    target = rest.split(",")[0]   # block_size and the like change nothing fio does
+    if kind not in _FIO_ENGINES:
+        raise ValueError(f"fio has no engine that does what the {kind} bdev does (fio's: "
+                         f"{', '.join(f'{k} for {v}' for k, v in _FIO_ENGINES.items())})")
+    if args.workload not in _FIO_WORKLOADS:
+        raise ValueError(f"fio does not run the {args.workload} workload the way bdevperf "
+                         f"does (fio runs: {', '.join(_FIO_WORKLOADS)})")
+    command = ["fio", "--name=fastpath-peer", f"--ioengine={_FIO_ENGINES[kind]}",
+               f"--rw={_FIO_WORKLOADS[args.workload]}", f"--bs={args.io_size}",
+               f"--iodepth={args.qd}", "--time_based", f"--runtime={args.time:g}",
+               f"--cpus_allowed={args.cpu}", "--output-format=json", "--randrepeat=0",
+               "--norandommap"]
+    if args.workload == "randrw":
+        command.append(f"--rwmixread={args.rwmix}")
+    if kind == "null":
+        from fastpath.spdk_like import parse_size
+
+        command.append(f"--size={parse_size(target)}")
+    else:
+        command += [f"--filename={target}", "--direct=1"]
+    return command
+
+
+def run_fio(args: argparse.Namespace, progress: bool = True) -> Result:
+    """The same job through fio."""
+    command = fio_command(args)
+    with _progress(args.time, f"fio {args.workload}", progress) as bar:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        start = time.monotonic()
+        while process.poll() is None:
+            time.sleep(0.2)
+            bar.update(min(round(time.monotonic() - start), round(args.time)) - bar.n)
+        out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"fio failed ({process.returncode}): {err.strip()[-500:]}")
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    sides = [job[s] for s in ("read", "write", "trim") if job[s]["total_ios"] > 0]
+    runtime = job["job_runtime"] / 1e3
+    ios = sum(s["total_ios"] for s in sides)
+    latency = [s["lat_ns"] for s in sides]
+    weights = [s["total_ios"] for s in sides]
+    mean = sum(w * lat["mean"] for w, lat in zip(weights, latency, strict=True)) / ios
+    percentiles = {}
+    for p in _PERCENTILES:
+        key = f"{p:.6f}"
+        percentiles[f"p{p:g}"] = max(s["clat_ns"]["percentile"][key] for s in sides) / 1e3
+    return Result(
+        runner="fio", workload=args.workload, queue_depth=args.qd, io_size=args.io_size,
+        runtime=runtime, iops=ios / runtime, mibps=ios * args.io_size / runtime / (1 << 20),
+        io_failed=job.get("error", 0), avg_latency_us=mean / 1e3,
+        min_latency_us=min(lat["min"] for lat in latency) / 1e3,
+        max_latency_us=max(lat["max"] for lat in latency) / 1e3, percentiles_us=percentiles)
+
+
+def _row(result: Result) -> list:
+    p = result.percentiles_us
+    return [result.runner, f"{result.runtime:.2f}", f"{result.iops / 1e6:.3f}",
+            f"{result.mibps:.1f}", result.io_failed, f"{result.avg_latency_us:.2f}",
+            f"{result.min_latency_us:.2f}", f"{result.max_latency_us:.1f}",
+            f"{p['p50']:.2f}", f"{p['p99']:.2f}", f"{p['p99.9']:.2f}"]
+
+
+def plot(results: list[Result], path: str) -> None:
+    """IOPS per second of each fastpath run, and every run's latency percentiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for k, result in enumerate(r for r in results if r.per_second_iops):
+        left.plot(range(1, len(result.per_second_iops) + 1),
+                  [v / 1e6 for v in result.per_second_iops], marker="o",
+                  label=f"{result.runner} run {k + 1}")
+    left.set_xlabel("second")
+    left.set_ylabel("M IOPS")
+    left.set_title("IOPS per second")
+    left.legend()
+    labels = ["avg", *(f"p{p:g}" for p in _PERCENTILES)]
+    width = 0.8 / max(len(results), 1)
+    for k, result in enumerate(results):
+        values = [result.avg_latency_us, *result.percentiles_us.values()]
+        right.bar([i + k * width for i in range(len(labels))], values, width,
+                  label=f"{result.runner} #{k + 1}")
+    right.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels)
+    right.set_ylabel("µs")
+    right.set_yscale("log")
+    right.set_title("latency")
+    right.legend(fontsize="small")
+    figure.suptitle(f"{results[0].workload}, QD {results[0].queue_depth}, "
+                    f"{results[0].io_size} B")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; returns the exit status."""
+    if args.qd < 1 or args.io_size < 1 or args.time <= 0 or args.pairs < 1:
+        print("--qd, --io-size, --time and --pairs must be positive", file=sys.stderr)
+        return 2
+    try:
+        open_bdev(args.bdev).close()
+        if args.peer:
+            fio_command(args)
+            if shutil.which("fio") is None:
+                raise ValueError("fio is not installed (make peers installs it)")
+    except (ValueError, OSError) as e:
+        print(f"fastpath bench iops: {e}", file=sys.stderr)
+        return 2
+    progress = not args.no_progress and sys.stderr.isatty()
+    print(f"{args.workload} on {args.bdev}, QD {args.qd}, {args.io_size} B, "
+          f"{args.time:g} s per run, CPU {args.cpu}", file=sys.stderr)
+    results: list[Result] = []
+    ratios: list[float] = []
+    for pair in range(args.pairs if args.peer else 1):
+        runners = [run_fastpath, run_fio] if args.peer else [run_fastpath]
+        if pair % 2:
+            runners.reverse()
+        by_runner = {}
+        for runner in runners:
+            result = runner(args, progress)
+            by_runner[result.runner] = result
+            results.append(result)
+        if args.peer:
+            ratios.append(by_runner["fastpath"].iops / by_runner["fio"].iops)
+    print_table(["runner", "runtime s", "M IOPS", "MiB/s", "failed", "avg µs", "min µs",
+                 "max µs", "p50 µs", "p99 µs", "p99.9 µs"], [_row(r) for r in results])
+    if ratios:
+        print(f"fastpath/{args.peer} IOPS: median {statistics.median(ratios):.2f} of "
+              f"{len(ratios)} alternated pair(s) ({', '.join(f'{r:.2f}' for r in ratios)})")
+    if args.json:
+        write_json(args.json, {
+            "results": [r.bdevperf_json(args.bdev, args.cpu, args.rwmix) for r in results],
+            "core_count": 1,
+            "ratio": {"peer": args.peer, "median": statistics.median(ratios),
+                      "pairs": ratios} if ratios else None,
+            "per_second_iops": [r.per_second_iops for r in results],
+            "environment": environment(),
+            "settings": {k: v for k, v in vars(args).items() if k != "func"},
+        })
+        print(f"json: {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
+    return 1 if any(r.io_failed for r in results) else 0
