@@ -101,6 +101,10 @@ class VirtioBlk(Device):
     them back.
     """
 
+    # Each ring slot owns an in-flight row and a request's iovecs (4 KiB at seg_max 126): as
+    # QEMU (VIRTQUEUE_MAX_SIZE), no ring of more than 1024 entries.
+    max_queue_size = 1024
+
     gate: Gate
     disk: BlkDisk
     num_queues: int = 1

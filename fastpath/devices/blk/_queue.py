@@ -44,9 +44,11 @@ class BlkDisk:
 
     `capacity` is in bytes, a multiple of `block_size` (the logical block size, 512 or 4096:
     requests must be aligned to it). `seg_max` and `size_max` bound a request's data pieces
-    and each piece's bytes as the driver is told (§5.2.4). Discards and write-zeroes take one
-    range each of up to `max_discard_sectors` / `max_write_zeroes_sectors` 512-byte sectors.
-    `serial` is GET_ID's device ID string (ASCII, up to 20 bytes).
+    and each piece's bytes as the driver is told (§5.2.4); the device itself refuses only a
+    request of more than `iovecs_per_request` pieces, and takes pieces of any size.
+    Discards and write-zeroes take one range each of up to `max_discard_sectors` /
+    `max_write_zeroes_sectors` 512-byte sectors. `serial` is GET_ID's device ID string
+    (ASCII, up to 20 bytes).
     """
 
     capacity: int

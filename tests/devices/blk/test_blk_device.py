@@ -64,6 +64,7 @@ def bits(*numbers):
 def test_offers_the_ring_features_and_the_blk_features_it_implements():
     device = VirtioBlk(Gate(), DISK)
     assert device.features == bits(*RING_BITS, *BLK_BITS)
+    assert device.max_queue_size == 1024   # every slot owns a request's iovecs
     assert not device.features & bits(VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_MQ,
                                       VIRTIO_F_IN_ORDER)
 
