@@ -97,7 +97,7 @@ class BlkQueue:
     `call_fd` is the driver's call eventfd (-1: none); `writethrough` puts IO_FLAG_FUA on
     writes. A pop takes at most `max_burst` chains. `keepalive` holds what keeps guest memory
     mapped (`GuestMemory.mappings`) while requests are in flight: the executor reaches their
-    buffers by host address.
+    buffers by host address. `arrays` is what the kernels take as `queue`.
     """
 
     def __init__(self, queue: DeviceQueue, disk: BlkDisk, *, call_fd: int = -1,
@@ -128,8 +128,6 @@ class BlkQueue:
         self.arrays = (state, burst.chains, burst.segments,
                        np.zeros(max_burst, dtype=REQUEST_HEAD_DTYPE), inflight,
                        np.zeros(slots * room, dtype=IOVEC))
-        """What the kernels take as `queue`: (state, chains, segments, heads, inflight,
-        iovecs)."""
         self.call_fd = call_fd
         self.writethrough = writethrough
 

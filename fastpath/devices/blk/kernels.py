@@ -5,7 +5,16 @@ A poller serves a queue with two calls, a burst each, no Python per request:
     n = take_requests(queue, ios, max_n)        # BLOCK_IO records in ios[:n]; < 0: ring broken
     used = complete_requests(queue, completions, n)   # BLOCK_COMPLETION records back
 
-`queue` is a `BlkQueue`'s `arrays`: (state, chains, segments, heads, inflight, iovecs), below.
+`queue` is a `BlkQueue`'s `arrays`, a tuple of its six arrays (a poller that keeps them by
+address rebuilds them with these dtypes and shapes):
+
+    state     uint64 (STATE_COLUMNS,)             the ST_* columns, then the counters
+    chains    CHAIN_DTYPE (max_burst,)            a pop's chains; the used ones gather here
+    segments  SEGMENT_DTYPE (any,)                a pop's segments
+    heads     REQUEST_HEAD_DTYPE (max_burst,)     each popped request's first 32 bytes
+    inflight  INFLIGHT_DTYPE (queue size,)        the requests the executor holds, by slot
+    iovecs    IOVEC (queue size * ST_IOVEC_ROOM,) each slot's iovecs, a BLOCK_IO's `iov`
+
 `take_requests` pops up to max_n chains and turns each into one BLOCK_IO record for the
 executor (IN, OUT, FLUSH, DISCARD, WRITE_ZEROES) or completes it at once itself (GET_ID, an
 empty read or write, and every bad request, with the status §5.2.6 asks for). An executor's
@@ -15,8 +24,9 @@ the ring's suppression rules say (§2.7.10, §2.8.10).
 
 One thread serves a queue, both calls: they share the queue's scratch arrays. The executor's
 writes into a read's buffers are visible to that thread before it calls `complete_requests`
-(the executor's completion queue orders them), and the push's release store of the used index
-then publishes them with the status byte (§2.7.13.3).
+(the executor's completion queue orders them), and the push's release store that hands the
+used element over (the split ring's index, §2.7.8; the packed descriptor's flags, §2.8.2)
+publishes them with the status byte.
 """
 
 import errno
