@@ -90,9 +90,9 @@ class VirtioBlk(Device):
 
     A started ring keeps its `BlkQueue` while it is disabled: requests taken before still
     complete into it. `draining` lists the queues the data plane no longer takes from that
-    still have requests in flight (disabled rings, and queues let go when their ring stopped
-    or moved), for the host to complete them through: their iovecs and guest memory stay
-    valid until then, since the executor holds their addresses.
+    still have requests in flight, for the host to complete them through: disabled rings,
+    and queues let go when their ring stopped or moved, detached from it (`BlkQueue.detach`)
+    and kept, iovecs and guest memory valid, until the executor has completed them.
 
     `on_change(device)` runs (quiesced) whenever the served queues change; `on_stop(device,
     k, queue)` when ring k is about to stop (GET_VRING_BASE, quiesced) with requests in flight
@@ -245,7 +245,11 @@ class VirtioBlk(Device):
     def _retire(self, index: int) -> None:
         queue = self._queues.pop(index)
         if queue.in_flight:
-            log.warning("vring %d let go with %d requests in flight", index, queue.in_flight)
+            # The ring is no longer ours: their completions must not write to it, but the
+            # executor holds their iovecs until it completes them.
+            log.warning("vring %d let go with %d requests in flight: they will not be used",
+                        index, queue.in_flight)
+            queue.detach()
             self._let_go.append((index, queue))
         else:
             self._fold(index, queue)

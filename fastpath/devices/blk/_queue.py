@@ -17,6 +17,7 @@ from fastpath.devices.blk.kernels import (
     ST_BLOCK_SECTORS,
     ST_CALL_FD,
     ST_CAPACITY,
+    ST_DETACHED,
     ST_FREE,
     ST_IN_FLIGHT,
     ST_IOVEC_ROOM,
@@ -148,6 +149,18 @@ class BlkQueue:
     @writethrough.setter
     def writethrough(self, on: bool) -> None:
         self.state[ST_WRITETHROUGH] = on
+
+    @property
+    def detached(self) -> bool:
+        """Whether the queue was detached from its ring."""
+        return bool(self.state[ST_DETACHED])
+
+    def detach(self) -> None:
+        """The ring is no longer this queue's to touch (it stopped, or the front-end moved it)
+        while requests are in flight: from now on the queue takes nothing, and a completion
+        only frees its request's slot, writing nothing to the guest or its ring. The iovecs
+        stay valid until the executor has completed every request."""
+        self.state[ST_DETACHED] = 1
 
     @property
     def in_flight(self) -> int:

@@ -84,7 +84,8 @@ ST_FREE = 10             # the first free in-flight slot, NO_SLOT when none
 ST_IN_FLIGHT = 11        # requests handed to the executor and not completed
 ST_SERIAL = 12           # 3 columns: the device ID string, NUL-padded (GET_ID's data)
 ST_STATUS_BYTES = 15     # bytes 0, 1, 2 in order: where status bytes are copied from
-COUNTERS_AT = 16
+ST_DETACHED = 16         # 1: the ring is no longer the queue's to touch (see BlkQueue.detach)
+COUNTERS_AT = 17
 
 # Counters (uint64 columns of the state), from the queue's creation.
 # Requests by type, counted once the header is read:
@@ -117,7 +118,8 @@ N_BYTES_READ = COUNTERS_AT + 22    # of reads completed OK
 N_BYTES_WRITTEN = COUNTERS_AT + 23  # of writes completed OK
 N_NOTIFIED = COUNTERS_AT + 24      # calls signalled
 N_BROKEN = COUNTERS_AT + 25        # pops that found the ring broken
-STATE_COLUMNS = COUNTERS_AT + 26
+N_ABANDONED = COUNTERS_AT + 26     # completions after the queue was detached: nothing written
+STATE_COLUMNS = COUNTERS_AT + 27
 
 COUNTERS = {
     "in": N_IN, "out": N_OUT, "flush": N_FLUSH, "get_id": N_GET_ID, "discard": N_DISCARD,
@@ -128,6 +130,7 @@ COUNTERS = {
     "status_ok": N_STATUS_OK, "status_ioerr": N_STATUS_IOERR, "status_unsupp": N_STATUS_UNSUPP,
     "submitted": N_SUBMITTED, "stale": N_STALE, "bytes_read": N_BYTES_READ,
     "bytes_written": N_BYTES_WRITTEN, "notified": N_NOTIFIED, "broken": N_BROKEN,
+    "abandoned": N_ABANDONED,
 }
 """Counter name -> its column of the state."""
 
@@ -448,7 +451,7 @@ def take_requests(queue, ios, max_n):
     the burst; at most as many as there are free in-flight slots and rows in ios."""
     state, chains, segments, heads, inflight, iovecs = queue
     want = min(max_n, len(ios), len(chains), len(inflight) - np.int64(state[ST_IN_FLIGHT]))
-    if want <= 0:
+    if want <= 0 or state[ST_DETACHED]:
         return 0
     packed = state[ST_PACKED] != 0
     n = pop_burst(packed, state[ST_QUEUE], chains.ctypes.data, want, segments.ctypes.data,
@@ -484,8 +487,8 @@ def complete_requests(queue, completions, n):
     """Complete the requests of completions[:n] (BLOCK_COMPLETION records of this queue's
     tags): write each status byte (0 -> OK, -EOPNOTSUPP -> UNSUPP, any other -> IOERR), use
     its chain (a read's data and status byte, or the status byte alone) and notify the driver
-    as it asked. A completion that names no request in flight is counted and ignored. Returns
-    the requests used."""
+    as it asked. A completion that names no request in flight is counted and ignored; one for
+    a detached queue only frees its slot. Returns the requests used."""
     state, chains, segments, heads, inflight, iovecs = queue
     pushed = 0
     j = 0
@@ -498,6 +501,13 @@ def complete_requests(queue, completions, n):
         row = inflight[slot]
         if row.busy == 0 or np.uint64(row.generation) != tag >> np.uint64(32):
             state[N_STALE] += _ONE
+            continue
+        row.busy = 0
+        row.next_free = np.uint32(state[ST_FREE])
+        state[ST_FREE] = slot
+        state[ST_IN_FLIGHT] -= _ONE
+        if state[ST_DETACHED]:
+            state[N_ABANDONED] += _ONE
             continue
         result = completions[k].status
         written = np.uint32(1)
@@ -514,10 +524,6 @@ def complete_requests(queue, completions, n):
             status = VIRTIO_BLK_S_IOERR
         _write_status(state, row.status, status)
         _set_used(chains, j, row.id, row.ndesc, row.writable_len, 0, written)
-        row.busy = 0
-        row.next_free = np.uint32(state[ST_FREE])
-        state[ST_FREE] = slot
-        state[ST_IN_FLIGHT] -= _ONE
         j += 1
         if j == len(chains):
             pushed += _push(state, chains, j)

@@ -265,12 +265,18 @@ def test_a_queue_let_go_with_requests_in_flight_stays_until_they_complete(tmp_pa
     with connected(device, tmp_path) as frontend:
         frontend.set_memory(guest.memory)
         start(frontend, guest)
-        guest.read(0, 512)
+        r = guest.read(0, 512)
         with device.gate.data():
             queue = device.served[0]
             assert queue.take(ios) == 1
         frontend.stop_vring(0)
         assert device.draining == [(0, queue)] and device.served[0] is None
-        # The executor still holds the request: its iovecs and guest memory stay valid.
-        assert queue.complete(ReferenceExecutor(DISK).execute_records(ios, 1)) == 1
-    assert device.counters()[0]["status_ok"] == 1 and not device.draining
+        assert queue.detached
+        # The executor still holds the request: its iovecs and guest memory stay valid, but
+        # the stopped ring is no longer the device's to write.
+        before = guest.snapshot()
+        assert queue.complete(ReferenceExecutor(DISK).execute_records(ios, 1)) == 0
+        assert guest.changed(before) <= set(range(r.writable[0][0], r.writable[0][0] + 512))
+        assert guest.collect() == {}
+    counters = device.counters()[0]
+    assert (counters["abandoned"], counters["status_ok"]) == (1, 0) and not device.draining

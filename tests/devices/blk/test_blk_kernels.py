@@ -5,7 +5,7 @@ import errno
 
 import numpy as np
 import pytest
-from blk_guest import RING_TYPES, BlkGuest, data
+from blk_guest import PATTERN, RING_TYPES, BlkGuest, data
 from numba import njit
 
 from fastpath._numba import NJIT
@@ -61,3 +61,19 @@ def test_a_broken_ring_is_reported_and_counted():
     with pytest.raises(QueueBroken):
         queue.take(ios)
     assert queue.counters["broken"] == 2
+
+
+def test_a_detached_queue_takes_nothing_and_writes_nothing():
+    guest = BlkGuest()
+    queue = BlkQueue(guest.guest.device(), BlkDisk(1 << 20), keepalive=guest.memory.mappings)
+    ios, completions = np.zeros(8, dtype=BLOCK_IO), np.zeros(8, dtype=BLOCK_COMPLETION)
+    sent = [guest.flush(), guest.flush()]
+    assert queue.take(ios, 1) == 1
+    queue.detach()
+    before = guest.snapshot()
+    assert queue.take(ios) == 0
+    completions["tag"][0] = ios["tag"][0]
+    assert queue.complete(completions, 1) == 0
+    assert guest.changed(before) == set() and guest.collect() == {}
+    assert queue.in_flight == 0 and queue.counters["abandoned"] == 1
+    assert guest.status(sent[1]) == PATTERN
