@@ -440,3 +440,15 @@ def test_bad_requests_among_good_ones_leave_the_good_ones_alone(guest):
     used = guest.collect()
     assert used == {**{g.id: 1 for g in good[:3]}, good[3].id: 4097}
     assert guest.written(good[3]) == data(4096, 0)
+
+
+def test_a_read_writes_its_data_and_status_byte_and_nothing_else(guest):
+    served = Served(guest, DISK)
+    served.executor.data[:] = bytes(range(256)) * (DISK.capacity // 256)
+    r = guest.read(8, 2048, pieces=3, joined=True)
+    w = guest.write(16, data(1024))
+    before = guest.snapshot()
+    served.run()
+    allowed = {w.status_gpa}.union(*(span(gpa, n) for gpa, n in r.writable))
+    assert guest.changed(before) <= allowed
+    assert guest.written(r) == served.executor.data[4096:6144]
