@@ -35,6 +35,7 @@ from numba import njit
 from fastpath._numba import NJIT, carray, copy_bytes, u32_pointer, u64_pointer
 from fastpath.devices.blk import (
     IO_DISCARD,
+    IO_FLAG_FUA,
     IO_FLAG_MAY_UNMAP,
     IO_FLUSH,
     IO_READ,
@@ -58,6 +59,7 @@ from fastpath.spdk_like._nvme_layout import (
     CDW10_NR_MASK,
     CDW11_AD,
     CDW12_DEAC,
+    CDW12_FUA,
     CDW12_NLB_MASK,
     CQ_DW0,
     CQ_DW2,
@@ -304,15 +306,19 @@ def _start(ctl, sqe, sqid, slot, slots, pending, regions):
     if _out_of_range(ctl, slba, blocks):
         return STATUS_LBA_OUT_OF_RANGE
     offset = slba << np.uint64(shift)
+    # Force Unit Access asks for stable data: the executor's FUA (a read's FUA only says where
+    # to read from, which a model has no choice of).
+    flags = IO_FLAG_FUA if opcode != NVM_READ and sqe[SQ_CDW12] & CDW12_FUA else 0
     if opcode == NVM_WRITE_ZEROES:
-        flags = IO_FLAG_MAY_UNMAP if sqe[SQ_CDW12] & CDW12_DEAC else 0
+        if sqe[SQ_CDW12] & CDW12_DEAC:
+            flags |= IO_FLAG_MAY_UNMAP
         _queue_request(ctl, pending, slot, IO_WRITE_ZEROES, offset, length, 0, 0, flags)
     else:
         count = data_to_iovecs(regions, sqe, length, iov, MAX_IOVECS)
         if count < 0:
             return -count
         _queue_request(ctl, pending, slot, IO_READ if opcode == NVM_READ else IO_WRITE, offset,
-                       length, iov.ctypes.data, count, 0)
+                       length, iov.ctypes.data, count, flags)
     slots[slot, SLOT_REMAINING] = 1
     return _IN_FLIGHT
 

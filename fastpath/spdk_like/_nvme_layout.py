@@ -24,7 +24,6 @@ from fastpath._numba import NJIT
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 PRP_ENTRY_SIZE = 8
-PRP_ENTRIES_PER_PAGE = PAGE_SIZE // PRP_ENTRY_SIZE
 assert 1 << PAGE_SHIFT == PAGE_SIZE
 
 # --- Submission queue entry: the common command format (Base §3.3.3.1, Figures 86 and 87) ---
@@ -43,17 +42,14 @@ SQE_DWORDS = 16
 # entry 1 and 2 or one SGL descriptor (then `SGL_DESCRIPTOR` laid over its 16 bytes).
 SQ_CDW0 = 0
 SQ_NSID = 1
-SQ_MPTR = 4
 SQ_PRP1 = 6           # dwords 6-7
 SQ_PRP2 = 8           # dwords 8-9
-SQ_DPTR = SQ_PRP1
 SQ_CDW10 = 10
 SQ_CDW11 = 11
 SQ_CDW12 = 12
-SQ_CDW13 = 13
-for _name, _dword in (("flags", SQ_CDW0), ("nsid", SQ_NSID), ("mptr", SQ_MPTR),
-                      ("prp1", SQ_PRP1), ("prp2", SQ_PRP2), ("cdw10", SQ_CDW10),
-                      ("cdw11", SQ_CDW11), ("cdw12", SQ_CDW12), ("cdw13", SQ_CDW13)):
+for _name, _dword in (("flags", SQ_CDW0), ("nsid", SQ_NSID), ("prp1", SQ_PRP1),
+                      ("prp2", SQ_PRP2), ("cdw10", SQ_CDW10), ("cdw11", SQ_CDW11),
+                      ("cdw12", SQ_CDW12)):
     assert SQE.fields[_name][1] // 4 == _dword, _name
 
 
@@ -83,11 +79,10 @@ CDW0_CID_SHIFT = 16
 assert SQE.fields["cid"][1] * 8 == CDW0_CID_SHIFT
 assert SQE.fields["flags"][1] * 8 + 6 == CDW0_PSDT_SHIFT
 
-# PSDT: where the data pointer is PRPs, or an SGL (with MPTR a buffer or a segment: no
-# namespace here has metadata, so the two are the same to the model); 3 is reserved.
+# PSDT: the data pointer is PRPs (0), or an SGL with MPTR a buffer (1) or a segment (2): no
+# namespace here has metadata, so 1 and 2 are the same to the model; 3 is reserved.
 PSDT_PRP = 0
 PSDT_SGL_MPTR_BUFFER = 1
-PSDT_SGL_MPTR_SEGMENT = 2
 
 # --- Completion queue entry (Base §3.3.3.2, Figures 89 to 91) ---
 
@@ -166,9 +161,12 @@ NVM_WRITE_ZEROES = 0x08
 NVM_DATASET_MANAGEMENT = 0x09
 
 # Read, Write, Write Zeroes: the starting LBA in dwords 10-11, the number of logical blocks
-# (0's based) in dword 12 bits 15:0; Write Zeroes' Deallocate bit (NVM §3.2.8).
+# (0's based) in dword 12 bits 15:0 (NVM §3.2.4, §3.2.6); Write Zeroes' Deallocate bit (NVM
+# §3.2.8).
 CDW12_NLB_MASK = 0xFFFF
 CDW12_DEAC = 1 << 25
+# Write and Write Zeroes: Force Unit Access, the data stable before the command completes.
+CDW12_FUA = 1 << 30
 # Dataset Management: number of ranges (0's based) in dword 10 bits 7:0, the Attribute -
 # Deallocate bit in dword 11 (NVM §3.2.3).
 CDW10_NR_MASK = 0xFF
@@ -276,9 +274,9 @@ SGLS_SUPPORTED = 0x1          # bits 1:0 = 01b: SGLs, byte aligned and granular
 VERSION_2_0 = 0x00020000      # VER: major 31:16, minor 15:8
 
 IDENTIFY_NAMESPACE = np.dtype({
-    "names": ["nsze", "ncap", "nuse", "nsfeat", "nlbaf", "flbas", "dlfeat", "lbaf0"],
-    "formats": ["<u8", "<u8", "<u8", "u1", "u1", "u1", "u1", "<u4"],
-    "offsets": [0, 8, 16, 24, 25, 26, 33, 128],
+    "names": ["nsze", "ncap", "nuse", "nsfeat", "nlbaf", "flbas", "lbaf0"],
+    "formats": ["<u8", "<u8", "<u8", "u1", "u1", "u1", "<u4"],
+    "offsets": [0, 8, 16, 24, 25, 26, 128],
     "itemsize": IDENTIFY_SIZE,
 })
 assert IDENTIFY_NAMESPACE.itemsize == IDENTIFY_SIZE
@@ -286,5 +284,3 @@ assert IDENTIFY_NAMESPACE.itemsize == IDENTIFY_SIZE
 # LBA format (NVM §4.1.5.1, LBA Format Data Structure): metadata bytes 15:0, LBA data size as
 # a power of two in 23:16.
 LBAF_LBADS_SHIFT = 16
-# DLFEAT bits 2:0 = 001b: a deallocated block reads back as zeros.
-DLFEAT_READS_ZEROES = 0x1

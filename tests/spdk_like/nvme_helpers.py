@@ -32,7 +32,8 @@ EX_FAIL_OPERATIONS = 9   # a bit per IO_* operation to fail...
 EX_FAIL_STATUS = 10      # ...with this negative errno (two's complement in 32 bits)
 EX_TAKEN = 11        # requests taken, in all
 EX_HOLD = 12         # nonzero: reap returns nothing (the requests stay in flight)
-EX_COLUMNS = 13
+EX_LAST_FLAGS = 13   # the flags of the last request taken
+EX_COLUMNS = 14
 
 
 @njit(**NJIT)
@@ -75,6 +76,7 @@ def memory_submit(row, ios, first, n):
         if row[EX_IN_FLIGHT] >= row[EX_DEPTH]:
             break
         status = _carry_out(row, ios[k])
+        row[EX_LAST_FLAGS] = ios[k].flags
         slot = row[EX_TAIL] & row[EX_MASK]
         ring[slot, 0] = ios[k].tag
         ring[slot, 1] = np.uint64(status & 0xFFFFFFFF)

@@ -6,9 +6,9 @@ import errno
 
 import numpy as np
 import pytest
-from nvme_helpers import EX_HOLD, EX_REVERSE, EX_TAKEN, Rig, command, status_of
+from nvme_helpers import EX_HOLD, EX_LAST_FLAGS, EX_REVERSE, EX_TAKEN, Rig, command, status_of
 
-from fastpath.devices.blk import IO_DISCARD, IO_READ, IO_WRITE
+from fastpath.devices.blk import IO_DISCARD, IO_FLAG_FUA, IO_FLAG_MAY_UNMAP, IO_READ, IO_WRITE
 from fastpath.errors import NvmeCommandFailed
 from fastpath.spdk_like._nvme_layout import (
     ADMIN_CREATE_IO_CQ,
@@ -19,6 +19,7 @@ from fastpath.spdk_like._nvme_layout import (
     CDW11_AD,
     CDW11_PC,
     CDW12_DEAC,
+    CDW12_FUA,
     DSM_RANGE,
     NSID_ALL,
     NVM_DATASET_MANAGEMENT,
@@ -138,6 +139,20 @@ def test_flush_write_zeroes_and_deallocate(rig, pair):
     ranges[1] = (0, 1, 4096)
     assert status_of(one(rig, pair, dsm)) == STATUS_LBA_OUT_OF_RANGE
     assert (disk[3020 * 512:3025 * 512] == 0xAB).all()
+
+
+def test_force_unit_access_and_deallocate_reach_the_backing_as_request_flags(rig, pair):
+    buffer = rig.memory.alloc(PAGE_SIZE)
+    cases = [
+        (command(NVM_WRITE, 1, prp1=buffer.ctypes.data, cdw12=CDW12_FUA), IO_FLAG_FUA),
+        (command(NVM_WRITE, 2, prp1=buffer.ctypes.data), 0),
+        (command(NVM_READ, 3, prp1=buffer.ctypes.data, cdw12=CDW12_FUA), 0),
+        (command(NVM_WRITE_ZEROES, 4, cdw12=CDW12_FUA | CDW12_DEAC),
+         IO_FLAG_FUA | IO_FLAG_MAY_UNMAP),
+    ]
+    for sqe, flags in cases:
+        assert status_of(one(rig, pair, sqe)) == 0
+        assert rig.executor.row[EX_LAST_FLAGS] == flags
 
 
 def test_commands_the_controller_refuses_never_reach_the_backing(rig, pair):
