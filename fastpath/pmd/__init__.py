@@ -14,7 +14,13 @@ from fastpath.pmd._forwarder import Forwarder
 from fastpath.pmd._host import PollHost
 from fastpath.pmd._kinds import PortKind, register_port_kind
 from fastpath.pmd._lcore import ForwardingLoop, Stream, paired_streams
-from fastpath.pmd._mailbox import MESSAGE_WORDS, Mailbox
+from fastpath.pmd._mailbox import (
+    MESSAGE_WORDS,
+    Mailbox,
+    mailbox_send,
+    mailbox_take,
+    message_buffer,
+)
 from fastpath.pmd._mbuf import MbufPool
 from fastpath.pmd._null import NullPort
 from fastpath.pmd._pcap import PcapCapture
@@ -50,7 +56,8 @@ __all__ = ["MbufPool", "Port", "PortCounters", "NullPort", "VhostPort", "open_po
            "paired_streams",
            # The poll host: pollers of any kind on a core, mailboxes between cores.
            "PollHost", "Poller", "register_poller", "POLLER_ARGS", "POLLER_COLUMNS", "HOST_SERVICE",
-           "Mailbox", "MESSAGE_WORDS", "Relay",
+           "Mailbox", "MESSAGE_WORDS", "mailbox_send", "mailbox_take", "message_buffer",
+           "Relay",
            # vhost-net's loop over virtio-net devices, and the pcap capture it can record to.
            "Forwarder", "FORWARDER_MODES", "PcapCapture",
            # Traffic profiles (Scapy templates) that txonly sends and `fastpath gen` writes.

@@ -27,6 +27,14 @@ from fastpath.spdk_like._file import FileBdev
 from fastpath.spdk_like._job import WORKLOADS, IoJob
 from fastpath.spdk_like._malloc import MallocBdev
 from fastpath.spdk_like._null import NullBdev
+from fastpath.spdk_like._reactor import (
+    MESSAGE_ADD,
+    MESSAGE_STORE,
+    MessagePoller,
+    Reactor,
+    Reactors,
+    register_message,
+)
 
 __all__ = [
     "Bdev",
@@ -39,6 +47,12 @@ __all__ = [
     "FileBdev",
     "IoJob",
     "MallocBdev",
+    "MESSAGE_ADD",
+    "MESSAGE_STORE",
+    "MessagePoller",
+    "Reactor",
+    "Reactors",
+    "register_message",
     "NullBdev",
     "bdev_poll",
     "bdev_submit",
