@@ -238,6 +238,10 @@ class VirtioBlk(Device):
         if held is None:
             held = BlkQueue(queue, self.disk, max_burst=self.max_burst, keepalive=keepalive)
             self._queues[index] = held
+        # Regions come and go (ADD_MEM_REG, REM_MEM_REG) under a running ring: requests in
+        # flight keep the mappings their buffers were taken from until they complete.
+        held.keepalive = (tuple({*held.keepalive, *keepalive}) if held.in_flight
+                          else keepalive)
         held.call_fd = -1 if call is None else call
         held.writethrough = not self.writeback
         return held

@@ -34,9 +34,15 @@ from fastpath.devices.blk import (
     VirtioBlk,
 )
 from fastpath.errors import BackendRefused, RequestRefused
+from fastpath.hv import GuestMemory
 from fastpath.testing.reference.blk import ReferenceExecutor
 from fastpath.vhost_user import BackendServer, Frontend, Gate
-from fastpath.vhost_user.wire import DeviceConfig, FrontendRequest, ProtocolFeature
+from fastpath.vhost_user.wire import (
+    DeviceConfig,
+    FrontendRequest,
+    MemoryRegion,
+    ProtocolFeature,
+)
 from fastpath.vring import (
     VIRTIO_F_IN_ORDER,
     VIRTIO_F_RING_PACKED,
@@ -280,3 +286,33 @@ def test_a_queue_let_go_with_requests_in_flight_stays_until_they_complete(tmp_pa
         assert guest.collect() == {}
     counters = device.counters()[0]
     assert (counters["abandoned"], counters["status_ok"]) == (1, 0) and not device.draining
+
+
+def test_requests_in_flight_keep_a_removed_region_mapped_until_they_complete(tmp_path):
+    # A front-end may take a region away (REM_MEM_REG) while the executor still writes a
+    # read's data into it: the queue keeps the mapping until the request completes.
+    device = VirtioBlk(Gate(), DISK)
+    guest = BlkGuest()
+    extra = GuestMemory([(1 << 30, 1 << 20)])
+    region = extra.regions[0]
+    table = MemoryRegion(region.guest_phys_addr, region.size, region.user_addr, 0)
+    executor = ReferenceExecutor(DISK)
+    executor.data[:4096] = data(4096)
+    ios = np.zeros(8, dtype=BLOCK_IO)
+    protocol = WANTED_PROTOCOL | ProtocolFeature.CONFIGURE_MEM_SLOTS
+    with connected(device, tmp_path, protocol=protocol) as frontend:
+        frontend.set_memory(guest.memory)
+        frontend.request(F.ADD_MEM_REG, table, [region.fd])
+        start(frontend, guest)
+        head, status = guest.place(16), guest.place(1)
+        guest.memory.write(head, header(VIRTIO_BLK_T_IN, 0))
+        guest.queue.add([(head, 16)], [(region.guest_phys_addr, 4096), (status, 1)])
+        with device.gate.data():
+            queue = device.served[0]
+            assert queue.take(ios) == 1
+        frontend.request(F.REM_MEM_REG, table)
+        with device.gate.data():
+            assert queue.complete(executor.execute_records(ios, 1)) == 1
+        assert extra.read(region.guest_phys_addr, 4096) == data(4096)
+        assert guest.memory.read(status, 1) == bytes([VIRTIO_BLK_S_OK])
+    extra.close()
