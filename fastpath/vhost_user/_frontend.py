@@ -58,11 +58,13 @@ class Vring:
 
 class Frontend:
     """A connection to the vhost-user back-end listening on `path` (waits up to
-    `connect_timeout` seconds for it to appear)."""
+    `connect_timeout` seconds for it to appear); with `server`, this side listens on `path`
+    and takes the first back-end that connects within `connect_timeout` seconds."""
 
-    def __init__(self, path: str, *, connect_timeout: float = 10.0, reply_timeout: float = 10.0):
+    def __init__(self, path: str, *, connect_timeout: float = 10.0, reply_timeout: float = 10.0,
+                 server: bool = False):
         self.path = path
-        sock = _connect(path, connect_timeout)
+        sock = _accept(path, connect_timeout) if server else _connect(path, connect_timeout)
         sock.settimeout(reply_timeout)
         self.channel = Channel(sock, replies=True)
         # Requests from the back-end, once BACKEND_REQ is negotiated.
@@ -212,3 +214,27 @@ def _connect(path: str, timeout: float) -> socket.socket:
                 raise type(e)(e.errno, f"no vhost-user back-end listening on {path} (waited "
                               f"{timeout} s): {e.strerror}") from None
             time.sleep(0.05)
+
+
+def _accept(path: str, timeout: float) -> socket.socket:
+    # The front-end as the socket's server (QEMU's server=on, DPDK virtio-user's server=1), for
+    # a back-end in client mode. One back-end serves one front-end: the listening socket and
+    # its file go once it is in.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+    except OSError:
+        listener.close()
+        raise
+    try:
+        listener.listen(1)
+        listener.settimeout(timeout)
+        try:
+            sock, _ = listener.accept()
+        except TimeoutError:
+            raise TimeoutError(f"no vhost-user back-end connected to {path} within {timeout} "
+                               "s") from None
+        return sock
+    finally:
+        listener.close()
+        os.unlink(path)
