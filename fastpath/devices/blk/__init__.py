@@ -8,6 +8,10 @@ the two functions a poller calls (`take_requests`, `complete_requests`). The exe
 in `fastpath.spdk_like`) implements the contract of `BLOCK_IO`; the device knows nothing of it.
 The wire layouts of §5.2 (request header, discard/write-zeroes range, config space, feature
 bits, request types and status values) have their one home here.
+
+`BlkFrontend` is the other side, a virtio-blk driver over `fastpath.vhost_user.Frontend`: each
+request queue a `BlkDriverQueue` whose compiled `submit_requests` and `reap_completions` take
+`DRIVER_REQUEST` records in and give `DRIVER_COMPLETION` records back, a burst per call.
 """
 
 from fastpath.devices.blk import kernels
@@ -18,6 +22,16 @@ from fastpath.devices.blk._device import (
     VirtioBlk,
     blk_config,
 )
+from fastpath.devices.blk._driver import (
+    DRIVER_COMPLETION,
+    DRIVER_REQUEST,
+    STATUS_NOT_WRITTEN,
+    BlkConfig,
+    BlkDriverQueue,
+    reap_completions,
+    submit_requests,
+)
+from fastpath.devices.blk._frontend import BlkFrontend, blk_driver_features
 from fastpath.devices.blk._io import (
     BLOCK_COMPLETION,
     BLOCK_IO,
@@ -129,4 +143,14 @@ __all__ = [
     "VIRTIO_BLK_F_MQ",
     "VIRTIO_BLK_F_DISCARD",
     "VIRTIO_BLK_F_WRITE_ZEROES",
+    # The driver's side.
+    "BlkFrontend",
+    "BlkDriverQueue",
+    "BlkConfig",
+    "blk_driver_features",
+    "submit_requests",
+    "reap_completions",
+    "DRIVER_REQUEST",
+    "DRIVER_COMPLETION",
+    "STATUS_NOT_WRITTEN",
 ]
