@@ -1,9 +1,10 @@
 """Mocks and real peers that tests, benchmarks and fuzzers import: a guest driver for rings,
-DPDK testpmd as a vhost-user front-end or back-end, QEMU with a Linux guest, and
-`fastpath vhost-net` in a child process."""
+DPDK testpmd as a vhost-user front-end or back-end, QEMU with a Linux guest, qemu-storage-daemon
+as a vhost-user-blk back-end, and `fastpath vhost-net` in a child process."""
 
 from fastpath.testing._guest_driver import GuestDriver
 from fastpath.testing._qemu import QemuError, QemuGuest
+from fastpath.testing._storage_daemon import StorageDaemon, StorageDaemonError
 from fastpath.testing._testpmd import PeerError, Testpmd, ensure_hugepages
 from fastpath.testing._vhost_net import (
     VhostNetProcess,
@@ -14,5 +15,5 @@ from fastpath.testing._vhost_net import (
 )
 
 __all__ = ["GuestDriver", "PeerError", "Testpmd", "ensure_hugepages", "QemuGuest", "QemuError",
-           "VhostNetProcess", "loaded_checkouts", "received_frames", "sent_frames",
-           "source_python"]
+           "StorageDaemon", "StorageDaemonError", "VhostNetProcess", "loaded_checkouts",
+           "received_frames", "sent_frames", "source_python"]
