@@ -112,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="example: fastpath vhost-net --socket /tmp/vhost.sock --fwd macswap --backoff 1000",
     )
+    _add_command(
+        commands, "vhost-blk", "fastpath.commands.vhost_blk",
+        help="run a virtio-blk vhost-user back-end over a bdev (null, malloc, file)",
+        description=(
+            "Serve virtio-blk front-ends (QEMU's vhost-user-blk-pci, qemu-storage-daemon's "
+            "peers, fastpath's BlkFrontend) on a vhost-user socket, with a bdev as the disk. "
+            "A reactor on one CPU takes each queue's requests, submits them to the bdev and "
+            "completes them, with no Python per request. Front-ends may come, go and come "
+            "back; rates print while it runs."
+        ),
+        epilog="example: fastpath vhost-blk --socket-path /tmp/blk.sock --bdev malloc:1G "
+        "--queues 2",
+    )
     return parser
 
 

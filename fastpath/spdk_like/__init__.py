@@ -23,6 +23,7 @@ from fastpath.spdk_like._bdev import (
     parse_size,
     register_bdev_kind,
 )
+from fastpath.spdk_like._blk_target import BlkTarget
 from fastpath.spdk_like._file import FileBdev
 from fastpath.spdk_like._job import WORKLOADS, IoJob
 from fastpath.spdk_like._malloc import MallocBdev
@@ -41,6 +42,7 @@ __all__ = [
     "BdevChannel",
     "BdevKind",
     "BdevStatistics",
+    "BlkTarget",
     "BDEV_KINDS",
     "CH_ARGS",
     "CH_COLUMNS",
