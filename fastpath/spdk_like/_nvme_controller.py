@@ -1,4 +1,4 @@
-"""`NvmeController`: a modelled NVMe controller with one namespace, over a backing executor.
+"""`NvmeController`: a modelled NVMe controller with one namespace, over a bdev channel.
 
 The controller serves its I/O queues in compiled code (`_nvme_io.controller_round`, no
 Python per command) and its admin queue in Python, as a control plane: Identify (controller
@@ -16,13 +16,13 @@ reset, and admin commands beyond those above.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from fastpath.devices.blk import BLOCK_COMPLETION, BLOCK_IO
-from fastpath.spdk_like._dma import HostMemory, dma_inside, dma_map
+from fastpath.spdk_like._bdev import BdevChannel
+from fastpath.spdk_like._dma import REGION_COLUMNS, HostMemory, dma_inside, dma_map
 from fastpath.spdk_like._nvme_dptr import prp_to_iovecs
 from fastpath.spdk_like._nvme_io import (
     COM_BASE,
@@ -126,29 +126,17 @@ from fastpath.spdk_like._nvme_layout import (
 
 # The largest queue the controller creates (CAP.MQES + 1).
 MAX_QUEUE_ENTRIES = 4096
-# Executor completions reaped per round, at most.
+# Completions of the backing reaped per round, at most.
 _REAP_BURST = 64
-
-
-@dataclass(frozen=True)
-class Backing:
-    """The block executor behind a controller: its compiled face `row` and two compiled
-    functions of the bdev channel's signatures, `submit(row, ios, first, n) -> taken` and
-    `reap(row, completions, max_n) -> n` (`fastpath.devices.blk`'s contract), and the
-    geometry it serves: `size` bytes in blocks of `block_size`."""
-
-    row: np.ndarray
-    submit: Callable[..., int]
-    reap: Callable[..., int]
-    block_size: int
-    size: int
+# The end of x86-64's lower canonical half: where user space ends.
+_USER_SPACE_END = 1 << 47
 
 
 @dataclass
 class ControllerStatistics:
     """What a controller did: I/O commands fetched, completions posted (admin ones too) and
-    of those failed, doorbell writes that stopped a queue, executor completions that named
-    no command, and completions dropped because their queue had stopped."""
+    of those failed, doorbell writes that stopped a queue, completions of the backing that
+    named no command, and completions dropped because their queue had stopped."""
 
     fetched: int
     posted: int
@@ -165,35 +153,37 @@ def _ascii(text: str, size: int) -> bytes:
 
 class NvmeController:
     """A controller with `io_queues` I/O queue pairs (ids 1 to io_queues) of up to
-    MAX_QUEUE_ENTRIES entries, namespace 1 the `backing`'s blocks, reaching host memory only
-    in `memories`. `slots` bounds the I/O commands in flight; `burst` the commands fetched
-    from one queue per round.
+    MAX_QUEUE_ENTRIES entries, namespace 1 the blocks of the bdev `channel` is a channel of,
+    reaching host memory only in `memories` (and, with `passthrough`, anywhere in the
+    process's user address space: an IOMMU in passthrough, for a host whose buffers are
+    vouched for). `slots` bounds the I/O commands in flight; `burst` the commands fetched from
+    one queue per round.
 
-    Call `poll` for a round (or run it on a poll host); a host driver enables it and creates
-    its queues through the admin queue (`NvmeDriver`).
+    Call `poll` for a round, or run it on a poll host (`NvmePoller`); a host driver enables it
+    and creates its queues through the admin queue (`NvmeDriver`).
     """
 
-    def __init__(self, backing: Backing, memories: list[HostMemory], *, io_queues: int = 4,
-                 slots: int = 256, burst: int = 32, serial: str = "FASTPATH0001",
-                 model: str = "fastpath modelled NVMe controller"):
-        block_size = backing.block_size
-        if block_size < 512 or block_size > PAGE_SIZE or block_size & (block_size - 1):
-            raise ValueError(f"a block is a power of two from 512 to {PAGE_SIZE} bytes, "
-                             f"not {block_size}")
-        if backing.size <= 0 or backing.size % block_size:
-            raise ValueError(f"a namespace of {backing.size} bytes is not a whole number of "
-                             f"{block_size}-byte blocks")
+    def __init__(self, channel: BdevChannel, memories: list[HostMemory], *, io_queues: int = 4,
+                 slots: int = 256, burst: int = 32, passthrough: bool = False,
+                 serial: str = "FASTPATH0001", model: str = "fastpath modelled NVMe controller"):
+        block_size = channel.bdev.block_size
+        if block_size > PAGE_SIZE:
+            raise ValueError(f"a block is at most a memory page ({PAGE_SIZE} bytes), not "
+                             f"{block_size}")
         if not 1 <= io_queues <= 1024 or not 1 <= slots <= 65536 or not 1 <= burst <= 4096:
             raise ValueError("io_queues is 1 to 1024, slots 1 to 65536, burst 1 to 4096")
-        self.backing = backing
+        self.channel = channel
         self.memories = list(memories)
         self.block_size = block_size
-        self.blocks = backing.size // block_size
+        self.blocks = channel.bdev.num_blocks
         queues = io_queues + 1
         self.sqs = np.zeros((queues, SUB_COLUMNS), dtype=np.uint64)
         self.cqs = np.zeros((queues, COM_COLUMNS), dtype=np.uint64)
         self.doorbells = np.zeros(2 * queues, dtype=np.uint32)
         self.regions = dma_map(self.memories)
+        if passthrough:
+            user_space = np.array([[PAGE_SIZE, _USER_SPACE_END]], dtype=np.uint64)
+            self.regions = np.concatenate([self.regions, user_space]).reshape(-1, REGION_COLUMNS)
         self.slots = np.zeros((slots, SLOT_COLUMNS), dtype=np.uint64)
         self.free = np.arange(slots, dtype=np.uint64)
         self.iovecs = np.zeros((slots * MAX_IOVECS, 2), dtype=np.uint64)
@@ -222,6 +212,8 @@ class NvmeController:
         self.identify_controller = self._identify_controller(slots, serial, model)
         self.identify_namespace = self._identify_namespace()
         self._admin_sq: np.ndarray | None = None
+        # The NvmePoller that runs the controller on a poll host, once one does.
+        self.poller = None
         # Delete I/O Submission Queue commands waiting for the queue's commands: (qid, cid).
         self._deleting: list[tuple[int, int]] = []
 
@@ -254,22 +246,28 @@ class NvmeController:
         buffer = (ctypes.c_uint8 * (sq_entries * SQE.itemsize)).from_address(admin_sq)
         self._admin_sq = np.frombuffer(buffer, dtype=SQE)
 
+    @property
+    def on_host(self) -> bool:
+        """Whether a poll host runs the controller (then only its thread may)."""
+        return self.poller is not None and self.poller.host is not None
+
     def poll(self) -> int:
         """One round: the I/O queues in compiled code, then the admin queue if it has work;
-        returns the I/O work done (commands fetched, requests completed)."""
-        backing = self.backing
-        work = controller_round(self.ctl, self.pending, self.completions, backing.row,
-                                backing.submit, backing.reap)
-        if self.ctl[CTL_SERVICE]:
-            self.ctl[CTL_SERVICE] = 0
-            self.service_admin()
+        returns the I/O work done (commands fetched, requests completed). For a controller
+        no poll host runs."""
+        if self.on_host:
+            raise RuntimeError(f"{self.poller.host!r} runs the controller")
+        work = controller_round(self.ctl, self.pending, self.completions, self.channel.row)
+        self.service_admin()
         return int(work)
 
     def service_admin(self) -> None:
-        """Serve the admin queue: finish deletions whose queue has drained, then every
-        command published, while the admin completion queue has room."""
-        if not self.enabled:
+        """If the last round asked for it, serve the admin queue: finish deletions whose
+        queue has drained, then every command published, while the admin completion queue
+        has room."""
+        if not self.ctl[CTL_SERVICE] or not self.enabled:
             return
+        self.ctl[CTL_SERVICE] = 0
         for qid, cid in list(self._deleting):
             if self.sqs[qid, SUB_IN_FLIGHT] == 0:
                 self._deleting.remove((qid, cid))

@@ -59,6 +59,9 @@ _DESCRIPTOR_SIZE = SGL_DESCRIPTOR.itemsize
 # Segments one command's SGL may chain through: a bound on the walk, whatever the host wrote
 # (a segment pointing back to itself would otherwise never end).
 MAX_SGL_SEGMENTS = 16
+# Data Block descriptors the model's controller takes in one command (PCIe controllers do not
+# report a limit; a host of the model keeps to this one).
+MAX_SGL_DATA_DESCRIPTORS = 32
 
 
 @njit(**NJIT)

@@ -7,7 +7,6 @@ queue pairs. Admin commands are control plane: Python, one at a time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -37,23 +36,23 @@ from fastpath.spdk_like._nvme_layout import (
 )
 from fastpath.spdk_like._nvme_qpair import NvmeQueuePair
 
+# How long a wait for a controller on a poll host sleeps between looks, in seconds.
+_WAIT = 0.0001
+
 
 class NvmeDriver:
     """Drives `controller` from host memory `memory` (which the controller must reach): an
     admin queue pair of `admin_entries`, I/O queue pairs on demand.
 
-    While it waits for an admin completion it calls `progress()`: by default the controller's
-    own `poll`, for a controller no poll host runs; pass another (a short sleep) when one
-    does. `timeout` bounds each wait, in seconds.
+    While it waits for an admin completion it polls the controller itself, unless a poll host
+    runs it (then it waits). `timeout` bounds each wait, in seconds.
     """
 
     def __init__(self, controller: NvmeController, memory: HostMemory, *,
-                 admin_entries: int = 32, progress: Callable[[], object] | None = None,
-                 timeout: float = 5.0):
+                 admin_entries: int = 32, timeout: float = 5.0):
         self.controller = controller
         self.memory = memory
         self.timeout = timeout
-        self._progress = progress or controller.poll
         self._cid = 0
         self._buffer = memory.alloc(IDENTIFY_SIZE)
         self.admin_queue = NvmeQueuePair(memory, 0, admin_entries, controller.doorbells)
@@ -143,4 +142,7 @@ class NvmeDriver:
         if time.monotonic() > deadline:
             raise TimeoutError(f"admin command {opcode:#04x}: no completion after "
                                f"{self.timeout} s")
-        self._progress()
+        if self.controller.on_host:
+            time.sleep(_WAIT)
+        else:
+            self.controller.poll()

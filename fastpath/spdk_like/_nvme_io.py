@@ -1,13 +1,11 @@
 """The modelled controller's I/O path, compiled: commands in from the submission queues, block
-requests out to the backing executor, completions back.
+requests out to the backing bdev, completions back.
 
 `controller_round` does one round over every I/O queue: it reads the doorbells, fetches up to
 a burst of commands from each submission queue, turns each into `BLOCK_IO` requests (or
-fails it at once with its NVMe status, without the backing executor seeing it), offers the
-requests to the executor, reaps the executor's completions and posts a completion entry for
-each command whose requests are all done. The executor is any pair of compiled functions with
-the bdev channel's signatures: `submit(executor, ios, first, n) -> taken` and
-`reap(executor, completions, max_n) -> n` (`fastpath.devices.blk`'s contract).
+fails it at once with its NVMe status, without the backing bdev seeing it), submits the
+requests to the backing bdev's channel (`bdev_submit`), reaps its completions (`bdev_poll`)
+and posts a completion entry for each command whose requests are all done.
 
 The controller's state is one row of uint64 (`CTL_*`) naming its tables by address:
 - submission queues (`SUB_*`) and completion queues (`COM_*`), a row per queue id, the admin
@@ -16,8 +14,8 @@ The controller's state is one row of uint64 (`CTL_*`) naming its tables by addre
 - the DMA map (`fastpath.spdk_like._dma`): every address a command names is checked in it;
 - command slots (`SLOT_*`), a free stack of them, and MAX_IOVECS iovecs per slot;
 - a scratch page for Dataset Management's ranges.
-The requests not yet taken by the executor wait in a ring of BLOCK_IO (`pending`), their
-`tag` the command's slot.
+The requests not yet taken by the backing wait in a ring of BLOCK_IO (`pending`), their `tag`
+the command's slot.
 
 A command is fetched only when its completion queue will have room for it: commands in
 flight to a completion queue plus the entries the host has not consumed stay below its
@@ -47,8 +45,9 @@ from fastpath.devices.blk import (
     STATUS_READ_ONLY,
     STATUS_UNSUPPORTED,
 )
+from fastpath.spdk_like._bdev import bdev_poll, bdev_submit
 from fastpath.spdk_like._dma import REGION_COLUMNS, acquire_fence, release_fence
-from fastpath.spdk_like._nvme_dptr import data_to_iovecs
+from fastpath.spdk_like._nvme_dptr import MAX_SGL_DATA_DESCRIPTORS, data_to_iovecs
 from fastpath.spdk_like._nvme_layout import (
     CDW0_CID_SHIFT,
     CDW0_FUSE_MASK,
@@ -68,8 +67,10 @@ from fastpath.spdk_like._nvme_layout import (
     CQ_SQID_SHIFT,
     CQ_STATUS_SHIFT,
     CQE_DWORDS,
+    DSM_BLOCKS_SHIFT,
     DSM_MAX_RANGES,
     DSM_RANGE,
+    DSM_SLBA_QWORD,
     NSID_ALL,
     NVM_DATASET_MANAGEMENT,
     NVM_FLUSH,
@@ -121,7 +122,7 @@ CTL_FETCHED = 20          # statistics: I/O commands fetched,
 CTL_POSTED = 21           # completions posted (admin ones too),
 CTL_FAILED = 22           # of which with an error status,
 CTL_BAD_DOORBELLS = 23    # doorbell writes that stopped a queue,
-CTL_STRAY = 24            # executor completions that named no command in flight,
+CTL_STRAY = 24            # backing completions that named no command in flight,
 CTL_LOST = 25             # completions not posted: their completion queue had stopped
 CTL_COLUMNS = 26
 
@@ -154,13 +155,14 @@ QUEUE_STOPPED = 3         # an invalid doorbell write stopped it
 SLOT_SQID = 0
 SLOT_CID = 1
 SLOT_OPCODE = 2
-SLOT_REMAINING = 3        # requests still with the executor; 0 for a free slot
+SLOT_REMAINING = 3        # requests still with the backing; 0 for a free slot
 SLOT_STATUS = 4           # the first error status of its requests
 SLOT_COLUMNS = 5
 
 # The iovecs one command may need: MDTS of 32 pages, and a first page entered at an offset.
 MAX_TRANSFER_PAGES = 32
 MAX_IOVECS = MAX_TRANSFER_PAGES + 1
+assert MAX_IOVECS >= MAX_SGL_DATA_DESCRIPTORS
 
 # _start's outcome for a command whose requests went to `pending`.
 _IN_FLIGHT = -1
@@ -242,8 +244,8 @@ def _start_dataset_management(ctl, sqe, slot, slots, iov, count, pending):
         copy_bytes(scratch.ctypes.data + done, iov[k, 0], iov[k, 1])
         done += np.int64(iov[k, 1])
     for k in range(ranges):
-        blocks = scratch[k, 0] >> np.uint64(32)
-        if blocks != 0 and _out_of_range(ctl, scratch[k, 1], blocks):
+        blocks = scratch[k, 0] >> np.uint64(DSM_BLOCKS_SHIFT)
+        if blocks != 0 and _out_of_range(ctl, scratch[k, DSM_SLBA_QWORD], blocks):
             return STATUS_LBA_OUT_OF_RANGE
     if not sqe[SQ_CDW11] & CDW11_AD:
         # Without Deallocate the ranges are hints, which the model takes and ignores.
@@ -251,10 +253,11 @@ def _start_dataset_management(ctl, sqe, slot, slots, iov, count, pending):
     shift = np.int64(ctl[CTL_BLOCK_SHIFT])
     requests = 0
     for k in range(ranges):
-        blocks = scratch[k, 0] >> np.uint64(32)
+        blocks = scratch[k, 0] >> np.uint64(DSM_BLOCKS_SHIFT)
         if blocks != 0:
-            _queue_request(ctl, pending, slot, IO_DISCARD, scratch[k, 1] << np.uint64(shift),
-                           blocks << np.uint64(shift), 0, 0, 0)
+            offset = scratch[k, DSM_SLBA_QWORD] << np.uint64(shift)
+            _queue_request(ctl, pending, slot, IO_DISCARD, offset, blocks << np.uint64(shift),
+                           0, 0, 0)
             requests += 1
     if requests == 0:
         return 0
@@ -306,7 +309,7 @@ def _start(ctl, sqe, sqid, slot, slots, pending, regions):
     if _out_of_range(ctl, slba, blocks):
         return STATUS_LBA_OUT_OF_RANGE
     offset = slba << np.uint64(shift)
-    # Force Unit Access asks for stable data: the executor's FUA (a read's FUA only says where
+    # Force Unit Access asks for stable data: the request's FUA (a read's FUA only says where
     # to read from, which a model has no choice of).
     flags = IO_FLAG_FUA if opcode != NVM_READ and sqe[SQ_CDW12] & CDW12_FUA else 0
     if opcode == NVM_WRITE_ZEROES:
@@ -393,15 +396,15 @@ def _fetch(ctl, qid, sqs, cqs, doorbells, slots, free, pending, regions):
 
 
 @njit(**NJIT)
-def _offer(ctl, pending, executor, submit):
-    # Offer the waiting requests to the executor, in order, in up to two contiguous pieces.
+def _offer(ctl, pending, channel):
+    # Offer the waiting requests to the backing, in order, in up to two contiguous pieces.
     capacity = pending.shape[0]
     head = np.int64(ctl[CTL_PENDING_HEAD])
     tail = np.int64(ctl[CTL_PENDING_TAIL])
     while head != tail:
         first = head & (capacity - 1)
         n = min(tail - head, capacity - first)
-        taken = submit(executor, pending, first, n)
+        taken = bdev_submit(channel, pending, first, n)
         head += taken
         if taken < n:
             break
@@ -410,7 +413,7 @@ def _offer(ctl, pending, executor, submit):
 
 @njit(**NJIT)
 def _nvme_status(status, opcode):
-    # The NVMe status of a request the executor failed with a negative errno.
+    # The NVMe status of a request the backing failed with a negative errno.
     if status == STATUS_IO_ERROR:
         if opcode == NVM_READ:
             return STATUS_UNRECOVERED_READ_ERROR
@@ -430,7 +433,8 @@ def _nvme_status(status, opcode):
 
 @njit(**NJIT)
 def _finish(ctl, tag, status, sqs, cqs, slots, free):
-    # One executor completion: once a command's last request is back, post its completion.
+    # One completion of the backing: once a command's last request is back, post its
+    # completion.
     if tag >= ctl[CTL_SLOT_COUNT] or slots[tag, SLOT_REMAINING] == 0:
         ctl[CTL_STRAY] += 1
         return
@@ -453,10 +457,10 @@ def _finish(ctl, tag, status, sqs, cqs, slots, free):
 
 
 @njit(**NJIT)
-def controller_round(ctl, pending, completions, executor, submit, reap):
-    """One round of the controller's I/O path (see the module's doc); returns the commands
-    fetched and the executor completions reaped. Sets ctl[CTL_SERVICE] when the admin queue
-    has work for Python."""
+def controller_round(ctl, pending, completions, channel):
+    """One round of the controller's I/O path over the backing bdev `channel` (its row; see
+    the module's doc); returns the commands fetched and the backing's completions reaped.
+    Sets ctl[CTL_SERVICE] when the admin queue has work for Python."""
     sqs, cqs, doorbells = _tables(ctl)
     # SAFETY: as in _tables: arrays of the NvmeController, of these shapes.
     regions = carray(u64_pointer(ctl[CTL_REGIONS]), (np.int64(ctl[CTL_REGION_COUNT]),
@@ -467,8 +471,8 @@ def controller_round(ctl, pending, completions, executor, submit, reap):
     work = 0
     for qid in range(1, sqs.shape[0]):
         work += _fetch(ctl, qid, sqs, cqs, doorbells, slots, free, pending, regions)
-    _offer(ctl, pending, executor, submit)
-    n = reap(executor, completions, completions.shape[0])
+    _offer(ctl, pending, channel)
+    n = bdev_poll(channel, completions, completions.shape[0])
     for k in range(n):
         _finish(ctl, completions[k].tag, completions[k].status, sqs, cqs, slots, free)
     work += n

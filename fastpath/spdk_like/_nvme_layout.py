@@ -141,6 +141,11 @@ DSM_RANGE = np.dtype([
 ])
 assert DSM_RANGE.itemsize == 16
 DSM_MAX_RANGES = 256
+# Seen as two qwords: the length in the high half of the first, the starting LBA the second.
+DSM_BLOCKS_SHIFT = 32
+DSM_SLBA_QWORD = 1
+assert DSM_RANGE.fields["blocks"][1] * 8 == DSM_BLOCKS_SHIFT
+assert DSM_RANGE.fields["slba"][1] == 8 * DSM_SLBA_QWORD
 
 # --- Opcodes ---
 

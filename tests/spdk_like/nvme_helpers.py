@@ -1,150 +1,147 @@
-"""What the NVMe tests share: a small in-memory block executor (the backing of a controller
-until bdevs serve it), a controller with its driver over it, and command builders."""
+"""What the NVMe tests share: a bdev kind for them (a disk in memory that can hold its
+requests in flight and complete them out of order), a controller with its driver over it,
+and command builders."""
 
 from __future__ import annotations
-
-import errno
 
 import numpy as np
 from numba import njit
 
 from fastpath._numba import NJIT, carray, copy_bytes, u8_pointer, u64_pointer
-from fastpath.devices.blk import IO_DISCARD, IO_FLUSH, IO_READ, IO_WRITE, IO_WRITE_ZEROES
+from fastpath.devices.blk import IO_DISCARD, IO_READ, IO_WRITE, IO_WRITE_ZEROES
+from fastpath.spdk_like._bdev import CH_ARGS, Bdev, BdevKind, register_bdev_kind
 from fastpath.spdk_like._dma import HostMemory
-from fastpath.spdk_like._nvme_controller import Backing, NvmeController
+from fastpath.spdk_like._nvme_controller import NvmeController
 from fastpath.spdk_like._nvme_driver import NvmeDriver
-from fastpath.spdk_like._nvme_layout import (
-    CDW0_PSDT_SHIFT,
-    SQE,
-)
+from fastpath.spdk_like._nvme_layout import CDW0_PSDT_SHIFT, SQE
 
-# The executor's row (uint64).
-EX_DATA = 0          # address of the disk's bytes
-EX_SIZE = 1
-EX_DEPTH = 2         # requests it holds at most
-EX_IN_FLIGHT = 3
-EX_RING = 4          # address of its completion ring (capacity x 2 uint64: tag, status)
-EX_MASK = 5
-EX_HEAD = 6
-EX_TAIL = 7
-EX_REVERSE = 8       # nonzero: each reaped burst comes back in reverse order
-EX_FAIL_OPERATIONS = 9   # a bit per IO_* operation to fail...
-EX_FAIL_STATUS = 10      # ...with this negative errno (two's complement in 32 bits)
-EX_TAKEN = 11        # requests taken, in all
-EX_HOLD = 12         # nonzero: reap returns nothing (the requests stay in flight)
-EX_LAST_FLAGS = 13   # the flags of the last request taken
-EX_COLUMNS = 14
+# The test disk's kind: registered when the tests are collected, before any kernel calling
+# the bdev dispatch is compiled.
+TEST_DISK = 90
+
+# Channel arguments.
+ARG_DATA = CH_ARGS           # address of the disk's bytes
+ARG_CONTROL = CH_ARGS + 1    # address of the disk's control words (CONTROL_*)
+ARG_RING = CH_ARGS + 2       # address of the channel's completions (capacity x 2: tag, status)
+ARG_MASK = CH_ARGS + 3
+ARG_HEAD = CH_ARGS + 4
+ARG_TAIL = CH_ARGS + 5
+
+# Control words, shared by the disk's channels.
+CONTROL_HOLD = 0             # nonzero: reap returns nothing (the requests stay in flight)
+CONTROL_REVERSE = 1          # nonzero: each reaped burst comes back in reverse order
+CONTROL_LAST_FLAGS = 2       # the flags of the last request started
+CONTROL_WORDS = 3
 
 
 @njit(**NJIT)
-def _carry_out(row, io):
-    operation = int(io.operation)
-    if (row[EX_FAIL_OPERATIONS] >> operation) & 1:
-        status = np.int64(row[EX_FAIL_STATUS])
-        return status - (np.int64(1) << 32) if status >= (np.int64(1) << 31) else status
-    if operation == IO_FLUSH:
-        return 0
-    if io.offset + io.length > row[EX_SIZE]:
-        return -errno.EINVAL
-    disk = row[EX_DATA] + io.offset
+def _start(channel, io):
+    # SAFETY: the bdev layer checked the range and the iovecs' lengths; the disk's bytes and
+    # control words and the channel's ring are the TestDisk's, alive while it is.
+    control = carray(u64_pointer(channel[ARG_CONTROL]), (CONTROL_WORDS,))
+    control[CONTROL_LAST_FLAGS] = io.flags
+    disk = channel[ARG_DATA] + io.offset
+    operation = io.operation
     if operation == IO_READ or operation == IO_WRITE:
-        # SAFETY: the iovecs of a request the controller made from checked PRPs or SGLs.
         iov = carray(u64_pointer(io.iov), (int(io.iovcnt), 2))
-        done = 0
         for k in range(int(io.iovcnt)):
             if operation == IO_READ:
-                copy_bytes(iov[k, 0], disk + done, iov[k, 1])
+                copy_bytes(iov[k, 0], disk, iov[k, 1])
             else:
-                copy_bytes(disk + done, iov[k, 0], iov[k, 1])
-            done += iov[k, 1]
-        return 0 if done == io.length else -errno.EINVAL
-    if operation == IO_WRITE_ZEROES or operation == IO_DISCARD:
-        # SAFETY: the disk's own bytes, within its size (checked above).
+                copy_bytes(disk, iov[k, 0], iov[k, 1])
+            disk += iov[k, 1]
+    elif operation == IO_DISCARD or operation == IO_WRITE_ZEROES:
         carray(u8_pointer(disk), (int(io.length),))[:] = 0
+    ring = carray(u64_pointer(channel[ARG_RING]), (int(channel[ARG_MASK]) + 1, 2))
+    slot = channel[ARG_TAIL] & channel[ARG_MASK]
+    ring[slot, 0] = io.tag
+    ring[slot, 1] = 0
+    channel[ARG_TAIL] += 1
+    return 1
+
+
+@njit(**NJIT)
+def _reap(channel, completions, first, max_n):
+    # SAFETY: as in _start.
+    control = carray(u64_pointer(channel[ARG_CONTROL]), (CONTROL_WORDS,))
+    if control[CONTROL_HOLD]:
         return 0
-    return -errno.EOPNOTSUPP
-
-
-@njit(**NJIT)
-def memory_submit(row, ios, first, n):
-    """Carry out ios[first:first + n] at once (as many as the depth allows); their
-    completions wait for memory_reap."""
-    # SAFETY: the executor's own ring, kept by its MemoryExecutor.
-    ring = carray(u64_pointer(row[EX_RING]), (int(row[EX_MASK]) + 1, 2))
-    taken = 0
-    for k in range(first, first + n):
-        if row[EX_IN_FLIGHT] >= row[EX_DEPTH]:
-            break
-        status = _carry_out(row, ios[k])
-        row[EX_LAST_FLAGS] = ios[k].flags
-        slot = row[EX_TAIL] & row[EX_MASK]
-        ring[slot, 0] = ios[k].tag
-        ring[slot, 1] = np.uint64(status & 0xFFFFFFFF)
-        row[EX_TAIL] += 1
-        row[EX_IN_FLIGHT] += 1
-        taken += 1
-    row[EX_TAKEN] += taken
-    return taken
-
-
-@njit(**NJIT)
-def memory_reap(row, completions, max_n):
-    """Up to max_n completions, oldest first (or each burst reversed)."""
-    # SAFETY: as in memory_submit.
-    ring = carray(u64_pointer(row[EX_RING]), (int(row[EX_MASK]) + 1, 2))
+    ring = carray(u64_pointer(channel[ARG_RING]), (int(channel[ARG_MASK]) + 1, 2))
     n = 0
-    if row[EX_HOLD]:
-        return 0
-    while n < max_n and row[EX_HEAD] != row[EX_TAIL]:
-        slot = row[EX_HEAD] & row[EX_MASK]
-        completions[n].tag = ring[slot, 0]
-        value = np.int64(ring[slot, 1])
-        completions[n].status = value - (np.int64(1) << 32) if value >= (1 << 31) else value
-        row[EX_HEAD] += 1
+    while n < max_n and channel[ARG_HEAD] != channel[ARG_TAIL]:
+        slot = channel[ARG_HEAD] & channel[ARG_MASK]
+        completions[first + n].tag = ring[slot, 0]
+        completions[first + n].status = 0
+        channel[ARG_HEAD] += 1
         n += 1
-    if row[EX_REVERSE]:
+    if control[CONTROL_REVERSE]:
         for k in range(n // 2):
-            tag, status = completions[k].tag, completions[k].status
-            completions[k].tag = completions[n - 1 - k].tag
-            completions[k].status = completions[n - 1 - k].status
-            completions[n - 1 - k].tag = tag
-            completions[n - 1 - k].status = status
-    row[EX_IN_FLIGHT] -= n
+            tag = completions[first + k].tag
+            completions[first + k].tag = completions[first + n - 1 - k].tag
+            completions[first + n - 1 - k].tag = tag
     return n
 
 
-class MemoryExecutor:
-    """A disk of `size` bytes in memory behind memory_submit and memory_reap."""
+def _control_switch(word: int) -> property:
+    # A yes/no property of a TestDisk, kept in one of its control words.
+    def get(self) -> bool:
+        return bool(self.control[word])
 
-    def __init__(self, size: int, block_size: int = 512, depth: int = 64):
-        self.disk = np.zeros(size, dtype=np.uint8)
-        self.block_size = block_size
-        capacity = 1 << (depth - 1).bit_length()
-        self.ring = np.zeros((capacity, 2), dtype=np.uint64)
-        self.row = np.zeros(EX_COLUMNS, dtype=np.uint64)
-        self.row[EX_DATA] = self.disk.ctypes.data
-        self.row[EX_SIZE] = size
-        self.row[EX_DEPTH] = depth
-        self.row[EX_RING] = self.ring.ctypes.data
-        self.row[EX_MASK] = capacity - 1
+    def set(self, on: bool) -> None:
+        self.control[word] = on
+    return property(get, set)
 
-    def backing(self) -> Backing:
-        return Backing(self.row, memory_submit, memory_reap, self.block_size, len(self.disk))
 
-    def fail(self, operations: set[int], status: int = -errno.EIO) -> None:
-        self.row[EX_FAIL_OPERATIONS] = sum(1 << op for op in operations)
-        self.row[EX_FAIL_STATUS] = status & 0xFFFFFFFF
+class TestDisk(Bdev):
+    """A disk in memory whose requests complete when reaped: all of them held back while
+    `hold` is set, each burst in reverse order while `reverse` is; `last_flags` are the flags
+    of the last request started."""
+
+    kind = TEST_DISK
+
+    def __init__(self, size: int, *, block_size: int = 512):
+        super().__init__("test-disk", size, block_size=block_size)
+        self.data = np.zeros(size, dtype=np.uint8)
+        self.control = np.zeros(CONTROL_WORDS, dtype=np.uint64)
+
+    def _open_channel(self, channel) -> None:
+        capacity = 1 << (channel.depth - 1).bit_length()
+        channel.ring = np.zeros((capacity, 2), dtype=np.uint64)
+        channel.row[ARG_DATA] = self.data.ctypes.data
+        channel.row[ARG_CONTROL] = self.control.ctypes.data
+        channel.row[ARG_RING] = channel.ring.ctypes.data
+        channel.row[ARG_MASK] = capacity - 1
+
+    hold = _control_switch(CONTROL_HOLD)
+    reverse = _control_switch(CONTROL_REVERSE)
+
+    @property
+    def last_flags(self) -> int:
+        return int(self.control[CONTROL_LAST_FLAGS])
+
+    def taken(self) -> int:
+        """Requests the disk was given, in all."""
+        statistics = self.statistics()
+        return (statistics.read_ops + statistics.write_ops + statistics.flush_ops
+                + statistics.discard_ops + statistics.write_zeroes_ops)
+
+
+register_bdev_kind(BdevKind(
+    code=TEST_DISK, name="test-disk", argument="SIZE", options={},
+    help="the NVMe tests' disk", make=lambda argument, **options: TestDisk(int(argument)),
+    start=_start, reap=_reap))
 
 
 class Rig:
-    """A controller over a MemoryExecutor, reaching `memory`, and a driver bringing it up."""
+    """A controller over a TestDisk's channel, reaching `memory`, and a driver bringing it
+    up."""
 
     def __init__(self, *, blocks: int = 4096, block_size: int = 512, memory_size: int = 4 << 20,
                  depth: int = 64, **controller_options):
         self.memory = HostMemory(memory_size)
-        self.executor = MemoryExecutor(blocks * block_size, block_size, depth)
-        self.controller = NvmeController(self.executor.backing(), [self.memory],
-                                         **controller_options)
+        self.disk = TestDisk(blocks * block_size, block_size=block_size)
+        self.channel = self.disk.open_channel(depth)
+        self.controller = NvmeController(self.channel, [self.memory], **controller_options)
         self.driver = NvmeDriver(self.controller, self.memory)
 
     def run(self, pair, commands: np.ndarray, max_rounds: int = 10_000) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The modelled controller: I/O commands to the backing executor and back (NVM Command Set
+"""The modelled controller: I/O commands to the backing bdev and back (NVM Command Set
 1.0 §3.2, Base 2.0 §7.1), the statuses of commands it refuses without the backing, the
 backing's errors as NVMe statuses, and the admin commands a driver brings it up with."""
 
@@ -6,7 +6,7 @@ import errno
 
 import numpy as np
 import pytest
-from nvme_helpers import EX_HOLD, EX_LAST_FLAGS, EX_REVERSE, EX_TAKEN, Rig, command, status_of
+from nvme_helpers import Rig, command, status_of
 
 from fastpath.devices.blk import IO_DISCARD, IO_FLAG_FUA, IO_FLAG_MAY_UNMAP, IO_READ, IO_WRITE
 from fastpath.errors import NvmeCommandFailed
@@ -79,7 +79,7 @@ def test_writes_and_reads_round_trip_through_the_backing(rig, pair, blocks):
     source = rig.memory.alloc(blocks * 512)
     source[:] = np.random.default_rng(blocks).integers(0, 256, len(source), dtype=np.uint8)
     assert status_of(one(rig, pair, data_command(rig, NVM_WRITE, 1, 100, source))) == 0
-    assert (rig.executor.disk[100 * 512:(100 + blocks) * 512] == source).all()
+    assert (rig.disk.data[100 * 512:(100 + blocks) * 512] == source).all()
     target = rig.memory.alloc(blocks * 512)
     completion = one(rig, pair, data_command(rig, NVM_READ, 2, 100, target))
     assert status_of(completion) == 0
@@ -88,7 +88,7 @@ def test_writes_and_reads_round_trip_through_the_backing(rig, pair, blocks):
 
 
 def test_completions_out_of_order_reach_their_commands(rig, pair):
-    rig.executor.row[EX_REVERSE] = 1
+    rig.disk.reverse = True
     try:
         buffers = [rig.memory.alloc(512) for _ in range(20)]
         for k, buffer in enumerate(buffers):
@@ -98,10 +98,10 @@ def test_completions_out_of_order_reach_their_commands(rig, pair):
         completions = rig.run(pair, commands)
         assert sorted(completions["cid"].tolist()) == list(range(100, 120))
         assert completions["cid"].tolist() != list(range(100, 120))
-        assert (rig.executor.disk[2000 * 512:2020 * 512].reshape(20, 512)
+        assert (rig.disk.data[2000 * 512:2020 * 512].reshape(20, 512)
                 == np.arange(20)[:, None]).all()
     finally:
-        rig.executor.row[EX_REVERSE] = 0
+        rig.disk.reverse = False
 
 
 def test_a_shallow_backing_takes_requests_as_it_frees_them():
@@ -115,7 +115,7 @@ def test_a_shallow_backing_takes_requests_as_it_frees_them():
 
 
 def test_flush_write_zeroes_and_deallocate(rig, pair):
-    disk = rig.executor.disk
+    disk = rig.disk.data
     disk[3000 * 512:3100 * 512] = 0xAB
     assert status_of(one(rig, pair, command(NVM_FLUSH, 1, nsid=NSID_ALL))) == 0
     assert status_of(one(rig, pair, command(NVM_WRITE_ZEROES, 2, slba=3000, blocks=10,
@@ -127,11 +127,11 @@ def test_flush_write_zeroes_and_deallocate(rig, pair):
     # Without Deallocate the ranges are hints: nothing changes.
     assert status_of(one(rig, pair, dsm)) == 0
     assert (disk[3020 * 512:3025 * 512] == 0xAB).all()
-    taken = int(rig.executor.row[EX_TAKEN])
+    taken = rig.disk.taken()
     dsm["cdw11"] = CDW11_AD
     assert status_of(one(rig, pair, dsm)) == 0
     # One discard per non-empty range.
-    assert int(rig.executor.row[EX_TAKEN]) == taken + 2
+    assert rig.disk.taken() == taken + 2
     assert (disk[3020 * 512:3025 * 512] == 0).all() and (disk[3050 * 512:3052 * 512] == 0).all()
     assert disk[3025 * 512] == 0xAB and disk[3052 * 512] == 0xAB
     # A range out of the namespace fails the whole command before anything is deallocated.
@@ -152,7 +152,7 @@ def test_force_unit_access_and_deallocate_reach_the_backing_as_request_flags(rig
     ]
     for sqe, flags in cases:
         assert status_of(one(rig, pair, sqe)) == 0
-        assert rig.executor.row[EX_LAST_FLAGS] == flags
+        assert rig.disk.last_flags == flags
 
 
 def test_commands_the_controller_refuses_never_reach_the_backing(rig, pair):
@@ -174,11 +174,11 @@ def test_commands_the_controller_refuses_never_reach_the_backing(rig, pair):
         # 257 blocks of 512 bytes: more than the 128 KiB MDTS allows.
         (command(NVM_READ, 11, blocks=257, prp1=address), STATUS_INVALID_FIELD),
     ]
-    taken = int(rig.executor.row[EX_TAKEN])
+    taken = rig.disk.taken()
     completions = rig.run(pair, np.concatenate([sqe for sqe, _ in cases]))
     assert {int(c["cid"]): status_of(c) for c in completions} == {
         int(sqe["cid"][0]): status for sqe, status in cases}
-    assert int(rig.executor.row[EX_TAKEN]) == taken
+    assert rig.disk.taken() == taken
     assert rig.controller.statistics.stray == 0
 
 
@@ -200,11 +200,8 @@ def test_errors_of_the_backing_become_nvme_statuses(rig, pair, operation, opcode
         sqe = command(opcode, 1, prp1=buffer.ctypes.data, cdw10=1, cdw11=CDW11_AD)
     else:
         sqe = command(opcode, 1, slba=10, prp1=buffer.ctypes.data)
-    rig.executor.fail({operation}, -error)
-    try:
-        assert status_of(one(rig, pair, sqe)) == expected
-    finally:
-        rig.executor.fail(set())
+    rig.disk.inject_errors({operation}, -error, count=1)
+    assert status_of(one(rig, pair, sqe)) == expected
     assert status_of(one(rig, pair, sqe)) == 0
 
 
@@ -253,7 +250,7 @@ def test_admin_commands_the_controller_refuses(rig):
 def test_deleting_a_submission_queue_waits_for_its_commands(rig):
     pair = rig.driver.create_queue_pair(8)
     buffer = rig.memory.alloc(PAGE_SIZE)
-    rig.executor.row[EX_HOLD] = 1
+    rig.disk.hold = True
     try:
         assert pair.submit(data_command(rig, NVM_READ, 7, 0, buffer)) == 1
         rig.controller.poll()
@@ -263,7 +260,7 @@ def test_deleting_a_submission_queue_waits_for_its_commands(rig):
         for _ in range(5):
             rig.controller.poll()
         assert len(rig.driver.admin_queue.reap()) == 0
-        rig.executor.row[EX_HOLD] = 0
+        rig.disk.hold = False
         # ...and completes once the read did, after it.
         for _ in range(5):
             rig.controller.poll()
@@ -271,7 +268,7 @@ def test_deleting_a_submission_queue_waits_for_its_commands(rig):
         assert completion["cid"].tolist() == [99] and status_of(completion[0]) == 0
         assert pair.reap()["cid"].tolist() == [7]
     finally:
-        rig.executor.row[EX_HOLD] = 0
+        rig.disk.hold = False
     rig.driver.admin(ADMIN_DELETE_IO_CQ, cdw10=pair.qid)
     del rig.driver.queue_pairs[pair.qid]
     pair.release()

@@ -4,7 +4,7 @@ access."""
 
 import numpy as np
 import pytest
-from nvme_helpers import EX_TAKEN, Rig, command, status_of
+from nvme_helpers import Rig, command, status_of
 
 from fastpath.spdk_like._dma import HostMemory, dma_map
 from fastpath.spdk_like._nvme_dptr import (
@@ -289,10 +289,10 @@ def test_hostile_commands_complete_with_their_status_without_reaching_the_backin
                      prp2=descriptor(SGL_TYPE_DATA_BLOCK, 512), psdt=1),
              STATUS_DATA_SGL_LENGTH_INVALID),
         ]
-        taken = int(rig.executor.row[EX_TAKEN])
+        taken = rig.disk.taken()
         completions = rig.run(pair, np.concatenate([c for c, _ in commands]))
         assert {int(c["cid"]): status_of(c) for c in completions} == {
             int(c["cid"][0]): status for c, status in commands}
-        assert int(rig.executor.row[EX_TAKEN]) == taken
+        assert rig.disk.taken() == taken
     finally:
         rig.driver.delete_queue_pair(pair)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nvme_helpers import EX_REVERSE, Rig, command, status_of
+from nvme_helpers import Rig, command, status_of
 
 from fastpath.spdk_like._nvme_dptr import build_data_pointer
 from fastpath.spdk_like._nvme_layout import (
@@ -176,14 +176,14 @@ class Batch:
 @given(specs=batches, reverse=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_the_controller_does_what_the_reference_does(rig, specs, reverse, seed):
     rng = np.random.default_rng(seed)
-    disk = rig.executor.disk
+    disk = rig.disk.data
     disk[:] = rng.integers(0, 256, len(disk), dtype=np.uint8)
     before = bytearray(disk.tobytes())
     allocations = []
     try:
         batch = Batch(rig, specs, rng, allocations)
         batch.clear_targets()
-        rig.executor.row[EX_REVERSE] = reverse
+        rig.disk.reverse = reverse
         completions = rig.run(rig.pair, batch.commands)
         statuses = {int(c["cid"]): status_of(c) for c in completions}
         read_back = batch.target_bytes()
@@ -196,6 +196,6 @@ def test_the_controller_does_what_the_reference_does(rig, specs, reverse, seed):
         assert read_back == batch.target_bytes()
         assert disk.tobytes() == bytes(oracle.disk)
     finally:
-        rig.executor.row[EX_REVERSE] = 0
+        rig.disk.reverse = False
         for buffer in allocations:
             rig.memory.free(buffer)
