@@ -10,10 +10,14 @@ CORE_SOURCES := $(wildcard fastpath/_core/*.pyx fastpath/_core/*.pxd fastpath/_c
 
 .PHONY: run test test-suite bench-check bench-baseline build peers guest lint clean
 
-# The packet benchmark, fastpath against DPDK's vhost PMD at every size (a few minutes).
+# The packet benchmark, fastpath against DPDK's vhost PMD at every size, then the IOPS
+# benchmark, the null bdev against fio's null engine on one core (a few minutes in all).
 run: build peers
 	mkdir -p build
 	$(VENV)/bin/fastpath bench pvp --peer dpdk --json build/pvp.json --plot build/pvp.png
+	$(VENV)/bin/fastpath bench iops --bdev null:1G --workload randread --qd 32 --peer fio \
+		--json build/iops.json --plot build/iops.png
+	@echo "reports: packets build/pvp.json build/pvp.png; IOPS build/iops.json build/iops.png"
 
 test: build peers guest
 	$(MAKE) --no-print-directory test-suite

@@ -16,11 +16,12 @@ def _run(block: str) -> str:
 
 
 def test_readme_python_examples_run():
-    virtqueue, net_backend, ports, hosts = re.findall(r"```python\n(.*?)```", README.read_text(),
-                                               flags=re.S)
+    virtqueue, net_backend, ports, hosts, block = re.findall(r"```python\n(.*?)```",
+                                                             README.read_text(), flags=re.S)
     out = _run(virtqueue)
     assert "b'hello'" in out and "[(0, 5)]" in out
     # With no front-end connected the loop finds nothing to move, and says so.
     assert "NetCounters(rx_frames=0" in _run(net_backend)
     assert _run(ports).splitlines() == ["2", "[b'frame one', b'frame two']"]
     assert _run(hosts).strip() == "True"
+    assert _run(block).splitlines() == ["b'block I/O'", "True 0 True"]
