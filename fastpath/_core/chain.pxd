@@ -18,6 +18,7 @@ cdef extern from "fp_atomic.h":
     void fp_full_fence() noexcept nogil
     void fp_release_fence() noexcept nogil
     uint8_t fp_atomic_or_u8(uint8_t *p, uint8_t v) noexcept nogil
+    void fp_store_release_u8(uint8_t *p, uint8_t v) noexcept nogil
     uint64_t fp_read_once_u64(const void *p) noexcept nogil
     uint16_t fp_read_once_u16(const void *p) noexcept nogil
 

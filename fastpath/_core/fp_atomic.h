@@ -30,6 +30,12 @@
 #define fp_release_fence() __atomic_thread_fence(__ATOMIC_RELEASE)
 /* Dirty-log bits: other threads and the front-end set bits in the same bytes. */
 #define fp_atomic_or_u8(p, v) __atomic_fetch_or((p), (v), __ATOMIC_RELAXED)
+/*
+ * vhost-user's inflight region: a back-end may die between any two stores, and the front-end
+ * keeps the region for the next one. Each step's last store is a release store, so that what
+ * the step wrote before it is in the region first, whatever the compiler would reorder.
+ */
+#define fp_store_release_u8(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 /*
  * A guest may rewrite ring memory while we read it. Reading each word exactly once, through an

@@ -5,7 +5,7 @@ wrap counter and its USED bit does not; used when both bits equal the device's w
 """
 
 from libc.stdint cimport UINT32_MAX, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOOP,
@@ -16,11 +16,42 @@ from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOO
                                    fp_count_error, fp_error_counts, fp_full_fence,
                                    fp_load_acquire_u16, fp_load_relaxed_u16, fp_max_indirect,
                                    fp_need_event, fp_read_once_u64, fp_single_segment_chain,
-                                   fp_store_release_u16, fp_store_relaxed_u16)
+                                   fp_store_release_u8, fp_store_release_u16,
+                                   fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
 
 DESC_SIZE = sizeof(fp_packed_desc)
+INFLIGHT_HEADER_SIZE = sizeof(fp_inflight_packed_region)
+INFLIGHT_DESC_SIZE = sizeof(fp_inflight_packed_desc)
+
+
+def inflight_offsets():
+    """{record: {field: byte offset}} of the inflight layouts as the compiler laid them out,
+    for the numpy dtypes that mirror them."""
+    cdef fp_inflight_packed_region r
+    cdef fp_inflight_packed_desc d
+    base_r, base_d = <size_t>&r, <size_t>&d
+    return {
+        "region": {"features": <size_t>&r.features - base_r,
+                   "version": <size_t>&r.version - base_r,
+                   "desc_num": <size_t>&r.desc_num - base_r,
+                   "free_head": <size_t>&r.free_head - base_r,
+                   "old_free_head": <size_t>&r.old_free_head - base_r,
+                   "used_idx": <size_t>&r.used_idx - base_r,
+                   "old_used_idx": <size_t>&r.old_used_idx - base_r,
+                   "used_wrap_counter": <size_t>&r.used_wrap_counter - base_r,
+                   "old_used_wrap_counter": <size_t>&r.old_used_wrap_counter - base_r},
+        "desc": {"inflight": <size_t>&d.inflight - base_d,
+                 "next": <size_t>&d.next - base_d,
+                 "last": <size_t>&d.last - base_d,
+                 "num": <size_t>&d.num - base_d,
+                 "counter": <size_t>&d.counter - base_d,
+                 "id": <size_t>&d.id - base_d,
+                 "flags": <size_t>&d.flags - base_d,
+                 "len": <size_t>&d.len - base_d,
+                 "addr": <size_t>&d.addr - base_d},
+    }
 
 
 cdef inline bint _is_avail(uint16_t flags, uint8_t wrap) noexcept nogil:
@@ -103,11 +134,132 @@ cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain 
     return 0
 
 
+cdef inline void _end_pop(fp_packed_device *vq, uint16_t pos, uint8_t wrap, uint32_t hint,
+                          uint32_t popped) noexcept nogil:
+    vq.next_avail = pos
+    vq.avail_wrap = wrap
+    vq.mem_hint = hint
+    vq.popped += popped
+
+
+cdef inline int _walk_desc(fp_packed_device *vq, const fp_packed_desc *d, uint32_t k,
+                           fp_chain *c, fp_segment *segs, uint32_t max_segs, _walk *w,
+                           int rc) noexcept nogil:
+    # The chain's k-th descriptor (from 1) into c and segs; returns the chain's error so far.
+    # After an error the walk goes on, reading nothing, so that every slot is consumed.
+    if rc:
+        return rc
+    if d.flags & FP_PACKED_DESC_F_INDIRECT:
+        return FP_E_INDIRECT if k > 1 else _read_indirect(vq, d, c, segs, max_segs, w)
+    return _add_segment(vq, d, c, segs, max_segs, w)
+
+
+cdef inline uint32_t _end_chain(fp_packed_device *vq, fp_chain *c, int rc, const _walk *w,
+                                uint16_t id, uint32_t ndesc) noexcept nogil:
+    # Fills in the chain's record once walked; returns the segments it took.
+    if rc == 0 and (w.readable > UINT32_MAX or w.writable > UINT32_MAX or w.nseg > 0xFFFF):
+        rc = FP_E_CHAIN_BYTES
+    # §2.8.6: the buffer id is in the chain's last descriptor.
+    c.id = id
+    c.ndesc = <uint16_t>ndesc
+    if rc:
+        c.error = <short>rc
+        c.nreadable = 0
+        fp_count_error(vq.errors, rc)
+        return 0
+    c.nseg = <uint16_t>w.nseg
+    c.readable_len = <uint32_t>w.readable
+    c.writable_len = <uint32_t>w.writable
+    return w.nseg
+
+
+cdef inline void _start_walk(_walk *w) noexcept nogil:
+    w.nseg = 0
+    w.readable = 0
+    w.writable = 0
+    w.seen_write = False
+
+
+cdef int _pop_resubmitted(fp_packed_device *vq, fp_chain *chains, uint32_t max_chains,
+                          fp_segment *segs, uint32_t max_segs, uint32_t *used_segs) noexcept nogil:
+    # The chains a restart left in flight, from the copies their entries keep (their ring slots
+    # may hold used descriptors by now); returns how many, or -1 - n when the next one's pieces
+    # do not fit after n: it waits for the next burst, and nothing else is popped in this one.
+    cdef fp_packed_inflight *t = &vq.inflight
+    cdef uint32_t i = 0, k, ndesc
+    cdef uint16_t head, e
+    cdef fp_packed_desc d
+    cdef fp_chain *c
+    cdef _walk w
+    cdef int rc
+    while i < max_chains and t.resubmit_next < t.resubmit_count:
+        head = t.resubmit[t.resubmit_next]
+        ndesc = t.num[head]
+        c = &chains[i]
+        fp_chain_clear(c, 0, used_segs[0])
+        _start_walk(&w)
+        rc = 0
+        e = head
+        for k in range(ndesc):
+            d = t.saved[e]
+            rc = _walk_desc(vq, &d, k + 1, c, segs + used_segs[0], max_segs - used_segs[0], &w,
+                            rc)
+            e = t.next[e]
+        if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
+            return -1 - <int>i
+        used_segs[0] += _end_chain(vq, c, rc, &w, d.id, ndesc)
+        t.head_of[d.id] = head + 1
+        t.resubmit_next += 1
+        i += 1
+    return <int>i
+
+
+cdef void _record_pop(fp_packed_device *vq, uint16_t pos, uint32_t ndesc,
+                      uint16_t id) noexcept nogil:
+    # "When receiving available buffers": each of the chain's descriptors takes the next free
+    # entry and a copy of itself, the first entry heads the chain (counter, inflight, its
+    # length and last entry), and old_free_head catches up with free_head last: a restart
+    # before that puts the entries back on the free list. Entries come off this side's free
+    # list, below desc_num; ring slots are stepped within the ring.
+    cdef fp_packed_inflight *t = &vq.inflight
+    cdef uint16_t head = t.free_head, e = t.free_head, last = t.free_head
+    cdef uint32_t _k
+    cdef fp_packed_desc d
+    cdef fp_inflight_packed_desc *entry
+    if ndesc > t.free_count:
+        # Only a driver making more slots available than the ring has gets here.
+        t.untracked += 1
+        return
+    t.desc[head].num = <uint16_t>ndesc
+    t.desc[head].counter = t.counter
+    t.counter += 1
+    t.desc[head].inflight = 1
+    for _k in range(ndesc):
+        _read_desc(&vq.ring.desc[pos], &d)
+        entry = &t.desc[e]
+        entry.id = d.id
+        entry.flags = d.flags
+        entry.len = d.len
+        entry.addr = d.addr
+        last = e
+        e = t.next[e]
+        pos = pos + 1 if pos + 1u < vq.ring.size else 0
+    t.desc[head].last = last
+    t.last[head] = last
+    t.num[head] = <uint16_t>ndesc
+    t.head_of[id] = head + 1
+    t.free_head = e
+    t.free_count -= ndesc
+    t.region.free_head = e
+    fp_store_release_u16(&t.region.old_free_head, e)
+
+
 cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t max_chains,
                              fp_segment *segs, uint32_t max_segs) noexcept nogil:
     # SAFETY: slot positions stay below the ring size (_advance); indirect tables are translated for
     # their whole length and capped; every buffer is translated whole before a segment points at
-    # it; a chain longer than the ring stops the queue instead of walking on.
+    # it; a chain longer than the ring stops the queue instead of walking on. An inflight
+    # record's entries and links were checked against desc_num when it was attached.
     # Ring state lives in locals for the burst: stores to chains and segments could otherwise
     # alias it, and the compiler would reload it for every chain.
     cdef uint16_t pos = vq.next_avail
@@ -118,12 +270,19 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
     cdef uint32_t i = 0, used_segs = 0, ndesc
     cdef uint16_t walk_pos, flags
     cdef uint8_t walk_wrap
+    cdef bint tracked = vq.inflight.region != NULL
     cdef fp_packed_desc d
     cdef fp_chain *c
     cdef _walk w
     cdef int rc
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
+    if vq.inflight.resubmit_next < vq.inflight.resubmit_count:
+        rc = _pop_resubmitted(vq, chains, max_chains, segs, max_segs, &used_segs)
+        if rc < 0:
+            _end_pop(vq, pos, wrap, hint, <uint32_t>(-1 - rc))
+            return -1 - rc
+        i = <uint32_t>rc
     while i < max_chains:
         # Acquire: the driver writes a chain's other slots before its head's flags.
         flags = fp_load_acquire_u16(&ring[pos].flags)
@@ -137,20 +296,18 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
                 and fp_single_segment_chain(vq.mem, &hint, d.addr, d.len,
                                             flags & FP_PACKED_DESC_F_WRITE, d.id,
                                             segs, used_segs, c)):
+            if tracked:
+                _record_pop(vq, pos, 1, d.id)
             _advance(&pos, &wrap, 1, size)
             used_segs += 1
             i += 1
             continue
         fp_chain_clear(c, d.id, used_segs)
-        w.nseg = 0
-        w.readable = 0
-        w.writable = 0
-        w.seen_write = False
+        _start_walk(&w)
         ndesc = 0
         rc = 0
         walk_pos = pos
         walk_wrap = wrap
-        # Walk the whole chain even after an error, so that its slots are consumed.
         while True:
             _read_desc(&ring[walk_pos], &d)
             if ndesc == 0:
@@ -162,44 +319,20 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
                 fp_count_error(vq.errors, FP_E_CHAIN_LOOP)
                 _end_pop(vq, pos, wrap, hint, i)
                 return FP_E_CHAIN_LOOP if i == 0 else <int>i
-            if rc == 0:
-                if d.flags & FP_PACKED_DESC_F_INDIRECT:
-                    rc = (FP_E_INDIRECT if ndesc > 1 else
-                          _read_indirect(vq, &d, c, segs + used_segs, max_segs - used_segs, &w))
-                else:
-                    rc = _add_segment(vq, &d, c, segs + used_segs, max_segs - used_segs, &w)
+            rc = _walk_desc(vq, &d, ndesc, c, segs + used_segs, max_segs - used_segs, &w, rc)
             _advance(&walk_pos, &walk_wrap, 1, size)
             if not (d.flags & FP_PACKED_DESC_F_NEXT):
                 break
         if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
             break
-        if rc == 0 and (w.readable > UINT32_MAX or w.writable > UINT32_MAX or w.nseg > 0xFFFF):
-            rc = FP_E_CHAIN_BYTES
-        # §2.8.6: the buffer id is in the chain's last descriptor.
-        c.id = d.id
-        c.ndesc = <uint16_t>ndesc
+        used_segs += _end_chain(vq, c, rc, &w, d.id, ndesc)
+        if tracked:
+            _record_pop(vq, pos, ndesc, d.id)
         pos = walk_pos
         wrap = walk_wrap
-        if rc:
-            c.error = <short>rc
-            c.nreadable = 0
-            fp_count_error(vq.errors, rc)
-        else:
-            c.nseg = <uint16_t>w.nseg
-            c.readable_len = <uint32_t>w.readable
-            c.writable_len = <uint32_t>w.writable
-            used_segs += w.nseg
         i += 1
     _end_pop(vq, pos, wrap, hint, i)
     return <int>i
-
-
-cdef inline void _end_pop(fp_packed_device *vq, uint16_t pos, uint8_t wrap, uint32_t hint,
-                          uint32_t popped) noexcept nogil:
-    vq.next_avail = pos
-    vq.avail_wrap = wrap
-    vq.mem_hint = hint
-    vq.popped += popped
 
 
 cdef void fp_packed_unpop_burst(fp_packed_device *vq, const fp_chain *chains,
@@ -218,20 +351,57 @@ cdef void fp_packed_unpop_burst(fp_packed_device *vq, const fp_chain *chains,
     vq.popped -= n
 
 
+cdef inline void _record_use(fp_packed_inflight *t, uint16_t id,
+                             uint32_t *nbatch) noexcept nogil:
+    # "When supplying used buffers": the chain's entries go back on the free list, its head
+    # first. A buffer id with no chain recorded (popped with no free entries left) has none.
+    cdef uint16_t head, last
+    if t.head_of[id] == 0:
+        return
+    head = t.head_of[id] - 1
+    t.head_of[id] = 0
+    last = t.last[head]
+    t.next[last] = t.free_head
+    t.desc[last].next = t.free_head
+    t.free_head = head
+    t.free_count += t.num[head]
+    t.region.free_head = head
+    t.batch[nbatch[0]] = head
+    nbatch[0] += 1
+
+
+cdef void _record_used(fp_packed_inflight *t, uint32_t nbatch, uint16_t pos,
+                       uint8_t wrap) noexcept nogil:
+    # Once the driver can see the burst: its heads are no longer in flight, then the old_*
+    # values catch up, which ends the step (a restart before that finds old_used_idx behind and
+    # looks at the ring to tell whether the burst reached the driver).
+    cdef uint32_t k
+    for k in range(nbatch):
+        fp_store_release_u8(&t.desc[t.batch[k]].inflight, 0)
+    fp_store_release_u16(&t.region.old_free_head, t.free_head)
+    fp_store_release_u16(&t.region.old_used_idx, pos)
+    fp_store_release_u8(&t.region.old_used_wrap_counter, wrap)
+
+
 cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
                               uint32_t n) noexcept nogil:
     # SAFETY: slot positions stay below the ring size; a record's ndesc is checked against it.
+    # An inflight record's heads come from this side's own map of buffer ids, each below
+    # desc_num, and the push under way takes each at most once (the map forgets it).
     cdef uint16_t pos = vq.next_used
     cdef uint8_t wrap = vq.used_wrap
     cdef uint32_t size = vq.ring.size
     cdef fp_packed_desc *ring = vq.ring.desc
-    cdef uint32_t i, pushed = 0, length, slots = 0
-    cdef uint16_t flags, ndesc
+    cdef fp_packed_inflight *t = &vq.inflight
+    cdef uint32_t i, pushed = 0, length, slots = 0, nbatch = 0
+    cdef uint16_t flags, ndesc, first_pos = 0, first_flags = 0
     for i in range(n):
         ndesc = chains[i].ndesc
         if ndesc == 0 or ndesc > size:
             fp_count_error(vq.errors, FP_E_USED_ID)
             continue
+        if t.region != NULL:
+            _record_use(t, <uint16_t>chains[i].id, &nbatch)
         length = (chains[i].written if chains[i].written < chains[i].writable_len
                   else chains[i].writable_len)
         ring[pos].id = <uint16_t>chains[i].id
@@ -239,16 +409,29 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
         flags = (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED) if wrap else 0
         if length:
             flags |= FP_PACKED_DESC_F_WRITE
-        # Release: id and len are visible before the flags that hand the slot back.
-        fp_store_release_u16(&ring[pos].flags, flags)
+        if pushed:
+            ring[pos].flags = flags
+        else:
+            first_pos = pos
+            first_flags = flags
         _advance(&pos, &wrap, ndesc, size)
         slots += ndesc
         pushed += 1
+    if t.region != NULL:
+        t.region.used_idx = pos
+        t.region.used_wrap_counter = wrap
+    if pushed:
+        # Release: every id and len, and the other used descriptors' flags, are visible before
+        # the first one's flags hand the whole burst back, as a device may use a batch
+        # (§2.8.21.3).
+        fp_store_release_u16(&ring[first_pos].flags, first_flags)
     vq.next_used = pos
     vq.used_wrap = wrap
     # Saturates: a lap or more is all the decision needs to know.
     vq.used_since_notify = min(vq.used_since_notify + slots, size)
     vq.pushed += pushed
+    if t.region != NULL:
+        _record_used(t, nbatch, pos, wrap)
     return <int>pushed
 
 
@@ -288,6 +471,9 @@ cdef int fp_packed_device_set_kicks(fp_packed_device *vq, bint enabled) noexcept
                          FP_PACKED_EVENT_ENABLE if enabled else FP_PACKED_EVENT_DISABLE)
     if not enabled:
         return 0
+    # Chains a restart left to pop again get no kick either.
+    if vq.inflight.resubmit_next < vq.inflight.resubmit_count:
+        return 1
     fp_full_fence()
     return _is_avail(fp_load_acquire_u16(&vq.ring.desc[vq.next_avail].flags), vq.avail_wrap)
 
@@ -456,6 +642,14 @@ cdef class PackedDevice:
     cdef fp_packed_device q
     cdef MemoryTable memory
     cdef object owner
+    cdef object inflight_owner
+    cdef uint16_t[::1] next, last, num
+    cdef const uint8_t[::1] saved
+    cdef const uint16_t[::1] resubmit
+
+    def __cinit__(self):
+        self.q.inflight.head_of = NULL
+        self.q.inflight.batch = NULL
 
     def __init__(self, MemoryTable memory, uint32_t size, uintptr_t desc,
                  uintptr_t driver_event, uintptr_t device_event, uint16_t options,
@@ -467,6 +661,85 @@ cdef class PackedDevice:
         self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
         self.q.avail_wrap = 1
         self.q.used_wrap = 1
+
+    def __dealloc__(self):
+        free(self.q.inflight.head_of)
+        free(self.q.inflight.batch)
+
+    def track_inflight(self, uintptr_t region, uint32_t desc_num, uint64_t counter,
+                       uint16_t free_head, uint32_t free_count, uint16_t[::1] next,
+                       uint16_t[::1] last, uint16_t[::1] num, const uint8_t[::1] saved,
+                       const uint16_t[::1] resubmit, object owner):
+        """Record pops and pushes in the inflight queue region at address `region` (desc_num
+        entries), which `owner` keeps mapped, going on from `counter`. The region's free list
+        (free_count entries from free_head) and chains (`next` links, each head's `last` entry
+        and `num` descriptors) come as this side's own copies; `saved` holds the descriptors
+        of the chains in `resubmit` (heads, oldest first), which are popped first."""
+        cdef uint32_t k, _j, size = self.q.ring.size
+        cdef uint16_t e
+        # SAFETY: the hot path follows these links and indexes the region with them unchecked:
+        # every entry reachable from the free list or a chain to pop again is checked here.
+        if not size <= desc_num <= 32768:
+            raise ValueError(f"an inflight region of {desc_num} entries cannot track a ring of "
+                             f"{size}")
+        if not (next.shape[0] == last.shape[0] == num.shape[0] == desc_num
+                and <size_t>saved.shape[0] == desc_num * sizeof(fp_packed_desc)):
+            raise ValueError("the inflight record's arrays do not have desc_num entries")
+        if free_count > desc_num:
+            raise ValueError(f"{free_count} free entries of {desc_num}")
+        e = free_head
+        for k in range(free_count):
+            if e >= desc_num:
+                raise ValueError(f"the free list leaves the region after {k} entries")
+            e = next[e]
+        for k in range(resubmit.shape[0]):
+            e = resubmit[k]
+            if e >= desc_num or not 1 <= num[e] <= size or last[e] >= desc_num:
+                raise ValueError(f"chain {e} to pop again is not one")
+            for _j in range(num[e] - 1):
+                e = next[e]
+                if e >= desc_num:
+                    raise ValueError(f"chain {resubmit[k]} leaves the region")
+        free(self.q.inflight.head_of)
+        free(self.q.inflight.batch)
+        self.q.inflight.head_of = <uint16_t *>calloc(65536, sizeof(uint16_t))
+        self.q.inflight.batch = <uint16_t *>malloc(desc_num * sizeof(uint16_t))
+        if self.q.inflight.head_of == NULL or self.q.inflight.batch == NULL:
+            raise MemoryError()
+        self.inflight_owner = owner
+        self.next, self.last, self.num = next, last, num
+        self.saved, self.resubmit = saved, resubmit
+        self.q.inflight.region = <fp_inflight_packed_region *>region
+        self.q.inflight.desc = <fp_inflight_packed_desc *>(
+            region + sizeof(fp_inflight_packed_region))
+        self.q.inflight.counter = counter
+        self.q.inflight.desc_num = desc_num
+        self.q.inflight.free_head = free_head
+        self.q.inflight.free_count = free_count
+        self.q.inflight.next = &next[0]
+        self.q.inflight.last = &last[0]
+        self.q.inflight.num = &num[0]
+        self.q.inflight.saved = <const fp_packed_desc *>&saved[0]
+        self.q.inflight.resubmit = &resubmit[0] if resubmit.shape[0] else NULL
+        self.q.inflight.resubmit_count = resubmit.shape[0]
+        self.q.inflight.resubmit_next = 0
+        self.q.inflight.untracked = 0
+
+    @property
+    def inflight_counter(self):
+        """The counter value the next recorded pop gets."""
+        return self.q.inflight.counter
+
+    @property
+    def inflight_untracked(self):
+        """Chains popped with no free entry left to record them in."""
+        return self.q.inflight.untracked
+
+    @property
+    def resubmit_heads(self):
+        """Heads (region entries) of the chains a restart left in flight that pops have not
+        returned yet, oldest first."""
+        return list(self.resubmit[self.q.inflight.resubmit_next:self.q.inflight.resubmit_count])
 
     @property
     def handle(self):
@@ -527,6 +800,8 @@ cdef class PackedDevice:
         self.q.popped = 0
         self.q.pushed = 0
         memset(self.q.errors, 0, sizeof(self.q.errors))
+        self.q.inflight.resubmit_count = 0
+        self.q.inflight.resubmit_next = 0
 
     def pop_burst(self, uint8_t[::1] chains, uint8_t[::1] segs):
         cdef uint32_t max_chains = chains.shape[0] // sizeof(fp_chain)

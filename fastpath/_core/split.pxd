@@ -1,5 +1,5 @@
 # The split virtqueue (virtio 1.2 §2.7), device side and driver side.
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath._core.chain cimport (FP_NERRORS, fp_chain, fp_driver_chain, fp_segment,
                                    fp_used_elem)
@@ -35,6 +35,37 @@ cdef struct fp_split_ring:
     uint32_t size
 
 
+# vhost-user "Inflight I/O tracking" (QEMU docs/interop/vhost-user.rst, section of that name):
+# a split ring's queue region is a QueueRegionSplit header, then one DescStateSplit per
+# descriptor of the table. Natural alignment throughout, as QEMU's C structs have it.
+cdef packed struct fp_inflight_split_desc:     # DescStateSplit, 16 bytes
+    uint8_t inflight        # 1 while the chain at this head is in flight (heads only)
+    uint8_t padding[5]
+    uint16_t next           # links the heads of the batches used, newest first
+    uint64_t counter        # when the head was popped, from a counter that only goes up
+
+
+cdef packed struct fp_inflight_split_region:   # QueueRegionSplit, 16 bytes; desc[] follows
+    uint64_t features       # 0: no region features are defined
+    uint16_t version        # 1; 0 is a region nobody has initialised
+    uint16_t desc_num       # entries of desc[]: the inflight description's queue size
+    uint16_t last_batch_head
+    uint16_t used_idx       # the used ring's idx once the last batch's heads were cleared
+
+
+# A device queue's record of what it pops, kept in a region the front-end holds across
+# back-end restarts. The core writes the region and never reads it: the front-end may
+# scribble on it, so what the hot path needs is kept here, checked when it was attached.
+cdef struct fp_split_inflight:
+    fp_inflight_split_region *region   # NULL: no record is kept
+    fp_inflight_split_desc *desc
+    uint64_t counter                   # the next pop's counter value
+    uint16_t last_batch_head
+    const uint16_t *resubmit           # heads in flight before the restart, oldest first
+    uint32_t resubmit_count
+    uint32_t resubmit_next             # resubmit[resubmit_next:] are still to be popped
+
+
 cdef struct fp_split_device:
     fp_split_ring ring
     const fp_memory *mem
@@ -46,6 +77,7 @@ cdef struct fp_split_device:
     uint64_t popped
     uint64_t pushed
     uint64_t errors[FP_NERRORS]
+    fp_split_inflight inflight
 
 
 cdef struct fp_split_driver:
@@ -65,16 +97,21 @@ cdef struct fp_split_driver:
 
 # Device side. Pops up to max_chains available chains; returns how many, or FP_E_AVAIL_IDX /
 # FP_E_BROKEN. A chain that fails validation is still returned (and consumed) with its error set.
+# With an inflight record, the chains in flight before a restart come first, oldest first, and
+# every head taken from the avail ring is recorded in flight.
 cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_chains,
                             fp_segment *segs, uint32_t max_segs) noexcept nogil
 # Pushes chains as used elements of length `written`, in the order given; returns how many.
+# With an inflight record, their heads are then recorded no longer in flight.
 cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
                              uint32_t n) noexcept nogil
-# Returns the last n chains popped to the ring unused: the next pop yields them again.
+# Returns the last n chains popped to the ring unused: the next pop yields them again. Not for
+# a queue keeping an inflight record (the pops are recorded there); net's never do.
 cdef void fp_split_unpop_burst(fp_split_device *vq, uint32_t n) noexcept nogil
 # Whether the driver wants a notification for what was pushed since the last call.
 cdef bint fp_split_device_should_notify(fp_split_device *vq) noexcept nogil
-# Ask for (or stop asking for) kicks; enabling returns how many chains are already available.
+# Ask for (or stop asking for) kicks; enabling returns how many chains are already available
+# (chains still to pop again after a restart included).
 cdef int fp_split_device_set_kicks(fp_split_device *vq, bint enabled) noexcept nogil
 
 # Driver side. Adds chains (sets their ids); returns how many fit.

@@ -18,11 +18,32 @@ from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES
                                    fp_load_acquire_u16, fp_load_relaxed_u16, fp_need_event,
                                    fp_max_indirect, fp_read_once_u16, fp_read_once_u64,
                                    fp_single_segment_chain,
-                                   fp_store_release_u16, fp_store_relaxed_u16)
+                                   fp_store_release_u8, fp_store_release_u16,
+                                   fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
 
 DESC_SIZE = sizeof(fp_split_desc)
+INFLIGHT_HEADER_SIZE = sizeof(fp_inflight_split_region)
+INFLIGHT_DESC_SIZE = sizeof(fp_inflight_split_desc)
+
+
+def inflight_offsets():
+    """{record: {field: byte offset}} of the inflight layouts as the compiler laid them out,
+    for the numpy dtypes that mirror them."""
+    cdef fp_inflight_split_region r
+    cdef fp_inflight_split_desc d
+    base_r, base_d = <size_t>&r, <size_t>&d
+    return {
+        "region": {"features": <size_t>&r.features - base_r,
+                   "version": <size_t>&r.version - base_r,
+                   "desc_num": <size_t>&r.desc_num - base_r,
+                   "last_batch_head": <size_t>&r.last_batch_head - base_r,
+                   "used_idx": <size_t>&r.used_idx - base_r},
+        "desc": {"inflight": <size_t>&d.inflight - base_d,
+                 "next": <size_t>&d.next - base_d,
+                 "counter": <size_t>&d.counter - base_d},
+    }
 
 
 cdef inline void _read_desc(const fp_split_desc *p, fp_split_desc *d) noexcept nogil:
@@ -97,25 +118,85 @@ cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment
     return 0
 
 
+cdef inline int _pop_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment *segs,
+                           uint32_t used_segs, uint32_t max_segs, uint32_t *hint,
+                           bint first) noexcept nogil:
+    # The chain at `head` into c, its pieces from segs[used_segs]; returns the segments it took,
+    # or -1 when they do not fit and it is not the burst's first chain: it is left for the next
+    # burst, which starts with an empty segment array. A bad chain takes none, its error set.
+    cdef fp_split_desc d
+    cdef int rc
+    if head < vq.ring.size and used_segs < max_segs:
+        _read_desc(&vq.ring.desc[head], &d)
+        if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
+                and fp_single_segment_chain(vq.mem, hint, d.addr, d.len,
+                                            d.flags & FP_SPLIT_DESC_F_WRITE, head,
+                                            segs, used_segs, c)):
+            return 1
+    fp_chain_clear(c, head, used_segs)
+    rc = _read_chain(vq, head, c, segs + used_segs, max_segs - used_segs)
+    if rc == FP_E_TOO_MANY_SEGMENTS and not first:
+        return -1
+    if rc:
+        c.error = <short>rc
+        c.nseg = 0
+        c.nreadable = 0
+        c.readable_len = 0
+        c.writable_len = 0
+        fp_count_error(vq.errors, rc)
+        return 0
+    return c.nseg
+
+
+cdef inline void _record_pop(fp_split_inflight *t, uint16_t head) noexcept nogil:
+    # "When receiving available buffers": the head's counter, then inflight = 1. The release
+    # store puts the counter and every head recorded before in the region first, so a restart
+    # finds the pops recorded in the order they happened (see fp_atomic.h).
+    t.desc[head].counter = t.counter
+    t.counter += 1
+    fp_store_release_u8(&t.desc[head].inflight, 1)
+
+
+cdef inline int _end_pop(fp_split_device *vq, uint16_t next_idx, uint32_t hint,
+                         uint32_t n) noexcept nogil:
+    vq.last_avail_idx = next_idx
+    vq.mem_hint = hint
+    vq.popped += n
+    if vq.options & FP_VQ_EVENT_IDX and not (vq.options & FP_VQ_NOTIFY_OFF):
+        # §2.7.10: kick me when the driver moves avail idx past what I have consumed.
+        fp_store_relaxed_u16(vq.ring.avail_event, next_idx)
+    return <int>n
+
+
 cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_chains,
                             fp_segment *segs, uint32_t max_segs) noexcept nogil:
     # SAFETY: the ring areas were translated for their full size when the queue was made; every
     # avail slot is masked to the ring, every head and next is checked against its table before
-    # use, and every buffer is translated whole before a segment points at it.
+    # use, and every buffer is translated whole before a segment points at it. An inflight
+    # record's heads were checked against the ring when it was attached, and a head is recorded
+    # only below the ring size, which the record's desc_num is at least.
     # Ring state lives in locals for the burst: stores to chains and segments could otherwise
     # alias it, and the compiler would reload it for every chain.
     cdef uint16_t next_idx = vq.last_avail_idx
     cdef uint32_t size = vq.ring.size
     cdef const uint16_t *avail_ring = vq.ring.avail + 2
-    cdef const fp_split_desc *table = vq.ring.desc
     cdef uint32_t hint = vq.mem_hint
+    cdef fp_split_inflight *t = &vq.inflight
     cdef uint16_t avail_idx, head
-    cdef uint32_t pending, i, used_segs = 0
-    cdef fp_split_desc d
-    cdef fp_chain *c
-    cdef int rc
+    cdef uint32_t pending, _k, n = 0, used_segs = 0
+    cdef int took
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
+    # A restart's chains first: they were taken from the avail ring before it, and go first
+    # so that the driver gets back what it waited longest for.
+    while n < max_chains and t.resubmit_next < t.resubmit_count:
+        took = _pop_chain(vq, t.resubmit[t.resubmit_next], &chains[n], segs, used_segs,
+                          max_segs, &hint, n == 0)
+        if took < 0:
+            return _end_pop(vq, next_idx, hint, n)
+        used_segs += <uint32_t>took
+        t.resubmit_next += 1
+        n += 1
     # Acquire: the ring entries the driver wrote before publishing idx are visible after this.
     avail_idx = fp_load_acquire_u16(&vq.ring.avail[1])
     pending = <uint16_t>(avail_idx - next_idx)
@@ -123,52 +204,32 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
         # §2.7.13.3: the driver never has more than the queue size outstanding.
         vq.options |= FP_VQ_BROKEN
         fp_count_error(vq.errors, FP_E_AVAIL_IDX)
+        if n:
+            return _end_pop(vq, next_idx, hint, n)
         return FP_E_AVAIL_IDX
-    if pending > max_chains:
-        pending = max_chains
-    for i in range(pending):
+    if pending > max_chains - n:
+        pending = max_chains - n
+    for _k in range(pending):
         head = fp_read_once_u16(&avail_ring[next_idx & (size - 1)])
-        c = &chains[i]
-        if head < size and used_segs < max_segs:
-            _read_desc(&table[head], &d)
-            if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
-                    and fp_single_segment_chain(vq.mem, &hint, d.addr, d.len,
-                                                d.flags & FP_SPLIT_DESC_F_WRITE, head,
-                                                segs, used_segs, c)):
-                next_idx += 1
-                used_segs += 1
-                continue
-        fp_chain_clear(c, head, used_segs)
-        rc = _read_chain(vq, head, c, segs + used_segs, max_segs - used_segs)
-        if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
-            # Leave it for the next burst, which starts with an empty segment array.
-            pending = i
+        took = _pop_chain(vq, head, &chains[n], segs, used_segs, max_segs, &hint, n == 0)
+        if took < 0:
             break
         next_idx += 1
-        if rc:
-            c.error = <short>rc
-            c.nseg = 0
-            c.nreadable = 0
-            c.readable_len = 0
-            c.writable_len = 0
-            fp_count_error(vq.errors, rc)
-        else:
-            used_segs += c.nseg
-    vq.last_avail_idx = next_idx
-    vq.mem_hint = hint
-    vq.popped += pending
-    if vq.options & FP_VQ_EVENT_IDX and not (vq.options & FP_VQ_NOTIFY_OFF):
-        # §2.7.10: kick me when the driver moves avail idx past what I have consumed.
-        fp_store_relaxed_u16(vq.ring.avail_event, next_idx)
-    return <int>pending
+        used_segs += <uint32_t>took
+        if t.region != NULL and head < size:
+            _record_pop(t, head)
+        n += 1
+    return _end_pop(vq, next_idx, hint, n)
 
 
 cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
                              uint32_t n) noexcept nogil:
-    # SAFETY: used slots are masked to the ring; a chain id past the queue is never written.
+    # SAFETY: used slots are masked to the ring; a chain id past the queue is never written, nor
+    # recorded (the inflight record's desc_num is at least the ring size).
     cdef uint32_t i, pushed = 0
     cdef uint32_t mask = vq.ring.size - 1
     cdef uint16_t idx = vq.used_idx
+    cdef fp_split_inflight *t = &vq.inflight
     cdef fp_used_elem *e
     for i in range(n):
         if chains[i].id >= vq.ring.size:
@@ -176,6 +237,10 @@ cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
             if chains[i].error != FP_E_HEAD_RANGE:
                 fp_count_error(vq.errors, FP_E_USED_ID)
             continue
+        if t.region != NULL:
+            # "When supplying used buffers": the batch's heads are linked, newest first.
+            t.desc[chains[i].id].next = t.last_batch_head
+            t.last_batch_head = <uint16_t>chains[i].id
         e = &vq.ring.used_ring[idx & mask]
         e.id = chains[i].id
         # Never report more written than the driver offered (§2.7.8.1).
@@ -183,11 +248,28 @@ cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
                  else chains[i].writable_len)
         idx += 1
         pushed += 1
-    # Release: the elements are visible before the index that covers them.
+    if t.region != NULL:
+        t.region.last_batch_head = t.last_batch_head
+    # Release: the elements (and the batch's links) are visible before the index that covers them.
     fp_store_release_u16(&vq.ring.used[1], idx)
     vq.used_idx = idx
     vq.pushed += pushed
+    if t.region != NULL and pushed:
+        _record_used(t, chains, n, vq.ring.size, idx)
     return <int>pushed
+
+
+cdef void _record_used(fp_split_inflight *t, const fp_chain *chains, uint32_t n, uint32_t size,
+                       uint16_t used_idx) noexcept nogil:
+    # After the used index moved: the batch's heads are no longer in flight, then the region
+    # notes the index it has caught up with. Each a release store: a restart that finds
+    # used_idx behind the ring's knows the batch's heads may still be marked (the spec's
+    # roll-forward), and one that finds it equal knows they are not.
+    cdef uint32_t i
+    for i in range(n):
+        if chains[i].id < size:
+            fp_store_release_u8(&t.desc[chains[i].id].inflight, 0)
+    fp_store_release_u16(&t.region.used_idx, used_idx)
 
 
 cdef void fp_split_unpop_burst(fp_split_device *vq, uint32_t n) noexcept nogil:
@@ -221,9 +303,11 @@ cdef int fp_split_device_set_kicks(fp_split_device *vq, bint enabled) noexcept n
         fp_store_relaxed_u16(vq.ring.avail_event, vq.last_avail_idx)
     else:
         fp_store_relaxed_u16(&vq.ring.used[0], 0)
-    # A chain added before the driver saw our wish gets no kick: report it to the caller.
+    # A chain added before the driver saw our wish gets no kick: report it to the caller, and
+    # the chains a restart left to pop again, for which no kick comes either.
     fp_full_fence()
-    return <uint16_t>(fp_load_acquire_u16(&vq.ring.avail[1]) - vq.last_avail_idx)
+    return (<uint16_t>(fp_load_acquire_u16(&vq.ring.avail[1]) - vq.last_avail_idx)
+            + <int>(vq.inflight.resubmit_count - vq.inflight.resubmit_next))
 
 
 cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32_t n,
@@ -372,6 +456,8 @@ cdef class SplitDevice:
     cdef fp_split_device q
     cdef MemoryTable memory
     cdef object owner
+    cdef object inflight_owner
+    cdef const uint16_t[::1] resubmit
 
     def __init__(self, MemoryTable memory, uint32_t size, uintptr_t desc, uintptr_t avail,
                  uintptr_t used, uint16_t options, object owner=None):
@@ -420,7 +506,8 @@ cdef class SplitDevice:
         return fp_error_counts(self.q.errors)
 
     def reset(self):
-        """Forget all progress and errors (the device was reset)."""
+        """Forget all progress and errors (the device was reset), and the chains a restart
+        left to pop again."""
         self.q.last_avail_idx = 0
         self.q.used_idx = 0
         self.q.signalled_used = 0
@@ -428,6 +515,40 @@ cdef class SplitDevice:
         self.q.popped = 0
         self.q.pushed = 0
         memset(self.q.errors, 0, sizeof(self.q.errors))
+        self.q.inflight.resubmit_count = 0
+        self.q.inflight.resubmit_next = 0
+
+    def track_inflight(self, uintptr_t region, uint32_t desc_num, uint64_t counter,
+                       uint16_t last_batch_head, const uint16_t[::1] resubmit, object owner):
+        """Record pops and pushes in the inflight queue region at address `region`, which
+        `owner` keeps mapped, going on from `counter`; the heads in `resubmit` are popped
+        first. The caller checked the region (desc_num entries, at least the ring size) and
+        every head in `resubmit` (below the ring size)."""
+        if desc_num < self.q.ring.size:
+            raise ValueError(f"an inflight region of {desc_num} entries cannot track a ring of "
+                             f"{self.q.ring.size}")
+        for head in resubmit:
+            if head >= self.q.ring.size:
+                raise ValueError(f"head {head} is outside a ring of {self.q.ring.size}")
+        self.inflight_owner = owner
+        self.resubmit = resubmit
+        self.q.inflight.region = <fp_inflight_split_region *>region
+        self.q.inflight.desc = <fp_inflight_split_desc *>(region + sizeof(fp_inflight_split_region))
+        self.q.inflight.counter = counter
+        self.q.inflight.last_batch_head = last_batch_head
+        self.q.inflight.resubmit = &resubmit[0] if resubmit.shape[0] else NULL
+        self.q.inflight.resubmit_count = resubmit.shape[0]
+        self.q.inflight.resubmit_next = 0
+
+    @property
+    def inflight_counter(self):
+        """The counter value the next recorded pop gets."""
+        return self.q.inflight.counter
+
+    @property
+    def resubmit_heads(self):
+        """Heads a restart left in flight that pops have not returned yet, oldest first."""
+        return list(self.resubmit[self.q.inflight.resubmit_next:self.q.inflight.resubmit_count])
 
     def pop_burst(self, uint8_t[::1] chains, uint8_t[::1] segs):
         cdef uint32_t max_chains = chains.shape[0] // sizeof(fp_chain)

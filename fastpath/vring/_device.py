@@ -1,4 +1,5 @@
-"""Device side of split and packed virtqueues: pop available chains, push them back used."""
+"""Device side of split and packed virtqueues: pop available chains, push them back used, and
+(for vhost-user back-ends that must survive a restart) record what is in flight."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from fastpath._core import packed as _packed
 from fastpath._core import split as _split
 from fastpath.errors import error_for_code, raise_for_code
 from fastpath.hv import GuestMemory
-from fastpath.vring._layout import RingAddresses
+from fastpath.vring._inflight import (
+    InflightRegion,
+    recover_packed,
+    recover_split,
+    start_packed,
+    start_split,
+)
+from fastpath.vring._layout import PACKED_DESC_DTYPE, RingAddresses
 from fastpath.vring._queue import RingArea, named_errors, options
 from fastpath.vring._records import CHAIN_DTYPE, SEGMENT_DTYPE, as_bytes
 
@@ -74,7 +82,19 @@ class Burst:
 
 
 class DeviceQueue:
-    """Common face of SplitDeviceQueue and PackedDeviceQueue."""
+    """Common face of SplitDeviceQueue and PackedDeviceQueue.
+
+    Inflight tracking (vhost-user's INFLIGHT_SHMFD, for devices that complete out of order):
+    `track_inflight(region)` makes the queue record every chain it pops, and every chain it
+    pushes back, in a region the front-end keeps across back-end restarts. A queue started over
+    a region that already holds a ring's state goes on from it: the chains that were in flight
+    (popped, never used where the driver could see it) come back first from `pop` and from the
+    kernels' `pop_burst`, oldest first, before anything new; `resubmit_pending` and
+    `resubmit_ids()` say which are still to come. The device executes them again as if new:
+    nothing of them reached the driver. A device that lets a queue go with chains in flight
+    must not complete those into the ring afterwards: the next queue over the same region
+    returns them again.
+    """
 
     packed = False
 
@@ -82,6 +102,38 @@ class DeviceQueue:
         self._core = core
         self._area = area
         self.size = size
+        self.inflight: InflightRegion | None = None
+        self._resubmit_ids = np.zeros(0, dtype=np.uint16)
+
+    def track_inflight(self, region: InflightRegion) -> int:
+        """Record pops and pushes in `region` from now on; returns how many chains were in
+        flight before (popped first from now on).
+
+        A region nobody has initialised is initialised for the ring as it stands. One that
+        holds a ring's state is recovered as the spec says, and the ring goes on from it: a
+        split ring from its used ring's idx, with the chains in flight counted as taken; a
+        packed ring from the positions the region records, whatever the front-end gave
+        (QEMU cannot restore a packed ring's position after a back-end crash). Raises
+        BadInflightRegion for a region the ring cannot start from.
+        """
+        region.check(self.size)
+        if region.packed != self.packed:
+            raise ValueError("a region laid out for the other ring type")
+        return self._track(region)
+
+    def _track(self, region: InflightRegion) -> int:
+        raise NotImplementedError
+
+    @property
+    def resubmit_pending(self) -> int:
+        """Chains in flight before the restart that pops have not returned yet."""
+        return len(self._core.resubmit_heads)
+
+    def resubmit_ids(self) -> list[int]:
+        """The ids (split: heads; packed: buffer ids) of the chains in flight before the
+        restart that pops have not returned yet, in the order they were first popped."""
+        pending = self.resubmit_pending
+        return [int(i) for i in self._resubmit_ids[len(self._resubmit_ids) - pending:]]
 
     def new_burst(self, max_chains: int = 32) -> Burst:
         """A Burst with room for `max_chains` chains of up to MAX_CHAIN_SEGMENTS pieces.
@@ -117,8 +169,12 @@ class DeviceQueue:
         return self._core.push_burst(as_bytes(chains), len(chains))
 
     def reset(self) -> None:
-        """Forget all progress, errors and a broken state: the device was reset (§2.1)."""
+        """Forget all progress, errors and a broken state: the device was reset (§2.1). An
+        inflight region starts afresh too: what was in flight is the driver's to recover."""
         self._core.reset()
+        if self.inflight is not None:
+            self.inflight.header["version"] = 0
+            self._track(self.inflight)
 
     def should_notify(self) -> bool:
         """Whether the driver wants a used-buffer notification for what was pushed since."""
@@ -171,6 +227,23 @@ class SplitDeviceQueue(DeviceQueue):
         core = _split.SplitDevice(memory.core, size, *area.host, options(event_idx, indirect),
                                   area)
         super().__init__(core, area, size)
+        # §2.7.8: the used ring's idx, the ring's own record of how far the device got.
+        self._ring_used_idx = memory.view(addresses.device + 2, 2).view("<u2")
+
+    def _track(self, region: InflightRegion) -> int:
+        used_idx = int(self._ring_used_idx[0])
+        if region.holds_state:
+            record = recover_split(region, self.size, used_idx)
+            # Every avail entry before the next one to pop was used or is in flight.
+            self.used_idx = used_idx
+            self.last_avail_idx = used_idx + len(record.resubmit)
+        else:
+            record = start_split(region, used_idx)
+        self._core.track_inflight(region.address, region.desc_num, record.counter,
+                                  record.last_batch_head, record.resubmit, region)
+        self.inflight = region
+        self._resubmit_ids = record.resubmit
+        return len(record.resubmit)
 
     @property
     def last_avail_idx(self) -> int:
@@ -202,6 +275,29 @@ class PackedDeviceQueue(DeviceQueue):
         core = _packed.PackedDevice(memory.core, size, *area.host, options(event_idx, indirect),
                                     area)
         super().__init__(core, area, size)
+        self._ring_desc = memory.view(addresses.desc, 16 * size).view(PACKED_DESC_DTYPE)
+
+    def _track(self, region: InflightRegion) -> int:
+        if region.holds_state:
+            record = recover_packed(region, self.size,
+                                    lambda slot: int(self._ring_desc["flags"][slot]))
+            self.used_state = record.used
+            self.avail_state = record.avail
+        else:
+            record = start_packed(region, self.used_state)
+        self._core.track_inflight(region.address, region.desc_num, record.counter,
+                                  record.free_head, record.free_count, record.next,
+                                  record.last, record.num, record.saved.view(np.uint8),
+                                  record.resubmit, region)
+        self.inflight = region
+        self._resubmit_ids = record.saved["id"][record.last[record.resubmit]]
+        return len(record.resubmit)
+
+    @property
+    def inflight_untracked(self) -> int:
+        """Chains popped that the region had no free entries left for (only a driver making
+        more slots available than the ring has gets there): a restart would not return them."""
+        return self._core.inflight_untracked
 
     @property
     def avail_state(self) -> tuple[int, int]:
