@@ -5,9 +5,19 @@ the vhost-user-blk target to come).
 its channel, whose `submit` and `poll` (or, in compiled code, `bdev_submit` and `bdev_poll` on
 `channel.row`) move `fastpath.devices.blk.BLOCK_IO` requests and `BLOCK_COMPLETION`s in bursts.
 A bdev kind registers itself with `register_bdev_kind`.
+
+NVMe: `NvmeController` models a controller over a bdev channel (its I/O queues served by a
+compiled round, on a poll host with `NvmePoller`); `NvmeDriver` brings one up from
+`HostMemory` and creates `NvmeQueuePair`s; `open_bdev("nvme:malloc:64M")` (`NvmeBdev`) drives
+a controller through a queue pair per channel.
 """
 
-from fastpath.spdk_like import _file, _malloc, _null  # noqa: F401  (the built-in kinds register)
+from fastpath.spdk_like import (  # noqa: F401  (the built-in kinds register)
+    _file,
+    _malloc,
+    _null,
+    _nvme_bdev,
+)
 from fastpath.spdk_like._bdev import (
     BDEV_KINDS,
     CH_ARGS,
@@ -24,10 +34,16 @@ from fastpath.spdk_like._bdev import (
     register_bdev_kind,
 )
 from fastpath.spdk_like._blk_target import BlkTarget
+from fastpath.spdk_like._dma import HostMemory
 from fastpath.spdk_like._file import FileBdev
 from fastpath.spdk_like._job import WORKLOADS, IoJob
 from fastpath.spdk_like._malloc import MallocBdev
 from fastpath.spdk_like._null import NullBdev
+from fastpath.spdk_like._nvme_bdev import NvmeBdev
+from fastpath.spdk_like._nvme_controller import ControllerStatistics, NvmeController
+from fastpath.spdk_like._nvme_driver import NvmeDriver
+from fastpath.spdk_like._nvme_poller import NvmePoller
+from fastpath.spdk_like._nvme_qpair import NvmeQueuePair
 from fastpath.spdk_like._reactor import (
     MESSAGE_ADD,
     MESSAGE_STORE,
@@ -56,6 +72,14 @@ __all__ = [
     "Reactors",
     "register_message",
     "NullBdev",
+    # NVMe: the modelled controller, the host's side of it, and the bdev driving one.
+    "NvmeController",
+    "ControllerStatistics",
+    "NvmePoller",
+    "NvmeDriver",
+    "NvmeQueuePair",
+    "HostMemory",
+    "NvmeBdev",
     "bdev_poll",
     "bdev_submit",
     "complete_now",

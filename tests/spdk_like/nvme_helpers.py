@@ -9,11 +9,13 @@ from numba import njit
 
 from fastpath._numba import NJIT, carray, copy_bytes, u8_pointer, u64_pointer
 from fastpath.devices.blk import IO_DISCARD, IO_READ, IO_WRITE, IO_WRITE_ZEROES
+from fastpath.pmd import PollHost
 from fastpath.spdk_like._bdev import CH_ARGS, Bdev, BdevKind, register_bdev_kind
 from fastpath.spdk_like._dma import HostMemory
 from fastpath.spdk_like._nvme_controller import NvmeController
 from fastpath.spdk_like._nvme_driver import NvmeDriver
 from fastpath.spdk_like._nvme_layout import CDW0_PSDT_SHIFT, SQE
+from fastpath.spdk_like._nvme_poller import NvmePoller
 
 # The test disk's kind: registered when the tests are collected, before any kernel calling
 # the bdev dispatch is compiled.
@@ -133,15 +135,18 @@ register_bdev_kind(BdevKind(
 
 
 class Rig:
-    """A controller over a TestDisk's channel, reaching `memory`, and a driver bringing it
-    up."""
+    """A controller over a TestDisk's channel, reaching `memory` (run by `host` if given,
+    which must be running), and a driver bringing it up."""
 
     def __init__(self, *, blocks: int = 4096, block_size: int = 512, memory_size: int = 4 << 20,
-                 depth: int = 64, **controller_options):
+                 depth: int = 64, host: PollHost | None = None, **controller_options):
         self.memory = HostMemory(memory_size)
         self.disk = TestDisk(blocks * block_size, block_size=block_size)
         self.channel = self.disk.open_channel(depth)
         self.controller = NvmeController(self.channel, [self.memory], **controller_options)
+        if host is not None:
+            # On the host before the driver brings it up: the admin commands are served there.
+            host.add(NvmePoller(self.controller))
         self.driver = NvmeDriver(self.controller, self.memory)
 
     def run(self, pair, commands: np.ndarray, max_rounds: int = 10_000) -> np.ndarray:
