@@ -302,7 +302,8 @@ def _issue(channel, state):
             page = state[NV_PAGES] + np.uint64(cid * PAGE_SIZE)
             nbytes = _build(state, request, cid, page, command, pieces)
             if nbytes < 0:
-                request[REQ_STATUS] = np.uint64(-errno.EINVAL & 0xFFFFFFFF)
+                if request[REQ_STATUS] == 0:
+                    request[REQ_STATUS] = np.uint64(-errno.EINVAL & 0xFFFFFFFF)
                 request[REQ_ALL_ISSUED] = 1
                 break
             state[NV_FREE_TRACKER_TOP] -= 1
