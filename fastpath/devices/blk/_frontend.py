@@ -147,7 +147,7 @@ class BlkFrontend:
     for, the CONFIG protocol feature, or `queues` request queues. Every queue has a ring of
     `queue_size` entries and a pool of data buffers, the rest of `memory_size` bytes of guest
     memory. `queues[q]` is queue q's `BlkDriverQueue`; `pool(q)` its buffers. Synchronous
-    helpers wait up to `timeout` seconds for the device.
+    helpers raise TimeoutError when the device completes nothing for `timeout` seconds.
     """
 
     def __init__(self, socket_path: str, *, queues: int = 1, queue_size: int = 128,
@@ -333,11 +333,15 @@ class BlkFrontend:
         completions = np.zeros(len(requests), dtype=DRIVER_COMPLETION)
         done = np.zeros(len(requests), dtype=DRIVER_COMPLETION)
         submitted = reaped = 0
-        deadline = time.monotonic() + self.timeout
+        deadline = None
         while reaped < len(requests):
             if submitted < len(requests):
                 submitted += driver.submit(records[submitted:])
             n = driver.reap(completions)
+            if n or deadline is None:
+                # The device has `timeout` seconds from each sign of life; the first submit's
+                # time (a kernel's first compilation) is not the device's.
+                deadline = time.monotonic() + self.timeout
             if n:
                 done[completions["tag"][:n]] = completions[:n]
                 reaped += n
@@ -361,8 +365,8 @@ class BlkFrontend:
         # already, and the poll returns at once.
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"queue {queue}: {outstanding} requests not completed within "
-                               f"{self.timeout} s")
+            raise TimeoutError(f"queue {queue}: the device completed none of {outstanding} "
+                               f"requests in {self.timeout} s")
         poller = select.poll()
         poller.register(self._calls[queue], select.POLLIN)
         if poller.poll(min(left, 0.1) * 1000):
