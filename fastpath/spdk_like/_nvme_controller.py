@@ -232,13 +232,13 @@ class NvmeController:
         start serving them (CC.EN = 1). ValueError for queues the controller cannot use."""
         if self.enabled:
             raise ValueError("the controller is enabled already")
-        for name, address, entries, entry_size in (("submission", admin_sq, sq_entries, 64),
-                                                   ("completion", admin_cq, cq_entries, 16)):
+        for name, address, entries, entry in (("submission", admin_sq, sq_entries, SQE),
+                                              ("completion", admin_cq, cq_entries, CQE)):
             if not 2 <= entries <= MAX_QUEUE_ENTRIES:
                 raise ValueError(f"the admin {name} queue has 2 to {MAX_QUEUE_ENTRIES} entries, "
                                  f"not {entries}")
             if address % PAGE_SIZE or not dma_inside(self.regions, address,
-                                                     entries * entry_size):
+                                                     entries * entry.itemsize):
                 raise ValueError(f"the admin {name} queue at {address:#x} is not page aligned "
                                  f"in the controller's host memory")
         self._create_cq(0, admin_cq, cq_entries)
