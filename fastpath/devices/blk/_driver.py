@@ -60,6 +60,7 @@ from fastpath.devices.blk._layout import (
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 )
 from fastpath.devices.blk.kernels import eventfd_signal
+from fastpath.hv import GuestMemory
 from fastpath.vring import (
     DRIVER_CHAIN_DTYPE,
     SEG_WRITE,
@@ -418,16 +419,15 @@ class BlkDriverQueue:
     `reap_completions(queue.state, ...)` themselves.
     """
 
-    def __init__(self, memory, queue: DriverQueue, kick: int, config: BlkConfig, *,
-                 blocks: int, tables: int, data: tuple[int, int]):
+    def __init__(self, memory: GuestMemory, queue: DriverQueue, kick: int, config: BlkConfig,
+                 *, blocks: int, tables: int, data: tuple[int, int]):
         size = queue.size
         self.queue = queue
         self.config = config
-        self.memory = memory
-        # The arrays the state names, kept alive here.
+        # The arrays the state names, kept alive here (the view keeps its mapping).
         self._blocks = memory.view(blocks, size * SLOT_BYTES)
-        self._keepalive = memory.mapping_at(blocks)
         if tables:
+            # The core writes the tables where the chains say, unchecked: they must be there.
             memory.translate(tables, size * INDIRECT_TABLE_BYTES)
         self._chains = np.zeros(size, dtype=DRIVER_CHAIN_DTYPE)
         self._segments = np.zeros(size * SLOT_SEGMENTS, dtype=SEGMENT_DTYPE)
@@ -490,6 +490,13 @@ class BlkDriverQueue:
             raise TypeError(f"completions are DRIVER_COMPLETION records, not "
                             f"{completions.dtype}")
         return reap_completions(self.state, completions, len(completions))
+
+    @property
+    def max_transfer(self) -> int:
+        """The most data bytes one request may carry: seg_max pieces of size_max (a 32-bit
+        descriptor length each), at most what the 32-bit `length` field holds."""
+        size_max = int(self.state[Q_SIZE_MAX]) or _U32_MAX
+        return min(int(self.state[Q_MAX_PIECES]) * size_max, _U32_MAX)
 
     @property
     def in_flight(self) -> int:

@@ -294,12 +294,8 @@ class BlkFrontend:
         sector = _sector(offset, length)
         pool, pool_size = self.pool(queue)
         block = self.block_size
-        largest = pool_size
-        if self.config.size_max:
-            largest = min(largest, self.config.max_pieces * self.config.size_max)
-        # The descriptor's length is 32 bits; whole blocks, so that no request is refused
-        # for alignment that the transfer as a whole has.
-        largest = max(min(largest, 1 << 31) // block * block, block)
+        # Whole blocks, so that no request is refused for alignment the transfer has.
+        largest = max(min(pool_size, self.queues[queue].max_transfer) // block * block, block)
         slots = self.queues[queue].queue.size
         at = 0
         while at < length:
@@ -315,10 +311,11 @@ class BlkFrontend:
     def _ranges(self, kind: int, offset: int, length: int, limit: int, flags: int,
                 queue: int) -> None:
         sector = _sector(offset, length)
-        step = (limit or 0xFFFFFFFF) // (self.block_size // SECTOR_SIZE) * (
-            self.block_size // SECTOR_SIZE) * SECTOR_SIZE
+        block_sectors = self.block_size // SECTOR_SIZE
+        # The range record counts sectors in 32 bits (§5.2.6); whole blocks, as every request.
+        step = (limit or 0xFFFFFFFF) // block_sectors * block_sectors * SECTOR_SIZE
         requests = [(kind, sector + at // SECTOR_SIZE, 0, min(step, length - at), flags)
-                    for at in range(0, length, step)] if length else [(kind, sector, 0, 0, flags)]
+                    for at in range(0, length, step)]
         slots = self.queues[queue].queue.size
         for first in range(0, len(requests), slots):
             self._run(queue, requests[first:first + slots])
