@@ -8,7 +8,8 @@ MODE := $(if $(filter-out 0,$(FASTPATH_DEBUG)),debug,release)
 BUILT := fastpath/_core/.built-$(MODE)
 CORE_SOURCES := $(wildcard fastpath/_core/*.pyx fastpath/_core/*.pxd fastpath/_core/*.h) setup.py
 
-.PHONY: run test test-suite bench-check bench-baseline build peers guest lint clean
+.PHONY: run test test-suite bench-check bench-check-packets bench-check-iops bench-baseline \
+	build peers guest lint clean
 
 # The packet benchmark, fastpath against DPDK's vhost PMD at every size, then the IOPS
 # benchmark, the null bdev against fio's null engine on one core (a few minutes in all).
@@ -59,11 +60,33 @@ BENCH_DIRECTIONS ?= rx,loop
 BENCH_PAIRS ?= 5
 BENCH_SECONDS ?= 3
 BENCH_JSON ?= build/bench-check.json
-bench-check: build bench-baseline
+bench-check: bench-check-packets bench-check-iops
+
+bench-check-packets: build bench-baseline
 	mkdir -p $(dir $(BENCH_JSON))
 	$(VENV)/bin/fastpath bench vhost-net --tree $(BENCH_TREE) --baseline $(BASELINE_DIR) \
 		--fail-below $(BENCH_FLOOR) --sizes $(BENCH_SIZES) --directions $(BENCH_DIRECTIONS) \
 		--pairs $(BENCH_PAIRS) --seconds $(BENCH_SECONDS) --json $(BENCH_JSON)
+
+# The IOPS leg: `fastpath bench iops --baseline`, the null bdev's 4 KiB random reads at QD 32
+# from an IoJob on one CPU, each side's whole process on that CPU, IOPS_PAIRS pairs of
+# IOPS_SECONDS runs alternated, failing if the median ratio tree/baseline is below IOPS_FLOOR
+# (its noise figures are below). A baseline from before the IOPS benchmark existed cannot
+# run it: then the leg says so and passes, until bench/baseline-revision moves past it.
+IOPS_FLOOR ?= 0.8
+IOPS_PAIRS ?= 5
+IOPS_SECONDS ?= 2
+IOPS_JSON ?= build/bench-check-iops.json
+bench-check-iops: build bench-baseline
+	mkdir -p $(dir $(IOPS_JSON))
+	@if [ -f $(BASELINE_DIR)/fastpath/bench/iops.py ]; then \
+		$(VENV)/bin/fastpath bench iops --tree $(BENCH_TREE) --baseline $(BASELINE_DIR) \
+			--bdev null:1G --workload randread --qd 32 --time $(IOPS_SECONDS) \
+			--pairs $(IOPS_PAIRS) --fail-below $(IOPS_FLOOR) --json $(IOPS_JSON); \
+	else \
+		echo "bench-check: the baseline $(BASELINE) has no IOPS benchmark; IOPS is gated" \
+			"once bench/baseline-revision moves past it"; \
+	fi
 
 # BASELINE exported to BASELINE_DIR and built there, unless it already is.
 bench-baseline:

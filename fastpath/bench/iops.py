@@ -1,5 +1,6 @@
 """`fastpath bench iops`: IOPS, MiB/s and latency of one workload on a bdev, as bdevperf
-measures them, and with --peer fio the same job through fio, alternated pair by pair.
+measures them, and with --peer fio the same job through fio, or with --baseline the same job
+from another checkout, alternated pair by pair.
 
 The fastpath side is an `IoJob` on a poll host (a reactor) pinned to one CPU, keeping the
 queue depth in flight on a bdev channel; fio runs the same workload, queue depth and I/O size
@@ -12,16 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import fastpath
+from fastpath.bench._judge import judge
 from fastpath.bench._report import environment, print_table, write_json
 from fastpath.pmd import PollHost
 from fastpath.spdk_like import BDEV_KINDS, WORKLOADS, IoJob, open_bdev
+from fastpath.testing import source_python
 
 PEERS = ("fio",)
 # The workloads fio runs the same way (its --rw), and the bdev kinds it has an engine for.
@@ -87,9 +94,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the same job through fio too, alternated, and print "
                         "fastpath/fio (fio's null engine for null, io_uring on the file for "
                         "file)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="run the same job from another fastpath checkout (its core built "
+                        "in place), alternated, and print this tree's IOPS over its")
+    parser.add_argument("--tree", metavar="CHECKOUT",
+                        help="with --baseline: the checkout measured as fastpath (default: "
+                        "the one this command runs from)")
+    parser.add_argument("--fail-below", type=float, metavar="RATIO",
+                        help="with --peer or --baseline: exit 1 if the median IOPS ratio is "
+                        "below RATIO")
     parser.add_argument("--pairs", type=int, default=3,
-                        help="with --peer: pairs of runs, order alternating; the median "
-                        "ratio counts")
+                        help="with --peer or --baseline: pairs of runs, order alternating; the "
+                        "median ratio counts")
     parser.add_argument("--json", metavar="FILE", help="write the results (bdevperf's fields)")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw IOPS per second and the latency percentiles of each run")
@@ -210,6 +226,43 @@ def run_fio(args: argparse.Namespace, progress: bool = True) -> Result:
         max_latency_us=max(lat["max"] for lat in latency) / 1e3, percentiles_us=percentiles)
 
 
+class WrongCheckout(RuntimeError):
+    """A run from a checkout ran another checkout's fastpath."""
+
+
+def run_checkout(args: argparse.Namespace, checkout: Path, side: str) -> Result:
+    """The same job run by the fastpath of `checkout` alone (nothing else importable), as
+    `side` ("fastpath" for the tree, "baseline")."""
+    python, env = source_python(checkout)
+    with tempfile.TemporaryDirectory(prefix="fastpath-iops-") as scratch:
+        report = Path(scratch) / "run.json"
+        command = [*python, "-m", "fastpath.cli", "bench", "iops", "--bdev", args.bdev,
+                   "--workload", args.workload, "--qd", str(args.qd), "--io-size",
+                   str(args.io_size), "--time", str(args.time), "--rwmix", str(args.rwmix),
+                   "--cpu", str(args.cpu), "--no-progress", "--json", str(report)]
+        # The whole process on the job's CPU, as fio's is: whatever else the checkout's
+        # fastpath runs in it shares the CPU with the reactor, as it would in a user's program.
+        done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True,
+                              timeout=args.time + 300,
+                              preexec_fn=lambda: os.sched_setaffinity(0, {args.cpu}))
+        if done.returncode not in (0, 1) or not report.exists():
+            raise RuntimeError(f"the {side} run from {checkout} failed ({done.returncode}): "
+                               f"{done.stderr.strip()[-800:]}")
+        data = json.loads(report.read_text())
+    ran = data.get("fastpath_file")
+    if ran is None or Path(ran).resolve().parent.parent != checkout.resolve():
+        raise WrongCheckout(f"the {side} run from {checkout} ran fastpath from "
+                            f"{ran or 'a checkout that does not say'}")
+    entry = data["results"][0]
+    return Result(
+        runner=side, workload=entry["workload"], queue_depth=entry["queue_depth"],
+        io_size=entry["io_size"], runtime=entry["runtime"], iops=entry["iops"],
+        mibps=entry["mibps"], io_failed=entry["io_failed"],
+        avg_latency_us=entry["avg_latency_us"], min_latency_us=entry["min_latency_us"],
+        max_latency_us=entry["max_latency_us"], percentiles_us=entry["latency_percentiles_us"],
+        per_second_iops=data["per_second_iops"][0])
+
+
 def _row(result: Result) -> list:
     p = result.percentiles_us
     return [result.runner, f"{result.runtime:.2f}", f"{result.iops / 1e6:.3f}",
@@ -256,6 +309,9 @@ def run(args: argparse.Namespace) -> int:
     if args.qd < 1 or args.io_size < 1 or args.time <= 0 or args.pairs < 1:
         print("--qd, --io-size, --time and --pairs must be positive", file=sys.stderr)
         return 2
+    if args.peer and args.baseline:
+        print("--peer and --baseline: one comparison at a time", file=sys.stderr)
+        return 2
     try:
         open_bdev(args.bdev).close()
         if args.peer:
@@ -268,30 +324,49 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     print(f"{args.workload} on {args.bdev}, QD {args.qd}, {args.io_size} B, "
           f"{args.time:g} s per run, CPU {args.cpu}", file=sys.stderr)
+    if args.baseline:
+        tree = Path(args.tree or Path(fastpath.__file__).resolve().parent.parent)
+        runners = {"fastpath": lambda: run_checkout(args, tree, "fastpath"),
+                   "baseline": lambda: run_checkout(args, Path(args.baseline), "baseline")}
+    elif args.peer:
+        runners = {"fastpath": lambda: run_fastpath(args, progress),
+                   "fio": lambda: run_fio(args, progress)}
+    else:
+        runners = {"fastpath": lambda: run_fastpath(args, progress)}
+    other = next((name for name in runners if name != "fastpath"), None)
     results: list[Result] = []
-    ratios: list[float] = []
-    for pair in range(args.pairs if args.peer else 1):
-        runners = [run_fastpath, run_fio] if args.peer else [run_fastpath]
-        if pair % 2:
-            runners.reverse()
-        by_runner = {}
-        for runner in runners:
-            result = runner(args, progress)
-            by_runner[result.runner] = result
-            results.append(result)
-        if args.peer:
-            ratios.append(by_runner["fastpath"].iops / by_runner["fio"].iops)
+    pairs: list[tuple[float, float]] = []
+    try:
+        for pair in range(args.pairs if other else 1):
+            order = list(runners) if pair % 2 == 0 else list(reversed(runners))
+            by_runner = {}
+            for name in order:
+                by_runner[name] = runners[name]()
+                results.append(by_runner[name])
+            if other:
+                pairs.append((by_runner["fastpath"].iops, by_runner[other].iops))
+    except (RuntimeError, WrongCheckout) as e:
+        print(f"fastpath bench iops: {e}", file=sys.stderr)
+        return 2
+    ratios = [tree_iops / other_iops for tree_iops, other_iops in pairs]
     print_table(["runner", "runtime s", "M IOPS", "MiB/s", "failed", "avg µs", "min µs",
                  "max µs", "p50 µs", "p99 µs", "p99.9 µs"], [_row(r) for r in results])
+    verdict = None
     if ratios:
-        print(f"fastpath/{args.peer} IOPS: median {statistics.median(ratios):.2f} of "
+        print(f"fastpath/{other} IOPS: median {statistics.median(ratios):.2f} of "
               f"{len(ratios)} alternated pair(s) ({', '.join(f'{r:.2f}' for r in ratios)})")
+        if args.fail_below is not None:
+            verdict = judge({"iops": pairs}, args.fail_below)
+            print(f"fastpath/{other} {'at or above' if verdict.passed else 'BELOW'} "
+                  f"{args.fail_below}")
     if args.json:
         write_json(args.json, {
             "results": [r.bdevperf_json(args.bdev, args.cpu, args.rwmix) for r in results],
             "core_count": 1,
-            "ratio": {"peer": args.peer, "median": statistics.median(ratios),
-                      "pairs": ratios} if ratios else None,
+            "ratio": {"other": other, "median": statistics.median(ratios),
+                      "pairs": ratios, "passed": verdict.passed if verdict else None}
+            if ratios else None,
+            "fastpath_file": fastpath.__file__,
             "per_second_iops": [r.per_second_iops for r in results],
             "environment": environment(),
             "settings": {k: v for k, v in vars(args).items() if k != "func"},
@@ -300,4 +375,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(results, args.plot)
         print(f"plot: {args.plot}")
+    if verdict is not None and not verdict.passed:
+        return 1
     return 1 if any(r.io_failed for r in results) else 0
