@@ -87,7 +87,6 @@ cdef struct fp_packed_inflight:
     uint16_t *num                      # [desc_num] a chain's descriptors, by its head
     # [65536] 1 + the head of the chain in flight with that buffer id; 0 for none
     uint16_t *head_of
-    uint16_t *batch                    # [desc_num] the heads of the push under way
     const fp_packed_desc *saved        # [desc_num] the descriptors of chains to pop again
     const uint16_t *resubmit           # heads of chains in flight before the restart,
     uint32_t resubmit_count            # oldest first
@@ -133,7 +132,7 @@ cdef struct fp_packed_driver:
 cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t max_chains,
                              fp_segment *segs, uint32_t max_segs) noexcept nogil
 # Uses chains in the order given; with an inflight record, the chains' entries go back on the
-# free list. The driver sees the whole burst at once: the first used descriptor's flags go last.
+# free list, one used descriptor after the other.
 cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
                               uint32_t n) noexcept nogil
 # Returns chains[0:n], the last chains popped, to the ring unused. Not for a queue keeping an

@@ -351,13 +351,13 @@ cdef void fp_packed_unpop_burst(fp_packed_device *vq, const fp_chain *chains,
     vq.popped -= n
 
 
-cdef inline void _record_use(fp_packed_inflight *t, uint16_t id,
-                             uint32_t *nbatch) noexcept nogil:
+cdef inline int _record_use(fp_packed_inflight *t, uint16_t id) noexcept nogil:
     # "When supplying used buffers": the chain's entries go back on the free list, its head
-    # first. A buffer id with no chain recorded (popped with no free entries left) has none.
+    # first; returns the head, or -1 for a buffer id with no chain recorded (popped when no
+    # free entries were left).
     cdef uint16_t head, last
     if t.head_of[id] == 0:
-        return
+        return -1
     head = t.head_of[id] - 1
     t.head_of[id] = 0
     last = t.last[head]
@@ -366,18 +366,16 @@ cdef inline void _record_use(fp_packed_inflight *t, uint16_t id,
     t.free_head = head
     t.free_count += t.num[head]
     t.region.free_head = head
-    t.batch[nbatch[0]] = head
-    nbatch[0] += 1
+    return head
 
 
-cdef void _record_used(fp_packed_inflight *t, uint32_t nbatch, uint16_t pos,
-                       uint8_t wrap) noexcept nogil:
-    # Once the driver can see the burst: its heads are no longer in flight, then the old_*
-    # values catch up, which ends the step (a restart before that finds old_used_idx behind and
-    # looks at the ring to tell whether the burst reached the driver).
-    cdef uint32_t k
-    for k in range(nbatch):
-        fp_store_release_u8(&t.desc[t.batch[k]].inflight, 0)
+cdef inline void _record_used(fp_packed_inflight *t, int head, uint16_t pos,
+                              uint8_t wrap) noexcept nogil:
+    # Once the driver can see the used descriptor: its head is no longer in flight, then the
+    # old_* values catch up, which ends the step (a restart before that finds old_used_idx
+    # behind and looks at the ring to tell whether the descriptor reached the driver).
+    if head >= 0:
+        fp_store_release_u8(&t.desc[head].inflight, 0)
     fp_store_release_u16(&t.region.old_free_head, t.free_head)
     fp_store_release_u16(&t.region.old_used_idx, pos)
     fp_store_release_u8(&t.region.old_used_wrap_counter, wrap)
@@ -387,21 +385,22 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
                               uint32_t n) noexcept nogil:
     # SAFETY: slot positions stay below the ring size; a record's ndesc is checked against it.
     # An inflight record's heads come from this side's own map of buffer ids, each below
-    # desc_num, and the push under way takes each at most once (the map forgets it).
+    # desc_num, and a push takes each at most once (the map forgets it).
     cdef uint16_t pos = vq.next_used
     cdef uint8_t wrap = vq.used_wrap
+    cdef uint16_t next_pos
+    cdef uint8_t next_wrap
     cdef uint32_t size = vq.ring.size
     cdef fp_packed_desc *ring = vq.ring.desc
     cdef fp_packed_inflight *t = &vq.inflight
-    cdef uint32_t i, pushed = 0, length, slots = 0, nbatch = 0
-    cdef uint16_t flags, ndesc, first_pos = 0, first_flags = 0
+    cdef uint32_t i, pushed = 0, length, slots = 0
+    cdef uint16_t flags, ndesc
+    cdef int head = -1
     for i in range(n):
         ndesc = chains[i].ndesc
         if ndesc == 0 or ndesc > size:
             fp_count_error(vq.errors, FP_E_USED_ID)
             continue
-        if t.region != NULL:
-            _record_use(t, <uint16_t>chains[i].id, &nbatch)
         length = (chains[i].written if chains[i].written < chains[i].writable_len
                   else chains[i].writable_len)
         ring[pos].id = <uint16_t>chains[i].id
@@ -409,29 +408,29 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
         flags = (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED) if wrap else 0
         if length:
             flags |= FP_PACKED_DESC_F_WRITE
-        if pushed:
-            ring[pos].flags = flags
-        else:
-            first_pos = pos
-            first_flags = flags
-        _advance(&pos, &wrap, ndesc, size)
+        next_pos = pos
+        next_wrap = wrap
+        _advance(&next_pos, &next_wrap, ndesc, size)
+        if t.region != NULL:
+            # One used descriptor per step of the record, each whole before the next starts:
+            # after a roll-back, a later slot already written would look used to the driver.
+            head = _record_use(t, <uint16_t>chains[i].id)
+            t.region.used_idx = next_pos
+            t.region.used_wrap_counter = next_wrap
+        # Release: id and len (and the record's step so far) are visible before the flags
+        # that hand the slot back.
+        fp_store_release_u16(&ring[pos].flags, flags)
+        if t.region != NULL:
+            _record_used(t, head, next_pos, next_wrap)
+        pos = next_pos
+        wrap = next_wrap
         slots += ndesc
         pushed += 1
-    if t.region != NULL:
-        t.region.used_idx = pos
-        t.region.used_wrap_counter = wrap
-    if pushed:
-        # Release: every id and len, and the other used descriptors' flags, are visible before
-        # the first one's flags hand the whole burst back, as a device may use a batch
-        # (§2.8.21.3).
-        fp_store_release_u16(&ring[first_pos].flags, first_flags)
     vq.next_used = pos
     vq.used_wrap = wrap
     # Saturates: a lap or more is all the decision needs to know.
     vq.used_since_notify = min(vq.used_since_notify + slots, size)
     vq.pushed += pushed
-    if t.region != NULL:
-        _record_used(t, nbatch, pos, wrap)
     return <int>pushed
 
 
@@ -649,7 +648,6 @@ cdef class PackedDevice:
 
     def __cinit__(self):
         self.q.inflight.head_of = NULL
-        self.q.inflight.batch = NULL
 
     def __init__(self, MemoryTable memory, uint32_t size, uintptr_t desc,
                  uintptr_t driver_event, uintptr_t device_event, uint16_t options,
@@ -664,7 +662,6 @@ cdef class PackedDevice:
 
     def __dealloc__(self):
         free(self.q.inflight.head_of)
-        free(self.q.inflight.batch)
 
     def track_inflight(self, uintptr_t region, uint32_t desc_num, uint64_t counter,
                        uint16_t free_head, uint32_t free_count, uint16_t[::1] next,
@@ -701,10 +698,8 @@ cdef class PackedDevice:
                 if e >= desc_num:
                     raise ValueError(f"chain {resubmit[k]} leaves the region")
         free(self.q.inflight.head_of)
-        free(self.q.inflight.batch)
         self.q.inflight.head_of = <uint16_t *>calloc(65536, sizeof(uint16_t))
-        self.q.inflight.batch = <uint16_t *>malloc(desc_num * sizeof(uint16_t))
-        if self.q.inflight.head_of == NULL or self.q.inflight.batch == NULL:
+        if self.q.inflight.head_of == NULL:
             raise MemoryError()
         self.inflight_owner = owner
         self.next, self.last, self.num = next, last, num

@@ -250,7 +250,7 @@ def start_packed(region: InflightRegion, used: tuple[int, int]) -> PackedRecord:
     header["used_idx"] = header["old_used_idx"] = used[0]
     header["used_wrap_counter"] = header["old_used_wrap_counter"] = used[1]
     header["version"] = INFLIGHT_VERSION
-    return _packed_record(region, used, used, 0, n, np.zeros(0, np.uint16))
+    return _packed_record(region, used, used, 0, 0, n, np.zeros(0, np.uint16))
 
 
 def recover_packed(region: InflightRegion, ring_size: int, slot_flags) -> PackedRecord:
@@ -315,8 +315,9 @@ def recover_packed(region: InflightRegion, ring_size: int, slot_flags) -> Packed
         free_head = int(entry)
         free_count += 1
     header["free_head"] = header["old_free_head"] = free_head
-    return _packed_record(region, old_used, _advance(old_used, slots, ring_size), free_head,
-                          free_count, oldest_first(region, heads))
+    return _packed_record(region, old_used, _advance(old_used, slots, ring_size),
+                          region.next_counter(), free_head, free_count,
+                          oldest_first(region, heads))
 
 
 def _free_list(region: InflightRegion) -> np.ndarray:
@@ -342,11 +343,11 @@ def _advance(position: tuple[int, int], slots: int, ring_size: int) -> tuple[int
 
 
 def _packed_record(region: InflightRegion, used: tuple[int, int], avail: tuple[int, int],
-                   free_head: int, free_count: int, resubmit: np.ndarray) -> PackedRecord:
+                   counter: int, free_head: int, free_count: int,
+                   resubmit: np.ndarray) -> PackedRecord:
     desc = region.desc
     saved = np.zeros(region.desc_num, dtype=PACKED_DESC_DTYPE)
     for name in ("addr", "len", "id", "flags"):
         saved[name] = desc[name]
-    return PackedRecord(used, avail, region.next_counter(), free_head, free_count,
-                        desc["next"].copy(), desc["last"].copy(), desc["num"].copy(), saved,
-                        resubmit)
+    return PackedRecord(used, avail, counter, free_head, free_count, desc["next"].copy(),
+                        desc["last"].copy(), desc["num"].copy(), saved, resubmit)

@@ -7,7 +7,10 @@ compare the core against them, and `run_reference_loop` is the pure-Python basel
 benchmarks quote the core's speed against. `blk` is the virtio-blk request path's oracle: its
 request parser, a queue serving a reference ring with it, and an executor over a disk in memory.
 `nvme` is the modelled NVMe controller's: its I/O commands carried out one at a time, with the
-statuses the spec gives them.
+statuses the spec gives them. `inflight` is vhost-user's inflight I/O tracking as its spec
+section writes it: reference devices that record their pops and pushes in a queue region step
+by step (and can die between any two steps), and the reconnection steps that say what was in
+flight.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import time
 
 from fastpath.hv import PAGE_SIZE, GuestMemory
-from fastpath.testing.reference import blk, nvme
+from fastpath.testing.reference import blk, inflight, nvme
 from fastpath.testing.reference._common import Chain, Piece
 from fastpath.testing.reference.packed import PackedDevice, PackedDriver
 from fastpath.testing.reference.split import SplitDevice, SplitDriver
@@ -31,6 +34,7 @@ __all__ = [
     "run_reference_loop",
     "blk",
     "nvme",
+    "inflight",
 ]
 
 _RING_BASE = 0x1000
