@@ -2,7 +2,8 @@
 
 It owns no event loop: a selector (or anything else) calls it when the channel is readable.
 It keeps the control-plane state the front-end sets up (features, memory, one `VringSetup` per
-vring) and turns a started ring into a `DeviceQueue` that a data-plane loop serves.
+vring, the inflight area) and turns a started ring into a `DeviceQueue` that a data-plane loop
+serves, recording what is in flight in the ring's inflight region for a device that wants it.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from fastpath.errors import (
 from fastpath.hv import GuestMemory, SharedRegion
 from fastpath.vhost_user._channel import Channel
 from fastpath.vhost_user._device import ENGINE_PROTOCOL_FEATURES, Device
+from fastpath.vhost_user._inflight import InflightArea
 from fastpath.vhost_user._payloads import (
     NO_PAYLOAD,
     U64,
     DeviceConfig,
+    Inflight,
     LogArea,
     MemoryRegion,
     MemoryTable,
@@ -97,6 +100,14 @@ def _take_eventfd(fds: list[int], what: str) -> int | None:
     return fd
 
 
+@dataclass(frozen=True)
+class _WithFds:
+    """A reply payload and the fds that go with it (GET_INFLIGHT_FD's area)."""
+
+    payload: Any
+    fds: tuple[int, ...]
+
+
 def _replace_fd(holder: object, name: str, fd: int | None) -> None:
     # An fd attribute that a new message replaces: the old one is closed first.
     old = getattr(holder, name)
@@ -144,6 +155,9 @@ class Backend:
         self.channel = channel
         self.device = device
         self.protocol_offered = device.protocol_features
+        if not device.tracks_inflight:
+            # Only a device that asks for it has its rings record what is in flight.
+            self.protocol_offered &= ~ProtocolFeature.INFLIGHT_SHMFD
         self.offered = device.features | 1 << VHOST_USER_F_PROTOCOL_FEATURES
         self.acked = 0
         self.protocol = 0
@@ -163,6 +177,8 @@ class Backend:
         self._unacked: deque[tuple[BackendRequest, float]] = deque()
         # Why the connection must end, found outside a request (a back-end request failed).
         self._failure: str | None = None
+        # The inflight area (GET/SET_INFLIGHT_FD): a region for each ring to record in.
+        self.inflight: InflightArea | None = None
         self.vrings = [VringSetup() for _ in range(device.queues)]
         self._handlers: dict[FrontendRequest, Callable[[Any, list[int]], Any]] = {
             F.GET_FEATURES: lambda p, fds: U64(self.offered),
@@ -192,6 +208,8 @@ class Backend:
             F.SET_BACKEND_REQ_FD: self._set_backend_req_fd,
             F.SET_STATUS: self._set_status,
             F.GET_STATUS: lambda p, fds: U64(self.status),
+            F.GET_INFLIGHT_FD: self._get_inflight_fd,
+            F.SET_INFLIGHT_FD: self._set_inflight_fd,
         }
         # The device's own requests come after the engine's (which it cannot replace).
         for request, handler in device.requests().items():
@@ -247,7 +265,9 @@ class Backend:
                     self.device.rings_changed(self)
         try:
             if request in ALWAYS_REPLY:
-                self.channel.send_nowait(encode_reply(request, reply))
+                reply, reply_fds = ((reply.payload, reply.fds) if isinstance(reply, _WithFds)
+                                    else (reply, ()))
+                self.channel.send_nowait(encode_reply(request, reply), reply_fds)
             elif header.need_reply and self.protocol & ProtocolFeature.REPLY_ACK:
                 self.channel.send_nowait(encode_reply(request, U64(0 if ok else 1)))
         except ChannelClosed as e:
@@ -259,12 +279,15 @@ class Backend:
         return True
 
     def reset(self) -> None:
-        """Back to the state of a new connection, but for the memory table (RESET_DEVICE)."""
+        """Back to the state of a new connection, but for the memory table (RESET_DEVICE). The
+        inflight area goes too: what was in flight is the driver's to recover, and "QEMU
+        should retrieve a new one when vm reset" (GET_INFLIGHT_FD)."""
         for vring in self.vrings:
             vring.close()
         self.vrings = [VringSetup() for _ in self.vrings]
         self.acked = 0
         self.status = 0
+        self._replace_inflight(None)
 
     def close(self) -> None:
         """Close every fd and mapping this connection holds."""
@@ -278,6 +301,7 @@ class Backend:
             self.memory = self.log = None
             self._keep_fd("log_fd", [])
             self._replace_backend_channel(None)
+            self._replace_inflight(None)
         self.channel.close()
 
     @property
@@ -287,6 +311,8 @@ class Backend:
         a back-end request could not be sent or was answered out of turn."""
         if self.memory is not None and self.memory.faulted:
             return "it cut its shared memory short under its rings"
+        if self.inflight is not None and self.inflight.faulted:
+            return "it cut its inflight area short under its rings"
         return self._failure
 
     def waiting_since(self) -> float | None:
@@ -400,6 +426,50 @@ class Backend:
 
     def _set_status(self, payload: U64, fds: list[int]) -> None:
         self.status = payload.value & 0xFF
+
+    # --- inflight tracking ---
+
+    def _inflight_limits(self) -> dict[str, int]:
+        if not self.protocol & ProtocolFeature.INFLIGHT_SHMFD:
+            raise RequestRefused("an inflight area without INFLIGHT_SHMFD negotiated")
+        return {"max_queues": len(self.vrings), "max_queue_size": self.device.max_queue_size}
+
+    def _get_inflight_fd(self, payload: Inflight, fds: list[int]) -> _WithFds:
+        # The back-end allocates the area; the front-end maps what it is given and keeps it.
+        area = InflightArea.allocate(payload, self.packed, **self._inflight_limits())
+        self._replace_inflight(area)
+        log.info("inflight area: %d bytes for %d %s queues of %d", area.description.mmap_size,
+                 payload.num_queues, "packed" if self.packed else "split", payload.queue_size)
+        return _WithFds(area.description, (area.fd,))
+
+    def _set_inflight_fd(self, payload: Inflight, fds: list[int]) -> None:
+        area = InflightArea.from_fd(fds, payload, **self._inflight_limits())
+        self._replace_inflight(area)
+        log.info("inflight area handed back: %d bytes for %d queues of %d", payload.mmap_size,
+                 payload.num_queues, payload.queue_size)
+
+    def _replace_inflight(self, area: InflightArea | None) -> None:
+        # Rings started on the old area keep recording in it (their queues hold its mapping)
+        # until they stop; rings started from now on use the new one.
+        if self.inflight is not None:
+            self.inflight.close()
+        self.inflight = area
+
+    def _track_inflight(self, index: int, queue: DeviceQueue) -> None:
+        # The ring's queue records in its region of the area, going on from what it holds.
+        region = self.inflight.region(index, self.packed)
+        if region is None:
+            log.warning("vring %d: no region in the inflight area; in flight requests are "
+                        "not recorded", index)
+            return
+        before = self._ring_base(queue)
+        resubmit = queue.track_inflight(region)
+        if resubmit:
+            log.info("vring %d: %d requests in flight before the restart go first", index,
+                     resubmit)
+        if self._ring_base(queue) != before:
+            log.info("vring %d: going on from the inflight region's position %#x, not %#x",
+                     index, self._ring_base(queue), before)
 
     def _get_config(self, payload: DeviceConfig, fds: list[int]) -> DeviceConfig:
         size = len(payload.data)
@@ -559,6 +629,8 @@ class Backend:
                 base = used
             queue.last_avail_idx = base
             queue.used_idx = base
+        if self.inflight is not None and self.protocol & ProtocolFeature.INFLIGHT_SHMFD:
+            self._track_inflight(index, queue)
         return queue
 
     def _ring_base(self, queue: DeviceQueue) -> int:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from fastpath.vhost_user._backend import Backend
 
 # What the engine implements of the protocol (bits 0-19 only; see ProtocolFeature): a device
-# offers these or fewer.
+# offers these or fewer. INFLIGHT_SHMFD goes out only for a device that tracks what is in
+# flight (Device.tracks_inflight).
 ENGINE_PROTOCOL_FEATURES = (
     ProtocolFeature.MQ
     | ProtocolFeature.LOG_SHMFD
@@ -28,6 +29,7 @@ ENGINE_PROTOCOL_FEATURES = (
     | ProtocolFeature.BACKEND_REQ
     | ProtocolFeature.MTU
     | ProtocolFeature.CONFIG
+    | ProtocolFeature.INFLIGHT_SHMFD
     | ProtocolFeature.RESET_DEVICE
     | ProtocolFeature.CONFIGURE_MEM_SLOTS
     | ProtocolFeature.STATUS
@@ -46,6 +48,20 @@ class Device:
     they touch (ring state, fds, memory), the engine enters `quiesced()`, which returns once no
     data-plane thread is inside the rings and keeps them out until it exits; `rings_changed`
     runs inside it, after the change, for the device to pick up the new state.
+
+    `tracks_inflight`: a device that completes requests out of order (blk) sets it to survive
+    a back-end restart (vhost-user's "Inflight I/O tracking"). The engine then offers
+    INFLIGHT_SHMFD (if `protocol_features` has it), answers GET_INFLIGHT_FD with a new area,
+    keeps the area SET_INFLIGHT_FD hands back, and gives each started ring its queue region:
+    the ring's queue (`VringSetup.queue`, seen in `rings_changed`) records every chain it pops
+    and pushes there (see fastpath.vring's `DeviceQueue`). A queue started after a restart
+    pops the chains that were in flight first, oldest first, before new ones, and goes on
+    from the ring position they leave (for packed rings the region's, whatever the front-end
+    says: QEMU cannot restore it after a crash); `queue.resubmit_pending` and
+    `queue.resubmit_ids()` say which are still to come. The device executes them as new.
+    Every new queue over a ring does this, a ring moved to a new memory table or given a new
+    kick fd included: a device must not complete into the ring the requests it took from a
+    queue it let go of (it detaches them), since the new queue hands them out again.
     """
 
     features: int = 1 << VIRTIO_F_VERSION_1
@@ -55,6 +71,9 @@ class Device:
     # True for a device that uses every buffer in the order it took it, with none in flight
     # once a ring stops (net): a ring can then be resumed from its used index.
     uses_buffers_in_order: bool = False
+    # True for a device whose rings record what is in flight for a restarted back-end to pop
+    # again (INFLIGHT_SHMFD; see above).
+    tracks_inflight: bool = False
 
     @property
     def queue_num(self) -> int:

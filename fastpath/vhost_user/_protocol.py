@@ -142,7 +142,8 @@ ALWAYS_REPLY = frozenset({
     FrontendRequest.GET_FEATURES, FrontendRequest.GET_PROTOCOL_FEATURES,
     FrontendRequest.SET_LOG_BASE,
     FrontendRequest.GET_VRING_BASE, FrontendRequest.GET_QUEUE_NUM, FrontendRequest.GET_CONFIG,
-    FrontendRequest.GET_MAX_MEM_SLOTS, FrontendRequest.GET_STATUS,
+    FrontendRequest.GET_INFLIGHT_FD, FrontendRequest.GET_MAX_MEM_SLOTS,
+    FrontendRequest.GET_STATUS,
 })
 """Requests whose reply carries the answer (never a REPLY_ACK)."""
 
@@ -196,6 +197,12 @@ def _one_per_region(payload: p.MemoryTable) -> Sequence[int]:
 def _one_unless_no_fd(payload: p.VringFile | p.VringArea) -> Sequence[int]:
     # Vring-fd messages: bit 8 "is set when there is no file descriptor in the ancillary data".
     return (0,) if payload.no_fd else (1,)
+
+
+def _one_unless_empty(payload: p.Inflight) -> Sequence[int]:
+    # GET_INFLIGHT_FD's reply: a back-end with no area to give (libvhost-user when it cannot
+    # allocate one) answers mmap_size 0 and no fd, and QEMU then goes on without one.
+    return (0,) if payload.mmap_size == 0 else (1,)
 
 
 class _Rule(NamedTuple):
@@ -283,7 +290,7 @@ _FRONTEND_REPLIES: dict[FrontendRequest, _Rule | None] = {
     _F.SET_LOG_BASE: _Rule(p.EitherCodec(p.U64_CODEC, p.EMPTY)),
     # "vhost-user back-end uses zero length of payload to indicate an error".
     _F.GET_CONFIG: _Rule(p.EitherCodec(p.EMPTY, p.CONFIG)),
-    _F.GET_INFLIGHT_FD: _Rule(p.INFLIGHT, _ONE),
+    _F.GET_INFLIGHT_FD: _Rule(p.INFLIGHT, _one_unless_empty),
     _F.POSTCOPY_ADVISE: _Rule(p.EMPTY, _ONE),
     _F.GET_SHARED_OBJECT: _Rule(p.U64_CODEC, _zero_or_one),
     _F.SET_DEVICE_STATE_FD: _Rule(p.U64_CODEC, _zero_or_one),

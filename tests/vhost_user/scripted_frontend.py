@@ -39,14 +39,18 @@ FEATURES = 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_
 
 class PlainDevice(Device):
     """A device of `queues` virtqueues offering `features`, with a config space of bytes that
-    SET_CONFIG may write within."""
+    SET_CONFIG may write within; with `tracks_inflight`, one whose rings record what is in
+    flight (INFLIGHT_SHMFD)."""
 
     def __init__(self, *, features: int = FEATURES, queues: int = 2, config: bytes = b"",
-                 queue_num: int = 1):
+                 queue_num: int = 1, tracks_inflight: bool = False,
+                 max_queue_size: int = Device.max_queue_size):
         self.features = features
         self.queues = queues
         self.config = bytearray(config)
         self._queue_num = queue_num
+        self.tracks_inflight = tracks_inflight
+        self.max_queue_size = max_queue_size
 
     @property
     def queue_num(self) -> int:
@@ -63,13 +67,13 @@ class PlainDevice(Device):
 
 
 @contextmanager
-def served(path: str, **options):
-    """A listening back-end of PlainDevice engines on `path`, its loop in a thread until the
-    context ends; anything escaping the adapter's loop fails the test there."""
+def served(path: str, device=lambda: PlainDevice(features=1 << VIRTIO_F_VERSION_1), **options):
+    """A listening back-end of engines for `device()` (a PlainDevice offering VERSION_1) on
+    `path`, its loop in a thread until the context ends; anything escaping the adapter's loop
+    fails the test there."""
     from fastpath.vhost_user import BackendServer
 
-    server = BackendServer(path, lambda channel: Backend(channel, PlainDevice(
-        features=1 << VIRTIO_F_VERSION_1)), **options)
+    server = BackendServer(path, lambda channel: Backend(channel, device()), **options)
     stop = threading.Event()
     failures = []
 
@@ -113,7 +117,12 @@ class ScriptedFrontend:
         data = self.sock.recv(4096)
         return decode_message(data, reply=True).payload
 
-    def handshake(self, packed: bool, extra_features: int = 0):
+    def reply_with_fds(self):
+        """The next reply's payload and the fds that came with it (now the caller's)."""
+        data, fds, _, _ = socket.recv_fds(self.sock, 4096, 4)
+        return decode_message(data, fds, reply=True).payload, fds
+
+    def handshake(self, packed: bool, extra_features: int = 0, extra_protocol: int = 0):
         region = self.memory.regions[0]
         assert self.send(F.SET_OWNER)
         self.send(F.GET_FEATURES)
@@ -122,7 +131,7 @@ class ScriptedFrontend:
         self.send(F.GET_PROTOCOL_FEATURES)
         assert self.reply().value == self.backend.protocol_offered
         self.send(F.SET_PROTOCOL_FEATURES, U64(ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
-                                               | ProtocolFeature.STATUS))
+                                               | ProtocolFeature.STATUS | extra_protocol))
         for index in (0, 1):  # DPDK sends the call fds before SET_FEATURES
             self.send(F.SET_VRING_CALL, VringFile(index), fds=[os.eventfd(0)])
         acked = 1 << VIRTIO_F_VERSION_1 | PROTOCOL_FEATURES_BIT | extra_features | (

@@ -537,6 +537,8 @@ REPLIES = [
     (F.SET_LOG_BASE, NO_PAYLOAD, []),
     (F.SET_LOG_BASE, U64(0), []),
     (F.GET_INFLIGHT_FD, Inflight(8192, 0, 1, 128), [5]),
+    # A back-end with no area to give answers mmap_size 0 and no fd (libvhost-user).
+    (F.GET_INFLIGHT_FD, Inflight(0, 0, 1, 128), []),
     (F.SET_DEVICE_STATE_FD, U64(VRING_NOFD_FLAG), []),
     (F.POSTCOPY_ADVISE, NO_PAYLOAD, [5]),
     (B.SHARED_OBJECT_LOOKUP, U64(0), [5]),
