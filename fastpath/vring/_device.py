@@ -184,7 +184,8 @@ class DeviceQueue:
         """Ask the driver to kick again; returns the chains (split) or 1/0 (packed) pending.
 
         Non-zero means chains arrived before the driver could see the request and no kick will
-        come for them: pop again before sleeping on the kick eventfd.
+        come for them, or a restart left chains in flight to pop again: pop again before
+        sleeping on the kick eventfd.
         """
         return self._core.set_kicks(True)
 

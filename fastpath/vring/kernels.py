@@ -1,7 +1,10 @@
 """The core's queue functions as Numba sees them, for kernels that drive queues.
 
 A kernel takes a queue's `handle` and the `.ctypes.data` of its record arrays, and calls these
-once per burst. Signatures mirror fastpath/_core/{split,packed,chain}.pxd.
+once per burst. Signatures mirror fastpath/_core/{split,packed,chain}.pxd. A device queue that
+records what is in flight (`DeviceQueue.track_inflight`) does so inside these same calls: its
+pops return the chains a restart left in flight first, and its pushes record them used, with
+nothing for the kernel to do.
 """
 
 from numba import njit, types
@@ -66,7 +69,8 @@ def add_burst(packed, driver, chains, n, segments):
 
 @njit(**NJIT)
 def pop_burst(packed, device, chains, n, segments, max_segments):
-    """Device: pop up to n chains; returns how many, or an FP_E_* code (< 0)."""
+    """Device: pop up to n chains, those a restart left in flight first; returns how many, or
+    an FP_E_* code (< 0)."""
     if packed:
         return packed_pop_burst(device, chains, n, segments, max_segments)
     return split_pop_burst(device, chains, n, segments, max_segments)
@@ -106,7 +110,8 @@ def driver_should_kick(packed, driver):
 
 @njit(**NJIT)
 def device_set_kicks(packed, device, enabled):
-    """Device: ask for kicks (1) or not (0); non-zero back means pop again before sleeping."""
+    """Device: ask for kicks (1) or not (0); non-zero back means pop again before sleeping
+    (chains a restart left in flight to pop again included: no kick comes for them)."""
     if packed:
         return packed_device_set_kicks(device, enabled)
     return split_device_set_kicks(device, enabled)

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from numba import njit
 
+from fastpath._numba import NJIT
 from fastpath.errors import RingFull
 from fastpath.hv import GuestMemory
 from fastpath.testing import reference as ref
@@ -43,6 +45,7 @@ from fastpath.vring import (
     PackedDeviceQueue,
     SplitDeviceQueue,
     inflight_region_size,
+    kernels,
     ring_layout,
 )
 
@@ -492,6 +495,38 @@ def test_a_restarted_queue_pops_the_chains_in_flight_before_new_ones_oldest_firs
     assert side.queue.resubmit_pending == 1
     assert side.queue.enable_kicks()   # the one left to pop again gets no kick either
     drain(rig, side, [4])
+
+
+@njit(**NJIT)
+def _pop_and_use(packed, device, chains, max_chains, segments, max_segments):
+    # A compiled poller's round: one pop, everything used; the count popped.
+    n = kernels.pop_burst(packed, device, chains, max_chains, segments, max_segments)
+    if n > 0:
+        kernels.push_burst(packed, device, chains, n)
+    return n
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_compiled_poller_gets_what_was_in_flight_first_through_the_kernels(packed):
+    # blk's request path pops and pushes through the kernels: a restarted queue serves it
+    # the chains in flight first, records what it pushes, and nothing is left to pop again.
+    rig = Rig(packed, 8, 8)
+    side = rig.compiled()
+    side.queue.track_inflight(rig.inflight_region())
+    for pieces in (2, 1, 3):
+        rig.add(pieces, 0, False)
+    side.pop(8)
+    side.push([1])
+    side = restart(rig, side.popped)
+    rig.add(1, 0, False)
+    burst = side.queue.new_burst(8)
+    n = _pop_and_use(packed, side.queue.handle, burst.chains.ctypes.data, 8,
+                     burst.segments.ctypes.data, len(burst.segments))
+    assert [rig.in_flight[int(i)].serial for i in burst.chains["id"][:n]] == [0, 2, 3]
+    rig.collect()
+    assert sorted(rig.collected) == [0, 1, 2, 3]
+    assert side.queue.resubmit_pending == 0
+    assert not rig.inflight_region().desc["inflight"].any()
 
 
 def test_a_packed_restart_takes_the_ring_position_from_the_region_whatever_the_base():
