@@ -1,7 +1,10 @@
 """vhost-user over Unix sockets, the protocol only: it knows no device.
 
 `Backend` is the protocol engine for one connection (one message per `handle_request()`); it
-serves a `Device`, which a device author implements (fastpath.devices.net has virtio-net).
+serves a `Device`, which a device author implements (fastpath.devices.net has virtio-net). A
+device that sets `Device.tracks_inflight` gets vhost-user's inflight I/O tracking
+(INFLIGHT_SHMFD): its rings record what is in flight in the area GET/SET_INFLIGHT_FD pass
+around, and after a back-end restart pop those requests again first (see `Device`).
 `BackendServer` listens and `BackendClient` connects, each driving an engine per connection
 without ever waiting on one front-end. `Frontend` drives any back-end from the other side
 (negotiation, memory table, vrings, kicks, the back-end channel). A `Channel` reads and writes
