@@ -60,8 +60,10 @@ class Device:
     says: QEMU cannot restore it after a crash); `queue.resubmit_pending` and
     `queue.resubmit_ids()` say which are still to come. The device executes them as new.
     Every new queue over a ring does this, a ring moved to a new memory table or given a new
-    kick fd included: a device must not complete into the ring the requests it took from a
-    queue it let go of (it detaches them), since the new queue hands them out again.
+    kick fd included (libvhost-user recovers at every SET_VRING_KICK too): a device must not
+    complete into the ring the requests it took from a queue it let go of (it detaches them),
+    since the new queue hands them out again, and should let those finish before it executes
+    the new queue's (a block device would otherwise let an old write land after a new one).
     """
 
     features: int = 1 << VIRTIO_F_VERSION_1
