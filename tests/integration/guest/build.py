@@ -12,31 +12,43 @@ guest"):
   ELF ``vmlinux``: Debian builds with CONFIG_PVH, so QEMU's ``-kernel`` boots that ELF through
   its PVH entry point, about 2.5 s sooner under TCG than the bzImage, which has to decompress
   itself. When the payload cannot be decompressed here the bzImage is used instead.
-* the virtio-net modules: virtio, virtio_ring, virtio_pci_modern_dev, virtio_pci_legacy_dev,
-  virtio_pci, failover, net_failover, virtio_net, and whatever else they need. The package has
-  no modules.dep, so what they need and the load order come from each module's own
+* the virtio modules: virtio, virtio_ring, virtio_pci_modern_dev, virtio_pci_legacy_dev,
+  virtio_pci, failover, net_failover, virtio_net, virtio_blk, and whatever else they need. The
+  package has no modules.dep, so what they need and the load order come from each module's own
   ``depends=`` (virtio_ring goes first); modules the kernel has built in are left out.
   Compressed ones (.ko.xz, .ko.zst, .ko.gz) are decompressed, since busybox's insmod may not
   read them.
 * the initramfs (cpio "newc", gzip), written here without the cpio tool: ``/bin/busybox``
-  from busybox-static with a link for each of its applets, ``/dev/console``, the modules,
-  ``/bin/netcheck`` (``netcheck.c`` next to this script, ``gcc -static``) and ``/init``. The
-  init script mounts /proc, /sys and /dev, loads the modules, brings eth0 up, prints the
-  device's negotiated virtio feature bits (``NETCHECK FEATURES <bits>``) and the transmit
-  queues the driver uses (``NETCHECK QUEUES n``), runs netcheck with the arguments of the
-  kernel parameter ``netcheck=ARG,ARG,...`` and powers off, so QEMU (``-no-reboot``) exits.
+  from busybox-static with a link for each of its applets, ``/dev/console``, the modules, the
+  test programs ``/bin/netcheck`` and ``/bin/blkcheck`` (``netcheck.c`` and ``blkcheck.c``
+  next to this script, ``gcc -static``) and ``/init``. The init script mounts /proc, /sys and
+  /dev, loads the modules, and checks the network, or the disk when the kernel command line
+  has ``blkcheck=``; then it powers off, so QEMU (``-no-reboot``) exits.
+
+  The network: it brings eth0 up, prints the device's negotiated virtio feature bits
+  (``NETCHECK FEATURES <bits>``) and the transmit queues the driver uses (``NETCHECK QUEUES
+  n``) and runs netcheck with the arguments of the kernel parameter ``netcheck=ARG,ARG,...``.
   With ``netcheck_cpus=0,1,...`` it runs netcheck once pinned to each of those CPUs instead,
   each run after a line ``NETCHECK CPU k`` (a multiqueue driver transmits on the queue pair
   of the CPU it runs on). With ``netcheck_rebind=N`` it then N times unbinds the virtio_net
   driver (a device reset), binds it again and runs netcheck again, each time after a line
   ``NETCHECK REBIND k``.
 
+  The disk: it waits for /dev/vda, prints the device's negotiated feature bits (``BLKCHECK
+  FEATURES <bits>``), the hardware queues blk-mq made for it (``BLKCHECK QUEUES n``) and the
+  cache mode the driver chose (``BLKCHECK CACHE write-back`` or ``write-through``), runs
+  blkcheck with the arguments of ``blkcheck=ARG,ARG,...`` (then ``BLKCHECK EXIT status``), and
+  prints each request queue's interrupts summed over the CPUs (``BLKCHECK INTERRUPTS
+  virtio0-req.K COUNT``). With ``blkcheck_cpus=0,1,...`` it runs blkcheck once pinned to each
+  of those CPUs instead, each run after a line ``BLKCHECK CPU k`` and with the pattern seed
+  ``-S k`` (blk-mq submits on the queue it maps the CPU to).
+
 The output directory (default ``build/guest`` under the repository root, which git ignores)
 holds the cached package, the kernel and modules per kernel version, and ``guest.json``: the
 paths of ``kernel`` and ``initrd`` and what they were built from. A second run with the same
-inputs (kernel package and version, netcheck.c, this script, busybox) does nothing but print
-``guest.json``. Without apt's package lists (or offline) the newest kernel already in the cache
-is used.
+inputs (kernel package and version, the programs' sources, this script, busybox) does nothing
+but print ``guest.json``. Without apt's package lists (or offline) the newest kernel already in
+the cache is used.
 
 Exit status: 0 with ``guest.json`` printed on stdout; 2 when something the build needs is
 missing (apt, dpkg-deb, gcc with a static libc, busybox-static), with the reason on stderr; 1
@@ -65,12 +77,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent.parent
 DEFAULT_OUT = ROOT / "build" / "guest"
-NETCHECK_SOURCE = HERE / "netcheck.c"
+# The static test programs, each /bin/NAME in the initramfs: the network's and the disk's.
+PROGRAMS = {"netcheck": HERE / "netcheck.c", "blkcheck": HERE / "blkcheck.c"}
 BUSYBOX = Path("/bin/busybox")
 META_PACKAGE = "linux-image-amd64"
 MODULES = ["virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
-           "virtio_pci", "failover", "net_failover", "virtio_net"]
-FORMAT = 3  # bump when the layout of the output changes
+           "virtio_pci", "failover", "net_failover", "virtio_net", "virtio_blk"]
+FORMAT = 4  # bump when the layout of the output changes
 
 INIT = r"""#!/bin/sh
 # The test guest's init (written by tests/integration/guest/build.py).
@@ -78,26 +91,82 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo "NETCHECK BOOTED $(cut -d' ' -f1 /proc/uptime)"
-for m in %(modules)s; do
-    insmod /lib/modules/$m.ko || echo "NETCHECK FAIL reason=insmod:$m"
-done
-wait_eth0() {
-    i=0
-    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-    [ -e /sys/class/net/eth0 ]
-}
 args=""
 rebind=0
 cpus=""
+blkargs=""
+blkcpus=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
         netcheck=*) args=$(echo "${word#netcheck=}" | tr , ' ') ;;
         netcheck_rebind=*) rebind=${word#netcheck_rebind=} ;;
         netcheck_cpus=*) cpus=$(echo "${word#netcheck_cpus=}" | tr , ' ') ;;
+        blkcheck=*) blkargs=$(echo "${word#blkcheck=}" | tr , ' ') ;;
+        blkcheck_cpus=*) blkcpus=$(echo "${word#blkcheck_cpus=}" | tr , ' ') ;;
     esac
 done
-if wait_eth0; then
+# The guest checks its disk (blkcheck=...) or else its network; every line it prints starts
+# with the name of that check's program.
+if [ -n "$blkargs" ]; then
+    echo "BLKCHECK BOOTED $(cut -d' ' -f1 /proc/uptime)"
+else
+    echo "NETCHECK BOOTED $(cut -d' ' -f1 /proc/uptime)"
+fi
+for m in %(modules)s; do
+    if ! insmod /lib/modules/$m.ko; then
+        if [ -n "$blkargs" ]; then
+            echo "BLKCHECK INSMOD FAIL module=$m"
+        else
+            echo "NETCHECK FAIL reason=insmod:$m"
+        fi
+    fi
+done
+
+blk_check() {
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ ! -b /dev/vda ]; then
+        echo "BLKCHECK DISK FAIL reason=no-vda"
+        return
+    fi
+    for d in /sys/bus/virtio/devices/*; do
+        [ -e $d/block ] && echo "BLKCHECK FEATURES $(cat $d/features)"
+    done
+    # The hardware queues blk-mq made: one per request queue the driver uses.
+    echo "BLKCHECK QUEUES $(ls -d /sys/block/vda/mq/* | wc -l)"
+    # The cache mode the driver took from the device: only "write back" sends flushes.
+    echo "BLKCHECK CACHE $(cat /sys/block/vda/queue/write_cache | tr ' ' -)"
+    if [ -n "$blkcpus" ]; then
+        # blkcheck_cpus=0,1: blkcheck once pinned to each CPU, which submits on the queue
+        # blk-mq maps that CPU to; each run writes a pattern of its own (the seed is the CPU).
+        for cpu in $blkcpus; do
+            echo "BLKCHECK CPU $cpu"
+            taskset -c $cpu /bin/blkcheck $blkargs -S $cpu
+            echo "BLKCHECK EXIT $?"
+        done
+    else
+        /bin/blkcheck $blkargs
+        echo "BLKCHECK EXIT $?"
+    fi
+    # Each request queue's interrupts, over all CPUs: the device signalled completions on it.
+    awk '$NF ~ /-req\.[0-9]+$/ {
+        n = 0
+        for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i
+        print "BLKCHECK INTERRUPTS " $NF " " n
+    }' /proc/interrupts
+}
+
+wait_eth0() {
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    [ -e /sys/class/net/eth0 ]
+}
+
+net_check() {
+    if ! wait_eth0; then
+        echo "NETCHECK FAIL reason=no-eth0"
+        return
+    fi
     for d in /sys/bus/virtio/devices/*; do
         [ -e $d/net ] && echo "NETCHECK FEATURES $(cat $d/features)"
     done
@@ -131,8 +200,12 @@ if wait_eth0; then
         /bin/netcheck $args
         echo "NETCHECK EXIT $?"
     done
+}
+
+if [ -n "$blkargs" ]; then
+    blk_check
 else
-    echo "NETCHECK FAIL reason=no-eth0"
+    net_check
 fi
 poweroff -f
 """
@@ -421,20 +494,20 @@ def busybox_applets() -> list[str]:
     return [a.strip("/") for a in run(BUSYBOX, "--list-full").stdout.split()]
 
 
-def compile_netcheck(target: Path) -> None:
-    """netcheck.c, static, into `target`."""
+def compile_program(source: Path, target: Path) -> None:
+    """A test program's C source, static, into `target`."""
     if shutil.which("gcc") is None:
         raise Missing("gcc is not installed")
     try:
-        run("gcc", "-static", "-O2", "-s", "-Wall", "-Wextra", "-o", target, NETCHECK_SOURCE)
+        run("gcc", "-static", "-O2", "-s", "-Wall", "-Wextra", "-o", target, source)
     except RuntimeError as e:
         if "cannot find -lc" in str(e):
             raise Missing("no static C library (libc6-dev)") from e
         raise
 
 
-def build_initramfs(kernel_dir: Path, netcheck: Path) -> bytes:
-    """The gzip-compressed initramfs."""
+def build_initramfs(kernel_dir: Path, programs: dict[str, Path]) -> bytes:
+    """The gzip-compressed initramfs, with `programs` (name: compiled file) in /bin."""
     cpio = Cpio()
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "etc",
               "lib/modules"):
@@ -448,7 +521,8 @@ def build_initramfs(kernel_dir: Path, netcheck: Path) -> bytes:
     order = kernel_info(kernel_dir)["load_order"]
     for name in order:
         cpio.file(f"lib/modules/{name}.ko", (kernel_dir / "modules" / f"{name}.ko").read_bytes())
-    cpio.file("bin/netcheck", netcheck.read_bytes(), 0o755)
+    for name, program in programs.items():
+        cpio.file(f"bin/{name}", program.read_bytes(), 0o755)
     cpio.file("init", (INIT % {"modules": " ".join(order)}).encode(), 0o755)
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
@@ -512,7 +586,7 @@ def _build(out: Path, package: str | None, force: bool) -> dict:
     inputs = {
         "format": FORMAT,
         "kernel": kernel["kernel_sha256"],
-        "netcheck.c": sha256(NETCHECK_SOURCE.read_bytes()),
+        **{source.name: sha256(source.read_bytes()) for source in PROGRAMS.values()},
         "build.py": sha256(Path(__file__).read_bytes()),
         "busybox": sha256(busybox),
     }
@@ -525,12 +599,14 @@ def _build(out: Path, package: str | None, force: bool) -> dict:
 
     log(f"building the initramfs for {kernel['release']}")
     with tempfile.TemporaryDirectory(dir=out, prefix=".initrd-") as tmp:
-        netcheck = Path(tmp) / "netcheck"
-        compile_netcheck(netcheck)
-        initrd = build_initramfs(kernel_dir, netcheck)
+        programs = {name: Path(tmp) / name for name in PROGRAMS}
+        for name, source in PROGRAMS.items():
+            compile_program(source, programs[name])
+        initrd = build_initramfs(kernel_dir, programs)
         staged = Path(tmp) / "initrd.cpio.gz"
         staged.write_bytes(initrd)
-        netcheck.replace(out / "netcheck")
+        for name, program in programs.items():
+            program.replace(out / name)
         staged.replace(out / "initrd.cpio.gz")
     manifest = {
         "kernel": str(kernel_dir / kernel["kernel"]),
