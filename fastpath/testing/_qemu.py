@@ -5,8 +5,8 @@ peers ("QEMU 7.2 with a Linux guest"): TCG (``/dev/kvm`` on these machines canno
 kernel), the guest's memory in one memfd with ``share=on`` (which is what lets a vhost-user
 back-end map it), a kernel and an initramfs given directly (``-kernel``, ``-initrd``), the serial
 console on standard output, no default devices, no reboot (a guest that powers off or panics
-ends QEMU), and a virtio-net-pci device on a ``vhost-user`` netdev whose chardev is the Unix
-socket `socket`:
+ends QEMU), a virtio-net-pci device on a ``vhost-user`` netdev whose chardev is the Unix socket
+`socket`, and a ``vhost-user-blk-pci`` device on the Unix socket `blk_socket` (either or both):
 
 * by default QEMU is the socket's client: the back-end must be listening before QEMU starts
   (``reconnect=N`` makes QEMU retry every N seconds, also after the back-end went away);
@@ -17,7 +17,11 @@ socket `socket`:
 
 The device gets ``vectors=0`` (no MSI-X: under TCG, QEMU 7.2's vhost-user-net with MSI-X
 segfaults when the guest driver starts the device) and ``romfile=`` (no iPXE option ROM, so
-SeaBIOS does not try to boot from the NIC).
+SeaBIOS does not try to boot from the NIC). The block device keeps its MSI-X vectors (QEMU's
+default: one per request queue and one for configuration changes; vhost-user-blk has no such
+crash) and QEMU is always its socket's client. SeaBIOS drives it first, with fewer features,
+to look for something to boot, and stops it; then Linux starts it again (see the shared notes
+on peers): a back-end sees two start-ups on the one connection.
 
 What QEMU prints is collected by two threads: the guest's serial console (QEMU's stdout,
 `QemuGuest.console`) and QEMU's own messages (its stderr, `QemuGuest.messages`), kept apart so
@@ -78,19 +82,22 @@ class QemuGuest:
 
     `socket` is the vhost-user socket of the guest's one virtio-net device (None: no network
     device); `server` makes QEMU listen on it, `reconnect` (seconds) makes QEMU as the client
-    reconnect after losing the back-end. `append` is added to the kernel command line
+    reconnect after losing the back-end. `blk_socket` is the vhost-user socket of the guest's
+    one virtio-blk device (None: no disk), a back-end listening on it, and `blk_queues` that
+    device's request queues (``num-queues``). `append` is added to the kernel command line
     ``console=ttyS0 quiet panic=-1``. `memory_mb` is the guest's memory, `vcpus` its virtual
-    CPUs, `mac` the device's MAC address, `queues` its queue pairs (more than one: ``mq=on``),
-    `packed` gives it packed rings (``packed=on``), `extra` more QEMU arguments, `cpu` a CPU
-    to pin QEMU to (None: no pinning). QEMU is killed after `time_limit` seconds whatever
-    happens.
+    CPUs, `mac` the network device's MAC address, `queues` its queue pairs (more than one:
+    ``mq=on``), `packed` gives both devices packed rings (``packed=on``), `extra` more QEMU
+    arguments, `cpu` a CPU to pin QEMU to (None: no pinning). QEMU is killed after
+    `time_limit` seconds whatever happens.
     """
 
     def __init__(self, kernel: str | os.PathLike, initrd: str | os.PathLike, *,
                  socket: str | os.PathLike | None = None, server: bool = False,
                  reconnect: int | None = None, append: str = "", memory_mb: int = 512,
                  vcpus: int = 1, mac: str = "52:54:00:12:34:56", queues: int = 1,
-                 packed: bool = False, extra: Sequence[str] = (),
+                 packed: bool = False, blk_socket: str | os.PathLike | None = None,
+                 blk_queues: int = 1, extra: Sequence[str] = (),
                  cpu: int | None = None, time_limit: float = 120.0, qemu: str | None = None):
         binary = qemu or self.find()
         if binary is None:
@@ -98,6 +105,7 @@ class QemuGuest:
         if server and reconnect is not None:
             raise ValueError("reconnect is for QEMU as the socket's client, not with server")
         self.socket = os.fspath(socket) if socket is not None else None
+        self.blk_socket = os.fspath(blk_socket) if blk_socket is not None else None
         self.command = [
             binary, "-accel", "tcg", "-smp", str(vcpus), "-m", f"{memory_mb}M",
             "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on",
@@ -106,9 +114,10 @@ class QemuGuest:
             "-append", " ".join(["console=ttyS0 quiet panic=-1", append]).strip(),
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
         ]
+        for path in (self.socket, self.blk_socket):
+            if path is not None and "," in path:
+                raise ValueError(f"a chardev path cannot contain a comma: {path!r}")
         if self.socket is not None:
-            if "," in self.socket:
-                raise ValueError(f"a chardev path cannot contain a comma: {self.socket!r}")
             chardev = f"socket,id=c0,path={self.socket}"
             if server:
                 chardev += ",server=on,wait=off"
@@ -119,6 +128,12 @@ class QemuGuest:
                 "-netdev", f"vhost-user,id=n0,chardev=c0,queues={queues}",
                 "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=,vectors=0"
                 + (",mq=on" if queues > 1 else "") + (",packed=on" if packed else ""),
+            ]
+        if self.blk_socket is not None:
+            self.command += [
+                "-chardev", f"socket,id=c1,path={self.blk_socket}",
+                "-device", f"vhost-user-blk-pci,chardev=c1,num-queues={blk_queues}"
+                + (",packed=on" if packed else ""),
             ]
         self.command += list(extra)
         cpus = {cpu} if cpu is not None else None
