@@ -230,6 +230,9 @@ cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
     cdef uint32_t mask = vq.ring.size - 1
     cdef uint16_t idx = vq.used_idx
     cdef fp_split_inflight *t = &vq.inflight
+    # In locals: the stores to the region could otherwise alias them, reloaded every chain.
+    cdef fp_inflight_split_desc *record = t.desc
+    cdef uint16_t batch_head = t.last_batch_head
     cdef fp_used_elem *e
     for i in range(n):
         if chains[i].id >= vq.ring.size:
@@ -237,10 +240,10 @@ cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
             if chains[i].error != FP_E_HEAD_RANGE:
                 fp_count_error(vq.errors, FP_E_USED_ID)
             continue
-        if t.region != NULL:
+        if record != NULL:
             # "When supplying used buffers": the batch's heads are linked, newest first.
-            t.desc[chains[i].id].next = t.last_batch_head
-            t.last_batch_head = <uint16_t>chains[i].id
+            record[chains[i].id].next = batch_head
+            batch_head = <uint16_t>chains[i].id
         e = &vq.ring.used_ring[idx & mask]
         e.id = chains[i].id
         # Never report more written than the driver offered (§2.7.8.1).
@@ -248,8 +251,9 @@ cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
                  else chains[i].writable_len)
         idx += 1
         pushed += 1
-    if t.region != NULL:
-        t.region.last_batch_head = t.last_batch_head
+    if record != NULL:
+        t.last_batch_head = batch_head
+        t.region.last_batch_head = batch_head
     # Release: the elements (and the batch's links) are visible before the index that covers them.
     fp_store_release_u16(&vq.ring.used[1], idx)
     vq.used_idx = idx
@@ -520,10 +524,11 @@ cdef class SplitDevice:
 
     def track_inflight(self, uintptr_t region, uint32_t desc_num, uint64_t counter,
                        uint16_t last_batch_head, const uint16_t[::1] resubmit, object owner):
-        """Record pops and pushes in the inflight queue region at address `region`, which
-        `owner` keeps mapped, going on from `counter`; the heads in `resubmit` are popped
-        first. The caller checked the region (desc_num entries, at least the ring size) and
-        every head in `resubmit` (below the ring size)."""
+        """Record pops and pushes in the inflight queue region at address `region` (desc_num
+        entries), which `owner` keeps mapped, going on from `counter`; the heads in
+        `resubmit` are popped first."""
+        # SAFETY: the hot path indexes the region with heads below the ring size, and walks
+        # the chains of the heads to pop again: both hold only if these checks pass.
         if desc_num < self.q.ring.size:
             raise ValueError(f"an inflight region of {desc_num} entries cannot track a ring of "
                              f"{self.q.ring.size}")

@@ -169,13 +169,12 @@ def oldest_first(region: InflightRegion, heads: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SplitRecord:
-    """What a split ring goes on from: the heads to pop again (oldest first), the counter, the
-    last batch's head, and the used ring's idx, which its positions follow from."""
+    """What a split ring goes on from: the heads to pop again (oldest first), the counter and
+    the last batch's head."""
 
     resubmit: np.ndarray
     counter: int
     last_batch_head: int
-    used_idx: int
 
 
 def start_split(region: InflightRegion, used_idx: int) -> SplitRecord:
@@ -188,7 +187,7 @@ def start_split(region: InflightRegion, used_idx: int) -> SplitRecord:
     header["used_idx"] = used_idx
     # The version last: a region is in use once it has one.
     header["version"] = INFLIGHT_VERSION
-    return SplitRecord(np.zeros(0, np.uint16), 0, 0, used_idx)
+    return SplitRecord(np.zeros(0, np.uint16), 0, 0)
 
 
 def recover_split(region: InflightRegion, ring_size: int, used_idx: int) -> SplitRecord:
@@ -213,7 +212,7 @@ def recover_split(region: InflightRegion, ring_size: int, used_idx: int) -> Spli
     if len(heads) and int(heads[-1]) >= ring_size:
         raise BadInflightRegion(f"head {int(heads[-1])} is in flight in a ring of {ring_size}")
     return SplitRecord(oldest_first(region, heads), region.next_counter(),
-                       int(header["last_batch_head"][0]), used_idx)
+                       int(header["last_batch_head"][0]))
 
 
 # --- packed rings ------------------------------------------------------------------------------
