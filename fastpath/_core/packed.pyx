@@ -731,6 +731,11 @@ cdef class PackedDevice:
         return self.q.inflight.untracked
 
     @property
+    def resubmit_pending(self):
+        """How many chains a restart left in flight that pops have not returned yet."""
+        return self.q.inflight.resubmit_count - self.q.inflight.resubmit_next
+
+    @property
     def resubmit_heads(self):
         """Heads (region entries) of the chains a restart left in flight that pops have not
         returned yet, oldest first."""

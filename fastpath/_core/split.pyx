@@ -551,6 +551,11 @@ cdef class SplitDevice:
         return self.q.inflight.counter
 
     @property
+    def resubmit_pending(self):
+        """How many chains a restart left in flight that pops have not returned yet."""
+        return self.q.inflight.resubmit_count - self.q.inflight.resubmit_next
+
+    @property
     def resubmit_heads(self):
         """Heads a restart left in flight that pops have not returned yet, oldest first."""
         return list(self.resubmit[self.q.inflight.resubmit_next:self.q.inflight.resubmit_count])

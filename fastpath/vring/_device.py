@@ -93,7 +93,7 @@ class DeviceQueue:
     `resubmit_ids()` say which are still to come. The device executes them again as if new:
     nothing of them reached the driver. A device that lets a queue go with chains in flight
     must not complete those into the ring afterwards: the next queue over the same region
-    returns them again.
+    returns them again. `inflight` is the region recorded in, None until there is one.
     """
 
     packed = False
@@ -127,7 +127,7 @@ class DeviceQueue:
     @property
     def resubmit_pending(self) -> int:
         """Chains in flight before the restart that pops have not returned yet."""
-        return len(self._core.resubmit_heads)
+        return self._core.resubmit_pending
 
     def resubmit_ids(self) -> list[int]:
         """The ids (split: heads; packed: buffer ids) of the chains in flight before the
