@@ -27,6 +27,8 @@ from fastpath.vhost_user.wire import (
     U64,
     FrontendRequest,
     Inflight,
+    MemoryRegion,
+    MemoryTable,
     ProtocolFeature,
     decode_message,
     decode_payload,
@@ -181,6 +183,30 @@ def test_a_backend_killed_with_requests_in_flight_is_followed_by_one_that_pops_t
     assert sorted(guest.collect()) == sorted(popped)
     os.close(fd)
     again.backend.close()
+
+
+def test_a_ring_moved_to_a_new_memory_table_hands_its_requests_in_flight_out_again():
+    # The device lets the old queue go (and its requests, which it must not complete into the
+    # ring); the new queue over the same region returns them, as after a restart.
+    fe = tracking()
+    fe.handshake(False, extra_protocol=INFLIGHT)
+    area, fd = get_area(fe)
+    hand_back(fe, area, fd)
+    rings = fe.start_vring(0, RING_SIZE, False)
+    guest = Guest(fe, rings, False)
+    ids = [guest.offer(k) for k in range(3)]
+    old = fe.backend.vrings[0].queue
+    burst = old.new_burst(4)
+    assert old.pop(burst) == 3
+    old.push(burst, order=[1])
+    region = fe.memory.regions[0]
+    fe.send(F.SET_MEM_TABLE, MemoryTable((MemoryRegion(0, region.size, region.user_addr, 0),)),
+            fds=[os.dup(region.fd)], need_reply=True)
+    assert fe.reply() == U64(0)
+    queue = fe.backend.vrings[0].queue
+    assert queue is not old and queue.resubmit_ids() == [ids[0], ids[2]]
+    os.close(fd)
+    fe.backend.close()
 
 
 def test_reset_device_lets_the_area_go():
