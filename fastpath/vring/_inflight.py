@@ -256,8 +256,9 @@ def recover_packed(region: InflightRegion, ring_size: int, slot_flags) -> Packed
     """Go on from a region a ring left ("When reconnecting"); `slot_flags(slot)` reads the
     flags of a descriptor ring slot.
 
-    A push under way either reached the driver (its first used descriptor's flags are written:
-    it is committed) or did not (rolled back), and so is a pop (rolled back: its entries are
+    A push under way (a ring records one used descriptor per step) either reached the driver
+    (the descriptor's flags are written: it is committed) or did not (rolled back), and so is a
+    pop (rolled back: its entries are
     free again). Entries on the free list are not in flight; every other entry marked in flight
     heads a chain, which is checked (its length, its links, no entry in two places) and
     returned, oldest first. The avail position is the used one moved on by the chains' slots:
