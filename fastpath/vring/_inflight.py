@@ -258,11 +258,11 @@ def recover_packed(region: InflightRegion, ring_size: int, slot_flags) -> Packed
 
     A push under way (a ring records one used descriptor per step) either reached the driver
     (the descriptor's flags are written: it is committed) or did not (rolled back), and so is a
-    pop (rolled back: its entries are
-    free again). Entries on the free list are not in flight; every other entry marked in flight
-    heads a chain, which is checked (its length, its links, no entry in two places) and
-    returned, oldest first. The avail position is the used one moved on by the chains' slots:
-    every slot popped is either used or held by a chain in flight.
+    pop (rolled back: its entries are free again). Entries on the free list are not in flight;
+    every other entry marked in flight heads a chain, which is checked (its length, its links,
+    no entry in two places) and returned, oldest first. The avail position is the used one
+    moved on by the chains' slots: every slot popped is either used or held by a chain in
+    flight.
     """
     header, desc, n = region.header, region.desc, region.desc_num
     used = (int(header["used_idx"][0]), int(header["used_wrap_counter"][0]))
