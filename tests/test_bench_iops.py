@@ -46,7 +46,29 @@ def test_fio_runs_the_same_job_and_the_ratio_is_printed(tmp_path, capsys):
     (["--bdev", "malloc:16M", "--peer", "fio"], "fio has no engine"),
     (["--workload", "verify", "--peer", "fio"], "does not run the verify workload"),
     (["--qd", "0"], "must be positive"),
+    (["--peer", "qsd"], "--target vhost"),
+    (["--target", "vhost", "--bdev", "nvme:malloc:1M", "--peer", "qsd"], "no disk like"),
 ])
 def test_what_cannot_run_says_why_before_running(arguments, message, capsys):
     assert main(["bench", "iops", "--time", "0.2", *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_vhost_blk_runs_the_job_beside_qemu_storage_daemon(tmp_path, capsys):
+    report = tmp_path / "iops.json"
+    status = main(["bench", "iops", "--target", "vhost", "--bdev", "malloc:16M", "--time",
+                   "1", "--peer", "qsd", "--pairs", "1", "--json", str(report)])
+    assert status == 0, capsys.readouterr().err
+    data = json.loads(report.read_text())
+    assert [r["runner"] for r in data["results"]] == ["fastpath", "qsd"]
+    assert all(r["iops"] > 1000 and r["io_failed"] == 0 for r in data["results"])
+    assert "fastpath/qsd IOPS: median" in capsys.readouterr().out
+
+
+def test_the_nvme_target_drives_a_queue_pair_to_a_modelled_controller(tmp_path):
+    report = tmp_path / "iops.json"
+    status = main(["bench", "iops", "--target", "nvme", "--bdev", "malloc:16M", "--workload",
+                   "verify", "--time", "0.5", "--json", str(report)])
+    assert status == 0
+    [result] = json.loads(report.read_text())["results"]
+    assert result["iops"] > 1000 and result["io_failed"] == 0

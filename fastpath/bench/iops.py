@@ -12,6 +12,7 @@ percentiles. JSON uses bdevperf's field names.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ from fastpath.pmd import PollHost
 from fastpath.spdk_like import BDEV_KINDS, WORKLOADS, IoJob, open_bdev
 from fastpath.testing import source_python
 
-PEERS = ("fio",)
+PEERS = ("fio", "qsd")
+TARGETS = ("local", "vhost", "nvme")
 # The workloads fio runs the same way (its --rw), and the bdev kinds it has an engine for.
 _FIO_WORKLOADS = {"read": "read", "write": "write", "randread": "randread",
                   "randwrite": "randwrite", "randrw": "randrw", "unmap": "trim"}
@@ -78,8 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = ", ".join(f"{k.name}:{k.argument}" for k in BDEV_KINDS.values())
     parser.add_argument("--bdev", default="null:1G",
                         help=f"the bdev to measure ({kinds}; options as ,block_size=4096)")
-    parser.add_argument("--target", choices=["local"], default="local",
-                        help="local: the job submits to the bdev on the reactor's own core")
+    parser.add_argument("--target", choices=TARGETS, default="local",
+                        help="local: the job submits to the bdev on its own CPU; vhost: the "
+                        "bdev behind fastpath vhost-blk on --cpu, the job a vhost-user-blk "
+                        "front-end (BlkFrontend) on the other CPU; nvme: the job drives a "
+                        "modelled NVMe controller over the bdev through a queue pair")
     parser.add_argument("--workload", choices=list(WORKLOADS), default="randread",
                         help="bdevperf's workloads: sequential read/write, random "
                         "randread/randwrite/randrw (--rwmix), verify (write, read back, "
@@ -91,9 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="randrw: percent of requests that are reads")
     parser.add_argument("--cpu", type=int, default=0, help="the CPU the job (or fio) runs on")
     parser.add_argument("--peer", choices=PEERS,
-                        help="run the same job through fio too, alternated, and print "
-                        "fastpath/fio (fio's null engine for null, io_uring on the file for "
-                        "file)")
+                        help="run the same job through a peer too, alternated, and print the "
+                        "ratio: fio (local: its null engine for null, io_uring on the file for "
+                        "file) or qsd (vhost: qemu-storage-daemon's vhost-user-blk export of "
+                        "the same disk, null-co for null, the file for file, a raw file in "
+                        "/dev/shm for malloc, in an iothread that polls, on --cpu)")
     parser.add_argument("--baseline", metavar="CHECKOUT",
                         help="run the same job from another fastpath checkout (its core built "
                         "in place), alternated, and print this tree's IOPS over its")
@@ -120,22 +127,34 @@ def _progress(total: float, label: str, enabled: bool):
 
 
 def run_fastpath(args: argparse.Namespace, progress: bool = True) -> Result:
-    """Run the job on a reactor of its own, pinned to args.cpu."""
-    bdev = open_bdev(args.bdev)
+    """The job on the target: the bdev on this process's reactor (local, nvme), or behind
+    fastpath vhost-blk (vhost)."""
+    if args.target == "vhost":
+        with _vhost_blk(args) as socket:
+            return run_job(args, f"vhost:{socket},queue_size={max(args.qd, 128)}",
+                           _other_cpu(args.cpu), "fastpath", progress)
+    spec = f"nvme:{args.bdev}" if args.target == "nvme" else args.bdev
+    return run_job(args, spec, args.cpu, "fastpath", progress)
+
+
+def run_job(args: argparse.Namespace, spec: str, cpu: int, runner: str,
+            progress: bool = True) -> Result:
+    """An IoJob on the bdev `spec` names, on a reactor of its own pinned to `cpu`."""
+    bdev = open_bdev(spec)
     try:
         channel = bdev.open_channel(args.qd)
         job = IoJob(channel, args.workload, queue_depth=args.qd, io_size=args.io_size,
                     rwmix=args.rwmix)
         # Long kernel calls: the requests in flight while the host is back in Python wait
         # longer, and would show in the tail latencies.
-        host = PollHost("reactor-0", cpu=args.cpu, rounds=1 << 16)
+        host = PollHost("reactor-0", cpu=cpu, rounds=1 << 16)
         host.add(job)
         samples: list[float] = []
         host.start()
         try:
             start = last_time = time.monotonic()
             first = last = job.completed
-            with _progress(args.time, f"fastpath {args.workload}", progress) as bar:
+            with _progress(args.time, f"{runner} {args.workload}", progress) as bar:
                 while (now := time.monotonic()) - start < args.time:
                     time.sleep(min(1.0, start + args.time - now))
                     now, done = time.monotonic(), job.completed
@@ -155,7 +174,7 @@ def run_fastpath(args: argparse.Namespace, progress: bool = True) -> Result:
         histogram = job.histogram
         iops = completed / runtime
         return Result(
-            runner="fastpath", workload=args.workload, queue_depth=args.qd,
+            runner=runner, workload=args.workload, queue_depth=args.qd,
             io_size=args.io_size, runtime=runtime, iops=iops,
             mibps=iops * args.io_size / (1 << 20), io_failed=job.failed,
             avg_latency_us=histogram.get_mean_value() / 1e3,
@@ -166,6 +185,96 @@ def run_fastpath(args: argparse.Namespace, progress: bool = True) -> Result:
             per_second_iops=samples)
     finally:
         bdev.close()
+
+
+def _other_cpu(cpu: int) -> int:
+    others = sorted(os.sched_getaffinity(0) - {cpu})
+    return others[0] if others else cpu
+
+
+def _pin(pid: int, cpu: int) -> None:
+    # Every thread of the process (an iothread started before it listens included).
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(task), {cpu})
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def _vhost_blk(args: argparse.Namespace):
+    """fastpath vhost-blk serving args.bdev on args.cpu; yields its socket."""
+    with tempfile.TemporaryDirectory(prefix="fastpath-iops-") as scratch:
+        socket = f"{scratch}/blk.sock"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastpath.cli", "vhost-blk", "--socket-path", socket,
+             "--bdev", args.bdev, "--cpu", str(args.cpu), "--stats-period", "0"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, preexec_fn=lambda: os.sched_setaffinity(0, {args.cpu}))
+        try:
+            _wait_for(socket, process, "fastpath vhost-blk")
+            yield socket
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_for(socket: str, process, name: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(socket):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{name} did not start: {process.stderr.read()[-800:]}")
+        time.sleep(0.05)
+
+
+def qsd_disk(args: argparse.Namespace, scratch: str, create: bool = True) -> dict:
+    """qemu-storage-daemon's best setup for the disk args.bdev names: its null driver reading
+    zeros for null, the file for file, a raw file in /dev/shm for malloc."""
+    from fastpath.spdk_like import parse_size
+
+    kind, _, rest = args.bdev.partition(":")
+    target = rest.split(",")[0]
+    if kind == "null":
+        return {"null_size": parse_size(target)}
+    if kind == "file":
+        return {"image": target}
+    if kind == "malloc":
+        image = Path("/dev/shm") / f"{Path(scratch).name}.img"
+        if create:
+            with open(image, "wb") as f:
+                f.truncate(parse_size(target))
+        return {"image": image}
+    raise ValueError(f"qemu-storage-daemon has no disk like the {kind} bdev (it serves "
+                     "null, file and malloc's memory as a file in /dev/shm)")
+
+
+def run_qsd(args: argparse.Namespace, progress: bool = True) -> Result:
+    """The same job through a vhost-user-blk front-end on qemu-storage-daemon's export of the
+    same disk, on args.cpu, in an iothread that polls."""
+    from fastpath.testing import StorageDaemon
+
+    with tempfile.TemporaryDirectory(prefix="fastpath-qsd-") as scratch:
+        disk = qsd_disk(args, scratch)
+        socket = f"{scratch}/qsd.sock"
+        try:
+            with StorageDaemon(socket, iothread=True, poll_max_ns=QSD_POLL_NS,
+                               time_limit=args.time + 120, **disk) as daemon:
+                _pin(daemon.pid, args.cpu)
+                return run_job(args, f"vhost:{socket},queue_size={max(args.qd, 128)}",
+                               _other_cpu(args.cpu), "qsd", progress)
+        finally:
+            if "image" in disk and str(disk["image"]).startswith("/dev/shm/"):
+                Path(disk["image"]).unlink(missing_ok=True)
+
+
+# How long qemu-storage-daemon's iothread busy-polls before it sleeps (its own maximum is
+# about 32 ms): long enough that it never sleeps while the job keeps its queue full.
+QSD_POLL_NS = 32_000_000
 
 
 def fio_command(args: argparse.Namespace) -> list[str]:
@@ -237,6 +346,7 @@ def run_checkout(args: argparse.Namespace, checkout: Path, side: str) -> Result:
     with tempfile.TemporaryDirectory(prefix="fastpath-iops-") as scratch:
         report = Path(scratch) / "run.json"
         command = [*python, "-m", "fastpath.cli", "bench", "iops", "--bdev", args.bdev,
+                   "--target", args.target,
                    "--workload", args.workload, "--qd", str(args.qd), "--io-size",
                    str(args.io_size), "--time", str(args.time), "--rwmix", str(args.rwmix),
                    "--cpu", str(args.cpu), "--no-progress", "--json", str(report)]
@@ -312,12 +422,22 @@ def run(args: argparse.Namespace) -> int:
     if args.peer and args.baseline:
         print("--peer and --baseline: one comparison at a time", file=sys.stderr)
         return 2
+    wanted = {"fio": "local", "qsd": "vhost"}
+    if args.peer and wanted[args.peer] != args.target:
+        print(f"--peer {args.peer} runs the {wanted[args.peer]} target's job "
+              f"(--target {wanted[args.peer]})", file=sys.stderr)
+        return 2
     try:
         open_bdev(args.bdev).close()
-        if args.peer:
+        if args.peer == "fio":
             fio_command(args)
             if shutil.which("fio") is None:
                 raise ValueError("fio is not installed (make peers installs it)")
+        if args.peer == "qsd":
+            qsd_disk(args, "/tmp/check", create=False)
+            if shutil.which("qemu-storage-daemon") is None:
+                raise ValueError("qemu-storage-daemon is not installed (make peers installs "
+                                 "it)")
     except (ValueError, OSError) as e:
         print(f"fastpath bench iops: {e}", file=sys.stderr)
         return 2
@@ -329,8 +449,9 @@ def run(args: argparse.Namespace) -> int:
         runners = {"fastpath": lambda: run_checkout(args, tree, "fastpath"),
                    "baseline": lambda: run_checkout(args, Path(args.baseline), "baseline")}
     elif args.peer:
+        peer = run_fio if args.peer == "fio" else run_qsd
         runners = {"fastpath": lambda: run_fastpath(args, progress),
-                   "fio": lambda: run_fio(args, progress)}
+                   args.peer: lambda: peer(args, progress)}
     else:
         runners = {"fastpath": lambda: run_fastpath(args, progress)}
     other = next((name for name in runners if name != "fastpath"), None)
@@ -345,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
                 results.append(by_runner[name])
             if other:
                 pairs.append((by_runner["fastpath"].iops, by_runner[other].iops))
-    except (RuntimeError, WrongCheckout) as e:
+    except (RuntimeError, WrongCheckout, OSError) as e:
         print(f"fastpath bench iops: {e}", file=sys.stderr)
         return 2
     ratios = [tree_iops / other_iops for tree_iops, other_iops in pairs]

@@ -1,5 +1,5 @@
-"""SPDK-style block I/O: bdevs behind one asynchronous API (NVMe-like queue pairs, reactors and
-the vhost-user-blk target to come).
+"""SPDK-style block I/O: bdevs behind one asynchronous API, an IoJob that benchmarks them,
+reactors on the poll host, NVMe-like queue pairs and the vhost-user-blk target.
 
 `open_bdev("malloc:64M")` makes a bdev from a spec; `bdev.open_channel(depth)` gives a thread
 its channel, whose `submit` and `poll` (or, in compiled code, `bdev_submit` and `bdev_poll` on
@@ -10,6 +10,10 @@ NVMe: `NvmeController` models a controller over a bdev channel (its I/O queues s
 compiled round, on a poll host with `NvmePoller`); `NvmeDriver` brings one up from
 `HostMemory` and creates `NvmeQueuePair`s; `open_bdev("nvme:malloc:64M")` (`NvmeBdev`) drives
 a controller through a queue pair per channel.
+
+vhost-user-blk: `BlkTarget` serves virtio-blk devices' queues over a bdev on a reactor
+(`fastpath vhost-blk`); `open_bdev("vhost:SOCKET")` (`VhostBdev`) is the other side, a bdev
+whose disk is a vhost-user-blk back-end, driven through `fastpath.devices.blk.BlkFrontend`.
 """
 
 from fastpath.spdk_like import (  # noqa: F401  (the built-in kinds register)
@@ -52,6 +56,7 @@ from fastpath.spdk_like._reactor import (
     Reactors,
     register_message,
 )
+from fastpath.spdk_like._vhost_bdev import VhostBdev
 
 __all__ = [
     "Bdev",
@@ -71,6 +76,7 @@ __all__ = [
     "Reactor",
     "Reactors",
     "register_message",
+    "VhostBdev",
     "NullBdev",
     # NVMe: the modelled controller, the host's side of it, and the bdev driving one.
     "NvmeController",

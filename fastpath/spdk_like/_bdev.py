@@ -331,6 +331,14 @@ class Bdev:
         self.channels.append(channel)
         return channel
 
+    def dma_buffer(self, channel: BdevChannel, size: int) -> np.ndarray:
+        """`size` bytes, aligned to 4 KiB, that requests on `channel` may name as data
+        without a copy (for most kinds any memory of this process; for a disk behind a
+        front-end, memory it shares with its back-end)."""
+        raw = np.zeros(size + 4096, dtype=np.uint8)
+        start = -raw.ctypes.data % 4096
+        return raw[start:start + size]
+
     def _open_channel(self, channel: BdevChannel) -> None:
         """Fill channel.row's kind arguments (from CH_ARGS); keep on the channel what they
         name."""
@@ -395,6 +403,7 @@ class BdevChannel:
         row[CH_INJECT] = bdev.injection.ctypes.data
         row[CH_OPERATIONS] = sum(1 << op for op in bdev.operations)
         self.closed = False
+        self._buffer: np.ndarray | None = None
 
     @property
     def in_flight(self) -> int:
@@ -443,13 +452,14 @@ class BdevChannel:
 
     def read(self, offset: int, length: int) -> bytes:
         """`length` bytes from `offset` (OSError with the request's errno on failure)."""
-        data = np.zeros(length, dtype=np.uint8)
+        data = self._scratch(length)
         self._one(IO_READ, offset, length, data)
         return data.tobytes()
 
     def write(self, offset: int, data: bytes) -> None:
         """Write `data` at `offset`."""
-        buffer = np.frombuffer(bytearray(data), dtype=np.uint8)
+        buffer = self._scratch(len(data))
+        buffer[:] = np.frombuffer(data, dtype=np.uint8)
         self._one(IO_WRITE, offset, len(buffer), buffer)
 
     def flush(self) -> None:
@@ -463,6 +473,13 @@ class BdevChannel:
     def write_zeroes(self, offset: int, length: int) -> None:
         """Make `length` bytes from `offset` read back as zeros."""
         self._one(IO_WRITE_ZEROES, offset, length, None)
+
+    def _scratch(self, length: int) -> np.ndarray:
+        # The helpers' data goes through memory the bdev reaches without a copy, kept for the
+        # next call and grown by doubling.
+        if self._buffer is None or len(self._buffer) < length:
+            self._buffer = self.bdev.dma_buffer(self, 1 << max(12, (length - 1).bit_length()))
+        return self._buffer[:length]
 
     def _one(self, operation: int, offset: int, length: int, data: np.ndarray | None) -> None:
         ios = np.zeros(1, dtype=BLOCK_IO)

@@ -234,13 +234,6 @@ LATENCY_CAPACITY = 1 << 16
 _LONGEST_NS = 60_000_000_000
 
 
-def _aligned(size: int, alignment: int = 4096) -> np.ndarray:
-    # Buffers aligned for O_DIRECT (a file bdev may need its logical block size).
-    raw = np.zeros(size + alignment, dtype=np.uint8)
-    start = -raw.ctypes.data % alignment
-    return raw[start:start + size]
-
-
 class IoJob(Poller):
     """Keeps `queue_depth` requests of `workload` (a WORKLOADS name) of `io_size` bytes in
     flight on `channel`; `rwmix` is randrw's percentage of reads.
@@ -271,7 +264,9 @@ class IoJob(Poller):
         self.queue_depth = queue_depth
         self.io_size = io_size
         self.rwmix = rwmix
-        self.buffers = _aligned(2 * queue_depth * io_size).reshape(2, queue_depth, io_size)
+        # Aligned (O_DIRECT) and where the bdev can reach them without a copy.
+        self.buffers = bdev.dma_buffer(channel, 2 * queue_depth * io_size).reshape(
+            2, queue_depth, io_size)
         self.iovecs = np.zeros(queue_depth, dtype=IOVEC)
         self.ios = np.zeros(queue_depth, dtype=BLOCK_IO)
         self.staging = np.zeros(queue_depth, dtype=BLOCK_IO)

@@ -104,6 +104,9 @@ class VirtioBlk(Device):
     # Each ring slot owns an in-flight row and a request's iovecs (4 KiB at seg_max 126): as
     # QEMU (VIRTQUEUE_MAX_SIZE), no ring of more than 1024 entries.
     max_queue_size = 1024
+    # Requests complete out of order: a back-end restarted under a running guest resubmits
+    # what was in flight from the inflight region the front-end keeps (INFLIGHT_SHMFD).
+    tracks_inflight = True
 
     gate: Gate
     disk: BlkDisk
@@ -145,9 +148,15 @@ class VirtioBlk(Device):
     def writeback(self) -> int:
         """The cache mode (§5.2.5): 1 writeback, 0 writethrough. Until the driver chooses
         (CONFIG_WCE), writeback when FLUSH was negotiated: without it the driver cannot
-        flush, and §5.2.6.2 wants every write stable when it completes."""
+        flush, and §5.2.6.2 wants every write stable when it completes. Before features are
+        negotiated, writeback, as FLUSH is offered: QEMU reads the config space once, then,
+        and its guest runs the disk in the mode read, so the device must be in that mode too
+        (a device that reported writethrough there and then ran writeback would see no flush
+        from a guest that believes every write already stable)."""
         if self._writeback is not None:
             return self._writeback
+        if not self._acked:
+            return 1
         return self._acked >> VIRTIO_BLK_F_FLUSH & 1
 
     def backend(self, channel) -> Backend:
