@@ -1,18 +1,28 @@
-"""Real peers in the suite: a test marked `@pytest.mark.peer("dpdk")` (or "qemu") needs that
-program. `make test` sets FASTPATH_REQUIRE_PEERS=1, and there a missing peer fails the test with
-the Debian package to install; a bare `pytest` elsewhere skips it."""
+"""Real peers in the suite: a test marked `@pytest.mark.peer("dpdk")` (or "qemu", "fio", "qsd")
+needs that program. `make test` sets FASTPATH_REQUIRE_PEERS=1, and there a missing peer fails
+the test with the Debian package to install; a bare `pytest` elsewhere skips it.
+
+`@pytest.mark.release_pass`: a test that starts fastpath processes of its own (a back-end, a
+benchmark's runs) runs in the release pass only. With FASTPATH_DEBUG=1 Numba caches nothing,
+so each such process compiles every kernel it runs first (most of a minute); the debug pass
+still runs the same code in-process through the unit and property tests."""
 
 import os
+import shutil
 
 import pytest
 
-from fastpath.testing import QemuGuest, Testpmd
+from fastpath.testing import QemuGuest, StorageDaemon, Testpmd
 
 # Each peer: how to find it, and the Debian package that brings it.
 PEERS = {
     "dpdk": (Testpmd.find, "dpdk-testpmd", "dpdk-dev"),
     "qemu": (QemuGuest.find, "qemu-system-x86_64", "qemu-system-x86"),
+    "fio": (lambda: shutil.which("fio"), "fio", "fio"),
+    "qsd": (StorageDaemon.find, "qemu-storage-daemon", "qemu-system-common"),
 }
+
+DEBUG_PASS = os.environ.get("FASTPATH_DEBUG", "") not in ("", "0")
 
 
 def peers_required() -> bool:
@@ -36,9 +46,15 @@ def peer_missing():
 def pytest_configure(config):
     config.addinivalue_line("markers", "peer(name): the test runs against a real peer program "
                             f"({', '.join(PEERS)})")
+    config.addinivalue_line("markers", "release_pass: the test starts fastpath processes of its "
+                            "own, which compile every kernel under FASTPATH_DEBUG=1: release "
+                            "pass only")
 
 
 def pytest_runtest_setup(item):
+    if DEBUG_PASS and item.get_closest_marker("release_pass"):
+        pytest.skip("starts fastpath processes, which compile every kernel under "
+                    "FASTPATH_DEBUG=1: the release pass runs it")
     for marker in item.iter_markers("peer"):
         for name in marker.args:
             find, program, package = PEERS[name]

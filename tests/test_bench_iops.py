@@ -29,6 +29,7 @@ def test_a_run_reports_bdevperf_fields_and_draws_a_plot(tmp_path, capsys):
     assert "M IOPS" in capsys.readouterr().out
 
 
+@pytest.mark.peer("fio")
 def test_fio_runs_the_same_job_and_the_ratio_is_printed(tmp_path, capsys):
     report = tmp_path / "iops.json"
     status = main(["bench", "iops", "--bdev", "null:1G", "--time", "0.5", "--peer", "fio",
@@ -54,6 +55,8 @@ def test_what_cannot_run_says_why_before_running(arguments, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.release_pass
+@pytest.mark.peer("qsd")
 def test_vhost_blk_runs_the_job_beside_qemu_storage_daemon(tmp_path, capsys):
     report = tmp_path / "iops.json"
     status = main(["bench", "iops", "--target", "vhost", "--bdev", "malloc:16M", "--time",
