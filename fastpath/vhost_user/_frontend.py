@@ -15,6 +15,7 @@ from fastpath.vhost_user._channel import Channel
 from fastpath.vhost_user._payloads import (
     NO_PAYLOAD,
     U64,
+    Inflight,
     MemoryRegion,
     MemoryTable,
     VringAddress,
@@ -82,21 +83,50 @@ class Frontend:
         With REPLY_ACK negotiated and `ack`, a request without a reply of its own asks for an
         acknowledgement, and a failing one raises BackendRefused.
         """
+        payload, received = self._request(request, payload, fds, ack=ack)
+        for fd in received:
+            os.close(fd)
+        return payload
+
+    def _request(self, request: FrontendRequest, payload, fds, *, ack: bool):
+        # The reply payload and the fds that came with it, the caller's to close.
         want_ack = (ack and request not in ALWAYS_REPLY
                     and bool(self.protocol & ProtocolFeature.REPLY_ACK))
         self.channel.send(encode_message(request, payload,
                                          flags=FLAG_NEED_REPLY if want_ack else 0), fds)
         if request not in ALWAYS_REPLY and not want_ack:
-            return None
+            return None, []
         received = self.channel.receive()
-        for fd in received.fds:
-            os.close(fd)
-        reply = received.message
-        if reply.header.request != request:
-            raise BackendRefused(f"{request.name} was answered by {reply.header.request.name}")
-        if want_ack and reply.payload.value != 0:
-            raise BackendRefused(f"the back-end refused {request.name} ({reply.payload.value})")
-        return None if want_ack else reply.payload
+        try:
+            reply = received.message
+            if reply.header.request != request:
+                raise BackendRefused(f"{request.name} was answered by "
+                                     f"{reply.header.request.name}")
+            if want_ack and reply.payload.value != 0:
+                raise BackendRefused(f"the back-end refused {request.name} "
+                                     f"({reply.payload.value})")
+        except BaseException:
+            for fd in received.fds:
+                os.close(fd)
+            raise
+        return None if want_ack else reply.payload, list(received.fds)
+
+    def get_inflight_fd(self, num_queues: int, queue_size: int) -> tuple[Inflight, int]:
+        """A new inflight area from the back-end (GET_INFLIGHT_FD, INFLIGHT_SHMFD negotiated)
+        for `num_queues` rings of `queue_size`: its description and its fd, the caller's to
+        keep (and close) and to hand to the back-end that follows (`set_inflight_fd`)."""
+        description, fds = self._request(F.GET_INFLIGHT_FD, Inflight(0, 0, num_queues,
+                                                                     queue_size), (), ack=True)
+        if len(fds) != 1 or not description.mmap_size:
+            for fd in fds:
+                os.close(fd)
+            raise BackendRefused("the back-end gave no inflight area")
+        return description, fds[0]
+
+    def set_inflight_fd(self, description: Inflight, fd: int) -> None:
+        """Hand an inflight area a back-end gave (`get_inflight_fd`) to this one
+        (SET_INFLIGHT_FD): its rings go on from what the area records."""
+        self.request(F.SET_INFLIGHT_FD, description, [fd])
 
     def negotiate(self, features: int, protocol: int = FRONTEND_PROTOCOL_FEATURES) -> int:
         """SET_OWNER, then the features both sides have; returns the virtio features acked."""

@@ -7,6 +7,11 @@ rings, request control blocks, indirect tables and data buffers out in its own m
 driver (`BlkDriverQueue`: a burst of requests in, a burst of completions out) and a pool of
 data buffers; `read`, `write`, `flush`, `discard`, `write_zeroes` and `get_id` are synchronous
 helpers over them, a burst per call.
+
+With INFLIGHT_SHMFD offered it survives a back-end restart as QEMU's vhost-user-blk does: it
+takes an inflight area from the back-end at setup and keeps it; `reconnect` hands it to the
+back-end that takes over the socket, whose rings resubmit what the old one had in flight, so
+requests submitted before the restart complete after it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from fastpath.devices.blk._driver import (
     DRIVER_COMPLETION,
     DRIVER_REQUEST,
     INDIRECT_TABLE_BYTES,
+    Q_KICK,
     SLOT_BYTES,
     STATUS_NOT_WRITTEN,
     BlkConfig,
@@ -57,7 +63,7 @@ from fastpath.devices.blk._layout import (
 from fastpath.errors import BackendRefused, FastpathError
 from fastpath.hv import GuestMemory
 from fastpath.vhost_user import Frontend
-from fastpath.vhost_user.wire import DeviceConfig, FrontendRequest, ProtocolFeature
+from fastpath.vhost_user.wire import DeviceConfig, FrontendRequest, Inflight, ProtocolFeature
 from fastpath.vring import (
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,
@@ -78,9 +84,11 @@ STATUS_RUNNING = 0x1 | 0x2 | 0x8 | 0x4
 # virtio 1.2 §2.8: a packed ring starts at slot 0 with its wrap counters set (bit 15).
 PACKED_RING_START = 0x8000
 # What the front-end uses of the protocol: CONFIG above all, without which there is no
-# capacity to read (QEMU's vhost-user-blk refuses such a back-end too).
+# capacity to read (QEMU's vhost-user-blk refuses such a back-end too); INFLIGHT_SHMFD to
+# keep requests in flight across a back-end restart.
 BLK_FRONTEND_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
-                                  | ProtocolFeature.CONFIG | ProtocolFeature.STATUS)
+                                  | ProtocolFeature.CONFIG | ProtocolFeature.STATUS
+                                  | ProtocolFeature.INFLIGHT_SHMFD)
 DEFAULT_MEMORY_SIZE = 16 << 20
 
 _STATUS_ERRORS = {VIRTIO_BLK_S_IOERR: (errno.EIO, "I/O error (VIRTIO_BLK_S_IOERR)"),
@@ -148,6 +156,7 @@ class BlkFrontend:
     `queue_size` entries and a pool of data buffers, the rest of `memory_size` bytes of guest
     memory. `queues[q]` is queue q's `BlkDriverQueue`; `pool(q)` its buffers. Synchronous
     helpers raise TimeoutError when the device completes nothing for `timeout` seconds.
+    `reconnect` takes up a back-end restarted on the same socket.
     """
 
     def __init__(self, socket_path: str, *, queues: int = 1, queue_size: int = 128,
@@ -161,6 +170,11 @@ class BlkFrontend:
         self.queues: list[BlkDriverQueue] = []
         self._layout: _Layout | None = None
         self._calls: list[int] = []
+        self._rings = []
+        # The inflight area the first back-end gave (INFLIGHT_SHMFD): its description and fd.
+        self._inflight: tuple[Inflight, int] | None = None
+        self._connection = {"path": socket_path, "connect_timeout": connect_timeout,
+                            "server": server}
         self.frontend = Frontend(socket_path, connect_timeout=connect_timeout, server=server)
         try:
             self._start(socket_path, queues, queue_size, packed, memory_size,
@@ -195,12 +209,17 @@ class BlkFrontend:
                              f"{layout.data + queues * PAGE}")
         self._layout = layout
         self.memory = GuestMemory([(0, memory_size)])
+        if self.frontend.protocol & ProtocolFeature.INFLIGHT_SHMFD:
+            # QEMU asks for the area before the memory table and keeps it for the device's
+            # life (vhost_user_blk_start).
+            self._inflight = self.frontend.get_inflight_fd(queues, queue_size)
         self.frontend.set_memory(self.memory)
         event_idx = bool(acked >> VIRTIO_RING_F_EVENT_IDX & 1)
         indirect = bool(acked >> VIRTIO_RING_F_INDIRECT_DESC & 1)
         ring_class = PackedDriverQueue if self.packed else SplitDriverQueue
         for index in range(queues):
             rings = ring_layout(queue_size, layout.ring(index), self.packed)
+            self._rings.append(rings)
             ring = ring_class(self.memory, queue_size, rings, event_idx=event_idx,
                               indirect=indirect)
             vring = self.frontend.start_vring(index, queue_size, self.memory, rings,
@@ -211,6 +230,47 @@ class BlkFrontend:
                 tables=layout.tables(index) if indirect else 0,
                 data=(layout.data, memory_size)))
         self.frontend.set_status(STATUS_RUNNING)
+
+    def reconnect(self) -> None:
+        """Take up the back-end that now serves the socket after the last one died: the
+        handshake again, the kept inflight area handed over, every ring started where the
+        old back-end left it. Requests in flight stay so: the new back-end resubmits those
+        the area records, and the rest are still on the ring for it. Raises BackendRefused
+        when the new back-end negotiates other features than the old one."""
+        old = self.frontend
+        # The old connection is dead: nothing to stop, only fds to close.
+        old.close()
+        self.frontend = Frontend(self._connection["path"],
+                                 connect_timeout=self._connection["connect_timeout"],
+                                 server=self._connection["server"])
+        acked = self.frontend.negotiate(self.features, BLK_FRONTEND_PROTOCOL_FEATURES)
+        if acked != old.features or self.frontend.protocol != old.protocol:
+            raise BackendRefused(f"the back-end at {self.frontend.path} after the restart "
+                                 f"acks features {acked:#x} and protocol features "
+                                 f"{self.frontend.protocol:#x}, not {old.features:#x} and "
+                                 f"{old.protocol:#x}")
+        if self._inflight is not None:
+            self.frontend.set_inflight_fd(*self._inflight)
+        self.frontend.set_memory(self.memory)
+        for index, (driver, rings) in enumerate(zip(self.queues, self._rings, strict=True)):
+            vring = self.frontend.start_vring(index, driver.queue.size, self.memory, rings,
+                                              base=self._restart_base(rings))
+            self._calls[index] = vring.call
+            driver.state[Q_KICK] = vring.kick
+            # Requests added while no back-end listened were kicked into the void.
+            vring.kick_backend()
+        self.frontend.set_status(STATUS_RUNNING)
+
+    def _restart_base(self, rings) -> int:
+        if self.packed:
+            # What QEMU 7.2 sends after a crash: the base from the last GET_VRING_BASE, here
+            # the ring's start, stale. It cannot read a packed ring's position back (its
+            # restore_last_avail_idx is a no-op for packed): the back-end takes it from the
+            # inflight area.
+            return PACKED_RING_START
+        # QEMU's virtio_queue_restore_last_avail_idx: the used index, the last the device
+        # is known to have finished; the area names the requests in flight behind it.
+        return int(self.memory.view(rings.device + 2, 2).view("<u2")[0])
 
     # --- what the device is ---
 
@@ -385,6 +445,9 @@ class BlkFrontend:
         finally:
             self.queues = []
             self.frontend.close()
+            if self._inflight is not None:
+                os.close(self._inflight[1])
+                self._inflight = None
             if self.memory is not None:
                 self.memory.close()
                 self.memory = None
