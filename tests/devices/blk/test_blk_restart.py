@@ -70,6 +70,7 @@ def block_pattern(number: int) -> bytes:
     return words.tobytes()
 
 
+@pytest.mark.release_pass
 def test_writes_in_flight_when_the_back_end_is_killed_complete_after_its_restart(tmp_path,
                                                                                    packed):
     disk = tmp_path / "disk.img"
