@@ -83,13 +83,13 @@ class QemuGuest:
     `socket` is the vhost-user socket of the guest's one virtio-net device (None: no network
     device); `server` makes QEMU listen on it, `reconnect` (seconds) makes QEMU as the client
     reconnect after losing the back-end. `blk_socket` is the vhost-user socket of the guest's
-    one virtio-blk device (None: no disk), a back-end listening on it, and `blk_queues` that
-    device's request queues (``num-queues``). `append` is added to the kernel command line
-    ``console=ttyS0 quiet panic=-1``. `memory_mb` is the guest's memory, `vcpus` its virtual
-    CPUs, `mac` the network device's MAC address, `queues` its queue pairs (more than one:
-    ``mq=on``), `packed` gives both devices packed rings (``packed=on``), `extra` more QEMU
-    arguments, `cpu` a CPU to pin QEMU to (None: no pinning). QEMU is killed after
-    `time_limit` seconds whatever happens.
+    one virtio-blk device (None: no disk), a back-end listening on it (`reconnect` there too),
+    and `blk_queues` that device's request queues (``num-queues``). `append` is added to the
+    kernel command line ``console=ttyS0 quiet panic=-1``. `memory_mb` is the guest's memory,
+    `vcpus` its virtual CPUs, `mac` the network device's MAC address, `queues` its queue pairs
+    (more than one: ``mq=on``), `packed` gives both devices packed rings (``packed=on``),
+    `extra` more QEMU arguments, `cpu` a CPU to pin QEMU to (None: no pinning). QEMU is killed
+    after `time_limit` seconds whatever happens.
     """
 
     def __init__(self, kernel: str | os.PathLike, initrd: str | os.PathLike, *,
@@ -130,8 +130,11 @@ class QemuGuest:
                 + (",mq=on" if queues > 1 else "") + (",packed=on" if packed else ""),
             ]
         if self.blk_socket is not None:
+            # A vhost-user-blk back-end restarted under a running guest (the inflight area's
+            # purpose) is met by QEMU's reconnecting.
             self.command += [
-                "-chardev", f"socket,id=c1,path={self.blk_socket}",
+                "-chardev", f"socket,id=c1,path={self.blk_socket}"
+                + (f",reconnect={reconnect}" if reconnect is not None else ""),
                 "-device", f"vhost-user-blk-pci,chardev=c1,num-queues={blk_queues}"
                 + (",packed=on" if packed else ""),
             ]

@@ -32,6 +32,11 @@
  *          -S SEED of the pattern (0)  -a SECONDS hard time limit (60)
  *          -w OFFSET+LENGTH a region to write (several; at least one)
  *          -D OFFSET+LENGTH a region to discard, -z OFFSET+LENGTH one to zero (several of each)
+ *          -W BYTES stream mode: SIZE, RO and BLOCK, then STREAM, the pattern written over the first
+ *             BYTES of the disk a page at a time, one write after another ("BLKCHECK
+ *             STREAMING acked=N" every 256 acknowledged writes, for a host that acts
+ *             mid-stream: it kills the back-end); it checks only that every write succeeds,
+ *             the host checks the bytes
  * Offsets and lengths are bytes, multiples of the logical block size (O_DIRECT needs that).
  * Read-only (-r) needs a -D and a -z region too.
  */
@@ -67,6 +72,7 @@ static int read_only;
 static uint64_t seed;
 static int alarm_seconds = 60;
 static struct regions writes, discards, zeroes;
+static uint64_t stream_bytes;
 static int passed, failed;
 
 static void on_alarm(int sig)
@@ -298,10 +304,30 @@ static void check_read_only(int fd)
     verdict("UNCHANGED", ok, "%s", why);
 }
 
+/* Write after write, each acknowledged before the next: every page the guest was told was
+ * written must be on the disk, whatever happened to the back-end meanwhile. */
+static void check_stream(int fd)
+{
+    static unsigned char buf[ALIGN] __attribute__((aligned(ALIGN)));
+    uint64_t acked = 0;
+    const char *why = "";
+    for (uint64_t at = 0; at < stream_bytes; at += ALIGN) {
+        fill_pattern(buf, at, ALIGN);
+        if (pwrite(fd, buf, ALIGN, (off_t)at) != ALIGN) {
+            why = strerror(errno);
+            break;
+        }
+        if (++acked % 256 == 0)
+            printf("BLKCHECK STREAMING acked=%llu\n", (unsigned long long)acked);
+    }
+    verdict("STREAM", acked * ALIGN >= stream_bytes, "acked=%llu%s%s",
+            (unsigned long long)acked, why[0] ? " error=" : "", why);
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: blkcheck -s BYTES [-d DEVICE] [-b BYTES] [-r] [-S SEED] "
-                    "[-a SECONDS] -w OFF+LEN... [-D OFF+LEN]... [-z OFF+LEN]...\n");
+                    "[-a SECONDS] (-W BYTES | -w OFF+LEN... [-D OFF+LEN]... [-z OFF+LEN]...)\n");
     exit(64);
 }
 
@@ -320,7 +346,7 @@ static void add_region(struct regions *set, const char *text)
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "d:s:b:rS:a:w:D:z:")) != -1) {
+    while ((opt = getopt(argc, argv, "d:s:b:rS:a:w:D:z:W:")) != -1) {
         switch (opt) {
         case 'd': device = optarg; break;
         case 's': want_size = strtoull(optarg, NULL, 0); break;
@@ -331,12 +357,14 @@ int main(int argc, char **argv)
         case 'w': add_region(&writes, optarg); break;
         case 'D': add_region(&discards, optarg); break;
         case 'z': add_region(&zeroes, optarg); break;
+        case 'W': stream_bytes = strtoull(optarg, NULL, 0); break;
         default: usage();
         }
     }
     /* A read-only disk is checked with the first region of each kind. */
-    if (want_size == 0 || writes.n == 0 || alarm_seconds <= 0
-        || (read_only && (discards.n == 0 || zeroes.n == 0)))
+    if (want_size == 0 || (writes.n == 0) == (stream_bytes == 0) || alarm_seconds <= 0
+        || stream_bytes % ALIGN || stream_bytes > want_size
+        || (read_only && (stream_bytes || discards.n == 0 || zeroes.n == 0)))
         usage();
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGALRM, on_alarm);
@@ -366,7 +394,9 @@ int main(int argc, char **argv)
         ok = ioctl(fd, BLKSSZGET, &block) == 0 && block == want_block;
         verdict("BLOCK", ok, "bytes=%d want=%d", block, want_block);
     }
-    if (read_only)
+    if (stream_bytes)
+        check_stream(fd);
+    else if (read_only)
         check_read_only(fd);
     else
         check_writable(fd);
