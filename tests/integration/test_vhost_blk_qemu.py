@@ -335,8 +335,9 @@ STREAM_CHECKS = ["SIZE", "RO", "STREAM"]
 
 
 @release_pass
-def test_a_guest_writing_through_a_back_end_restart_loses_no_acknowledged_write(guest,
-                                                                               tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_guest_writing_through_a_back_end_restart_loses_no_acknowledged_write(guest, tmp_path,
+                                                                               packed):
     # QEMU keeps the inflight area it got at start-up (INFLIGHT_SHMFD) and, reconnecting to
     # the back-end that follows the killed one, hands it back (SET_INFLIGHT_FD): the new
     # back-end resubmits what the old one had taken, and the guest sees no error.
@@ -346,7 +347,7 @@ def test_a_guest_writing_through_a_back_end_restart_loses_no_acknowledged_write(
     append = "blkcheck=" + ",".join(map(str, ["-s", DISK_SIZE, "-a", 150, "-W", STREAM_BYTES]))
     with VhostBlkProcess(sock, bdev, tmp_path=tmp_path) as first:
         with QemuGuest(guest["kernel"], guest["initrd"], blk_socket=sock, reconnect=1,
-                       time_limit=180.0, append=append,
+                       packed=packed, time_limit=180.0, append=append,
                        extra=["-trace", "vhost_dev_start"]) as vm:
             streaming = vm.wait_for(STREAMING, BOOT_TIMEOUT + 30)
             first.kill()
