@@ -4,8 +4,10 @@ the test with the Debian package to install; a bare `pytest` elsewhere skips it.
 
 `@pytest.mark.release_pass`: a test that starts fastpath processes of its own (a back-end, a
 benchmark's runs) runs in the release pass only. With FASTPATH_DEBUG=1 Numba caches nothing,
-so each such process compiles every kernel it runs first (most of a minute); the debug pass
-still runs the same code in-process through the unit and property tests."""
+so each such process compiles every kernel it runs first (more than a minute); the debug pass
+still runs the same code in-process through the unit and property tests. So does every
+integration test (tests/integration) but the one guest smoke test, marked `debug_smoke`: the
+debug pass is the unit, property and fuzz tests and one guest boot."""
 
 import os
 import shutil
@@ -49,12 +51,21 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "release_pass: the test starts fastpath processes of its "
                             "own, which compile every kernel under FASTPATH_DEBUG=1: release "
                             "pass only")
+    config.addinivalue_line("markers", "debug_smoke: the integration test the FASTPATH_DEBUG=1 "
+                            "pass runs too")
+
+
+_INTEGRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integration")
 
 
 def pytest_runtest_setup(item):
     if DEBUG_PASS and item.get_closest_marker("release_pass"):
         pytest.skip("starts fastpath processes, which compile every kernel under "
                     "FASTPATH_DEBUG=1: the release pass runs it")
+    if (DEBUG_PASS and str(item.path).startswith(_INTEGRATION + os.sep)
+            and not item.get_closest_marker("debug_smoke")):
+        pytest.skip("an integration test: the FASTPATH_DEBUG=1 pass runs only the guest smoke "
+                    "test of tests/integration")
     for marker in item.iter_markers("peer"):
         for name in marker.args:
             find, program, package = PEERS[name]

@@ -43,6 +43,7 @@ def test_bad_arguments_are_refused_with_the_reason(args, message):
     assert message in result.stderr
 
 
+@pytest.mark.release_pass
 @NEEDS_DPDK
 def test_a_short_run_beside_dpdk_writes_the_table_json_and_chart(tmp_path):
     out, chart = tmp_path / "pvp.json", tmp_path / "pvp.png"

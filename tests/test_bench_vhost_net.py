@@ -40,6 +40,7 @@ def test_the_checkouts_a_process_loaded_come_from_its_memory_map():
     assert loaded_checkouts(os.getpid()) == {str(checkout_of_this_fastpath())}
 
 
+@pytest.mark.release_pass
 def test_a_back_end_says_and_shows_which_checkout_it_runs(tmp_path):
     with VhostNetProcess(tmp_path / "vhost.sock", fwd="drop", source=CHECKOUT,
                          extra=["--stats-period", "0"]) as backend:

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import fastpath
 
 FASTPATH = [str(Path(sys.executable).parent / "fastpath")]
@@ -83,6 +85,7 @@ def test_vhost_net_refuses_bad_settings_clearly(tmp_path):
     assert result.returncode != 0 and "is not a MAC address" in result.stderr
 
 
+@pytest.mark.release_pass
 def test_vhost_net_runs_for_its_duration_and_writes_json(tmp_path):
     out = tmp_path / "stats.json"
     result = run("vhost-net", "--socket", str(tmp_path / "vhost.sock"), "--duration", "0.5",
@@ -95,6 +98,7 @@ def test_vhost_net_runs_for_its_duration_and_writes_json(tmp_path):
     assert stats == {"fwd": "io", "queues": 1, "connections": []}
 
 
+@pytest.mark.release_pass
 def test_vhost_net_follows_the_back_end_program_conventions(tmp_path):
     result = run("vhost-net", "--print-capabilities")
     assert result.returncode == 0 and json.loads(result.stdout) == {"type": "net"}

@@ -101,6 +101,7 @@ def wait_for_socket(path, timeout=10.0):
         time.sleep(0.02)
 
 
+@pytest.mark.debug_smoke
 def test_every_frame_the_guest_sends_comes_back(guest, tmp_path):
     sock = str(tmp_path / "vhost.sock")
     with VhostNetProcess(sock, fwd="io", backoff=1000) as backend:

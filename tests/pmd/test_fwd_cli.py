@@ -39,6 +39,7 @@ def test_bad_arguments_are_refused_with_the_reason(args, message):
     assert message in result.stderr
 
 
+@pytest.mark.release_pass
 def test_txonly_into_a_ring_reaches_another_process(tmp_path):
     name = f"fwd-test-{tmp_path.name}"
     receiver = subprocess.Popen(
@@ -67,6 +68,7 @@ def looping_back_end(kind, sock):
 @pytest.mark.parametrize("back_end", [
     "fastpath",
     pytest.param("dpdk", marks=pytest.mark.peer("dpdk"))])
+@pytest.mark.release_pass
 def test_a_pcap_comes_back_byte_for_byte_through_a_vhost_user_loopback(tmp_path, back_end):
     replayed, captured = tmp_path / "imix.pcap", tmp_path / "back.pcap"
     made = subprocess.run(FASTPATH + ["gen", "--profile", "imix", "--count", "600",

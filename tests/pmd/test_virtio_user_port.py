@@ -12,6 +12,9 @@ from fastpath.pmd import MbufPool, VhostPort
 from fastpath.pmd._virtio_user import VirtioUserPort
 from fastpath.testing import Testpmd, VhostNetProcess
 
+# Each test starts a vhost-net back-end process (or DPDK's): release pass only.
+pytestmark = pytest.mark.release_pass
+
 RING_TYPES = pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
 # Mergeable receive buffers of 512 bytes: a full-size frame comes back in four of them.
 MERGEABLE = pytest.mark.parametrize("buffers", [{}, {"mergeable": True, "rx_buffer_size": 512}],
