@@ -13,7 +13,9 @@ from fastpath.devices.net import kernels as net_kernels
 from fastpath.pmd import _dispatch
 
 
-@njit(**NJIT)
+# Cached even in the FASTPATH_DEBUG=1 pass (which compiles the package's kernels uncached):
+# the key is what is under test.
+@njit(**dict(NJIT, cache=True))
 def _probe(x):
     return x + 1
 
