@@ -20,30 +20,24 @@ pytestmark = [
     pytest.mark.skipif(Testpmd.find() is None, reason="dpdk-testpmd is not installed"),
 ]
 
-# Appended to the slowed copy's fastpath/__init__.py: every process of that checkout, the
-# back-end under test among them, runs a thread that spins on the process's CPU for 4 ms of
-# every 5 (holding the GIL while it does), so the back-end has less of its CPU, and of the GIL
-# between its compiled calls, for frames: a back-end that spends more per frame, as a slower
-# change would, seen from outside.
+# Appended to the slowed copy's fastpath/pmd/_host.py: after every kernel call of every poll
+# host in that checkout (the vhost-net back-end's, an IoJob's reactor), the host spins on its
+# CPU, holding the GIL, as long again as the call took, so it polls half the time, as a
+# back-end that spent twice as long per burst would; seen from outside, a slower change.
+# (Slowing the whole process from its first import instead would slow its kernels' compilation
+# with it, and the back-end would miss its start-up deadline before measuring.)
 SLOWDOWN = '''
 
-def _spin() -> None:
-    import time
-
-    while True:
-        end = time.perf_counter() + 0.004
-        while time.perf_counter() < end:
-            pass
-        time.sleep(0.001)
-
-
-def _slow_down() -> None:
-    import threading
-
-    threading.Thread(target=_spin, name="slowed-on-purpose", daemon=True).start()
+def _slowed_step(self, rounds=None, _step=PollHost.step):
+    start = time.perf_counter()
+    work = _step(self, rounds)
+    end = 2 * time.perf_counter() - start
+    while time.perf_counter() < end:
+        pass
+    return work
 
 
-_slow_down()
+PollHost.step = _slowed_step
 '''
 
 
@@ -54,11 +48,21 @@ def make(*args, timeout=1200):
 
 
 def gate(tmp_path, baseline, tree, name):
-    # The Makefile's floor and pairs; one size and direction, to keep it to a few minutes.
+    # The packet leg with the Makefile's floor and pairs; one size and direction, to keep it
+    # to a few minutes.
     report = tmp_path / f"{name}.json"
-    result = make("bench-check", f"BASELINE={baseline}", f"BASELINE_DIR={tmp_path / 'baseline'}",
-                  f"BENCH_TREE={tree}", f"BENCH_JSON={report}", "BENCH_SIZES=64",
-                  "BENCH_DIRECTIONS=rx")
+    result = make("bench-check-packets", f"BASELINE={baseline}",
+                  f"BASELINE_DIR={tmp_path / 'baseline'}", f"BENCH_TREE={tree}",
+                  f"BENCH_JSON={report}", "BENCH_SIZES=64", "BENCH_DIRECTIONS=rx")
+    return result, (json.loads(report.read_text()) if report.exists() else None)
+
+
+def iops_gate(tmp_path, baseline, tree, name):
+    # The IOPS leg as the Makefile runs it.
+    report = tmp_path / f"{name}-iops.json"
+    result = make("bench-check-iops", f"BASELINE={baseline}",
+                  f"BASELINE_DIR={tmp_path / 'baseline'}", f"BENCH_TREE={tree}",
+                  f"IOPS_JSON={report}")
     return result, (json.loads(report.read_text()) if report.exists() else None)
 
 
@@ -73,7 +77,7 @@ def test_the_gate_fails_a_slowed_tree_and_passes_an_identical_one(tmp_path):
     for tree in (same, slowed):
         shutil.copytree(tmp_path / "baseline", tree, symlinks=True)
     (slowed / ".revision").write_text("slowed-on-purpose\n")
-    with open(slowed / "fastpath" / "__init__.py", "a") as f:
+    with open(slowed / "fastpath" / "pmd" / "_host.py", "a") as f:
         f.write(SLOWDOWN)
 
     passed, report = gate(tmp_path, revision, same, "same")
@@ -85,11 +89,24 @@ def test_the_gate_fails_a_slowed_tree_and_passes_an_identical_one(tmp_path):
     # make fails (2) because the benchmark did with 1, a regression (2 would be a run of the
     # wrong checkout or a refused option).
     assert failed.returncode == 2, failed.stdout + failed.stderr
-    assert "bench-check] Error 1" in failed.stderr
+    assert "bench-check-packets] Error 1" in failed.stderr
     assert "REGRESSION in rx 64 B" in failed.stderr
     assert_each_side_ran_its_checkout(report, slowed, tmp_path / "baseline")
     # The baseline was built once and not rebuilt for the second comparison.
     assert "exporting and building" not in failed.stdout
+
+    passed, report = iops_gate(tmp_path, revision, same, "same")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "fastpath/baseline at or above" in passed.stdout
+    assert report["ratio"]["passed"] is True
+
+    failed, report = iops_gate(tmp_path, revision, slowed, "slowed")
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert "bench-check-iops] Error 1" in failed.stderr
+    assert "fastpath/baseline BELOW" in failed.stdout
+    assert report["ratio"]["passed"] is False
+    # Each side's runs ran that side's checkout (the command checks, and refuses otherwise).
+    assert {r["runner"] for r in report["results"]} == {"fastpath", "baseline"}
 
 
 def assert_each_side_ran_its_checkout(report, tree, baseline):
