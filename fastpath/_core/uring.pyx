@@ -25,6 +25,8 @@ cdef extern from "<liburing.h>" nogil:
     enum:
         IORING_FEAT_EXT_ARG
         IORING_SETUP_SUBMIT_ALL
+        IORING_SETUP_COOP_TASKRUN
+        IORING_SETUP_TASKRUN_FLAG
         IORING_FSYNC_DATASYNC
 
     int io_uring_queue_init(unsigned int entries, io_uring *ring, unsigned int flags)
@@ -93,7 +95,11 @@ cdef int fp_uring_create(uint32_t entries, uint32_t flags, fp_uring **ring) noex
     # Without SUBMIT_ALL (Linux 5.18) a request the kernel refuses as it takes it (iovecs
     # outside memory) ends the submission there, and the requests after it wait for the next
     # submit: a caller that only reaps then would wait for them forever.
-    error = io_uring_queue_init(entries, &r.ring, flags | IORING_SETUP_SUBMIT_ALL)
+    # COOP_TASKRUN (5.19): a completion waits for the task's next entry into the kernel
+    # instead of interrupting it, which would cost a polling thread an interrupt per request;
+    # TASKRUN_FLAG tells liburing's reap to enter when completions wait so.
+    error = io_uring_queue_init(entries, &r.ring, flags | IORING_SETUP_SUBMIT_ALL
+                                | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG)
     if error == -EINVAL:
         error = io_uring_queue_init(entries, &r.ring, flags)
     if error < 0:
