@@ -246,8 +246,10 @@ def qsd_disk(args: argparse.Namespace, scratch: str, create: bool = True) -> dic
     if kind == "malloc":
         image = Path("/dev/shm") / f"{Path(scratch).name}.img"
         if create:
+            # Allocated, as the malloc bdev's memfd is: reads of a hole would cost tmpfs
+            # nothing, and writes into one an allocation each.
             with open(image, "wb") as f:
-                f.truncate(parse_size(target))
+                os.posix_fallocate(f.fileno(), 0, parse_size(target))
         return {"image": image}
     raise ValueError(f"qemu-storage-daemon has no disk like the {kind} bdev (it serves "
                      "null, file and malloc's memory as a file in /dev/shm)")

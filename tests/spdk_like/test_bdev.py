@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
 
 import numpy as np
 import pytest
@@ -114,6 +115,17 @@ def test_the_malloc_disk_is_a_memfd_another_mapping_sees():
         bdev.open_channel().write(512, b"\xab" * 512)
         with mmap.mmap(bdev.fd, 1 << 16) as other:
             assert other[512:1024] == b"\xab" * 512 and other[:512] == bytes(512)
+
+
+def test_the_malloc_disk_has_its_memory_when_made():
+    with MallocBdev(4 << 20) as bdev:
+        assert os.fstat(bdev.fd).st_blocks * 512 >= 4 << 20
+
+
+def test_a_malloc_disk_larger_than_the_memory_available_is_refused_at_once():
+    with pytest.raises(OSError, match="bytes of memory asked for") as refused:
+        MallocBdev(1 << 50)
+    assert refused.value.errno == errno.ENOMEM
 
 
 @pytest.mark.parametrize("offset, length, pieces", [
