@@ -204,32 +204,13 @@ def _pin(pid: int, cpu: int) -> None:
 @contextlib.contextmanager
 def _vhost_blk(args: argparse.Namespace):
     """fastpath vhost-blk serving args.bdev on args.cpu; yields its socket."""
+    from fastpath.testing import VhostBlkProcess
+
     with tempfile.TemporaryDirectory(prefix="fastpath-iops-") as scratch:
         socket = f"{scratch}/blk.sock"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fastpath.cli", "vhost-blk", "--socket-path", socket,
-             "--bdev", args.bdev, "--cpu", str(args.cpu), "--stats-period", "0"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, preexec_fn=lambda: os.sched_setaffinity(0, {args.cpu}))
-        try:
-            _wait_for(socket, process, "fastpath vhost-blk")
+        with VhostBlkProcess(socket, args.bdev, cpu=args.cpu, time_limit=args.time + 300,
+                             startup_timeout=180.0):
             yield socket
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_for(socket: str, process, name: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(socket):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"{name} did not start: {process.stderr.read()[-800:]}")
-        time.sleep(0.05)
 
 
 def qsd_disk(args: argparse.Namespace, scratch: str, create: bool = True) -> dict:

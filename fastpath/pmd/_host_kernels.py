@@ -9,7 +9,6 @@ import importlib
 from numba import njit
 
 from fastpath._numba import NJIT, carray, u64_pointer
-from fastpath.devices.net.kernels import eventfd_wait
 from fastpath.pmd._pollers import (
     HOST_COLUMNS,
     HOST_SERVICE,
@@ -17,6 +16,7 @@ from fastpath.pmd._pollers import (
     arm_by_kind,
     poll_by_kind,
 )
+from fastpath.vring.kernels import eventfd_wait
 
 
 @njit(**NJIT)

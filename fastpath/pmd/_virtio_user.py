@@ -26,7 +26,6 @@ from fastpath.devices.net import (
     VIRTIO_NET_F_MRG_RXBUF,
     NetDriver,
 )
-from fastpath.devices.net.kernels import eventfd_signal
 from fastpath.errors import FastpathError
 from fastpath.pmd._kinds import PortKind, flag, register_port_kind
 from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
@@ -40,7 +39,7 @@ from fastpath.vring import (
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,
 )
-from fastpath.vring.kernels import add_burst, collect_burst, driver_should_kick
+from fastpath.vring.kernels import add_burst, collect_burst, driver_should_kick, eventfd_signal
 
 log = logging.getLogger("fastpath.pmd")
 

@@ -1,10 +1,10 @@
 """The core's queue functions as Numba sees them, for kernels that drive queues.
 
 A kernel takes a queue's `handle` and the `.ctypes.data` of its record arrays, and calls these
-once per burst. Signatures mirror fastpath/_core/{split,packed,chain}.pxd. A device queue that
-records what is in flight (`DeviceQueue.track_inflight`) does so inside these same calls: its
-pops return the chains a restart left in flight first, and its pushes record them used, with
-nothing for the kernel to do.
+once per burst. Signatures mirror fastpath/_core/{split,packed,chain,notify}.pxd. A device
+queue that records what is in flight (`DeviceQueue.track_inflight`) does so inside these same
+calls: its pops return the chains a restart left in flight first, and its pushes record them
+used, with nothing for the kernel to do.
 """
 
 from numba import njit, types
@@ -13,6 +13,12 @@ from fastpath._numba import NJIT, POINTER, core_function
 
 _i32 = types.int32
 _u32 = types.uint32
+
+# A ring's notifications are eventfds (fastpath/_core/notify.pxd), whichever device it serves.
+# (eventfd) -> 0 or -errno: a kick or a call
+eventfd_signal = core_function("notify", "fp_eventfd_signal", _i32(_i32))
+# (fds, n, timeout_ms) -> eventfds that fired, 0 on timeout, or -errno
+eventfd_wait = core_function("notify", "fp_eventfd_wait", _i32(POINTER, _u32, _i32))
 
 # (queue, chains, max_chains, segments, max_segments) -> chains popped or FP_E_*
 split_pop_burst = core_function("split", "fp_split_pop_burst", _i32(POINTER, POINTER, _u32,

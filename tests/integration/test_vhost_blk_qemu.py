@@ -31,13 +31,7 @@ and a back-end started there compiles every kernel first (no Numba cache in that
 """
 
 import hashlib
-import json
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -50,8 +44,7 @@ from fastpath.devices.blk import (
     VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_WRITE_ZEROES,
 )
-from fastpath.testing import QemuGuest
-from fastpath.testing._qemu import _die_with_parent
+from fastpath.testing import QemuGuest, VhostBlkProcess
 from fastpath.vring import VIRTIO_F_RING_PACKED
 
 pytestmark = pytest.mark.peer("qemu")
@@ -139,74 +132,12 @@ def assert_disk_holds(path, image, compared):
                              f"{disk[wrong[0]]:#04x} instead of {image[wrong[0]]:#04x}")
 
 
-class VhostBlkProcess:
-    """`fastpath vhost-blk` in a child process, listening on `socket` (QEMU connects); killed
-    after `time_limit` seconds whatever happens, and when the thread that started it dies.
-    `stop` ends it with SIGINT and returns its --json statistics; `output` is everything it
-    printed (-v: connections, and every error it logs)."""
-
-    def __init__(self, socket, bdev, *, tmp_path, queues=1, read_only=False,
-                 time_limit=180.0, startup_timeout=120.0):
-        self._json = tmp_path / "vhost-blk.json"
-        self.command = [sys.executable, "-m", "fastpath.cli", "vhost-blk", "--socket-path",
-                        str(socket), "--bdev", bdev, "--queues", str(queues), "--stats-period",
-                        "0", "--json", str(self._json), "-v", *(["--readonly"] * read_only)]
-        self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         text=True, preexec_fn=_die_with_parent)
-        self._lines = []
-        self._reader = threading.Thread(target=self._lines.extend, args=(self._process.stdout,),
-                                        daemon=True)
-        self._reader.start()
-        self._watchdog = threading.Timer(time_limit, self._process.kill)
-        self._watchdog.daemon = True
-        self._watchdog.start()
-        # The compiled kernels load (or, in the FASTPATH_DEBUG=1 pass, compile) before it
-        # listens: up to a minute here.
-        deadline = time.monotonic() + startup_timeout
-        while "listening on" not in self.output:
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"fastpath vhost-blk did not start:\n{self.output}")
-            time.sleep(0.05)
-
-    @property
-    def output(self):
-        """What the back-end printed so far."""
-        return "".join(self._lines)
-
-    def stop(self, timeout=30.0):
-        """SIGINT, then the statistics it wrote."""
-        self._process.send_signal(signal.SIGINT)
-        try:
-            code = self._process.wait(timeout)
-        finally:
-            self.kill()
-        self._reader.join(5)
-        assert code == 0 and self._json.exists(), f"vhost-blk exited {code}:\n{self.output}"
-        return json.loads(self._json.read_text())
-
-    def kill(self):
-        """SIGKILL, if it still runs."""
-        self._watchdog.cancel()
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.kill()
-
-
 def serve_one_boot(guest, tmp_path, bdev, *, queues=1, vcpus=1, packed=False, read_only=False,
                    cpus=()):
     """Boot the guest on `fastpath vhost-blk --bdev BDEV` until it powers off; returns the
     guest (its output), the back-end's statistics and the back-end's output."""
     sock = tmp_path / "vhost-blk.sock"
-    with VhostBlkProcess(sock, bdev, tmp_path=tmp_path, queues=queues,
-                         read_only=read_only) as backend:
+    with VhostBlkProcess(sock, bdev, queues=queues, read_only=read_only) as backend:
         with QemuGuest(guest["kernel"], guest["initrd"], blk_socket=sock, blk_queues=queues,
                        vcpus=vcpus, packed=packed, time_limit=120.0,
                        append=blkcheck_append(read_only=read_only, cpus=cpus),
@@ -345,13 +276,13 @@ def test_a_guest_writing_through_a_back_end_restart_loses_no_acknowledged_write(
     sock = tmp_path / "vhost-blk.sock"
     bdev = f"file:{disk}"
     append = "blkcheck=" + ",".join(map(str, ["-s", DISK_SIZE, "-a", 150, "-W", STREAM_BYTES]))
-    with VhostBlkProcess(sock, bdev, tmp_path=tmp_path) as first:
+    with VhostBlkProcess(sock, bdev) as first:
         with QemuGuest(guest["kernel"], guest["initrd"], blk_socket=sock, reconnect=1,
                        packed=packed, time_limit=180.0, append=append,
                        extra=["-trace", "vhost_dev_start"]) as vm:
             streaming = vm.wait_for(STREAMING, BOOT_TIMEOUT + 30)
             first.kill()
-            with VhostBlkProcess(sock, bdev, tmp_path=tmp_path) as second:
+            with VhostBlkProcess(sock, bdev) as second:
                 code = vm.wait(BOOT_TIMEOUT + 90)
                 stats = second.stop()
     assert_guest_passed(vm, code, second.output, checks=STREAM_CHECKS)

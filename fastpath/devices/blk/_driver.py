@@ -59,7 +59,6 @@ from fastpath.devices.blk._layout import (
     VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 )
-from fastpath.devices.blk.kernels import eventfd_signal
 from fastpath.hv import GuestMemory
 from fastpath.vring import (
     DRIVER_CHAIN_DTYPE,
@@ -68,7 +67,7 @@ from fastpath.vring import (
     USED_ELEM_DTYPE,
     DriverQueue,
 )
-from fastpath.vring.kernels import add_burst, collect_burst, driver_should_kick
+from fastpath.vring.kernels import add_burst, collect_burst, driver_should_kick, eventfd_signal
 
 # A request as the caller hands it in (see the module's docstring).
 DRIVER_REQUEST = np.dtype([("tag", "<u8"), ("sector", "<u8"), ("data", "<u8"),

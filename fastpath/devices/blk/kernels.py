@@ -32,9 +32,9 @@ publishes them with the status byte.
 import errno
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 
-from fastpath._numba import NJIT, copy_bytes, core_function
+from fastpath._numba import NJIT, copy_bytes
 from fastpath.devices.blk._io import (
     IO_DISCARD,
     IO_FLAG_FUA,
@@ -63,11 +63,13 @@ from fastpath.devices.blk._layout import (
     VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 )
-from fastpath.vring.kernels import device_should_notify, gather_burst, pop_burst, push_burst
-
-# (eventfd) -> 0 or -errno: the driver's call. The net room declares the same function; the
-# rooms of one layer share nothing, and a ring's notification belongs to neither.
-eventfd_signal = core_function("notify", "fp_eventfd_signal", types.int32(types.int32))
+from fastpath.vring.kernels import (
+    device_should_notify,
+    eventfd_signal,
+    gather_burst,
+    pop_burst,
+    push_burst,
+)
 
 # --- state: one uint64 array per queue ---
 ST_QUEUE = 0             # the DeviceQueue's handle

@@ -1,6 +1,6 @@
-"""The core's virtio-net and eventfd functions as Numba sees them (fastpath/_core/net.pxd,
-notify.pxd), for poll loops that serve net queues and drivers that kick, without the GIL; and
-the kernel that hands out the frames a transmitq left as it stopped being served."""
+"""The core's virtio-net functions as Numba sees them (fastpath/_core/net.pxd), for poll loops
+that serve net queues without the GIL; and the kernel that hands out the frames a transmitq left
+as it stopped being served."""
 
 import numpy as np
 from numba import njit, types
@@ -16,10 +16,6 @@ net_receive = core_function("net", "fp_net_receive",
 # (net queue, frames, stride, slots or 0, lengths, n) -> frames taken or FP_E_*
 net_transmit = core_function("net", "fp_net_transmit",
                              _i32(POINTER, POINTER, _u32, POINTER, POINTER, _u32))
-# (fds, n, timeout_ms) -> eventfds that fired, 0 on timeout, or -errno
-eventfd_wait = core_function("notify", "fp_eventfd_wait", _i32(POINTER, _u32, _i32))
-# (eventfd) -> 0 or -errno: a kick or a call
-eventfd_signal = core_function("notify", "fp_eventfd_signal", _i32(_i32))
 
 # A HeldFrames store's state (uint64 columns): frames taken off a transmitq as it stopped
 # being served, kept for the next receive on its queue pair (see _net_queue.HeldFrames).

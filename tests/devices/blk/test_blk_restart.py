@@ -6,10 +6,6 @@ every write reads back from the file as it was sent."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
@@ -22,46 +18,13 @@ from fastpath.devices.blk import (
     VIRTIO_BLK_T_OUT,
     BlkFrontend,
 )
+from fastpath.testing import VhostBlkProcess
 
 BLOCK = 4096
 WRITES = 6000
 QUEUE_SIZE = 128
 # Killed once this many writes were acknowledged: a ring full behind them.
 KILL_AFTER = 1500
-
-
-class Backend:
-    """`fastpath vhost-blk` on `bdev` listening on `socket`, in a child process killed after
-    `time_limit` seconds whatever happens; `kill` SIGKILLs it, as a crash would."""
-
-    def __init__(self, socket, bdev, *, time_limit=120.0, startup_timeout=120.0):
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "fastpath.cli", "vhost-blk", "--socket-path", str(socket),
-             "--bdev", bdev, "--stats-period", "0", "-v"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
-        self._lines = []
-        threading.Thread(target=self._lines.extend, args=(self._process.stdout,),
-                         daemon=True).start()
-        self._watchdog = threading.Timer(time_limit, self._process.kill)
-        self._watchdog.daemon = True
-        self._watchdog.start()
-        deadline = time.monotonic() + startup_timeout
-        while "listening on" not in self.output:
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"fastpath vhost-blk did not start:\n{self.output}")
-            time.sleep(0.05)
-
-    @property
-    def output(self):
-        return "".join(self._lines)
-
-    def kill(self):
-        self._watchdog.cancel()
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait()
 
 
 def block_pattern(number: int) -> bytes:
@@ -78,7 +41,7 @@ def test_writes_in_flight_when_the_back_end_is_killed_complete_after_its_restart
         f.truncate(WRITES * BLOCK)
     socket = tmp_path / "blk.sock"
     bdev = f"file:{disk}"
-    backend = Backend(socket, bdev)
+    backend = VhostBlkProcess(socket, bdev, time_limit=120.0)
     restarted = None
     try:
         with BlkFrontend(str(socket), packed=packed, queue_size=QUEUE_SIZE,
@@ -111,7 +74,7 @@ def test_writes_in_flight_when_the_back_end_is_killed_complete_after_its_restart
                     # Right after a burst went in, before any of it is reaped.
                     backend.kill()
                     in_flight_at_kill = driver.in_flight
-                    restarted = Backend(socket, bdev)
+                    restarted = VhostBlkProcess(socket, bdev, time_limit=120.0)
                     blk.reconnect()
                 n = driver.reap(completions)
                 for done in completions[:n]:

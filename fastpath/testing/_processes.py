@@ -1,5 +1,5 @@
-"""`fastpath vhost-net` in a child process, for tests and benchmarks that point a real
-front-end at it."""
+"""`fastpath vhost-net` and `fastpath vhost-blk` in child processes, for tests and benchmarks
+that point a real front-end at them."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ _ORIGIN = re.compile(r"; fastpath (\S+) revision (\S+)$", re.M)
 _PR_SET_PDEATHSIG = 1
 
 
-class VhostNetProcess:
-    """One `fastpath vhost-net` process on the socket `path`, pinned to CPU `cpu`.
+class FastpathProcess:
+    """A `fastpath` command (`arguments`, without --json, which this adds) in a child process,
+    pinned to CPU `cpu`, up once it printed `ready`.
 
     It is killed after `time_limit` seconds whatever happens, and when the thread that started
     it dies. `stop` ends it with SIGINT (it closes its connections and writes its statistics)
@@ -32,22 +33,17 @@ class VhostNetProcess:
     `checkouts` and `reported` tell which one really ran.
     """
 
-    def __init__(self, path: str | os.PathLike, *, fwd: str = "io", client: bool = False,
-                 queues: int = 1, backoff: int = 0, cpu: int | None = 0,
-                 extra: Sequence[str] = (), time_limit: float = 120.0,
-                 startup_timeout: float = 60.0, source: str | os.PathLike | None = None):
-        self.path = str(path)
-        self._dir = tempfile.TemporaryDirectory(prefix="fastpath-vhost-net-")
+    def __init__(self, arguments: Sequence[str], *, ready: str, cpu: int | None = 0,
+                 time_limit: float = 120.0, startup_timeout: float = 60.0,
+                 source: str | os.PathLike | None = None):
+        self.name = f"fastpath {arguments[0]}"
+        self._dir = tempfile.TemporaryDirectory(prefix=f"fastpath-{arguments[0]}-")
         self._json = Path(self._dir.name) / "stats.json"
         python, env, cwd = [sys.executable], None, None
         if source is not None:
             python, env = source_python(source)
             cwd = str(Path(source).resolve())
-        self.command = [
-            *python, "-m", "fastpath.cli", "vhost-net", "--socket", self.path,
-            "--fwd", fwd, "--queues", str(queues), "--backoff", str(backoff),
-            "--json", str(self._json), *(["--client"] if client else []), *extra,
-        ]
+        self.command = [*python, "-m", "fastpath.cli", *arguments, "--json", str(self._json)]
         cpus = {cpu} if cpu is not None else None
         self._process = subprocess.Popen(
             self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -60,7 +56,7 @@ class VhostNetProcess:
         self._watchdog.daemon = True
         self._watchdog.start()
         try:
-            self._wait_for("listening on" if not client else "connecting to", startup_timeout)
+            self._wait_for(ready, startup_timeout)
         except BaseException:
             self.kill()
             raise
@@ -98,25 +94,25 @@ class VhostNetProcess:
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise RuntimeError(f"fastpath vhost-net did not stop:\n{self.output}") from None
+            raise RuntimeError(f"{self.name} did not stop:\n{self.output}") from None
         finally:
             self._watchdog.cancel()
         self._reader.join(5)
         if self._process.returncode != 0 or not self._json.exists():
-            raise RuntimeError(f"fastpath vhost-net failed ({self._process.returncode}):\n"
+            raise RuntimeError(f"{self.name} failed ({self._process.returncode}):\n"
                                f"{self.output}")
         result = json.loads(self._json.read_text())
         self._dir.cleanup()
         return result
 
     def kill(self) -> None:
-        """End the process at once (SIGKILL)."""
+        """End the process at once (SIGKILL), as a crash would."""
         self._watchdog.cancel()
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()
 
-    def __enter__(self) -> VhostNetProcess:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -130,11 +126,46 @@ class VhostNetProcess:
         deadline = time.monotonic() + timeout
         while text not in self.output:
             if self._process.poll() is not None:
-                raise RuntimeError(f"fastpath vhost-net exited ({self._process.returncode}):\n"
+                raise RuntimeError(f"{self.name} exited ({self._process.returncode}):\n"
                                    f"{self.output}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"fastpath vhost-net did not start:\n{self.output}")
+                raise RuntimeError(f"{self.name} did not start:\n{self.output}")
             time.sleep(0.02)
+
+
+class VhostNetProcess(FastpathProcess):
+    """`fastpath vhost-net` on the socket `path` (listening, or connecting with `client`), as
+    `FastpathProcess` runs a command."""
+
+    def __init__(self, path: str | os.PathLike, *, fwd: str = "io", client: bool = False,
+                 queues: int = 1, backoff: int = 0, cpu: int | None = 0,
+                 extra: Sequence[str] = (), time_limit: float = 120.0,
+                 startup_timeout: float = 60.0, source: str | os.PathLike | None = None):
+        self.path = str(path)
+        super().__init__(
+            ["vhost-net", "--socket", self.path, "--fwd", fwd, "--queues", str(queues),
+             "--backoff", str(backoff), *(["--client"] if client else []), *extra],
+            ready="connecting to" if client else "listening on", cpu=cpu,
+            time_limit=time_limit, startup_timeout=startup_timeout, source=source)
+
+
+class VhostBlkProcess(FastpathProcess):
+    """`fastpath vhost-blk` serving the bdev `bdev` (a spec: "file:PATH", "malloc:64M") on the
+    socket `path`, with -v (connections and every error it logs in `output`), as
+    `FastpathProcess` runs a command. The compiled kernels load (in the FASTPATH_DEBUG=1 pass,
+    compile) before it listens, hence the long default start-up."""
+
+    def __init__(self, path: str | os.PathLike, bdev: str, *, queues: int = 1,
+                 read_only: bool = False, cpu: int | None = None, extra: Sequence[str] = (),
+                 time_limit: float = 180.0, startup_timeout: float = 120.0,
+                 source: str | os.PathLike | None = None):
+        self.path = str(path)
+        super().__init__(
+            ["vhost-blk", "--socket-path", self.path, "--bdev", bdev, "--queues", str(queues),
+             "--stats-period", "0", "-v", *(["--readonly"] if read_only else []),
+             *(["--cpu", str(cpu)] if cpu is not None else []), *extra],
+            ready="listening on", cpu=cpu, time_limit=time_limit,
+            startup_timeout=startup_timeout, source=source)
 
 
 def _child_setup(cpus: set[int] | None) -> None:
