@@ -221,6 +221,8 @@ class BlkTarget(Poller):
                       index, served.queue.in_flight)
 
     def _rebuild(self) -> None:
+        # A device whose connection ended is let go once nothing of it is in flight.
+        self.devices = [d for d in self.devices if d.connected or d.draining]
         wanted: dict[int, tuple[BlkQueue, bool]] = {}
         for device in self.devices:
             for queue in device.served:

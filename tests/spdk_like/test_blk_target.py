@@ -30,7 +30,7 @@ PROTOCOL = ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONF
 @contextmanager
 def target_on(tmp_path, bdev, *, read_only=False, queues=1):
     """A listening back-end whose devices a running BlkTarget serves; yields (connect,
-    devices), connect(packed) giving a negotiated Frontend."""
+    devices, target), connect(packed) giving a negotiated Frontend."""
     gate = Gate()
     disk = BlkDisk(bdev.size, read_only=read_only, serial=b"target-test")
     target = BlkTarget(gate, bdev)
@@ -61,7 +61,7 @@ def target_on(tmp_path, bdev, *, read_only=False, queues=1):
         return frontend
 
     try:
-        yield connect, devices
+        yield connect, devices, target
     finally:
         for frontend in frontends:
             frontend.close()
@@ -90,7 +90,7 @@ def _collect(guest, count, timeout=5.0):
 
 @pytest.mark.parametrize("ring", RING_TYPES)
 def test_writes_reach_the_bdev_and_read_back_through_the_ring(tmp_path, ring):
-    with MallocBdev(4 << 20) as bdev, target_on(tmp_path, bdev) as (connect, devices):
+    with MallocBdev(4 << 20) as bdev, target_on(tmp_path, bdev) as (connect, devices, _):
         frontend = connect(ring == "packed")
         guest = BlkGuest(ring == "packed", event_idx=True)
         _start(frontend, guest)
@@ -108,7 +108,7 @@ def test_writes_reach_the_bdev_and_read_back_through_the_ring(tmp_path, ring):
 
 def test_a_read_only_disk_refuses_writes_and_serves_reads(tmp_path):
     with MallocBdev(1 << 20, read_only=True) as bdev, \
-            target_on(tmp_path, bdev, read_only=True) as (connect, _):
+            target_on(tmp_path, bdev, read_only=True) as (connect, _, _):
         frontend = connect(False)
         guest = BlkGuest(False, event_idx=True)
         _start(frontend, guest)
@@ -120,7 +120,7 @@ def test_a_read_only_disk_refuses_writes_and_serves_reads(tmp_path):
 
 
 def test_a_stopped_ring_has_every_request_completed_before_its_base_is_read(tmp_path):
-    with MallocBdev(4 << 20) as bdev, target_on(tmp_path, bdev) as (connect, devices):
+    with MallocBdev(4 << 20) as bdev, target_on(tmp_path, bdev) as (connect, devices, _):
         frontend = connect(False)
         guest = BlkGuest(False, event_idx=True)
         _start(frontend, guest)
@@ -130,6 +130,26 @@ def test_a_stopped_ring_has_every_request_completed_before_its_base_is_read(tmp_
         # Whatever the target took was completed before GET_VRING_BASE answered.
         assert devices[0].counters()[0]["out"] == len(used) <= len(sent)
         assert bdev.statistics().write_ops == len(used)
+
+
+def test_a_device_whose_front_end_went_away_is_let_go_once_its_requests_completed(tmp_path):
+    with MallocBdev(4 << 20) as bdev, target_on(tmp_path, bdev) as (connect, devices, target):
+        frontends = [connect(False) for _ in range(2)]
+        guests = [BlkGuest(False, event_idx=True) for _ in frontends]
+        for frontend, guest in zip(frontends, guests, strict=True):
+            _start(frontend, guest)
+            guest.write(0, data(4096))
+            _collect(guest, 1)
+        assert target.devices == devices
+        frontends[0].close()
+        deadline = time.monotonic() + 5
+        while devices[0] in target.devices:
+            assert time.monotonic() < deadline, "the closed connection's device is kept"
+            time.sleep(0.01)
+        # The other connection is served as before.
+        w = guests[1].write(8, data(4096, seed=1))
+        _collect(guests[1], 1)
+        assert guests[1].status(w) == VIRTIO_BLK_S_OK and target.devices == [devices[1]]
 
 
 def test_the_command_prints_its_capabilities_and_refuses_a_bad_bdev():

@@ -120,6 +120,8 @@ class VirtioBlk(Device):
     _queues: dict[int, BlkQueue] = field(default_factory=dict)   # of started rings
     _let_go: list[tuple[int, BlkQueue]] = field(default_factory=list)   # with requests in flight
     _acked: int = 0
+    # False once the front-end's connection ended (`closed`).
+    connected: bool = True
     _writeback: int | None = None   # the driver's choice (SET_CONFIG) since features were set
 
     def __post_init__(self):
@@ -215,6 +217,7 @@ class VirtioBlk(Device):
         for index in list(self._queues):
             self._retire(index)
         self.served = [None] * self.num_queues
+        self.connected = False
         if self.on_change:
             self.on_change(self)
 
