@@ -23,6 +23,11 @@ GLA_VALID, GLA_TRANSLATED = 1 << 7, 1 << 8
 PAGE_SIZE_OF_LEVEL = {1: 1 << 12, 2: 1 << 21, 3: 1 << 30}
 
 
+def _bytes(mem) -> memoryview:
+    # Any byte buffer, or fastpath.hv.HostMemory through its array.
+    return memoryview(getattr(mem, "array", mem)).cast("B")
+
+
 def _read_entry(mem: memoryview, hpa: int, refs: int) -> int:
     if hpa < 0 or hpa + 8 > len(mem):
         raise PagingStructureOutsideMemory(hpa, refs)
@@ -63,7 +68,7 @@ def ept_walk(mem, eptp: int, gpa: int, access: str, *, caps_word: int, maxphyadd
     'r', 'w' or 'x', or a set of those letters (a guest paging access with EPT A/D on is 'rw').
     `refs` counts reads made before this walk (a 2-D walk's), so faults carry the total.
     """
-    mem = memoryview(mem).cast("B")
+    mem = _bytes(mem)
     wanted = sum(_ACCESS[a] for a in set(access))
     extra = {"physical": 0, "final": GLA_VALID | GLA_TRANSLATED, "paging": GLA_VALID}[guest_access]
     levels = _field(eptp, 5, 3) + 1
@@ -98,7 +103,7 @@ def walk_2d(mem, eptp: int, cr3: int, gva: int, access: str, *, cr0: int, cr4: i
 
     Raises NonCanonicalAddress, GuestPageFault, or the EPT faults of the walk they happen in.
     """
-    mem = memoryview(mem).cast("B")
+    mem = _bytes(mem)
     la57 = bool(cr4 >> 12 & 1)
     nxe = bool(efer >> 11 & 1)
     wp, smep, smap = bool(cr0 >> 16 & 1), bool(cr4 >> 20 & 1), bool(cr4 >> 21 & 1)
