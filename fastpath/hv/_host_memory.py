@@ -99,10 +99,14 @@ class HostMemory:
             raise IndexError(f"HPA {hpa:#x} (+{length}) is outside host memory")
 
     def close(self) -> None:
-        """Release the mapping and the memfd (arrays still viewing it must be gone)."""
+        """Close the memfd and let go of the mapping: it is unmapped now, or, while arrays
+        still view it (a builder's, a caller's), when the last of them goes."""
         self.array = np.zeros(0, dtype=np.uint8)
         if self._mmap is not None:
-            self._mmap.close()
+            try:
+                self._mmap.close()
+            except BufferError:
+                pass  # views remain; the mmap object unmaps when they and it are collected
             self._mmap = None
         if self.fd >= 0:
             os.close(self.fd)

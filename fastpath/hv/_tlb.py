@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from fastpath._core import paging as _core
-from fastpath.errors import InvalidInvalidation
-from fastpath.hv._eptp import DEFAULT_CAPS, EptCaps
+from fastpath.errors import InvalidEptp, InvalidInvalidation
+from fastpath.hv._eptp import DEFAULT_CAPS, EptCaps, Eptp
 
 # The core's fp_tlb_entry (fastpath/_core/paging.pxd), field for field.
 TLB_ENTRY_DTYPE = np.dtype([
@@ -90,6 +90,12 @@ class Tlb:
         t = self.table
         drop = t["kind"] != 0
         if kind == INVEPT_SINGLE_CONTEXT:
+            # SDM Vol. 3C §30.3 (INVEPT): a single-context descriptor's EPTP must pass the
+            # VM-entry checks.
+            try:
+                Eptp.decode(eptp, self.caps)
+            except InvalidEptp as error:
+                raise InvalidInvalidation(f"INVEPT of an invalid EPTP: {error}") from None
             drop &= t["ep4ta"] == eptp & self.caps.ep4ta_mask
         return self._drop(drop)
 

@@ -4,7 +4,8 @@
 `walk_2d(mem, eptp, cr3, gva, access)` walks the guest's tables with every paging-structure
 read translated through EPT, counting the references, and raises the guest's #PF
 (`fastpath.errors.GuestPageFault`) or the EPT exits; `walk_2d_burst` translates an array without
-the GIL. `GuestPageTables` builds the guest's tables byte for byte.
+the GIL. `GuestPageTables` builds the guest's tables byte for byte. The model CPU has 1 GiB
+pages (CPUID.80000001H:EDX.Page1GB) and no protection keys (PKE off: bits 62:59 ignored).
 """
 
 from fastpath._core.paging import ControlBits

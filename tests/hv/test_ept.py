@@ -7,6 +7,8 @@ Each case runs on the compiled walker (fastpath.hv.ept) and on the pure-Python r
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,20 @@ def test_tv2_read_and_fetch_of_a_read_execute_page(tv):
 def test_tv2a_write_to_read_execute_page_final_access(tv):
     assert both(tv, TV1_EPTP, 0x3FE01ABC, "w", guest_access="final", gla=0x7000) == (
         "violation", (0x1AA, 0x3FE01ABC, 0x7000, 4))
+    with pytest.raises(EptViolation) as exit_:
+        ept.walk(tv, TV1_EPTP, 0x3FE01ABC, "w")
+    assert exit_.value.exit_reason == 48
+
+
+def test_shared_host_memory_is_the_same_bytes_through_its_fd():
+    mem = HostMemory(4 * MIB, shared=True, table_area=(MIB, 2 * MIB))
+    tables = EptTables(mem, mem.frames)
+    leaf = tables.map(0x5000, 0x3000, PAGE_4K, "rw")
+    with mmap.mmap(mem.fd, len(mem)) as other:
+        assert int.from_bytes(other[leaf : leaf + 8], "little") == 0x3000 | 0x33
+        other[leaf : leaf + 8] = (0x9000 | 0x37).to_bytes(8, "little")
+    assert ept.walk(mem, tables.eptp(), 0x5004, "x").hpa == 0x9004
+    mem.close()
 
 
 def test_tv2b_not_present_pdpte_final_access(tv):

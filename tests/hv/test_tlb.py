@@ -212,6 +212,7 @@ def test_invvpid_single_context_retaining_globals(rig):
 
 @pytest.mark.parametrize("call", [
     lambda t: t.invept(3),
+    lambda t: t.invept(INVEPT_SINGLE_CONTEXT, 0x100000 | 0x18 | 1),  # WC: an invalid EPTP
     lambda t: t.invept(0),
     lambda t: t.invvpid(4, 1),
     lambda t: t.invvpid(INVVPID_SINGLE_CONTEXT, 0),
