@@ -91,7 +91,7 @@ guest_mapping = st.tuples(st.integers(0, (1 << 36) - 1), st.integers(0, 8 * MIB 
        ept_size=st.sampled_from([PAGE_4K, PAGE_2M]), ept_ad=st.booleans(),
        read_only_gpa=st.integers(0, 7),
        mappings=st.lists(guest_mapping, min_size=1, max_size=10),
-       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 63)), max_size=2),
+       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 63)), max_size=3),
        cr=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
        probes=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, (1 << 30) - 1),
                                  st.sampled_from("rwx"), st.booleans(), st.booleans()),
@@ -119,9 +119,11 @@ def test_2d_walks_agree_with_the_reference(guest_levels, ept_levels, ept_size, e
         placed.append((gva, size))
     if not placed:
         return
-    tables = mem.array[ram_hpa + 6 * MIB : ram_hpa + 8 * MIB].view("<u8").nonzero()[0]
-    for pick, bit in flips:
-        at = ram_hpa + 6 * MIB + int(tables[pick % len(tables)]) * 8
+    # Flip bits in the guest's tables and in EPT's, so that walks meet reserved bits, absent
+    # entries and misconfigurations in both dimensions.
+    for (pick, bit), base in zip(flips, (ram_hpa + 6 * MIB, 0, ram_hpa + 6 * MIB), strict=False):
+        area = mem.array[base : base + 2 * MIB].view("<u8").nonzero()[0]
+        at = base + int(area[pick % len(area)]) * 8
         mem.write64(at, mem.read64(at) ^ 1 << bit)
     regs = {
         "cr0": 1 | 1 << ControlBits.CR0_PG_SHIFT | (ControlBits.CR0_WP if wp else 0),
@@ -146,3 +148,54 @@ def test_2d_walks_agree_with_the_reference(guest_levels, ept_levels, ept_size, e
                                      caps_word=ALL_CAPS.word, **regs)
 
         assert outcome(core) == outcome(oracle)
+
+
+@SETTINGS
+@given(mappings=st.lists(guest_mapping, min_size=1, max_size=8),
+       probes=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, (1 << 30) - 1),
+                                 st.sampled_from("rwx"), st.booleans(), st.booleans(),
+                                 st.integers(1, 3), st.booleans()),
+                       min_size=1, max_size=24),
+       tlb_entries=st.sampled_from([1, 8, 1024]))
+def test_the_tlb_never_changes_an_answer_while_the_tables_stand(mappings, probes, tlb_entries):
+    """Cached or walked, a translation is the same, and so is every fault (a hit that does not
+    allow the access walks); only the references differ."""
+    ram_hpa = 4 * MIB
+    mem = HostMemory(12 * MIB, table_area=(0, 4 * MIB))
+    ept_tables = EptTables(mem, mem.frames)
+    for gpa in range(0, 8 * MIB, PAGE_2M):
+        ept_tables.map(gpa, ram_hpa + gpa, PAGE_2M, "rx" if gpa == 2 * MIB else "rwx")
+    frames = FrameAllocator(6 * MIB, 8 * MIB, lambda gpa: mem.zero_frame(ram_hpa + gpa))
+    guest = GuestPageTables(mem, frames, lambda gpa: ram_hpa + gpa)
+    placed = []
+    for page, frame, size, writable, user, executable in mappings:
+        gva, gpa = page * PAGE_4K // size * size, frame * PAGE_4K // size * size
+        try:
+            guest.map(gva, gpa, size, writable=writable, user=user, executable=executable)
+        except (ValueError, MemoryError):
+            continue
+        placed.append((gva, size))
+    if not placed:
+        return
+    tlb = ept.Tlb(tlb_entries)
+    eptp = ept_tables.eptp()
+    cr4_choices = {1: ControlBits.CR4_PAE, 2: ControlBits.CR4_PAE | ControlBits.CR4_SMEP,
+                   3: ControlBits.CR4_PAE | ControlBits.CR4_SMAP}
+    for pick, offset, access, user, ac, cr4, wp in probes:
+        gva, size = placed[pick % len(placed)]
+        gva += offset % size
+        regs = {"cr4": cr4_choices[cr4],
+                "cr0": paging.DEFAULT_CR0 & ~(0 if wp else ControlBits.CR0_WP)}
+
+        def walk(tlb, gva=gva, access=access, user=user, ac=ac, regs=regs):
+            t = paging.walk_2d(mem, eptp, guest.cr3, gva, access, user=user, smap_ac=ac,
+                               tlb=tlb, **regs)
+            return t.hpa, t.gpa, t.page_size
+
+        def gpa_walk(tlb, gva=gva, access=access):
+            return ept.walk(mem, eptp, gva % (8 * MIB), access, tlb=tlb)[:2]
+
+        assert outcome(functools.partial(walk, tlb)) == outcome(functools.partial(walk, None))
+        assert (outcome(functools.partial(gpa_walk, tlb))
+                == outcome(functools.partial(gpa_walk, None)))
+    assert tlb.hits + tlb.misses == 2 * len(probes)
