@@ -178,7 +178,7 @@ cdef struct fp_tlb:
 cdef struct fp_walk:
     uint64_t out_addr
     uint64_t gpa                    # the guest-physical address translated
-    uint64_t leaf                   # EPT walk: the EPT leaf; 2-D walk: the guest leaf
+    uint64_t leaf                   # EPT: the EPT leaf; 2-D: the guest leaf; 0 on a TLB hit
     uint64_t fault_addr
     uint64_t code
     uint32_t level

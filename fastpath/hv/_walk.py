@@ -157,6 +157,8 @@ def ept_walk_burst(mem, eptp: int, gpas, access: str, *, caps: EptCaps = DEFAULT
     2 misconfiguration, 5 outside memory); hpas[k] is 0 where codes[k] is not.
     """
     addrs, out, codes = _burst_arrays(gpas)
+    if len(addrs) and int(addrs.max()) >> caps.maxphyaddr:
+        raise ValueError(f"a GPA is beyond MAXPHYADDR ({caps.maxphyaddr} bits)")
     flags = WalkFlags.WALK_SET_AD if set_ad else 0
     done = _core.ept_translate_burst(_context(mem, eptp, caps, tlb), addrs, _access(access),
                                      flags, out, codes)

@@ -345,6 +345,8 @@ def test_burst_walks_every_address_as_single_walks_do(tv):
     hpas, codes, done = ept.walk_burst(tv, TV1_EPTP, gpas, "r")
     assert list(hpas) == [0x42A545678, 0x123456ABC, 0, 0x42A400000]
     assert list(codes) == [0, 0, 1, 0] and done == 3
+    with pytest.raises(ValueError, match="MAXPHYADDR"):
+        ept.walk_burst(tv, TV1_EPTP, [0, 1 << 46], "r")
 
 
 # --- EPTP and capabilities (§1.1, §1.2) --------------------------------------------------------
