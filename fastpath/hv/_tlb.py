@@ -111,18 +111,31 @@ class Tlb:
         if not 0 <= vpid < 1 << 16:
             raise InvalidInvalidation(f"VPID {vpid} is not a 16-bit value")
         t = self.table
-        drop = t["kind"] == COMBINED
         if kind == INVVPID_ALL_CONTEXT:
-            return self._drop(drop & (t["vpid"] != 0))
-        drop &= t["vpid"] == vpid
-        if kind == INVVPID_INDIVIDUAL_ADDRESS:
-            # Canonical for the widest linear address the model has (57 bits, LA57).
-            if (gla >> 56) not in (0, (1 << 8) - 1):
-                raise InvalidInvalidation(f"INVVPID address {gla:#x} is not canonical")
-            # Every entry whose page (of its translation's size) holds gla.
-            shift = (12 + 9 * (t["level"].astype(np.uint64) - 1)).clip(12)
-            drop &= (t["page"] << np.uint64(12)) >> shift == np.uint64(gla) >> shift
-        elif kind == INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS:
+            return self._drop((t["kind"] == COMBINED) & (t["vpid"] != 0))
+        if kind != INVVPID_INDIVIDUAL_ADDRESS:
+            return self.flush_linear(
+                vpid, keep_global=kind == INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS)
+        # Canonical for the widest linear address the model has (57 bits, LA57).
+        if (gla >> 56) not in (0, (1 << 8) - 1):
+            raise InvalidInvalidation(f"INVVPID address {gla:#x} is not canonical")
+        # Every entry of vpid whose page (of its translation's size) holds gla.
+        shift = 12 + 9 * (t["level"].astype(np.uint64).clip(1) - np.uint64(1))
+        drop = (t["kind"] == COMBINED) & (t["vpid"] == vpid)
+        return self._drop(drop & ((t["page"] << np.uint64(12)) >> shift
+                                  == np.uint64(gla) >> shift))
+
+    def flush_linear(self, vpid: int, pcid: int | None = None,
+                     keep_global: bool = False) -> int:
+        """Drop vpid's combined translations, only those of `pcid` if given, global ones kept
+        if asked. It is what a VM entry or exit does to VPID 0's when "enable VPID" is off
+        (hv.md §2.6), and what MOV to CR3 does to the current PCID's non-global ones (SDM
+        Vol. 3A §4.10.4.1). Returns the entries dropped."""
+        t = self.table
+        drop = (t["kind"] == COMBINED) & (t["vpid"] == vpid)
+        if pcid is not None:
+            drop &= t["pcid"] == pcid
+        if keep_global:
             drop &= (t["perms"] & _core.TlbPerm.TLB_PERM_GLOBAL) == 0
         return self._drop(drop)
 

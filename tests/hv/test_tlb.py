@@ -210,6 +210,22 @@ def test_invvpid_single_context_retaining_globals(rig):
     assert rig.gva(0x8000).references == 19
 
 
+def test_flush_linear_by_vpid_and_pcid_keeping_globals(rig):
+    pcid_on = DEFAULT_CR4 | ControlBits.CR4_PCIDE
+    rig.guest.map(0x7000, 0x5000, global_page=True)
+    rig.guest.map(0x8000, 0x6000)
+    for pcid in (1, 2):
+        for gva in (0x7000, 0x8000):
+            rig.gva(gva, vpid=0, cr4=pcid_on, cr3=rig.guest.cr3 | pcid)
+    rig.gva(0x8000, vpid=3)
+    # MOV to CR3 of PCID 1: its non-global entries go.
+    assert rig.tlb.flush_linear(0, pcid=1, keep_global=True) == 1
+    # VM entry with VPID off: everything of VPID 0 goes, VPID 3 stays.
+    assert rig.tlb.flush_linear(0) == 3
+    assert rig.gva(0x8000, vpid=3).references == 0
+    assert len(rig.tlb) == 1
+
+
 @pytest.mark.parametrize("call", [
     lambda t: t.invept(3),
     lambda t: t.invept(INVEPT_SINGLE_CONTEXT, 0x100000 | 0x18 | 1),  # WC: an invalid EPTP
