@@ -106,7 +106,7 @@ cdef struct fp_hostmem:
 
 # An EPTP made ready for walking (fp_ept_prepare): the root table and, per level and per
 # non-leaf (0) or leaf (1) entry, the bits that must be zero (hv.md §1.3, exactly as KVM's
-# __reset_rsvds_bits_mask_ept builds them). Index 0 of rsvd is unused; levels are 1..5.
+# __reset_rsvds_bits_mask_ept builds them). Levels are 1..5; row 0 is never read.
 cdef struct fp_ept:
     uint64_t root
     uint64_t addr_mask              # bits M-1:12

@@ -60,7 +60,6 @@ cdef int fp_ept_prepare(fp_ept *ept, uint64_t eptp, uint64_t caps,
     ept.exec_only = caps & 1                              # hv.md §1.2 EXECUTE_ONLY, bit 0
     # hv.md §1.3 reserved masks; H = bits 51:M.
     high = _bits(51, maxphyaddr) if maxphyaddr < 52 else 0
-    ept.rsvd[0][0] = ept.rsvd[0][1] = 0
     for level in range(4, _MAX_LEVELS + 1):
         ept.rsvd[level][0] = ept.rsvd[level][1] = high | _bits(7, 3)
     ept.rsvd[3][0] = ept.rsvd[2][0] = high | _bits(6, 3)
@@ -102,7 +101,6 @@ cdef int fp_guest_prepare(fp_guest *guest, uint64_t cr0, uint64_t cr3, uint64_t 
         guest.rsvd[level][1] |= PTE_PAGE_SIZE
     guest.rsvd[3][1] |= _bits(29, 13)
     guest.rsvd[2][1] |= _bits(20, 13)
-    guest.rsvd[0][0] = guest.rsvd[0][1] = 0
     return 0
 
 
@@ -265,6 +263,8 @@ cdef inline int _walk_2d(const fp_hostmem *mem, const fp_ept *ept, const fp_gues
                          uint64_t gva, uint32_t acc, uint32_t flags, fp_walk *w) noexcept nogil:
     # hv.md §1.10. A guest entry's read is an EPT access with the GLA valid and not yet
     # translated (qualification bit 8 clear); with EPT A/D on it is a write as well (§1.7).
+    # With WALK_SET_AD, each EPT access sets its EPT flags once it succeeds, as the CPU does
+    # when it makes that access; the guest's flags are set once the whole walk succeeds.
     cdef uint32_t shift = 12 + 9 * guest.levels
     cdef uint32_t level = guest.levels
     cdef uint32_t walk_acc = EPT_READ | (EPT_WRITE if ept.ad else 0)
