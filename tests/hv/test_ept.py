@@ -406,3 +406,17 @@ def test_frame_allocator_runs_out_cleanly_and_reuses_freed_frames():
         frames.alloc()
     frames.free(a)
     assert frames.alloc() == a and zeroed == [a, b, a]
+
+
+@pytest.mark.parametrize("size", [0, 4, 7])
+def test_tiny_host_memory_is_a_read_error_not_a_crash(size):
+    with pytest.raises(PagingStructureOutsideMemory) as fault:
+        ept.walk(bytearray(size), 0x1E, 0x1000, "r")
+    assert (fault.value.hpa, fault.value.references) == (0, 0)
+
+
+def test_strided_or_wide_arrays_are_refused_as_host_memory():
+    with pytest.raises(TypeError):
+        ept.walk(np.zeros(8192, dtype=np.uint8)[::2], 0x1E, 0, "r")
+    with pytest.raises(TypeError):
+        ept.walk(np.zeros(1024, dtype=np.uint64), 0x1E, 0, "r")
