@@ -209,13 +209,14 @@ cdef int fp_translate_2d(const fp_hostmem *mem, const fp_ept *ept, const fp_gues
                          uint32_t flags, fp_walk *w) noexcept nogil
 
 # Bursts: translate addrs[0..n) with one access kind; out[k] is the HPA (0 on a fault) and
-# codes[k] the FP_WALK_* code. Returns how many succeeded.
+# codes[k] the FP_WALK_* code; *nrefs grows by the paging-structure reads of them all.
+# Returns how many succeeded.
 cdef uint64_t fp_ept_translate_burst(const fp_hostmem *mem, const fp_ept *ept, fp_tlb *tlb,
                                      const uint64_t *addrs, uint64_t n, uint32_t acc,
-                                     uint32_t flags, uint64_t *out,
-                                     uint8_t *codes) noexcept nogil
+                                     uint32_t flags, uint64_t *out, uint8_t *codes,
+                                     uint64_t *nrefs) noexcept nogil
 cdef uint64_t fp_translate_2d_burst(const fp_hostmem *mem, const fp_ept *ept,
                                     const fp_guest *guest, fp_tlb *tlb, uint16_t vpid,
                                     const uint64_t *addrs, uint64_t n, uint32_t acc,
-                                    uint32_t flags, uint64_t *out,
-                                    uint8_t *codes) noexcept nogil
+                                    uint32_t flags, uint64_t *out, uint8_t *codes,
+                                    uint64_t *nrefs) noexcept nogil

@@ -359,8 +359,8 @@ cdef int fp_translate_2d(const fp_hostmem *mem, const fp_ept *ept, const fp_gues
 
 cdef uint64_t fp_ept_translate_burst(const fp_hostmem *mem, const fp_ept *ept, fp_tlb *tlb,
                                      const uint64_t *addrs, uint64_t n, uint32_t acc,
-                                     uint32_t flags, uint64_t *out,
-                                     uint8_t *codes) noexcept nogil:
+                                     uint32_t flags, uint64_t *out, uint8_t *codes,
+                                     uint64_t *nrefs) noexcept nogil:
     # SAFETY: addrs, out and codes hold n elements each (the Python wrapper checks); every
     # table read inside is bounds-checked by _read64.
     cdef fp_walk w
@@ -370,6 +370,7 @@ cdef uint64_t fp_ept_translate_burst(const fp_hostmem *mem, const fp_ept *ept, f
         rc = fp_ept_translate(mem, ept, tlb, addrs[k], acc, flags, &w)
         codes[k] = <uint8_t>rc
         out[k] = w.out_addr if rc == FP_WALK_OK else 0
+        nrefs[0] += w.nrefs
         done += rc == FP_WALK_OK
     return done
 
@@ -377,8 +378,8 @@ cdef uint64_t fp_ept_translate_burst(const fp_hostmem *mem, const fp_ept *ept, f
 cdef uint64_t fp_translate_2d_burst(const fp_hostmem *mem, const fp_ept *ept,
                                     const fp_guest *guest, fp_tlb *tlb, uint16_t vpid,
                                     const uint64_t *addrs, uint64_t n, uint32_t acc,
-                                    uint32_t flags, uint64_t *out,
-                                    uint8_t *codes) noexcept nogil:
+                                    uint32_t flags, uint64_t *out, uint8_t *codes,
+                                    uint64_t *nrefs) noexcept nogil:
     # SAFETY: as fp_ept_translate_burst.
     cdef fp_walk w
     cdef uint64_t k, done = 0
@@ -387,6 +388,7 @@ cdef uint64_t fp_translate_2d_burst(const fp_hostmem *mem, const fp_ept *ept,
         rc = fp_translate_2d(mem, ept, guest, tlb, vpid, addrs[k], acc, flags, &w)
         codes[k] = <uint8_t>rc
         out[k] = w.out_addr if rc == FP_WALK_OK else 0
+        nrefs[0] += w.nrefs
         done += rc == FP_WALK_OK
     return done
 
@@ -433,6 +435,14 @@ cdef tuple _result(int rc, const fp_walk *w):
     return (rc, w.out_addr, w.gpa, w.level, w.nrefs, w.leaf, w.perms, w.fault_addr, w.code)
 
 
+cdef uint64_t _burst_length(const uint64_t[::1] addrs, uint64_t[::1] out,
+                            uint8_t[::1] codes) except? 0:
+    cdef uint64_t n = <uint64_t>addrs.shape[0]
+    if <uint64_t>out.shape[0] < n or <uint64_t>codes.shape[0] < n:
+        raise ValueError("out and codes must hold an element per address")
+    return n
+
+
 def ept_translate(WalkContext s, uint64_t gpa, uint32_t acc, uint32_t flags):
     """One EPT translation: (code, hpa, gpa, level, refs, leaf, perms, fault_addr, qual)."""
     cdef fp_walk w
@@ -450,27 +460,23 @@ def translate_2d(WalkContext s, uint16_t vpid, uint64_t gva, uint32_t acc, uint3
 
 def ept_translate_burst(WalkContext s, const uint64_t[::1] addrs, uint32_t acc, uint32_t flags,
                         uint64_t[::1] out, uint8_t[::1] codes):
-    """Translate every GPA of addrs without the GIL; returns how many succeeded."""
-    cdef uint64_t n = <uint64_t>addrs.shape[0]
-    if <uint64_t>out.shape[0] < n or <uint64_t>codes.shape[0] < n:
-        raise ValueError("out and codes must hold an element per address")
-    if n == 0:
-        return 0
-    with nogil:
-        n = fp_ept_translate_burst(&s.mem, &s.ept, s.tlb_ptr, &addrs[0], n, acc, flags,
-                                   &out[0], &codes[0])
-    return n
+    """Translate every GPA of addrs without the GIL: (succeeded, references)."""
+    cdef uint64_t n = _burst_length(addrs, out, codes)
+    cdef uint64_t nrefs = 0
+    if n:
+        with nogil:
+            n = fp_ept_translate_burst(&s.mem, &s.ept, s.tlb_ptr, &addrs[0], n, acc, flags,
+                                       &out[0], &codes[0], &nrefs)
+    return n, nrefs
 
 
 def translate_2d_burst(WalkContext s, uint16_t vpid, const uint64_t[::1] addrs, uint32_t acc,
                        uint32_t flags, uint64_t[::1] out, uint8_t[::1] codes):
-    """Translate every GVA of addrs without the GIL; returns how many succeeded."""
-    cdef uint64_t n = <uint64_t>addrs.shape[0]
-    if <uint64_t>out.shape[0] < n or <uint64_t>codes.shape[0] < n:
-        raise ValueError("out and codes must hold an element per address")
-    if n == 0:
-        return 0
-    with nogil:
-        n = fp_translate_2d_burst(&s.mem, &s.ept, &s.guest, s.tlb_ptr, vpid, &addrs[0], n, acc,
-                                  flags, &out[0], &codes[0])
-    return n
+    """Translate every GVA of addrs without the GIL: (succeeded, references)."""
+    cdef uint64_t n = _burst_length(addrs, out, codes)
+    cdef uint64_t nrefs = 0
+    if n:
+        with nogil:
+            n = fp_translate_2d_burst(&s.mem, &s.ept, &s.guest, s.tlb_ptr, vpid, &addrs[0], n,
+                                      acc, flags, &out[0], &codes[0], &nrefs)
+    return n, nrefs

@@ -144,6 +144,18 @@ def _context_2d(mem, eptp, cr3, access, cr0, cr4, efer, user, smap_ac, caps, tlb
     return context, acc, WalkFlags.WALK_SET_AD if set_ad else 0
 
 
+class Burst(NamedTuple):
+    """A burst's translations: hpas[k] for the k-th address (0 where it faulted), codes[k] the
+    core's code for it (0 translated, 1 EPT violation, 2 EPT misconfiguration, 3 #PF, 5 a table
+    outside host memory, 6 non-canonical), how many translated, and the paging-structure reads
+    the whole burst made."""
+
+    hpas: np.ndarray
+    codes: np.ndarray
+    translated: int
+    references: int
+
+
 def _burst_arrays(addrs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     addrs = np.ascontiguousarray(addrs, dtype=np.uint64)
     return addrs, np.empty(len(addrs), dtype=np.uint64), np.empty(len(addrs), dtype=np.uint8)
@@ -151,28 +163,23 @@ def _burst_arrays(addrs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def ept_walk_burst(mem, eptp: int, gpas, access: str, *, caps: EptCaps = DEFAULT_CAPS,
                    tlb: Tlb | None = None, set_ad: bool = False):
-    """Translate an array of GPAs in the core without the GIL: (hpas, codes, succeeded).
-
-    codes[k] is 0 for a translation, else the core's FP_WALK_* code (1 violation,
-    2 misconfiguration, 5 outside memory); hpas[k] is 0 where codes[k] is not.
-    """
+    """Translate an array of GPAs in the core without the GIL; returns a Burst."""
     addrs, out, codes = _burst_arrays(gpas)
     if len(addrs) and int(addrs.max()) >> caps.maxphyaddr:
         raise ValueError(f"a GPA is beyond MAXPHYADDR ({caps.maxphyaddr} bits)")
     flags = WalkFlags.WALK_SET_AD if set_ad else 0
-    done = _core.ept_translate_burst(_context(mem, eptp, caps, tlb), addrs, _access(access),
-                                     flags, out, codes)
-    return out, codes, done
+    done, refs = _core.ept_translate_burst(_context(mem, eptp, caps, tlb), addrs,
+                                           _access(access), flags, out, codes)
+    return Burst(out, codes, done, refs)
 
 
 def walk_2d_burst(mem, eptp: int, cr3: int, gvas, access: str, *, cr0: int = DEFAULT_CR0,
                   cr4: int = DEFAULT_CR4, efer: int = DEFAULT_EFER, user: bool = False,
                   smap_ac: bool = False, caps: EptCaps = DEFAULT_CAPS, tlb: Tlb | None = None,
                   vpid: int = 1, set_ad: bool = False):
-    """walk_2d over an array of GVAs without the GIL: (hpas, codes, succeeded), as
-    ept_walk_burst (codes 3 for a #PF, 6 for a non-canonical address too)."""
+    """walk_2d over an array of GVAs without the GIL; returns a Burst."""
     context, acc, flags = _context_2d(mem, eptp, cr3, access, cr0, cr4, efer, user, smap_ac,
                                       caps, tlb, set_ad)
     addrs, out, codes = _burst_arrays(gvas)
-    done = _core.translate_2d_burst(context, vpid, addrs, acc, flags, out, codes)
-    return out, codes, done
+    done, refs = _core.translate_2d_burst(context, vpid, addrs, acc, flags, out, codes)
+    return Burst(out, codes, done, refs)

@@ -24,7 +24,7 @@ from fastpath.hv._tlb import (
     INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS,
     Tlb,
 )
-from fastpath.hv._walk import EptTranslation
+from fastpath.hv._walk import Burst, EptTranslation
 from fastpath.hv._walk import ept_walk as walk
 from fastpath.hv._walk import ept_walk_burst as walk_burst
 
@@ -32,6 +32,7 @@ __all__ = [
     "walk",
     "walk_burst",
     "EptTranslation",
+    "Burst",
     "EptTables",
     "Eptp",
     "EptCaps",

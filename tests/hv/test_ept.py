@@ -342,9 +342,10 @@ def test_read_only_buffers_and_bad_access_letters_are_refused(tv):
 
 def test_burst_walks_every_address_as_single_walks_do(tv):
     gpas = [0x12345678, 0x3FE01ABC, 0x80001000, 0x12200000]
-    hpas, codes, done = ept.walk_burst(tv, TV1_EPTP, gpas, "r")
-    assert list(hpas) == [0x42A545678, 0x123456ABC, 0, 0x42A400000]
-    assert list(codes) == [0, 0, 1, 0] and done == 3
+    burst = ept.walk_burst(tv, TV1_EPTP, gpas, "r")
+    assert list(burst.hpas) == [0x42A545678, 0x123456ABC, 0, 0x42A400000]
+    assert list(burst.codes) == [0, 0, 1, 0] and burst.translated == 3
+    assert burst.references == 3 + 4 + 2 + 3
     with pytest.raises(ValueError, match="MAXPHYADDR"):
         ept.walk_burst(tv, TV1_EPTP, [0, 1 << 46], "r")
 

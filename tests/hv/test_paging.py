@@ -305,11 +305,12 @@ def test_2d_burst_matches_single_walks():
     g = Guest()
     g.tables.map(0x7000, 0x5000)
     g.tables.map(0x8000, 0x6000, writable=False)
-    hpas, codes, done = paging.walk_2d_burst(g.mem, g.eptp, g.tables.cr3,
-                                             [0x7004, 0x8008, 0x9000, 1 << 63], "w",
-                                             caps=FIVE_LEVEL_CAPS)
-    assert list(hpas) == [RAM_HPA + 0x5004, 0, 0, 0]
-    assert list(codes) == [0, 3, 3, 6] and done == 1
+    burst = paging.walk_2d_burst(g.mem, g.eptp, g.tables.cr3,
+                                 [0x7004, 0x8008, 0x9000, 1 << 63], "w", caps=FIVE_LEVEL_CAPS)
+    assert list(burst.hpas) == [RAM_HPA + 0x5004, 0, 0, 0]
+    assert list(burst.codes) == [0, 3, 3, 6] and burst.translated == 1
+    # 19 for the walk; 16 for the write refused at the leaf; 16 for 0x9000's absent PTE.
+    assert burst.references == 19 + 16 + 16
 
 
 def test_control_registers_must_select_ia32e_paging():

@@ -121,9 +121,10 @@ def test_a_write_hit_on_an_entry_a_read_filled_walks_again_to_set_dirty(rig):
 
 
 def test_burst_walks_fill_and_hit_the_tlb(rig):
-    _, codes, done = ept.walk_burst(rig.mem, rig.ept_a.eptp(), [0x1000, 0x1000, 0x2000],
-                                    "r", tlb=rig.tlb)
-    assert done == 3 and (rig.tlb.hits, rig.tlb.misses) == (1, 2)
+    burst = ept.walk_burst(rig.mem, rig.ept_a.eptp(), [0x1000, 0x1000, 0x2000], "r",
+                           tlb=rig.tlb)
+    assert burst.translated == 3 and (rig.tlb.hits, rig.tlb.misses) == (1, 2)
+    assert burst.references == 3 + 0 + 3
 
 
 # --- INVEPT ------------------------------------------------------------------------------------
