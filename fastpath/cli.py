@@ -43,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_command(
+        benches, "walk", "fastpath.bench.walk",
+        help="address translations per second (EPT and 2-D walks), compiled core against the "
+        "pure-Python reference, TLB off and on",
+        description=(
+            "Translate bursts of random addresses through 4-level EPT (GPA to HPA) and through "
+            "4-level guest paging over 4-level EPT (GVA to GPA to HPA), 4 KiB pages everywhere, "
+            "on one core without the GIL, with the TLB off and on, beside the pure-Python "
+            "reference walker in the same run."
+        ),
+    )
+    _add_command(
         benches, "vhost-net", "fastpath.bench.vhost_net",
         help="fastpath vhost-net's rate with DPDK's virtio-user as the traffic, against DPDK's "
         "vhost PMD or another checkout's back-end",

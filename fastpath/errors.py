@@ -44,6 +44,14 @@ __all__ = [
     "BadConfigAccess",
     "BadIotlbMessage",
     "NvmeCommandFailed",
+    "TranslationFault",
+    "EptViolation",
+    "EptMisconfig",
+    "GuestPageFault",
+    "NonCanonicalAddress",
+    "PagingStructureOutsideMemory",
+    "InvalidEptp",
+    "InvalidInvalidation",
 ]
 
 
@@ -240,6 +248,94 @@ class NvmeCommandFailed(FastpathError):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+# The modelled platform's address translation (fastpath.hv.ept, fastpath.hv.paging). The walkers
+# return codes; the Python layer raises these, each carrying what the architecture reports.
+
+
+class TranslationFault(FastpathError):
+    """A translation the model's walkers refused. `references` counts the paging-structure
+    reads made before the walk stopped (shared/specs/hv.md §0.1)."""
+
+    def __init__(self, message: str, references: int = 0):
+        super().__init__(message)
+        self.references = references
+
+
+class EptViolation(TranslationFault):
+    """An EPT violation (VM exit reason 48, hv.md §1.5): `qualification` is the exit
+    qualification bit for bit, `gpa` the faulting guest-physical address (the VMCS's
+    GUEST_PHYSICAL_ADDRESS), `gla` the guest linear address when qualification bit 7 says it is
+    valid, else None."""
+
+    exit_reason = 48
+
+    def __init__(self, qualification: int, gpa: int, gla: int | None = None,
+                 references: int = 0):
+        super().__init__(f"EPT violation at GPA {gpa:#x}, qualification {qualification:#x}",
+                         references)
+        self.qualification = qualification
+        self.gpa = gpa
+        self.gla = gla
+
+
+class EptMisconfig(TranslationFault):
+    """An EPT misconfiguration (VM exit reason 49, hv.md §1.6): a present entry on the walk of
+    `gpa` has reserved settings. Its exit qualification is 0."""
+
+    exit_reason = 49
+    qualification = 0
+
+    def __init__(self, gpa: int, references: int = 0):
+        super().__init__(f"EPT misconfiguration at GPA {gpa:#x}", references)
+        self.gpa = gpa
+
+
+class GuestPageFault(TranslationFault):
+    """A page fault the guest takes (vector 14, no VM exit): `error_code` as the CPU pushes it
+    (hv.md §1.9: P 0, W 1, U 2, RSVD 3, I/D 4) and `gva`, the linear address (CR2)."""
+
+    vector = 14
+
+    def __init__(self, error_code: int, gva: int, references: int = 0):
+        super().__init__(f"#PF at {gva:#x}, error code {error_code:#x}", references)
+        self.error_code = error_code
+        self.gva = gva
+
+
+class NonCanonicalAddress(TranslationFault):
+    """A linear access to a non-canonical address: the guest takes #GP(0) (vector 13) before any
+    paging-structure read (SDM Vol. 3A §3.3.7.1)."""
+
+    vector = 13
+
+    def __init__(self, gva: int):
+        super().__init__(f"{gva:#x} is not canonical", 0)
+        self.gva = gva
+
+
+class PagingStructureOutsideMemory(TranslationFault):
+    """A paging-structure entry would be read at `hpa`, outside host memory: the model's abort
+    (hv.md §6, "out-of-range reads are read errors")."""
+
+    def __init__(self, hpa: int, references: int = 0):
+        super().__init__(f"paging-structure read at HPA {hpa:#x} is outside host memory",
+                         references)
+        self.hpa = hpa
+
+
+class InvalidEptp(FastpathError):
+    """An EPTP that fails the VM-entry checks of hv.md §1.1 for the capabilities given (VM entry
+    would fail with VM-instruction error 7); the message names the field."""
+
+
+class InvalidInvalidation(FastpathError):
+    """An INVEPT or INVVPID the model refuses as the CPU does, with VM-instruction error 28
+    (invalid operand): an unsupported type, VPID 0 where a VPID is needed, a non-canonical
+    address."""
+
+    vm_instruction_error = 28
 
 
 _BY_CODE = {cls.code: cls for cls in VringError.__subclasses__()}

@@ -1,5 +1,9 @@
-"""The modelled platform. For now: guest memory shared by memfd, and its address translation."""
+"""The modelled platform: guest memory shared by memfd and its address translation; host
+physical memory holding raw paging structures, walked by `fastpath.hv.ept` (GPA -> HPA) and
+`fastpath.hv.paging` (GVA -> GPA -> HPA)."""
 
+from fastpath.hv._host_memory import FrameAllocator, HostMemory
 from fastpath.hv._memory import HUGE_PAGE_SIZE, PAGE_SIZE, REGION_DTYPE, GuestMemory, SharedRegion
 
-__all__ = ["GuestMemory", "SharedRegion", "REGION_DTYPE", "PAGE_SIZE", "HUGE_PAGE_SIZE"]
+__all__ = ["GuestMemory", "SharedRegion", "REGION_DTYPE", "PAGE_SIZE", "HUGE_PAGE_SIZE",
+           "HostMemory", "FrameAllocator"]

@@ -10,7 +10,8 @@ request parser, a queue serving a reference ring with it, and an executor over a
 statuses the spec gives them. `inflight` is vhost-user's inflight I/O tracking as its spec
 section writes it: reference devices that record their pops and pushes in a queue region step
 by step (and can die between any two steps), and the reconnection steps that say what was in
-flight.
+flight. `paging` is the platform's EPT and guest IA-32e walks (GPA -> HPA, GVA -> GPA -> HPA)
+over raw tables, written from the SDM apart from the compiled walkers they check.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import time
 
 from fastpath.hv import PAGE_SIZE, GuestMemory
-from fastpath.testing.reference import blk, inflight, nvme
+from fastpath.testing.reference import blk, inflight, nvme, paging
 from fastpath.testing.reference._common import Chain, Piece
 from fastpath.testing.reference.packed import PackedDevice, PackedDriver
 from fastpath.testing.reference.split import SplitDevice, SplitDriver
@@ -35,6 +36,7 @@ __all__ = [
     "blk",
     "nvme",
     "inflight",
+    "paging",
 ]
 
 _RING_BASE = 0x1000
