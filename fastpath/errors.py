@@ -44,6 +44,12 @@ __all__ = [
     "BadConfigAccess",
     "BadIotlbMessage",
     "NvmeCommandFailed",
+    "VmxError",
+    "VmxNotEnabled",
+    "VmFailInvalid",
+    "VmFailValid",
+    "EptViolation",
+    "EptMisconfig",
 ]
 
 
@@ -240,6 +246,56 @@ class NvmeCommandFailed(FastpathError):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+# The modelled platform (fastpath.hv)
+
+
+class VmxError(FastpathError):
+    """A VMX instruction of the modelled vCPU failed (Intel SDM Vol. 3C §31.2)."""
+
+
+class VmxNotEnabled(VmxError):
+    """A VMX instruction other than VMXON ran outside VMX operation: on a real CPU it raises
+    #UD (invalid opcode)."""
+
+
+class VmFailInvalid(VmxError):
+    """VMfailInvalid (CF = 1): the instruction failed with no current VMCS, or VMXON failed on
+    its operand, so there is no VM-instruction error field to write."""
+
+
+class VmFailValid(VmxError):
+    """VMfailValid (ZF = 1): the instruction failed and wrote `number`, the VM-instruction
+    error as the SDM numbers them (Vol. 3C §31.4; `fastpath.hv.vmx.VmInstructionError`), into
+    the current VMCS's VM_INSTRUCTION_ERROR field."""
+
+    def __init__(self, message: str, number: int):
+        super().__init__(message)
+        self.number = number
+
+
+class EptViolation(FastpathError):
+    """A guest-physical access that EPT does not permit (SDM §29.3.3.2; spec hv §1.5).
+
+    `qualification` is the EPT-violation exit qualification as the walk produced it (access
+    bits 2:0, the AND of the entries' permissions in bits 5:3, and bits 7 and 8 when the walk
+    knew of a guest linear address); `gpa` is the guest-physical address accessed. The VMX
+    model turns it into exit 48."""
+
+    def __init__(self, message: str, qualification: int, gpa: int):
+        super().__init__(message)
+        self.qualification = qualification
+        self.gpa = gpa
+
+
+class EptMisconfig(FastpathError):
+    """An EPT paging-structure entry is misconfigured (SDM §29.3.3.1; spec hv §1.6): `gpa` is
+    the guest-physical address whose walk met it. The VMX model turns it into exit 49."""
+
+    def __init__(self, message: str, gpa: int):
+        super().__init__(message)
+        self.gpa = gpa
 
 
 _BY_CODE = {cls.code: cls for cls in VringError.__subclasses__()}
