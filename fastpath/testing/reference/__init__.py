@@ -10,7 +10,7 @@ request parser, a queue serving a reference ring with it, and an executor over a
 statuses the spec gives them. `inflight` is vhost-user's inflight I/O tracking as its spec
 section writes it: reference devices that record their pops and pushes in a queue region step
 by step (and can die between any two steps), and the reconnection steps that say what was in
-flight.
+flight. `vmx` is the modelled VMX's exit decisions for I/O and MSR bitmaps, from the SDM's words.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 from fastpath.hv import PAGE_SIZE, GuestMemory
-from fastpath.testing.reference import blk, inflight, nvme
+from fastpath.testing.reference import blk, inflight, nvme, vmx
 from fastpath.testing.reference._common import Chain, Piece
 from fastpath.testing.reference.packed import PackedDevice, PackedDriver
 from fastpath.testing.reference.split import SplitDevice, SplitDriver
@@ -35,6 +35,7 @@ __all__ = [
     "blk",
     "nvme",
     "inflight",
+    "vmx",
 ]
 
 _RING_BASE = 0x1000
