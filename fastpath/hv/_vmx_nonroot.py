@@ -9,7 +9,9 @@ the VMX-preemption timer at zero, then an open interrupt window.
 An event that exits has not retired: after the VMM handles the exit the guest runs it again,
 unless the VMM emulated it and moved GUEST_RIP past it (as KVM's
 `kvm_skip_emulated_instruction` does). An external interrupt is consumed by its exit, and a
-RUN interrupted by the preemption timer keeps the cycles it has not run yet.
+RUN interrupted by the preemption timer keeps the cycles it has not run yet. Guest time (the
+TSC, which the preemption timer counts) passes in RUN events only. HLT without "HLT exiting"
+retires at once: the model has no activity states.
 
 Memory accesses (READ, WRITE, FETCH) are translated through EPT when "enable EPT" is in force
 and the vCPU was given a `translate(eptp, gpa, access)` callable with the contract of
@@ -209,8 +211,6 @@ def step(vcpu: Vcpu, events: np.ndarray, index: int, translate: Translate | None
     if kind == EventKind.RUN:
         left = progress.run_left
         exit_ = _run(vcpu, int(event["value"]) if left is None else left, progress, index)
-        if exit_ is not None:
-            return exit_
     elif kind in _ALWAYS_EXIT:
         exit_ = vcpu.vm_exit(_ALWAYS_EXIT[kind], instruction_length=int(event["ilen"]),
                              event=index)
@@ -230,7 +230,8 @@ def step(vcpu: Vcpu, events: np.ndarray, index: int, translate: Translate | None
         _set_interrupt_flag(vcpu, kind == EventKind.STI)
     if exit_ is not None:
         return exit_
-    retire(vcpu, int(event["ilen"]), bool(sti_blocked), progress)
+    # An interrupt is not the instruction after STI: the shadow outlasts it.
+    retire(vcpu, int(event["ilen"]), bool(sti_blocked) and kind != EventKind.EXTINT, progress)
     return None
 
 

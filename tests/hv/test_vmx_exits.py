@@ -2,6 +2,8 @@
 bit for bit (SDM Vol. 3C §26, §28.2; spec hv §1.5, §1.6, §2.4)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastpath.errors import EptMisconfig, EptViolation
 from fastpath.hv.vmx import (
@@ -370,3 +372,36 @@ def test_a_zero_timer_exits_before_the_first_instruction():
     _run([event(EventKind.CPUID)], handlers={ExitReason.PREEMPTION_TIMER: stop},
          VMX_PREEMPTION_TIMER_VALUE=0, **TIMER)
     assert seen == [(ExitReason.PREEMPTION_TIMER, 0, 0)]
+
+
+@given(st.integers(1, 500), st.integers(0, 6), st.lists(st.integers(0, 3000), min_size=1,
+                                                      max_size=8))
+@settings(max_examples=60, deadline=None)
+def test_the_timer_expires_at_the_same_tsc_however_guest_time_is_split(timer, rate, runs):
+    stamps = []
+
+    def stop(vcpu, exit_):
+        stamps.append(vcpu.tsc)
+        vcpu.vmwrite(Field.PIN_BASED_VM_EXEC_CONTROL, 0)
+
+    _, runner = _run([event(EventKind.RUN, value=n) for n in runs],
+                     capabilities=VmxCapabilities(misc=rate),
+                     handlers={ExitReason.PREEMPTION_TIMER: stop},
+                     VMX_PREEMPTION_TIMER_VALUE=timer, **TIMER)
+    expiry = timer << rate  # TSC starts at 0: bit `rate` changes every 2**rate cycles
+    assert stamps == ([expiry] if expiry <= sum(runs) else [])
+    assert runner.vcpu.tsc == runner.counters.progress.guest_cycles == sum(runs)
+
+
+def test_an_interrupt_after_sti_does_not_end_the_sti_shadow():
+    seen = []
+
+    def close_window(vcpu, exit_):
+        seen.append(exit_.event)
+        vcpu.vmwrite(Field.CPU_BASED_VM_EXEC_CONTROL, 0)
+
+    records = [event(EventKind.STI), event(EventKind.EXTINT, 0x40),
+               event(EventKind.RUN, value=1), event(EventKind.RUN, value=1)]
+    _, runner = _run(records, handlers={ExitReason.INTERRUPT_WINDOW: close_window},
+                     CPU_BASED_VM_EXEC_CONTROL=ProcBased.INTERRUPT_WINDOW_EXITING)
+    assert seen == [3] and runner.counters.progress.guest_interrupts == 1
