@@ -16,6 +16,7 @@ from fastpath.hv.vmx import (
     Secondary,
     Vcpu,
     VcpuMode,
+    VmxCapabilities,
 )
 from fastpath.testing.reference.vmx import VMCS_REGION, VMXON_REGION, ready_vcpu
 
@@ -257,3 +258,21 @@ def test_entry_loads_the_preemption_timer(memory):
                       VMX_PREEMPTION_TIMER_VALUE=1234)
     vcpu.vmlaunch()
     assert vcpu.preemption_timer == 1234
+
+
+def test_controls_a_capability_msr_forces_on_must_be_set(memory):
+    # Pin-based default-1 bits 1, 2 and 4 (a non-TRUE IA32_VMX_PINBASED_CTLS, Appendix A.3.1).
+    default1 = 0x16
+    caps = VmxCapabilities(pinbased=default1 | (default1 | PinBased.EXTERNAL_INTERRUPT_EXITING)
+                           << 32)
+    vcpu = ready_vcpu(memory, caps, PIN_BASED_VM_EXEC_CONTROL=PinBased.EXTERNAL_INTERRUPT_EXITING)
+    _valid(7, vcpu.vmlaunch)
+    vcpu.vmwrite(Field.PIN_BASED_VM_EXEC_CONTROL, default1 | PinBased.EXTERNAL_INTERRUPT_EXITING)
+    assert vcpu.vmlaunch() is None
+
+
+def test_the_default_capabilities_report_what_the_model_implements():
+    caps = VmxCapabilities()
+    assert caps.revision_id == 1 and caps.preemption_timer_rate == 5
+    assert caps.basic >> 32 & 0x1FFF == 0x1000 and caps.basic >> 50 & 0xF == 6
+    assert caps.pinbased == (PinBased.EXTERNAL_INTERRUPT_EXITING | PinBased.PREEMPTION_TIMER) << 32
