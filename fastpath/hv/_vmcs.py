@@ -77,10 +77,13 @@ class Field(IntEnum):
     # 16-bit control
     VIRTUAL_PROCESSOR_ID = 0x0000
     POSTED_INTR_NV = 0x0002
+    # 16-bit guest state
+    GUEST_INTR_STATUS = 0x0810
     # 64-bit control
     IO_BITMAP_A = 0x2000
     IO_BITMAP_B = 0x2002
     MSR_BITMAP = 0x2004
+    VIRTUAL_APIC_PAGE_ADDR = 0x2012
     POSTED_INTR_DESC_ADDR = 0x2016
     EPT_POINTER = 0x201A
     # 64-bit read-only data

@@ -15,6 +15,7 @@ class PinBased(IntFlag):
 
     EXTERNAL_INTERRUPT_EXITING = 1 << 0
     PREEMPTION_TIMER = 1 << 6
+    PROCESS_POSTED_INTERRUPTS = 1 << 7
 
 
 class ProcBased(IntFlag):
@@ -22,6 +23,7 @@ class ProcBased(IntFlag):
 
     INTERRUPT_WINDOW_EXITING = 1 << 2
     HLT_EXITING = 1 << 7
+    USE_TPR_SHADOW = 1 << 21
     UNCONDITIONAL_IO_EXITING = 1 << 24
     USE_IO_BITMAPS = 1 << 25
     USE_MSR_BITMAPS = 1 << 28
@@ -32,8 +34,10 @@ class Secondary(IntFlag):
     """Secondary processor-based VM-execution controls (§25.6.2, Table 25-7)."""
 
     ENABLE_EPT = 1 << 1
+    VIRTUALIZE_X2APIC_MODE = 1 << 4
     ENABLE_VPID = 1 << 5
     UNRESTRICTED_GUEST = 1 << 7
+    VIRTUAL_INTERRUPT_DELIVERY = 1 << 9
 
 
 class ExitControls(IntFlag):

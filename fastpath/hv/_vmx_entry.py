@@ -12,7 +12,13 @@ Controls (§27.2.1), VMfailValid error 7:
   C5 "enable EPT": the EPTP passes the vCPU's EPTP check, when it was given one (the EPTP's
      layout and rules, spec hv §1.1, belong to the EPT walker);
   C6 "unrestricted guest" requires "enable EPT";
-  C7 "save VMX-preemption timer value" requires "activate VMX-preemption timer".
+  C7 "save VMX-preemption timer value" requires "activate VMX-preemption timer";
+  C8 "use TPR shadow": VIRTUAL_APIC_PAGE_ADDR is 4 KiB-aligned and below 2**MAXPHYADDR;
+  C9 "virtualize x2APIC mode" and "virtual-interrupt delivery" require "use TPR shadow",
+     and "virtual-interrupt delivery" requires "external-interrupt exiting";
+  C10 "process posted interrupts" requires "virtual-interrupt delivery" and "acknowledge
+     interrupt on exit", a notification vector with bits 15:8 clear, and a descriptor
+     address 64-byte aligned and below 2**MAXPHYADDR.
 Host state (§27.2.2-27.2.4), VMfailValid error 8:
   H1 "host address-space size" is 1 (the modelled VMM runs in IA-32e mode);
   H2 HOST_CR0 has PE, NE and PG set, HOST_CR4 VMXE and PAE (IA32_VMX_CR0/CR4_FIXED0);
@@ -66,8 +72,8 @@ def canonical(address: int) -> bool:
     return top in (0, (1 << 17) - 1)
 
 
-def _page_address(address: int, caps: VmxCapabilities) -> bool:
-    return address % _PAGE == 0 and address >> caps.physical_address_width == 0
+def _aligned_address(address: int, caps: VmxCapabilities, alignment: int = _PAGE) -> bool:
+    return address % alignment == 0 and address >> caps.physical_address_width == 0
 
 
 def controls_valid(vmcs: Vmcs, caps: VmxCapabilities,
@@ -81,10 +87,10 @@ def controls_valid(vmcs: Vmcs, caps: VmxCapabilities,
             (caps.exit, exit_), (caps.entry, entry))):
         return False
     if proc & ProcBased.USE_IO_BITMAPS and not (
-            _page_address(vmcs[Field.IO_BITMAP_A], caps)
-            and _page_address(vmcs[Field.IO_BITMAP_B], caps)):
+            _aligned_address(vmcs[Field.IO_BITMAP_A], caps)
+            and _aligned_address(vmcs[Field.IO_BITMAP_B], caps)):
         return False
-    if proc & ProcBased.USE_MSR_BITMAPS and not _page_address(vmcs[Field.MSR_BITMAP], caps):
+    if proc & ProcBased.USE_MSR_BITMAPS and not _aligned_address(vmcs[Field.MSR_BITMAP], caps):
         return False
     if secondary & Secondary.ENABLE_VPID and vmcs[Field.VIRTUAL_PROCESSOR_ID] == 0:
         return False
@@ -93,8 +99,27 @@ def controls_valid(vmcs: Vmcs, caps: VmxCapabilities,
         return False
     if secondary & Secondary.UNRESTRICTED_GUEST and not secondary & Secondary.ENABLE_EPT:
         return False
-    return not (exit_ & ExitControls.SAVE_PREEMPTION_TIMER
-                and not pin & PinBased.PREEMPTION_TIMER)
+    if exit_ & ExitControls.SAVE_PREEMPTION_TIMER and not pin & PinBased.PREEMPTION_TIMER:
+        return False
+    return _apic_controls_valid(vmcs, caps, pin, proc, exit_, secondary)
+
+
+def _apic_controls_valid(vmcs: Vmcs, caps: VmxCapabilities, pin: int, proc: int, exit_: int,
+                         secondary: Secondary) -> bool:
+    # Checks C8-C10 (§27.2.1.1).
+    tpr_shadow = proc & ProcBased.USE_TPR_SHADOW
+    delivery = secondary & Secondary.VIRTUAL_INTERRUPT_DELIVERY
+    if tpr_shadow and not _aligned_address(vmcs[Field.VIRTUAL_APIC_PAGE_ADDR], caps):
+        return False
+    if not tpr_shadow and secondary & (Secondary.VIRTUALIZE_X2APIC_MODE
+                                       | Secondary.VIRTUAL_INTERRUPT_DELIVERY):
+        return False
+    if delivery and not pin & PinBased.EXTERNAL_INTERRUPT_EXITING:
+        return False
+    return not pin & PinBased.PROCESS_POSTED_INTERRUPTS or bool(
+        delivery and exit_ & ExitControls.ACK_INTERRUPT_ON_EXIT
+        and vmcs[Field.POSTED_INTR_NV] >> 8 == 0
+        and _aligned_address(vmcs[Field.POSTED_INTR_DESC_ADDR], caps, 64))
 
 
 def host_state_valid(vmcs: Vmcs, caps: VmxCapabilities) -> bool:

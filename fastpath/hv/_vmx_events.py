@@ -5,14 +5,14 @@ describes what the guest does as an array of `EVENT_DTYPE`, one record per instr
 event, in program order. Fields (little-endian, 32 bytes a record):
 
   address  u8  the I/O port (IO), MSR index (RDMSR, WRMSR), guest-physical address (READ,
-               WRITE, FETCH) or interrupt vector (EXTINT); 0 otherwise
+               WRITE, FETCH) or interrupt vector (EXTINT, POST); 0 otherwise
   value    u8  the data written (IO out, WRMSR, WRITE); guest cycles for RUN; 0 otherwise
   gla      u8  the guest linear address, where flag GLA is set (memory accesses, INS/OUTS)
   kind     u1  an `EventKind`
   flags    u1  `EventFlag` bits
   size     u1  bytes accessed: 1, 2 or 4 for IO; 1 to 8 for READ, WRITE, FETCH
   ilen     u1  the instruction's length in bytes (what VM_EXIT_INSTRUCTION_LEN reports); 0
-               for RUN and EXTINT, which are not one instruction
+               for RUN, EXTINT and POST, which are not one instruction
   _pad     4 bytes, zero
 
 `event()` builds one record with the usual instruction lengths filled in.
@@ -55,6 +55,7 @@ class EventKind(IntEnum):
     EXTINT = 10  # an external interrupt arrives, vector in `address`
     STI = 11
     CLI = 12
+    POST = 13  # a poster posts vector `address` to the vCPU's posted-interrupt descriptor
 
 
 class EventFlag(IntFlag):
@@ -72,7 +73,8 @@ class EventFlag(IntFlag):
 # 3-byte MOV (opcode, ModRM, displacement8).
 _LENGTHS = {EventKind.CPUID: 2, EventKind.HLT: 1, EventKind.RDMSR: 2, EventKind.WRMSR: 2,
             EventKind.VMCALL: 3, EventKind.STI: 1, EventKind.CLI: 1, EventKind.READ: 3,
-            EventKind.WRITE: 3, EventKind.FETCH: 3, EventKind.RUN: 0, EventKind.EXTINT: 0}
+            EventKind.WRITE: 3, EventKind.FETCH: 3, EventKind.RUN: 0, EventKind.EXTINT: 0,
+            EventKind.POST: 0}
 
 
 def _io_length(size: int, flags: EventFlag) -> int:

@@ -9,7 +9,11 @@ the VMX-preemption timer at zero, then an open interrupt window.
 An event that exits has not retired: after the VMM handles the exit the guest runs it again,
 unless the VMM emulated it and moved GUEST_RIP past it (as KVM's
 `kvm_skip_emulated_instruction` does). An external interrupt is consumed by its exit, and a
-RUN interrupted by the preemption timer keeps the cycles it has not run yet. Guest time (the
+RUN interrupted by the preemption timer keeps the cycles it has not run yet. With
+"virtual-interrupt delivery", a recognised virtual interrupt is delivered at the boundary
+before an event (`_vmx_posted`); the model evaluates recognition there, which delivers the
+same interrupts as the SDM's evaluation points since nothing else in the model moves RVI,
+VPPR or the interrupt-window control while the guest runs. Guest time (the
 TSC, which the preemption timer counts) passes in RUN events only. HLT without "HLT exiting"
 retires at once: the model has no activity states.
 
@@ -52,6 +56,7 @@ from fastpath.hv._vmx_exits import (
     io_qualification,
     string_io_instruction_info,
 )
+from fastpath.hv._vmx_posted import X2APIC_EOI_MSR, VirtualApic, post_interrupt
 
 __all__ = ["Translate", "GuestProgress", "step"]
 
@@ -69,11 +74,14 @@ INSTRUCTION_EXITS = frozenset({
 @dataclass
 class GuestProgress:
     """What the guest has done so far beyond its exits: events retired, external interrupts
-    delivered straight to it, TSC cycles run, EPT walks made and their memory references,
-    and the cycles left of a RUN the preemption timer cut short."""
+    delivered straight to it, posted-interrupt notifications processed and virtual
+    interrupts delivered without an exit, TSC cycles run, EPT walks made and their memory
+    references, and the cycles left of a RUN the preemption timer cut short."""
 
     retired: int = 0
     guest_interrupts: int = 0
+    posted_notifications: int = 0
+    virtual_interrupts: int = 0
     guest_cycles: int = 0
     ept_walks: int = 0
     ept_references: int = 0
@@ -84,17 +92,39 @@ def _bitmap(vcpu: Vcpu, address: int):
     return vcpu.memory[address:address + BITMAP_SIZE]
 
 
+def _interruptible(vmcs) -> bool:
+    return bool(vmcs[Field.GUEST_RFLAGS] & RFLAGS_IF
+                and not vmcs[Field.GUEST_INTERRUPTIBILITY_INFO] & (BLOCKING_BY_STI
+                                                                   | BLOCKING_BY_MOV_SS))
+
+
 def _boundary_exit(vcpu: Vcpu) -> ExitReason | None:
     # Exits at an instruction boundary, highest priority first (§26.2; §26.7.4, §26.7.5).
     if vcpu.preemption_timer == 0:
         return ExitReason.PREEMPTION_TIMER
     vmcs = vcpu.vmcs
     if (vmcs[Field.CPU_BASED_VM_EXEC_CONTROL] & ProcBased.INTERRUPT_WINDOW_EXITING
-            and vmcs[Field.GUEST_RFLAGS] & RFLAGS_IF
-            and not vmcs[Field.GUEST_INTERRUPTIBILITY_INFO] & (BLOCKING_BY_STI
-                                                               | BLOCKING_BY_MOV_SS)):
+            and _interruptible(vmcs)):
         return ExitReason.INTERRUPT_WINDOW
     return None
+
+
+def _deliver_virtual_interrupt(vcpu: Vcpu, progress: GuestProgress) -> None:
+    # §30.2.2: at a boundary where the guest takes interrupts and no window exit is asked for
+    # (an open window with interrupt-window exiting has just exited above).
+    vmcs = vcpu.vmcs
+    if not secondary_controls(vmcs) & Secondary.VIRTUAL_INTERRUPT_DELIVERY:
+        return
+    window = bool(vmcs[Field.CPU_BASED_VM_EXEC_CONTROL] & ProcBased.INTERRUPT_WINDOW_EXITING)
+    apic = VirtualApic(vmcs, vcpu.memory)
+    if _interruptible(vmcs) and apic.recognised(window):
+        apic.deliver()
+        progress.virtual_interrupts += 1
+
+
+def _posted_descriptor(vcpu: Vcpu):
+    address = vcpu.vmcs[Field.POSTED_INTR_DESC_ADDR]
+    return vcpu.memory[address:address + 64]
 
 
 def _run(vcpu: Vcpu, cycles: int, progress: GuestProgress, index: int) -> Exit | None:
@@ -136,11 +166,17 @@ def _io_exit(vcpu: Vcpu, event, index: int) -> Exit | None:
                         event=index)
 
 
+_VIRTUAL_EOI = Secondary.VIRTUALIZE_X2APIC_MODE | Secondary.VIRTUAL_INTERRUPT_DELIVERY
+
+
 def _msr_exit(vcpu: Vcpu, event, index: int, write: bool) -> Exit | None:
-    vmcs = vcpu.vmcs
+    vmcs, msr = vcpu.vmcs, int(event["address"])
     if (vmcs[Field.CPU_BASED_VM_EXEC_CONTROL] & ProcBased.USE_MSR_BITMAPS
-            and not msr_exits(_bitmap(vcpu, vmcs[Field.MSR_BITMAP]), int(event["address"]),
-                              write)):
+            and not msr_exits(_bitmap(vcpu, vmcs[Field.MSR_BITMAP]), msr, write)):
+        if (write and msr == X2APIC_EOI_MSR
+                and secondary_controls(vmcs) & _VIRTUAL_EOI == _VIRTUAL_EOI):
+            # §30.5: a WRMSR of the x2APIC EOI register is EOI virtualization.
+            VirtualApic(vmcs, vcpu.memory).virtualize_eoi()
         return None
     return vcpu.vm_exit(ExitReason.MSR_WRITE if write else ExitReason.MSR_READ,
                         instruction_length=int(event["ilen"]), event=index)
@@ -171,10 +207,17 @@ def _memory_exit(vcpu: Vcpu, event, index: int, translate: Translate | None,
     return None
 
 
-def _external_interrupt(vcpu: Vcpu, event, index: int,
+def _external_interrupt(vcpu: Vcpu, vector: int, index: int,
                         progress: GuestProgress) -> Exit | None:
     vmcs = vcpu.vmcs
-    if not vmcs[Field.PIN_BASED_VM_EXEC_CONTROL] & PinBased.EXTERNAL_INTERRUPT_EXITING:
+    pin = vmcs[Field.PIN_BASED_VM_EXEC_CONTROL]
+    if (pin & PinBased.PROCESS_POSTED_INTERRUPTS
+            and vector == vmcs[Field.POSTED_INTR_NV] & 0xFF):
+        # §30.6: the notification vector is acknowledged and processed without an exit.
+        VirtualApic(vmcs, vcpu.memory).process_posted_interrupts(_posted_descriptor(vcpu))
+        progress.posted_notifications += 1
+        return None
+    if not pin & PinBased.EXTERNAL_INTERRUPT_EXITING:
         # Without exiting the interrupt goes to the guest through its IDT (§26.2); the model
         # counts it and does not model the guest's RFLAGS.IF for it.
         progress.guest_interrupts += 1
@@ -182,7 +225,7 @@ def _external_interrupt(vcpu: Vcpu, event, index: int,
     # With "acknowledge interrupt on exit" the processor takes the vector from the
     # interrupt controller and reports it; otherwise the interrupt stays pending for the
     # host and the information field is invalid (§28.2.2).
-    info = (interruption_info(int(event["address"]), InterruptionType.EXTERNAL_INTERRUPT)
+    info = (interruption_info(vector, InterruptionType.EXTERNAL_INTERRUPT)
             if vmcs[Field.VM_EXIT_CONTROLS] & ExitControls.ACK_INTERRUPT_ON_EXIT else 0)
     return vcpu.vm_exit(ExitReason.EXTERNAL_INTERRUPT, interruption_info=info, event=index)
 
@@ -204,6 +247,7 @@ def step(vcpu: Vcpu, events: np.ndarray, index: int, translate: Translate | None
     boundary = _boundary_exit(vcpu)
     if boundary is not None:
         return vcpu.vm_exit(boundary, event=index)
+    _deliver_virtual_interrupt(vcpu, progress)
     event = events[index]
     kind, vmcs = EventKind(int(event["kind"])), vcpu.vmcs
     sti_blocked = vmcs[Field.GUEST_INTERRUPTIBILITY_INFO] & BLOCKING_BY_STI
@@ -225,13 +269,20 @@ def step(vcpu: Vcpu, events: np.ndarray, index: int, translate: Translate | None
     elif kind in _ACCESS:
         exit_ = _memory_exit(vcpu, event, index, translate, progress)
     elif kind == EventKind.EXTINT:
-        exit_ = _external_interrupt(vcpu, event, index, progress)
+        exit_ = _external_interrupt(vcpu, int(event["address"]), index, progress)
+    elif kind == EventKind.POST:
+        # The poster writes the descriptor; its notification, if it sends one, is an
+        # external interrupt of vector NV arriving now.
+        if post_interrupt(_posted_descriptor(vcpu), int(event["address"])):
+            exit_ = _external_interrupt(vcpu, vmcs[Field.POSTED_INTR_NV] & 0xFF, index,
+                                        progress)
     else:
         _set_interrupt_flag(vcpu, kind == EventKind.STI)
     if exit_ is not None:
         return exit_
     # An interrupt is not the instruction after STI: the shadow outlasts it.
-    retire(vcpu, int(event["ilen"]), bool(sti_blocked) and kind != EventKind.EXTINT, progress)
+    interrupt = kind in (EventKind.EXTINT, EventKind.POST)
+    retire(vcpu, int(event["ilen"]), bool(sti_blocked) and not interrupt, progress)
     return None
 
 

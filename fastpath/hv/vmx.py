@@ -4,7 +4,9 @@ A `Vcpu` over host physical memory runs the VMX instructions (VMXON, VMCLEAR, VM
 VMREAD/VMWRITE, VMLAUNCH/VMRESUME, VMXOFF) with the SDM's VM-instruction errors, and a
 documented subset of VM-entry checks (`fastpath.hv._vmx_entry`). A `GuestRunner` runs it over
 a guest's event stream (an `EVENT_DTYPE` array), making VM exits where the controls say, with
-their exit reasons and qualifications, and calling handlers in root operation. `VmxCounters`
+their exit reasons and qualifications, and calling handlers in root operation; with posted
+interrupts and virtual-interrupt delivery, interrupts reach the guest without an exit
+(`post_interrupt`, `VirtualApic`). `VmxCounters`
 counts exits by reason; a `CostModel` turns the counts into modelled time. Memory events go
 through an EPT `translate(eptp, gpa, access)` callable with the contract of
 `fastpath.hv.ept.walk`, which raises `fastpath.errors.EptViolation` / `EptMisconfig`.
@@ -46,6 +48,15 @@ from fastpath.hv._vmx_exits import (
     string_io_instruction_info,
 )
 from fastpath.hv._vmx_nonroot import GuestProgress, Translate
+from fastpath.hv._vmx_posted import (
+    PI_DESCRIPTOR_DTYPE,
+    PI_ON,
+    PI_SN,
+    X2APIC_EOI_MSR,
+    VirtualApic,
+    pi_control,
+    post_interrupt,
+)
 from fastpath.hv._vmx_workload import GuestRunner, Handler, VmxCounters, skip_instruction
 
 __all__ = [
@@ -92,6 +103,13 @@ __all__ = [
     "Translate",
     "VmxCounters",
     "skip_instruction",
+    "PI_DESCRIPTOR_DTYPE",
+    "PI_ON",
+    "PI_SN",
+    "X2APIC_EOI_MSR",
+    "pi_control",
+    "post_interrupt",
+    "VirtualApic",
     "CostModel",
     "DEFAULT_HANDLER_CYCLES",
 ]

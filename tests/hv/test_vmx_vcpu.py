@@ -275,4 +275,5 @@ def test_the_default_capabilities_report_what_the_model_implements():
     caps = VmxCapabilities()
     assert caps.revision_id == 1 and caps.preemption_timer_rate == 5
     assert caps.basic >> 32 & 0x1FFF == 0x1000 and caps.basic >> 50 & 0xF == 6
-    assert caps.pinbased == (PinBased.EXTERNAL_INTERRUPT_EXITING | PinBased.PREEMPTION_TIMER) << 32
+    assert caps.pinbased == (PinBased.EXTERNAL_INTERRUPT_EXITING | PinBased.PREEMPTION_TIMER
+                             | PinBased.PROCESS_POSTED_INTERRUPTS) << 32

@@ -12,9 +12,11 @@ from fastpath.hv.vmx import Encoding, Field, FieldType, FieldWidth, Vmcs, VmInst
 SDM_FIELDS = {
     "VIRTUAL_PROCESSOR_ID": (0x0000, FieldWidth.BITS16, FieldType.CONTROL),
     "POSTED_INTR_NV": (0x0002, FieldWidth.BITS16, FieldType.CONTROL),
+    "GUEST_INTR_STATUS": (0x0810, FieldWidth.BITS16, FieldType.GUEST_STATE),
     "IO_BITMAP_A": (0x2000, FieldWidth.BITS64, FieldType.CONTROL),
     "IO_BITMAP_B": (0x2002, FieldWidth.BITS64, FieldType.CONTROL),
     "MSR_BITMAP": (0x2004, FieldWidth.BITS64, FieldType.CONTROL),
+    "VIRTUAL_APIC_PAGE_ADDR": (0x2012, FieldWidth.BITS64, FieldType.CONTROL),
     "POSTED_INTR_DESC_ADDR": (0x2016, FieldWidth.BITS64, FieldType.CONTROL),
     "EPT_POINTER": (0x201A, FieldWidth.BITS64, FieldType.CONTROL),
     "GUEST_PHYSICAL_ADDRESS": (0x2400, FieldWidth.BITS64, FieldType.EXIT_INFORMATION),
