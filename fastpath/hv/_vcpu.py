@@ -19,14 +19,17 @@ from enum import Enum
 from fastpath.errors import FastpathError, VmFailInvalid, VmxError, VmxNotEnabled
 from fastpath.hv._vmcs import Field, Vmcs, VmInstructionError, fail_valid
 from fastpath.hv._vmx_controls import ExitControls, PinBased, VmxCapabilities
-from fastpath.hv._vmx_entry import controls_valid, guest_state_failure, host_state_valid
+from fastpath.hv._vmx_entry import (
+    VMX_PAGE,
+    controls_valid,
+    guest_state_failure,
+    host_state_valid,
+)
 from fastpath.hv._vmx_exits import ENTRY_FAILURE, Exit, ExitReason
 
 __all__ = ["VcpuMode", "Vcpu", "NO_CURRENT_VMCS"]
 
 NO_CURRENT_VMCS = (1 << 64) - 1  # VMPTRST's answer when no VMCS is current (§31.3)
-_PAGE = 0x1000
-_SHADOW_VMCS_INDICATOR = 1 << 31  # revision dword bit 31 (§25.2); the model has no shadowing
 
 
 class VcpuMode(Enum):
@@ -86,9 +89,9 @@ class Vcpu:
     def _valid_region(self, address: int) -> bool:
         # §31.3 VMXON/VMCLEAR/VMPTRLD: 4 KiB-aligned, within MAXPHYADDR; the model also
         # needs the page to be in `memory`.
-        return (address % _PAGE == 0 and 0 <= address
+        return (address % VMX_PAGE == 0 and 0 <= address
                 and address >> self.capabilities.physical_address_width == 0
-                and address + _PAGE <= len(self.memory))
+                and address + VMX_PAGE <= len(self.memory))
 
     def _revision_matches(self, address: int) -> bool:
         revision = int.from_bytes(self.memory[address:address + 4], "little")

@@ -49,7 +49,9 @@ from fastpath.hv._vmx_controls import (
 )
 from fastpath.hv._vmx_exits import EntryFailure
 
-_PAGE = 0x1000
+# VMX structures (VMXON region, VMCS, bitmaps, virtual-APIC page) are 4 KiB, whatever the
+# host's page size.
+VMX_PAGE = 0x1000
 CR0_PE, CR0_NE, CR0_PG = 1 << 0, 1 << 5, 1 << 31
 CR4_PAE, CR4_VMXE = 1 << 5, 1 << 13
 RFLAGS_FIXED1, RFLAGS_IF = 1 << 1, 1 << 9
@@ -72,7 +74,7 @@ def canonical(address: int) -> bool:
     return top in (0, (1 << 17) - 1)
 
 
-def _aligned_address(address: int, caps: VmxCapabilities, alignment: int = _PAGE) -> bool:
+def _aligned_address(address: int, caps: VmxCapabilities, alignment: int = VMX_PAGE) -> bool:
     return address % alignment == 0 and address >> caps.physical_address_width == 0
 
 

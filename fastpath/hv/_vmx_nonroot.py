@@ -13,9 +13,9 @@ RUN interrupted by the preemption timer keeps the cycles it has not run yet. Wit
 "virtual-interrupt delivery", a recognised virtual interrupt is delivered at the boundary
 before an event (`_vmx_posted`); the model evaluates recognition there, which delivers the
 same interrupts as the SDM's evaluation points since nothing else in the model moves RVI,
-VPPR or the interrupt-window control while the guest runs. Guest time (the
-TSC, which the preemption timer counts) passes in RUN events only. HLT without "HLT exiting"
-retires at once: the model has no activity states.
+VPPR or the interrupt-window control while the guest runs. Guest time (the TSC, which the
+preemption timer counts) passes in RUN events only. HLT without "HLT exiting" retires at
+once: the model has no activity states.
 
 Memory accesses (READ, WRITE, FETCH) are translated through EPT when "enable EPT" is in force
 and the vCPU was given a `translate(eptp, gpa, access)` callable with the contract of
@@ -36,7 +36,7 @@ import numpy as np
 
 from fastpath.errors import EptMisconfig, EptViolation
 from fastpath.hv._vcpu import Vcpu
-from fastpath.hv._vmcs import Field
+from fastpath.hv._vmcs import Field, Vmcs
 from fastpath.hv._vmx_bitmaps import BITMAP_SIZE, io_exits, msr_exits
 from fastpath.hv._vmx_controls import ExitControls, PinBased, ProcBased, Secondary
 from fastpath.hv._vmx_entry import (
@@ -56,7 +56,12 @@ from fastpath.hv._vmx_exits import (
     io_qualification,
     string_io_instruction_info,
 )
-from fastpath.hv._vmx_posted import X2APIC_EOI_MSR, VirtualApic, post_interrupt
+from fastpath.hv._vmx_posted import (
+    PI_DESCRIPTOR_DTYPE,
+    X2APIC_EOI_MSR,
+    VirtualApic,
+    post_interrupt,
+)
 
 __all__ = ["Translate", "GuestProgress", "step"]
 
@@ -92,7 +97,7 @@ def _bitmap(vcpu: Vcpu, address: int):
     return vcpu.memory[address:address + BITMAP_SIZE]
 
 
-def _interruptible(vmcs) -> bool:
+def _interruptible(vmcs: Vmcs) -> bool:
     return bool(vmcs[Field.GUEST_RFLAGS] & RFLAGS_IF
                 and not vmcs[Field.GUEST_INTERRUPTIBILITY_INFO] & (BLOCKING_BY_STI
                                                                    | BLOCKING_BY_MOV_SS))
@@ -124,7 +129,7 @@ def _deliver_virtual_interrupt(vcpu: Vcpu, progress: GuestProgress) -> None:
 
 def _posted_descriptor(vcpu: Vcpu):
     address = vcpu.vmcs[Field.POSTED_INTR_DESC_ADDR]
-    return vcpu.memory[address:address + 64]
+    return vcpu.memory[address:address + PI_DESCRIPTOR_DTYPE.itemsize]
 
 
 def _run(vcpu: Vcpu, cycles: int, progress: GuestProgress, index: int) -> Exit | None:

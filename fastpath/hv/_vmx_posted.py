@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastpath.hv._vmcs import Field, Vmcs
+from fastpath.hv._vmx_entry import VMX_PAGE
 
 __all__ = ["PI_DESCRIPTOR_DTYPE", "PI_ON", "PI_SN", "pi_control", "post_interrupt",
            "VirtualApic", "X2APIC_EOI_MSR"]
@@ -85,7 +86,7 @@ class VirtualApic:
     def __init__(self, vmcs: Vmcs, memory):
         self.vmcs = vmcs
         address = vmcs[Field.VIRTUAL_APIC_PAGE_ADDR]
-        self.page = memory[address:address + 0x1000]
+        self.page = memory[address:address + VMX_PAGE]
 
     def _vector_bits(self, base: int) -> int:
         # The 256-bit IRR or ISR: eight 32-bit registers 16 bytes apart.
