@@ -405,3 +405,22 @@ def test_an_interrupt_after_sti_does_not_end_the_sti_shadow():
     _, runner = _run(records, handlers={ExitReason.INTERRUPT_WINDOW: close_window},
                      CPU_BASED_VM_EXEC_CONTROL=ProcBased.INTERRUPT_WINDOW_EXITING)
     assert seen == [3] and runner.counters.progress.guest_interrupts == 1
+
+
+# Spec hv §2.3 (SDM Appendix C; Linux uapi vmx.h), as written there.
+SPEC_EXIT_REASONS = """0 EXCEPTION_NMI · 1 EXTERNAL_INTERRUPT · 2 TRIPLE_FAULT · 3 INIT_SIGNAL ·
+7 INTERRUPT_WINDOW · 8 NMI_WINDOW · 9 TASK_SWITCH · 10 CPUID · 12 HLT · 13 INVD · 14 INVLPG ·
+15 RDPMC · 16 RDTSC · 18 VMCALL · 19 VMCLEAR · 20 VMLAUNCH · 21 VMPTRLD · 22 VMPTRST ·
+23 VMREAD · 24 VMRESUME · 25 VMWRITE · 26 VMOFF · 27 VMON · 28 CR_ACCESS · 29 DR_ACCESS ·
+30 IO_INSTRUCTION · 31 MSR_READ · 32 MSR_WRITE · 33 INVALID_STATE · 34 MSR_LOAD_FAIL · 36 MWAIT ·
+37 MONITOR_TRAP_FLAG · 39 MONITOR · 40 PAUSE · 41 MCE_DURING_VMENTRY · 43 TPR_BELOW_THRESHOLD ·
+44 APIC_ACCESS · 45 EOI_INDUCED · 46 GDTR_IDTR · 47 LDTR_TR · 48 EPT_VIOLATION ·
+49 EPT_MISCONFIG · 50 INVEPT · 51 RDTSCP · 52 PREEMPTION_TIMER · 53 INVVPID · 54 WBINVD ·
+55 XSETBV · 56 APIC_WRITE · 57 RDRAND · 58 INVPCID · 59 VMFUNC · 60 ENCLS · 61 RDSEED ·
+62 PML_FULL · 63 XSAVES · 64 XRSTORS · 67 UMWAIT · 68 TPAUSE · 77 TDCALL"""
+
+
+def test_basic_exit_reasons_are_the_sdm_numbers():
+    pairs = [item.split() for item in SPEC_EXIT_REASONS.replace("\n", " ").split("·")]
+    assert {name: int(number) for number, name in pairs} == {r.name: r.value
+                                                             for r in ExitReason}
