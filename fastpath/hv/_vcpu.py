@@ -136,7 +136,7 @@ class Vcpu:
         if address == self.vmxon_pointer:
             raise self._fail(VmInstructionError.VMCLEAR_VMXON_POINTER)
         vmcs = self._regions.setdefault(address, Vmcs())
-        vmcs.launched = vmcs.stale = False
+        vmcs.launched = vmcs.stale = vmcs.checked = False
         if address == self.current:
             self.current = None
 
@@ -207,23 +207,32 @@ class Vcpu:
             raise self._fail(VmInstructionError.VMRESUME_NONLAUNCHED_VMCS)
         if not launch and vmcs.stale:
             raise self._fail(VmInstructionError.VMRESUME_AFTER_VMXOFF)
-        if not controls_valid(vmcs, self.capabilities, self.eptp_valid):
-            raise self._fail(VmInstructionError.ENTRY_INVALID_CONTROL_FIELD)
-        if not host_state_valid(vmcs, self.capabilities):
-            raise self._fail(VmInstructionError.ENTRY_INVALID_HOST_STATE_FIELD)
-        failure = guest_state_failure(vmcs)
+        failure = self._check_entry(vmcs)
         if failure is not None:
-            # §27.8: the failure is reported as a VM exit; the host state is loaded and
-            # the processor stays in root operation.
-            self.mode = VcpuMode.GUEST
-            return self.vm_exit(ExitReason.INVALID_STATE, qualification=failure,
-                                entry_failure=True)
+            return failure
         vmcs.launched = True
         self.mode = VcpuMode.GUEST
         pin = vmcs[Field.PIN_BASED_VM_EXEC_CONTROL]
         self.preemption_timer = (vmcs[Field.VMX_PREEMPTION_TIMER_VALUE]
                                  if pin & PinBased.PREEMPTION_TIMER else None)
         return None
+
+    def _check_entry(self, vmcs: Vmcs) -> Exit | None:
+        # The checks of `_vmx_entry`, in the SDM's order: controls, host state, guest state.
+        if not vmcs.checked:
+            if not controls_valid(vmcs, self.capabilities, self.eptp_valid):
+                raise self._fail(VmInstructionError.ENTRY_INVALID_CONTROL_FIELD)
+            if not host_state_valid(vmcs, self.capabilities):
+                raise self._fail(VmInstructionError.ENTRY_INVALID_HOST_STATE_FIELD)
+            vmcs.checked = True
+        failure = guest_state_failure(vmcs)
+        if failure is None:
+            return None
+        # §27.8: the failure is reported as a VM exit; the host state is loaded and the
+        # processor stays in root operation.
+        self.mode = VcpuMode.GUEST
+        return self.vm_exit(ExitReason.INVALID_STATE, qualification=failure,
+                            entry_failure=True)
 
     # -- VM exits ------------------------------------------------------------------------
 

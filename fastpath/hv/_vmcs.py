@@ -171,6 +171,8 @@ def fail_valid(number: VmInstructionError) -> VmFailValid:
 
 _MASK64 = (1 << 64) - 1
 _LOW32 = 0xFFFF_FFFF
+# Each field's value mask, decoded once: stores happen on every VM exit.
+_VALUE_MASK = {field: (1 << field.encoding.width.bits) - 1 for field in Field}
 
 
 class Vmcs:
@@ -193,6 +195,12 @@ class Vmcs:
         # The model's reading of error 6: a VMCS left launched (not VMCLEARed) across VMXOFF
         # and VMXON is no longer one VMRESUME can trust (§31.4, "VMRESUME after VMXOFF").
         self.stale = False
+        # Whether the controls and host state passed VM entry's checks and no VMWRITE to a
+        # control or host-state field came since: like processors that cache the VMCS,
+        # entry skips those checks then (Linux commit 804939ea200d: they "skip consistency
+        # checks if the relevant fields have not changed since the last successful
+        # VM-Entry"). Guest state is checked at every entry.
+        self.checked = False
 
     def __getitem__(self, field: Field) -> int:
         return self._values[field]
@@ -224,7 +232,9 @@ class Vmcs:
         if high:
             value = (value & _LOW32) << 32 | self._values[field] & _LOW32
         self.store(field, value)
+        if field.encoding.type in (FieldType.CONTROL, FieldType.HOST_STATE):
+            self.checked = False
 
     def store(self, field: Field, value: int) -> None:
         """The processor's write of a field, any type, truncated to its width."""
-        self._values[field] = value & (1 << field.encoding.width.bits) - 1
+        self._values[field] = value & _VALUE_MASK[field]

@@ -61,11 +61,11 @@ _INTERRUPTIBILITY_RESERVED = 0xFFFF_FFE0
 NO_LINK_POINTER = (1 << 64) - 1
 
 
-def secondary_controls(vmcs: Vmcs) -> Secondary:
+def secondary_controls(vmcs: Vmcs) -> int:
     """The secondary controls in force: 0 unless "activate secondary controls" (§25.6.2)."""
     if vmcs[Field.CPU_BASED_VM_EXEC_CONTROL] & ProcBased.ACTIVATE_SECONDARY_CONTROLS:
-        return Secondary(vmcs[Field.SECONDARY_VM_EXEC_CONTROL])
-    return Secondary(0)
+        return vmcs[Field.SECONDARY_VM_EXEC_CONTROL]
+    return 0
 
 
 def canonical(address: int) -> bool:
@@ -107,7 +107,7 @@ def controls_valid(vmcs: Vmcs, caps: VmxCapabilities,
 
 
 def _apic_controls_valid(vmcs: Vmcs, caps: VmxCapabilities, pin: int, proc: int, exit_: int,
-                         secondary: Secondary) -> bool:
+                         secondary: int) -> bool:
     # Checks C8-C10 (§27.2.1.1).
     tpr_shadow = proc & ProcBased.USE_TPR_SHADOW
     delivery = secondary & Secondary.VIRTUAL_INTERRUPT_DELIVERY
