@@ -3,8 +3,9 @@ bitmaps of `fastpath.hv.vmx`.
 
 The model reads 4 KiB bitmaps bit by bit; the reference keeps sets of intercepted ports and
 MSRs, decides from those (SDM Vol. 3C §26.1.3), and builds the bitmap pages as single
-little-endian integers, one bit per port or MSR (§25.6.4, §25.6.9). `ready_vcpu` gives tests
-a vCPU whose VMCS passes every VM-entry check the model makes.
+little-endian integers, one bit per port or MSR (§25.6.4, §25.6.9). `InstructionOutcomes` is
+the VMX instructions' state machine from the SDM's pseudocode. `ready_vcpu` gives tests a
+vCPU whose VMCS passes every VM-entry check the model makes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastpath.hv.vmx import (
 )
 
 __all__ = ["io_exits", "msr_exits", "io_bitmaps", "msr_bitmap", "ready_vcpu", "VMXON_REGION",
-           "VMCS_REGION"]
+           "VMCS_REGION", "InstructionOutcomes"]
 
 _PAGE = 4096
 LOW_MSRS = range(0x0000_0000, 0x0000_2000)
@@ -81,3 +82,78 @@ def ready_vcpu(memory, capabilities: VmxCapabilities | None = None, **fields: in
     for name, value in {**setup, **fields}.items():
         vcpu.vmwrite(Field[name], int(value))
     return vcpu
+
+
+class InstructionOutcomes:
+    """The VMX instructions' outcomes, from the SDM's pseudocode (Vol. 3C §31.3) alone:
+    "ok", "#UD", "VMfailInvalid" or ("VMfailValid", error number). It tracks only what the
+    outcomes depend on: VMX operation, the VMXON pointer, the current-VMCS pointer, each
+    region's launch state, and which launched regions outlived a VMXOFF. `good` is the set
+    of region addresses that are aligned, in memory and carry the right revision identifier;
+    `aligned` those that are merely aligned and in memory. Entries assume a VMCS whose
+    checks pass."""
+
+    def __init__(self, good: set[int], aligned: set[int]):
+        self.good, self.aligned = good, aligned
+        self.on = False
+        self.vmxon_pointer: int | None = None
+        self.current: int | None = None
+        self.launched: set[int] = set()
+        self.stale: set[int] = set()
+
+    def _fail(self, number: int):
+        return "VMfailInvalid" if self.current is None else ("VMfailValid", number)
+
+    def vmxon(self, address: int):
+        if self.on:
+            return self._fail(15)
+        if address not in self.good:
+            return "VMfailInvalid"
+        self.on, self.vmxon_pointer, self.current = True, address, None
+        return "ok"
+
+    def vmxoff(self):
+        if not self.on:
+            return "#UD"
+        self.stale |= self.launched
+        self.on, self.vmxon_pointer, self.current = False, None, None
+        return "ok"
+
+    def vmclear(self, address: int):
+        if not self.on:
+            return "#UD"
+        if address not in self.aligned:
+            return self._fail(2)
+        if address == self.vmxon_pointer:
+            return self._fail(3)
+        self.launched.discard(address)
+        self.stale.discard(address)
+        if address == self.current:
+            self.current = None
+        return "ok"
+
+    def vmptrld(self, address: int):
+        if not self.on:
+            return "#UD"
+        if address not in self.aligned:
+            return self._fail(9)
+        if address == self.vmxon_pointer:
+            return self._fail(10)
+        if address not in self.good:
+            return self._fail(11)
+        self.current = address
+        return "ok"
+
+    def enter(self, launch: bool):
+        if not self.on:
+            return "#UD"
+        if self.current is None:
+            return "VMfailInvalid"
+        if launch and self.current in self.launched:
+            return self._fail(4)
+        if not launch and self.current not in self.launched:
+            return self._fail(5)
+        if not launch and self.current in self.stale:
+            return self._fail(6)
+        self.launched.add(self.current)
+        return "ok"
