@@ -25,7 +25,7 @@ from fastpath.hv._vmx_entry import (
     guest_state_failure,
     host_state_valid,
 )
-from fastpath.hv._vmx_exits import ENTRY_FAILURE, Exit, ExitReason
+from fastpath.hv._vmx_exits import ENTRY_FAILURE, INTERRUPTION_INFO_VALID, Exit, ExitReason
 
 __all__ = ["VcpuMode", "Vcpu", "NO_CURRENT_VMCS"]
 
@@ -190,7 +190,9 @@ class Vcpu:
         """VMLAUNCH: enter the guest with a clear VMCS (error 4 otherwise).
 
         Returns None once the guest runs, or the VM-entry failure exit if guest state fails
-        its checks (the launch state stays clear). Errors 7 and 8: see `_vmx_entry`.
+        its checks (the launch state stays clear). Errors 7 and 8: see `_vmx_entry`. An event
+        in VM_ENTRY_INTR_INFO_FIELD is injected: delivered through the guest's IDT as the
+        entry completes (§27.6), which the model counts and does not otherwise run.
         """
         return self._enter(launch=True)
 
@@ -247,7 +249,9 @@ class Vcpu:
         unless an event caused it) and VM_EXIT_INSTRUCTION_LEN (0 unless an instruction
         caused it, §28.2.4); GUEST_PHYSICAL_ADDRESS, GUEST_LINEAR_ADDRESS and
         VMX_INSTRUCTION_INFO only when given (§28.2.1-28.2.5). With "save VMX-preemption
-        timer value" the timer's value is saved (§28.3.4).
+        timer value" the timer's value is saved (§28.3.4). The valid bit of the VM-entry
+        interruption information is cleared (§28.2.5), unless the entry failed: then the
+        event was never delivered.
         """
         if self.mode is not VcpuMode.GUEST:
             raise VmxError("a VM exit needs a running guest")
@@ -262,6 +266,9 @@ class Vcpu:
                 vmcs.store(field, value)
         if instruction_info:
             vmcs.store(Field.VMX_INSTRUCTION_INFO, instruction_info)
+        if not entry_failure:
+            vmcs.store(Field.VM_ENTRY_INTR_INFO_FIELD,
+                       vmcs[Field.VM_ENTRY_INTR_INFO_FIELD] & ~INTERRUPTION_INFO_VALID)
         if (self.preemption_timer is not None
                 and vmcs[Field.VM_EXIT_CONTROLS] & ExitControls.SAVE_PREEMPTION_TIMER):
             vmcs.store(Field.VMX_PREEMPTION_TIMER_VALUE, self.preemption_timer)

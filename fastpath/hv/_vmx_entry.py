@@ -18,7 +18,13 @@ Controls (§27.2.1), VMfailValid error 7:
      and "virtual-interrupt delivery" requires "external-interrupt exiting";
   C10 "process posted interrupts" requires "virtual-interrupt delivery" and "acknowledge
      interrupt on exit", a notification vector with bits 15:8 clear, and a descriptor
-     address 64-byte aligned and below 2**MAXPHYADDR.
+     address 64-byte aligned and below 2**MAXPHYADDR;
+  C11 an event to inject (VM_ENTRY_INTR_INFO_FIELD bit 31, §27.2.1.3): bits 30:12 clear, a
+     type that is not 1 (reserved) or 7 (the model has no monitor trap flag), vector 2 for
+     an NMI and at most 31 for a hardware exception, an error code delivered exactly for
+     the hardware exceptions that push one (8, 10-14, 17) unless an unrestricted guest runs
+     with CR0.PE = 0, with bits 31:16 of that error code clear, and an instruction length of
+     1 to 15 for software interrupts and exceptions.
 Host state (§27.2.2-27.2.4), VMfailValid error 8:
   H1 "host address-space size" is 1 (the modelled VMM runs in IA-32e mode);
   H2 HOST_CR0 has PE, NE and PG set, HOST_CR4 VMXE and PAE (IA32_VMX_CR0/CR4_FIXED0);
@@ -47,7 +53,7 @@ from fastpath.hv._vmx_controls import (
     Secondary,
     VmxCapabilities,
 )
-from fastpath.hv._vmx_exits import EntryFailure
+from fastpath.hv._vmx_exits import INTERRUPTION_INFO_VALID, EntryFailure, InterruptionType
 
 # VMX structures (VMXON region, VMCS, bitmaps, virtual-APIC page) are 4 KiB, whatever the
 # host's page size.
@@ -103,7 +109,39 @@ def controls_valid(vmcs: Vmcs, caps: VmxCapabilities,
         return False
     if exit_ & ExitControls.SAVE_PREEMPTION_TIMER and not pin & PinBased.PREEMPTION_TIMER:
         return False
-    return _apic_controls_valid(vmcs, caps, pin, proc, exit_, secondary)
+    return (_apic_controls_valid(vmcs, caps, pin, proc, exit_, secondary)
+            and _injection_valid(vmcs, secondary))
+
+
+_ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17})  # #DF #TS #NP #SS #GP #PF #AC
+_SOFTWARE_TYPES = frozenset({InterruptionType.SOFTWARE_INTERRUPT,
+                             InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
+                             InterruptionType.SOFTWARE_EXCEPTION})
+_TYPES = frozenset(InterruptionType)  # 1 is reserved; 7, other event, needs MTF
+_INJECTION_RESERVED = 0x7FFF_F000
+_DELIVER_ERROR_CODE = 1 << 11
+
+
+def _injection_valid(vmcs: Vmcs, secondary: int) -> bool:
+    # Check C11 (§27.2.1.3).
+    info = vmcs[Field.VM_ENTRY_INTR_INFO_FIELD]
+    if not info & INTERRUPTION_INFO_VALID:
+        return True
+    vector, kind = info & 0xFF, info >> 8 & 7
+    if info & _INJECTION_RESERVED or kind not in _TYPES:
+        return False
+    if (kind == InterruptionType.NMI and vector != 2
+            or kind == InterruptionType.HARDWARE_EXCEPTION and vector > 31):
+        return False
+    protected = (not secondary & Secondary.UNRESTRICTED_GUEST
+                 or vmcs[Field.GUEST_CR0] & CR0_PE)
+    pushes = bool(protected and kind == InterruptionType.HARDWARE_EXCEPTION
+                  and vector in _ERROR_CODE_VECTORS)
+    if bool(info & _DELIVER_ERROR_CODE) != pushes:
+        return False
+    if pushes and vmcs[Field.VM_ENTRY_EXCEPTION_ERROR_CODE] >> 16:
+        return False
+    return kind not in _SOFTWARE_TYPES or 1 <= vmcs[Field.VM_ENTRY_INSTRUCTION_LEN] <= 15
 
 
 def _apic_controls_valid(vmcs: Vmcs, caps: VmxCapabilities, pin: int, proc: int, exit_: int,

@@ -104,8 +104,9 @@ _ERROR_CODE_VALID = 1 << 11
 
 
 def interruption_info(vector: int, kind: InterruptionType, error_code_valid: bool = False) -> int:
-    """VM_EXIT_INTR_INFO for an event: vector in bits 7:0, type in 10:8, error-code valid in
-    bit 11, valid in bit 31 (§25.9.2; Linux INTR_INFO_*)."""
+    """VM_EXIT_INTR_INFO for an event, or VM_ENTRY_INTR_INFO_FIELD for one to inject (the
+    same layout, §25.8.3, §25.9.2; Linux INTR_INFO_*): vector in bits 7:0, type in 10:8,
+    error code valid (or to deliver) in bit 11, valid in bit 31."""
     if not 0 <= vector <= 0xFF:
         raise ValueError(f"vector {vector} does not fit in 8 bits")
     return (vector | int(kind) << 8 | (_ERROR_CODE_VALID if error_code_valid else 0)

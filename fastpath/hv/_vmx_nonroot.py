@@ -79,12 +79,14 @@ INSTRUCTION_EXITS = frozenset({
 @dataclass
 class GuestProgress:
     """What the guest has done so far beyond its exits: events retired, external interrupts
-    delivered straight to it, posted-interrupt notifications processed and virtual
-    interrupts delivered without an exit, TSC cycles run, EPT walks made and their memory
-    references, and the cycles left of a RUN the preemption timer cut short."""
+    delivered straight to it, events the VMM injected at VM entry, posted-interrupt
+    notifications processed and virtual interrupts delivered without an exit, TSC cycles
+    run, EPT walks made and their memory references, and the cycles left of a RUN the
+    preemption timer cut short."""
 
     retired: int = 0
     guest_interrupts: int = 0
+    injected: int = 0
     posted_notifications: int = 0
     virtual_interrupts: int = 0
     guest_cycles: int = 0

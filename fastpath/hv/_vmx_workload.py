@@ -26,7 +26,7 @@ from fastpath.errors import VmxError
 from fastpath.hv._vcpu import Vcpu, VcpuMode
 from fastpath.hv._vmcs import Field
 from fastpath.hv._vmx_events import EVENT_DTYPE
-from fastpath.hv._vmx_exits import Exit, ExitReason
+from fastpath.hv._vmx_exits import INTERRUPTION_INFO_VALID, Exit, ExitReason
 from fastpath.hv._vmx_nonroot import INSTRUCTION_EXITS, GuestProgress, Translate, retire, step
 
 __all__ = ["Handler", "VmxCounters", "GuestRunner", "skip_instruction", "EXIT_REASON_SLOTS"]
@@ -98,9 +98,11 @@ class GuestRunner:
     def _enter(self) -> None:
         for _ in range(self.max_exits_per_event):
             vcpu = self.vcpu
+            injecting = vcpu.vmcs[Field.VM_ENTRY_INTR_INFO_FIELD] & INTERRUPTION_INFO_VALID
             failure = vcpu.vmresume() if vcpu.vmcs.launched else vcpu.vmlaunch()
             self.counters.entries += 1
             if failure is None:
+                self.counters.progress.injected += bool(injecting)
                 return
             self.counters.entry_failures += 1
             self._handle(failure)
