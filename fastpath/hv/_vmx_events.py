@@ -5,15 +5,19 @@ describes what the guest does as an array of `EVENT_DTYPE`, one record per instr
 event, in program order. Fields (little-endian, 32 bytes a record):
 
   address  u8  the I/O port (IO), MSR index (RDMSR, WRMSR), guest-physical address (READ,
-               WRITE, FETCH) or interrupt vector (EXTINT, POST); 0 otherwise
-  value    u8  the data written (IO out, WRMSR, WRITE); guest cycles for RUN; 0 otherwise
-  gla      u8  the guest linear address, where flag GLA is set (memory accesses, INS/OUTS)
+               WRITE, FETCH), interrupt vector (EXTINT, POST) or control register number
+               (MOV_TO_CR, MOV_FROM_CR); 0 otherwise
+  value    u8  the data written (IO out, WRMSR, WRITE, MOV_TO_CR, LMSW's source); guest
+               cycles for RUN; 0 otherwise
+  gla      u8  the guest linear address, where flag GLA is set (memory accesses, INS/OUTS,
+               LMSW with a memory operand)
   kind     u1  an `EventKind`
   flags    u1  `EventFlag` bits
   size     u1  bytes accessed: 1, 2 or 4 for IO; 1 to 8 for READ, WRITE, FETCH
   ilen     u1  the instruction's length in bytes (what VM_EXIT_INSTRUCTION_LEN reports); 0
                for RUN, EXTINT and POST, which are not one instruction
-  _pad     4 bytes, zero
+  reg      u1  the general-purpose register of MOV_TO_CR / MOV_FROM_CR (0 RAX ... 15 R15)
+  _pad     3 bytes, zero
 
 `event()` builds one record with the usual instruction lengths filled in.
 """
@@ -34,7 +38,8 @@ EVENT_DTYPE = np.dtype([
     ("flags", "u1"),
     ("size", "u1"),
     ("ilen", "u1"),
-    ("_pad", "V4"),
+    ("reg", "u1"),
+    ("_pad", "V3"),
 ])
 assert EVENT_DTYPE.itemsize == 32
 
@@ -56,6 +61,10 @@ class EventKind(IntEnum):
     STI = 11
     CLI = 12
     POST = 13  # a poster posts vector `address` to the vCPU's posted-interrupt descriptor
+    MOV_TO_CR = 14  # MOV CRn, reg: n in `address`, the register in `reg`, its value in `value`
+    MOV_FROM_CR = 15  # MOV reg, CRn
+    CLTS = 16
+    LMSW = 17  # source in `value`; a memory operand if flag GLA gives its address
 
 
 class EventFlag(IntFlag):
@@ -74,7 +83,12 @@ class EventFlag(IntFlag):
 _LENGTHS = {EventKind.CPUID: 2, EventKind.HLT: 1, EventKind.RDMSR: 2, EventKind.WRMSR: 2,
             EventKind.VMCALL: 3, EventKind.STI: 1, EventKind.CLI: 1, EventKind.READ: 3,
             EventKind.WRITE: 3, EventKind.FETCH: 3, EventKind.RUN: 0, EventKind.EXTINT: 0,
-            EventKind.POST: 0}
+            EventKind.POST: 0, EventKind.CLTS: 2, EventKind.LMSW: 3}
+
+
+def _mov_cr_length(cr: int, reg: int) -> int:
+    # MOV to/from CRn: 0F 22/20 /r; a REX prefix for CR8 (REX.R) or R8-R15 (REX.B).
+    return 3 + (cr >= 8 or reg >= 8)
 
 
 def _io_length(size: int, flags: EventFlag) -> int:
@@ -85,15 +99,21 @@ def _io_length(size: int, flags: EventFlag) -> int:
 
 
 def event(kind: EventKind, address: int = 0, size: int = 0, value: int = 0,
-          flags: EventFlag | int = 0, gla: int | None = None, ilen: int | None = None) -> tuple:
+          flags: EventFlag | int = 0, gla: int | None = None, ilen: int | None = None,
+          reg: int = 0) -> tuple:
     """One event as a tuple for `np.array(..., dtype=EVENT_DTYPE)` (or `events`).
 
     `gla`, when given, sets flag GLA; `ilen` defaults to the instruction's usual length.
     """
     flags = EventFlag(flags) | (EventFlag.GLA if gla is not None else 0)
     if ilen is None:
-        ilen = _io_length(size, flags) if kind == EventKind.IO else _LENGTHS[EventKind(kind)]
-    return (address, value, gla or 0, int(kind), int(flags), size, ilen, b"")
+        if kind == EventKind.IO:
+            ilen = _io_length(size, flags)
+        elif kind in (EventKind.MOV_TO_CR, EventKind.MOV_FROM_CR):
+            ilen = _mov_cr_length(address, reg)
+        else:
+            ilen = _LENGTHS[EventKind(kind)]
+    return (address, value, gla or 0, int(kind), int(flags), size, ilen, reg, b"")
 
 
 def events(*records: tuple) -> np.ndarray:

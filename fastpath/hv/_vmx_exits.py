@@ -7,7 +7,8 @@ from enum import IntEnum
 from typing import NamedTuple
 
 __all__ = ["ExitReason", "ENTRY_FAILURE", "EntryFailure", "InterruptionType",
-           "INTERRUPTION_INFO_VALID", "interruption_info", "io_qualification",
+           "INTERRUPTION_INFO_VALID", "interruption_info", "io_qualification", "CrAccess",
+           "cr_access_qualification",
            "string_io_instruction_info", "EPT_GLA_VALID", "EPT_GLA_TRANSLATED", "Exit"]
 
 
@@ -125,6 +126,28 @@ def io_qualification(port: int, size: int, is_in: bool, string: bool = False, re
         raise ValueError(f"no I/O instruction accesses {size} bytes at port {port:#x}")
     return (_IO_SIZES[size] | is_in << 3 | string << 4 | rep << 5 | immediate << 6
             | port << 16)
+
+
+class CrAccess(IntEnum):
+    """Control-register access types: CR-access exit qualification bits 5:4 (§28.2.1,
+    Table 28-3)."""
+
+    MOV_TO_CR = 0
+    MOV_FROM_CR = 1
+    CLTS = 2
+    LMSW = 3
+
+
+def cr_access_qualification(cr: int, access: CrAccess, reg: int = 0,
+                            lmsw_memory: bool = False, lmsw_source: int = 0) -> int:
+    """The exit qualification of a control-register access (§28.2.1, Table 28-3; spec hv
+    §2.4): bits 3:0 the CR number (4 bits, for CR8: spec hv §8 item 6), bits 5:4 the access
+    type, bit 6 LMSW's operand type (1 = memory), bits 11:8 the general-purpose register,
+    bits 31:16 LMSW's source data."""
+    if not 0 <= cr <= 15 or not 0 <= reg <= 15:
+        raise ValueError(f"CR{cr} and register {reg} must fit in 4 bits")
+    return (cr | int(access) << 4 | lmsw_memory << 6 | reg << 8
+            | (lmsw_source & 0xFFFF) << 16)
 
 
 # VMX_INSTRUCTION_INFO for INS and OUTS (§28.2.5, Table 28-8): address size in bits 9:7 (2 =

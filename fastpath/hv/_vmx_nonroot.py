@@ -49,9 +49,11 @@ from fastpath.hv._vmx_events import EventFlag, EventKind
 from fastpath.hv._vmx_exits import (
     EPT_GLA_TRANSLATED,
     EPT_GLA_VALID,
+    CrAccess,
     Exit,
     ExitReason,
     InterruptionType,
+    cr_access_qualification,
     interruption_info,
     io_qualification,
     string_io_instruction_info,
@@ -71,7 +73,8 @@ _ALWAYS_EXIT = {EventKind.CPUID: ExitReason.CPUID, EventKind.VMCALL: ExitReason.
 # Exits caused by executing the event's instruction: the guest runs it again unless the VMM
 # advances GUEST_RIP past it.
 INSTRUCTION_EXITS = frozenset({
-    ExitReason.CPUID, ExitReason.HLT, ExitReason.VMCALL, ExitReason.MSR_READ,
+    ExitReason.CPUID, ExitReason.HLT, ExitReason.VMCALL, ExitReason.CR_ACCESS,
+    ExitReason.MSR_READ,
     ExitReason.MSR_WRITE, ExitReason.IO_INSTRUCTION, ExitReason.EPT_VIOLATION,
     ExitReason.EPT_MISCONFIG})
 
@@ -189,6 +192,74 @@ def _msr_exit(vcpu: Vcpu, event, index: int, write: bool) -> Exit | None:
                         instruction_length=int(event["ilen"]), event=index)
 
 
+_CR_FIELDS = {0: (Field.GUEST_CR0, Field.CR0_GUEST_HOST_MASK, Field.CR0_READ_SHADOW),
+              4: (Field.GUEST_CR4, Field.CR4_GUEST_HOST_MASK, Field.CR4_READ_SHADOW)}
+_CR_EXITING = {(3, CrAccess.MOV_TO_CR): ProcBased.CR3_LOAD_EXITING,
+               (3, CrAccess.MOV_FROM_CR): ProcBased.CR3_STORE_EXITING,
+               (8, CrAccess.MOV_TO_CR): ProcBased.CR8_LOAD_EXITING,
+               (8, CrAccess.MOV_FROM_CR): ProcBased.CR8_STORE_EXITING}
+_ACCESS_OF = {EventKind.MOV_TO_CR: CrAccess.MOV_TO_CR, EventKind.MOV_FROM_CR:
+              CrAccess.MOV_FROM_CR, EventKind.CLTS: CrAccess.CLTS, EventKind.LMSW: CrAccess.LMSW}
+_CR0_TS, _LMSW_BITS = 1 << 3, 0xF  # LMSW loads CR0 bits 3:0 (PE, MP, EM, TS)
+
+
+def _cr_exits(vmcs: Vmcs, cr: int, access: CrAccess, value: int) -> bool:
+    # §26.1.3: CR0 and CR4 exit on writes that would change a host-owned bit (a bit set in
+    # the guest/host mask) from its read shadow; CR3 and CR8 by their load/store controls
+    # (the model has no CR3-target values: CR3_TARGET_COUNT is 0); reads of CR0/CR4 and
+    # every access to CR2 never exit.
+    if (cr, access) in _CR_EXITING:
+        return bool(vmcs[Field.CPU_BASED_VM_EXEC_CONTROL] & _CR_EXITING[cr, access])
+    if access == CrAccess.MOV_FROM_CR or cr not in _CR_FIELDS:
+        return False
+    _, mask_field, shadow_field = _CR_FIELDS[cr]
+    mask, shadow = vmcs[mask_field], vmcs[shadow_field]
+    if access == CrAccess.CLTS:
+        return bool(mask & shadow & _CR0_TS)
+    if access == CrAccess.LMSW:
+        # LMSW cannot clear PE: it exits on setting an owned PE the shadow has clear, or on
+        # changing an owned MP, EM or TS.
+        return bool(mask & 1 and not shadow & 1 and value & 1
+                    or (value ^ shadow) & mask & 0xE)
+    return bool((value ^ shadow) & mask)
+
+
+def _write_cr(vmcs: Vmcs, cr: int, access: CrAccess, value: int) -> None:
+    # A CR0/CR4 write that does not exit changes the guest-owned bits only; a CR3 load
+    # loads CR3. (CR8 is the TPR, which the model does not keep.)
+    if access == CrAccess.MOV_FROM_CR:
+        return
+    if cr == 3:
+        vmcs.store(Field.GUEST_CR3, value)
+    if cr not in _CR_FIELDS:
+        return
+    field, mask_field, _ = _CR_FIELDS[cr]
+    old, owned = vmcs[field], vmcs[mask_field]
+    if access == CrAccess.CLTS:
+        new = old & ~_CR0_TS
+    elif access == CrAccess.LMSW:
+        new = old & ~(_LMSW_BITS & ~1) | value & _LMSW_BITS | old & 1
+    else:
+        new = value
+    vmcs.store(field, old & owned | new & ~owned)
+
+
+def _cr_exit(vcpu: Vcpu, event, kind: EventKind, index: int) -> Exit | None:
+    vmcs, access = vcpu.vmcs, _ACCESS_OF[kind]
+    cr = 0 if access in (CrAccess.CLTS, CrAccess.LMSW) else int(event["address"])
+    value = int(event["value"])
+    if not _cr_exits(vmcs, cr, access, value):
+        _write_cr(vmcs, cr, access, value)
+        return None
+    memory_operand = access == CrAccess.LMSW and bool(event["flags"] & EventFlag.GLA)
+    qualification = cr_access_qualification(
+        cr, access, int(event["reg"]), memory_operand,
+        value if access == CrAccess.LMSW else 0)
+    return vcpu.vm_exit(ExitReason.CR_ACCESS, qualification, int(event["ilen"]),
+                        guest_linear_address=int(event["gla"]) if memory_operand else None,
+                        event=index)
+
+
 def _memory_exit(vcpu: Vcpu, event, index: int, translate: Translate | None,
                  progress: GuestProgress) -> Exit | None:
     if translate is None or not secondary_controls(vcpu.vmcs) & Secondary.ENABLE_EPT:
@@ -275,6 +346,8 @@ def step(vcpu: Vcpu, events: np.ndarray, index: int, translate: Translate | None
         exit_ = _msr_exit(vcpu, event, index, write=kind == EventKind.WRMSR)
     elif kind in _ACCESS:
         exit_ = _memory_exit(vcpu, event, index, translate, progress)
+    elif kind in _ACCESS_OF:
+        exit_ = _cr_exit(vcpu, event, kind, index)
     elif kind == EventKind.EXTINT:
         exit_ = _external_interrupt(vcpu, int(event["address"]), index, progress)
     elif kind == EventKind.POST:

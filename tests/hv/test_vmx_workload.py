@@ -73,7 +73,7 @@ STREAM = events(
 def test_the_event_record_is_32_bytes_with_the_documented_fields():
     assert EVENT_DTYPE.itemsize == 32
     assert EVENT_DTYPE.names == ("address", "value", "gla", "kind", "flags", "size", "ilen",
-                                 "_pad")
+                                 "reg", "_pad")
     record = np.array([event(EventKind.IO, 0x60, 2, flags=EventFlag.IN | EventFlag.IMMEDIATE
                              | EventFlag.REP, gla=5)], EVENT_DTYPE)[0]
     assert (record["flags"], record["ilen"]) == (EventFlag.IN | EventFlag.IMMEDIATE
