@@ -39,6 +39,7 @@ from fastpath.hv._vcpu import Vcpu
 from fastpath.hv._vmcs import Field, Vmcs
 from fastpath.hv._vmx_bitmaps import BITMAP_SIZE, io_exits, msr_exits
 from fastpath.hv._vmx_controls import ExitControls, PinBased, ProcBased, Secondary
+from fastpath.hv._vmx_cr import cr_access_exits, write_cr
 from fastpath.hv._vmx_entry import (
     BLOCKING_BY_MOV_SS,
     BLOCKING_BY_STI,
@@ -192,64 +193,16 @@ def _msr_exit(vcpu: Vcpu, event, index: int, write: bool) -> Exit | None:
                         instruction_length=int(event["ilen"]), event=index)
 
 
-_CR_FIELDS = {0: (Field.GUEST_CR0, Field.CR0_GUEST_HOST_MASK, Field.CR0_READ_SHADOW),
-              4: (Field.GUEST_CR4, Field.CR4_GUEST_HOST_MASK, Field.CR4_READ_SHADOW)}
-_CR_EXITING = {(3, CrAccess.MOV_TO_CR): ProcBased.CR3_LOAD_EXITING,
-               (3, CrAccess.MOV_FROM_CR): ProcBased.CR3_STORE_EXITING,
-               (8, CrAccess.MOV_TO_CR): ProcBased.CR8_LOAD_EXITING,
-               (8, CrAccess.MOV_FROM_CR): ProcBased.CR8_STORE_EXITING}
-_ACCESS_OF = {EventKind.MOV_TO_CR: CrAccess.MOV_TO_CR, EventKind.MOV_FROM_CR:
+_CR_ACCESS_OF = {EventKind.MOV_TO_CR: CrAccess.MOV_TO_CR, EventKind.MOV_FROM_CR:
               CrAccess.MOV_FROM_CR, EventKind.CLTS: CrAccess.CLTS, EventKind.LMSW: CrAccess.LMSW}
-_CR0_TS, _LMSW_BITS = 1 << 3, 0xF  # LMSW loads CR0 bits 3:0 (PE, MP, EM, TS)
-
-
-def _cr_exits(vmcs: Vmcs, cr: int, access: CrAccess, value: int) -> bool:
-    # §26.1.3: CR0 and CR4 exit on writes that would change a host-owned bit (a bit set in
-    # the guest/host mask) from its read shadow; CR3 and CR8 by their load/store controls
-    # (the model has no CR3-target values: CR3_TARGET_COUNT is 0); reads of CR0/CR4 and
-    # every access to CR2 never exit.
-    if (cr, access) in _CR_EXITING:
-        return bool(vmcs[Field.CPU_BASED_VM_EXEC_CONTROL] & _CR_EXITING[cr, access])
-    if access == CrAccess.MOV_FROM_CR or cr not in _CR_FIELDS:
-        return False
-    _, mask_field, shadow_field = _CR_FIELDS[cr]
-    mask, shadow = vmcs[mask_field], vmcs[shadow_field]
-    if access == CrAccess.CLTS:
-        return bool(mask & shadow & _CR0_TS)
-    if access == CrAccess.LMSW:
-        # LMSW cannot clear PE: it exits on setting an owned PE the shadow has clear, or on
-        # changing an owned MP, EM or TS.
-        return bool(mask & 1 and not shadow & 1 and value & 1
-                    or (value ^ shadow) & mask & 0xE)
-    return bool((value ^ shadow) & mask)
-
-
-def _write_cr(vmcs: Vmcs, cr: int, access: CrAccess, value: int) -> None:
-    # A CR0/CR4 write that does not exit changes the guest-owned bits only; a CR3 load
-    # loads CR3. (CR8 is the TPR, which the model does not keep.)
-    if access == CrAccess.MOV_FROM_CR:
-        return
-    if cr == 3:
-        vmcs.store(Field.GUEST_CR3, value)
-    if cr not in _CR_FIELDS:
-        return
-    field, mask_field, _ = _CR_FIELDS[cr]
-    old, owned = vmcs[field], vmcs[mask_field]
-    if access == CrAccess.CLTS:
-        new = old & ~_CR0_TS
-    elif access == CrAccess.LMSW:
-        new = old & ~(_LMSW_BITS & ~1) | value & _LMSW_BITS | old & 1
-    else:
-        new = value
-    vmcs.store(field, old & owned | new & ~owned)
 
 
 def _cr_exit(vcpu: Vcpu, event, kind: EventKind, index: int) -> Exit | None:
-    vmcs, access = vcpu.vmcs, _ACCESS_OF[kind]
+    vmcs, access = vcpu.vmcs, _CR_ACCESS_OF[kind]
     cr = 0 if access in (CrAccess.CLTS, CrAccess.LMSW) else int(event["address"])
     value = int(event["value"])
-    if not _cr_exits(vmcs, cr, access, value):
-        _write_cr(vmcs, cr, access, value)
+    if not cr_access_exits(vmcs, cr, access, value):
+        write_cr(vmcs, cr, access, value)
         return None
     memory_operand = access == CrAccess.LMSW and bool(event["flags"] & EventFlag.GLA)
     qualification = cr_access_qualification(
@@ -346,7 +299,7 @@ def step(vcpu: Vcpu, events: np.ndarray, index: int, translate: Translate | None
         exit_ = _msr_exit(vcpu, event, index, write=kind == EventKind.WRMSR)
     elif kind in _ACCESS:
         exit_ = _memory_exit(vcpu, event, index, translate, progress)
-    elif kind in _ACCESS_OF:
+    elif kind in _CR_ACCESS_OF:
         exit_ = _cr_exit(vcpu, event, kind, index)
     elif kind == EventKind.EXTINT:
         exit_ = _external_interrupt(vcpu, int(event["address"]), index, progress)
