@@ -25,7 +25,7 @@ import numpy as np
 from fastpath.errors import VmxError
 from fastpath.hv._vcpu import Vcpu, VcpuMode
 from fastpath.hv._vmcs import Field
-from fastpath.hv._vmx_events import EVENT_DTYPE
+from fastpath.hv._vmx_events import EVENT_DTYPE, EventKind
 from fastpath.hv._vmx_exits import INTERRUPTION_INFO_VALID, Exit, ExitReason
 from fastpath.hv._vmx_nonroot import INSTRUCTION_EXITS, GuestProgress, Translate, retire, step
 
@@ -112,6 +112,10 @@ class GuestRunner:
         """Run every event of `events` (an EVENT_DTYPE array); the guest is left running."""
         if events.dtype != EVENT_DTYPE:
             raise ValueError("events must be an EVENT_DTYPE array")
+        unknown = np.setdiff1d(events["kind"], np.array(list(EventKind), np.uint8))
+        if unknown.size:
+            # Checked before the guest runs, so that a bad stream stops nothing half-way.
+            raise ValueError(f"unknown event kinds {unknown.tolist()}")
         vcpu, progress = self.vcpu, self.counters.progress
         if vcpu.mode is not VcpuMode.GUEST:
             self._enter()

@@ -144,9 +144,15 @@ def test_a_failed_entry_can_be_repaired_by_its_handler():
     assert (counters.entries, counters.entry_failures, counters.progress.retired) == (2, 1, 1)
 
 
-def test_events_must_be_event_records():
+def test_events_must_be_event_records_of_known_kinds():
     with pytest.raises(ValueError):
         GuestRunner(_vcpu()).run(np.zeros(3, np.uint64))
+    stream = events(event(EventKind.CPUID), event(EventKind.CPUID))
+    stream["kind"][1] = 99
+    runner = GuestRunner(_vcpu())
+    with pytest.raises(ValueError, match="99"):
+        runner.run(stream)
+    assert runner.vcpu.mode is VcpuMode.ROOT and runner.counters.entries == 0
 
 
 def test_cost_model_arithmetic():
