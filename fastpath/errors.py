@@ -3,7 +3,10 @@
 The compiled core never raises on the data path: it returns negative codes (fastpath._core.chain's
 FP_E_* values) and counts them. The Python layer turns a code into the class named here with
 `error_for_code`, so `except fastpath.errors.VringError` catches any ring fault. Malformed
-vhost-user messages raise subclasses of `ProtocolError`.
+vhost-user messages raise subclasses of `ProtocolError`. On the modelled platform, a failed VMX
+instruction raises a `VmxError` (`VmFailValid` carries the VM-instruction error number), and an
+EPT walk that cannot translate raises `EptViolation` or `EptMisconfig`, which the VMX model
+turns into VM exits.
 """
 
 __all__ = [
