@@ -9,7 +9,13 @@ interrupts and virtual-interrupt delivery, interrupts reach the guest without an
 (`post_interrupt`, `VirtualApic`). `VmxCounters`
 counts exits by reason; a `CostModel` turns the counts into modelled time. Memory events go
 through an EPT `translate(eptp, gpa, access)` callable with the contract of
-`fastpath.hv.ept.walk`, which raises `fastpath.errors.EptViolation` / `EptMisconfig`.
+`fastpath.hv.ept.walk`, which raises `fastpath.errors.EptViolation` / `EptMisconfig`; with the
+walker over host memory `mem` the two plug together as
+
+    runner = GuestRunner(Vcpu(mem, eptp_valid=...),
+                         translate=lambda eptp, gpa, access: ept.walk(mem, eptp, gpa, access))
+
+where `eptp_valid` is the EPT side's EPTP check (spec hv §1.1), made at VM entry.
 
 Sources: Intel SDM Vol. 3C chapters 25-31, and the project's spec `hv` §2 (with §1.5-1.6).
 """
