@@ -3,7 +3,10 @@
 The compiled core never raises on the data path: it returns negative codes (fastpath._core.chain's
 FP_E_* values) and counts them. The Python layer turns a code into the class named here with
 `error_for_code`, so `except fastpath.errors.VringError` catches any ring fault. Malformed
-vhost-user messages raise subclasses of `ProtocolError`.
+vhost-user messages raise subclasses of `ProtocolError`. On the modelled platform, a failed VMX
+instruction raises a `VmxError` (`VmFailValid` carries the VM-instruction error number), and a
+walk that cannot translate raises a `TranslationFault` (`EptViolation` and `EptMisconfig` the
+VMX model turns into VM exits).
 """
 
 __all__ = [
@@ -44,6 +47,10 @@ __all__ = [
     "BadConfigAccess",
     "BadIotlbMessage",
     "NvmeCommandFailed",
+    "VmxError",
+    "VmxNotEnabled",
+    "VmFailInvalid",
+    "VmFailValid",
     "TranslationFault",
     "EptViolation",
     "EptMisconfig",
@@ -248,6 +255,33 @@ class NvmeCommandFailed(FastpathError):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+# The modelled platform (fastpath.hv): its VMX instructions (fastpath.hv.vmx).
+
+
+class VmxError(FastpathError):
+    """A VMX instruction of the modelled vCPU failed (Intel SDM Vol. 3C §31.2)."""
+
+
+class VmxNotEnabled(VmxError):
+    """A VMX instruction other than VMXON ran outside VMX operation: on a real CPU it raises
+    #UD (invalid opcode)."""
+
+
+class VmFailInvalid(VmxError):
+    """VMfailInvalid (CF = 1): the instruction failed with no current VMCS, or VMXON failed on
+    its operand, so there is no VM-instruction error field to write."""
+
+
+class VmFailValid(VmxError):
+    """VMfailValid (ZF = 1): the instruction failed and wrote `number`, the VM-instruction
+    error as the SDM numbers them (Vol. 3C §31.4; `fastpath.hv.vmx.VmInstructionError`), into
+    the current VMCS's VM_INSTRUCTION_ERROR field."""
+
+    def __init__(self, message: str, number: int):
+        super().__init__(message)
+        self.number = number
 
 
 # The modelled platform's address translation (fastpath.hv.ept, fastpath.hv.paging). The walkers
