@@ -109,6 +109,14 @@ cdef inline uint64_t fp_bits(uint32_t high, uint32_t low) noexcept nogil:
     return ((<uint64_t>2 << high) - 1) & ~((<uint64_t>1 << low) - 1)
 
 
+# splitmix64's finaliser: every input bit reaches every output bit, so that a cache indexed by
+# the low bits of a hashed tag spreads any tag evenly; deterministic, so runs repeat exactly.
+cdef inline uint64_t fp_mix64(uint64_t h) noexcept nogil:
+    h = (h ^ (h >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    h = (h ^ (h >> 27)) * <uint64_t>0x94D049BB133111EB
+    return h ^ (h >> 31)
+
+
 # The little-endian u64 at hpa into *value; False, reading nothing, when it lies outside host
 # memory. Every walker (EPT, guest paging, VT-d) reads its tables through this.
 cdef inline bint fp_read64(const fp_hostmem *mem, uint64_t hpa, uint64_t *value) noexcept nogil:

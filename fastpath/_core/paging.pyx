@@ -154,10 +154,7 @@ cdef inline uint64_t _tlb_slot(uint64_t kind, uint64_t vpid, uint64_t pcid, uint
     # A multiplicative hash of the whole tag; deterministic, so runs repeat exactly.
     cdef uint64_t h = page ^ (ep4ta * <uint64_t>0x9E3779B97F4A7C15) ^ (vpid << 40)
     h ^= (pcid << 24) ^ (kind << 60)
-    # splitmix64's finaliser: every input bit reaches the low bits the mask keeps.
-    h = (h ^ (h >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
-    h = (h ^ (h >> 27)) * <uint64_t>0x94D049BB133111EB
-    return (h ^ (h >> 31)) & mask
+    return fp_mix64(h) & mask
 
 
 cdef inline fp_tlb_entry *_tlb_find(fp_tlb *tlb, uint8_t kind, uint16_t vpid, uint16_t pcid,
