@@ -37,9 +37,10 @@ class DmaTranslation(NamedTuple):
 
 
 class DmaBurst(NamedTuple):
-    """A burst's translations: hpas[k] for the k-th IOVA (0 where it faulted), reasons[k] 0 or
-    its fault reason, how many translated, and the reads the whole burst made."""
+    """A burst's translations: hpas[k] for iovas[k] (0 where it faulted), reasons[k] 0 or its
+    fault reason, how many translated, and the reads the whole burst made."""
 
+    iovas: np.ndarray
     hpas: np.ndarray
     reasons: np.ndarray
     translated: int
@@ -129,4 +130,4 @@ def burst_raw(core_context, source_id: int, iovas, access: str) -> DmaBurst:
     reasons = np.empty(len(iovas), dtype=np.uint8)
     done, refs = _core.translate_burst(core_context, source_id, iovas, access_bits(access), out,
                                        reasons)
-    return DmaBurst(out, reasons, done, refs)
+    return DmaBurst(iovas, out, reasons, done, refs)
