@@ -9,6 +9,7 @@ calls `msi(address, data)`, by default appending to `interrupts`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fastpath.errors import DmaFault
 from fastpath.hv._host_memory import host_buffer
@@ -40,6 +41,9 @@ from fastpath.hv._vtd_regs import (
 )
 from fastpath.hv._vtd_walk import DmaBurst, DmaTranslation, burst_raw, context, fault, translate_raw
 
+if TYPE_CHECKING:
+    from fastpath.hv._vtd_device_tlb import DeviceTlb
+
 # hv.md §3.4: requests to this range are interrupt requests, never translated.
 INTERRUPT_RANGE = range(0xFEE00000, 0xFEF00000)
 _PENDING = Fsts.PPF | Fsts.PFO | Fsts.IQE       # a fault event is outstanding (hv.md §3.5)
@@ -66,7 +70,7 @@ class RemappingUnit:
         self.caps = caps
         self.caches = caches or VtdCaches()
         self.interrupt_entries = InterruptEntryCache()
-        self.device_tlbs: dict[int, object] = {}
+        self.device_tlbs: dict[int, DeviceTlb] = {}
         self.interrupts: list[tuple[int, int]] = []
         self.posted_notifications: list[tuple[int, int]] = []
         self._msi = msi or (lambda address, data: self.interrupts.append((address, data)))
@@ -310,8 +314,8 @@ class RemappingUnit:
         if any(hi & FRCD_FAULT for _, hi in self.records()):
             self.regs.set(Reg.FSTS, fsts | Fsts.PPF)
         else:
-            self._fsts(0, fsts & ~Fsts.PPF)
             self.regs.set(Reg.FSTS, fsts & ~Fsts.PPF)
+            self._fsts(0, fsts & ~Fsts.PPF)
 
     def record(self, error: DmaFault) -> bool:
         """Record a fault as QEMU's vtd_report_dmar_fault does: dropped while FSTS.PFO is set
@@ -363,10 +367,8 @@ class RemappingUnit:
         if result is not None:
             return result
         reason, address, refs, fpd = failure
-        error = fault(reason, source_id, address, access, refs, fpd)
-        if error is None:
-            error = fault(reason, source_id, address, access, refs)
-        else:
+        error = fault(reason, source_id, address, access, refs)
+        if not (fpd and error.qualified):
             self.record(error)
         raise error
 

@@ -70,14 +70,12 @@ def check_source_id(source_id: int) -> None:
         raise ValueError(f"source-id {source_id:#x} is not a 16-bit bus:devfn")
 
 
-def fault(reason: int, source_id: int, address: int, access: str, references: int = 0,
-          fpd: bool = False) -> DmaFault | None:
-    """The DmaFault for a walk that stopped with `reason`, or None when the context entry's
-    FPD bit suppresses it (hv.md §3.4: FPD and a qualified reason)."""
-    qualified = reason in QUALIFIED_REASONS
-    if fpd and qualified:
-        return None
-    return DmaFault(reason, source_id, address, access != "w", references, qualified)
+def fault(reason: int, source_id: int, address: int, access: str,
+          references: int = 0) -> DmaFault:
+    """The DmaFault for a walk that stopped with `reason`; `qualified` says whether a context
+    entry's FPD bit may suppress its recording (hv.md §3.5)."""
+    return DmaFault(reason, source_id, address, access != "w", references,
+                    reason in QUALIFIED_REASONS)
 
 
 def translate_raw(core_context, source_id: int, iova: int, access: str,
