@@ -73,7 +73,6 @@ EVENT_IM = 1 << 31                       # FECTL and IECTL: interrupt mask
 EVENT_IP = 1 << 30                       # FECTL and IECTL: interrupt pending
 ICS_IWC = 1                              # invalidation wait descriptor complete
 FRCD_FAULT = 1 << 63                     # a record's F bit (in its hi u64)
-RTADDR_TTM = 0xC00                       # bits 11:10, translation table mode
 VERSION = 0x10                           # 1.0, as QEMU reports
 
 # CCMD (hv.md §3.6): ICC 63, CIRG 62:61, CAIG 60:59, FM 33:32, SID 31:16, DID 15:0.
@@ -106,7 +105,7 @@ LAYOUT = {
     Reg.ECAP: Layout(8),
     Reg.GCMD: Layout(4, _mask((31, 23))),                 # the unit clears it: reads 0
     Reg.GSTS: Layout(4),
-    Reg.RTADDR: Layout(8, _mask((63, 10))),
+    Reg.RTADDR: Layout(8, _mask((63, 12))),              # TTM 11:10 reads 0: legacy only
     Reg.CCMD: Layout(8, _mask((63, 61), (33, 0))),
     Reg.FSTS: Layout(4, 0, Fsts.PFO | Fsts.IQE | Fsts.ICE | Fsts.ITE),
     Reg.FECTL: Layout(4, EVENT_IM),

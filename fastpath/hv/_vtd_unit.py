@@ -32,7 +32,6 @@ from fastpath.hv._vtd_regs import (
     IOTLB_IAIG_SHIFT,
     IOTLB_IIRG_SHIFT,
     IOTLB_IVT,
-    RTADDR_TTM,
     VERSION,
     Fsts,
     Gcmd,
@@ -114,8 +113,7 @@ class RemappingUnit:
         self.regs.set(Reg.GCMD, 0)
         status = self.regs.get(Reg.GSTS)
         if command & Gcmd.SRTP:
-            rtaddr = self.regs.get(Reg.RTADDR)
-            self.root_table = rtaddr if not rtaddr & RTADDR_TTM else None
+            self.root_table = self.regs.get(Reg.RTADDR)
             self._core = None
             status |= Gcmd.SRTP
         if command & Gcmd.SIRTP:

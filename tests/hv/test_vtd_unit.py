@@ -542,3 +542,15 @@ def test_counters_count_hits_and_misses(p):
     caches = p.unit.caches
     assert caches.iotlb_hits == 2 and caches.iotlb_misses == 3
     assert caches.context_misses == 2 and caches.context_hits == 1
+
+
+def test_rtaddr_ttm_reads_zero_in_a_legacy_unit(p):
+    p.unit.write(Reg.RTADDR, 8, 0x123000 | 0xC00 | 0x3FF)
+    assert p.unit.read(Reg.RTADDR, 8) == 0x123000
+
+
+def test_commands_the_unit_lacks_do_not_take():
+    p = Platform(VtdCaps(queued_invalidation=False, interrupt_remapping=False))
+    p.command(Gcmd.QIE)
+    p.command(Gcmd.IRE)
+    assert p.unit.read(Reg.GSTS, 4) & (Gcmd.QIE | Gcmd.IRE) == 0
