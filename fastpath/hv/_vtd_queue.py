@@ -125,10 +125,11 @@ def run(unit: RemappingUnit) -> None:
     """Carry out the descriptors from IQH to IQT (the IQT doorbell, with QIE on)."""
     base, descriptor_size, entries = unit.queue_geometry()
     head, tail = unit.queue_head(), unit.queue_tail()
+    if head >= entries or tail >= entries:
+        # IQT (or IQH, after IQA shrank the queue) beyond the queue: nothing can run.
+        unit.queue_error(head)
+        return
     while head != tail:
-        if head >= entries:
-            unit.queue_error(head)
-            return
         lo = unit.read_memory(base + head * descriptor_size, 8)
         hi = unit.read_memory(base + head * descriptor_size + 8, 8)
         upper = (0 if descriptor_size == 16

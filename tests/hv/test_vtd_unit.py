@@ -554,3 +554,16 @@ def test_commands_the_unit_lacks_do_not_take():
     p.command(Gcmd.QIE)
     p.command(Gcmd.IRE)
     assert p.unit.read(Reg.GSTS, 4) & (Gcmd.QIE | Gcmd.IRE) == 0
+
+
+def test_a_tail_beyond_the_queue_is_an_error_not_a_hang(p):
+    p.enable_queue(qs=0)                     # 256 descriptors: IQT 0x1000 is one too far
+    p.unit.write(Reg.IQT, 8, 256 << 4)
+    assert p.unit.read(Reg.FSTS, 4) & Fsts.IQE and p.unit.read(Reg.IQH, 8) == 0
+
+
+def test_a_queue_outside_host_memory_is_an_error(p):
+    p.unit.write(Reg.IQA, 8, 0x7FFF_0000_0000)
+    p.command(Gcmd.QIE)
+    p.unit.write(Reg.IQT, 8, 1 << 4)
+    assert p.unit.read(Reg.FSTS, 4) & Fsts.IQE
