@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from fastpath.errors import DmaFault
 from fastpath.hv._host_memory import host_buffer
 from fastpath.hv._tables import PAGE_4K
@@ -381,6 +383,9 @@ class RemappingUnit:
         once more, in Python, for its context entry's FPD bit)."""
         if not self.enabled or self.root_table is None:
             raise ValueError("a burst needs remapping on")
+        iovas = np.ascontiguousarray(iovas, dtype=np.uint64)
+        if np.any((iovas >= INTERRUPT_RANGE.start) & (iovas < INTERRUPT_RANGE.stop)):
+            raise ValueError("a burst holds an interrupt request: remap_interrupt() takes it")
         burst = burst_raw(self._context(), source_id, iovas, access)
         for k in (burst.reasons != 0).nonzero()[0]:
             try:

@@ -26,6 +26,7 @@ from fastpath.hv.vtd import (
     SecondLevelTables,
     TranslationType,
     VtdCaps,
+    device_tlb_range,
 )
 
 MIB = 1 << 20
@@ -567,3 +568,28 @@ def test_a_queue_outside_host_memory_is_an_error(p):
     p.command(Gcmd.QIE)
     p.unit.write(Reg.IQT, 8, 1 << 4)
     assert p.unit.read(Reg.FSTS, 4) & Fsts.IQE
+
+
+def test_a_burst_with_an_interrupt_address_is_refused(p):
+    with pytest.raises(ValueError):
+        p.unit.dma_burst(SID_A, [0xDEADB000, 0xFEE00010], "w")
+
+
+@pytest.mark.parametrize("hi, expected", [
+    (0xDEADB000, (0xDEADB000, 0x1000)),            # S = 0: one page
+    (0xDEADB001, (0xDEAD8000, 0x8000)),            # TV7: two trailing ones, 32 KiB
+    (0xDEADA001, (0xDEADA000, 0x2000)),            # no trailing one: 8 KiB
+    (0x7FFFF001, (0x0, 1 << 32)),                  # 19 trailing ones: 8 KiB << 19 = 4 GiB
+])
+def test_device_tlb_size_encoding(hi, expected):
+    assert device_tlb_range(hi) == expected
+
+
+def test_the_fault_event_uses_the_upper_address_too(p):
+    p.unit.write(Reg.FEADDR, 4, 0xFEE00000)
+    p.unit.write(Reg.FEUADDR, 4, 0x1)
+    p.unit.write(Reg.FEDATA, 4, 0x31)
+    p.unit.write(Reg.FECTL, 4, 0)
+    with pytest.raises(DmaFault):
+        p.unit.dma(SID_B, 0x5000, "r")
+    assert p.unit.interrupts == [(0x1_FEE00000, 0x31)]
