@@ -6,7 +6,9 @@ descriptor (SDM Vol. 3C §30.6 layout: PIR, ON, SN, NV, NDST).
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from fastpath.errors import InterruptRemappingFault
 from fastpath.hv import HostMemory
@@ -260,3 +262,44 @@ def test_fr27_descriptor_outside_memory_and_fr28_reserved(p):
     _pid(p, posted_descriptor(0xF2, 3) | 1 << 5)
     p.irte(2, posted_irte(0x45, PID))
     assert p.fault(2).reason == 0x28
+
+
+# --- Round trips ----------------------------------------------------------------------------
+
+@settings(max_examples=80, deadline=None)
+@given(index=st.integers(0, 255), subhandle=st.one_of(st.none(), st.integers(0, 255)),
+       vector=st.integers(0x10, 0xFF), destination=st.integers(0, (1 << 32) - 1),
+       x2apic=st.booleans(), logical=st.booleans(), delivery_mode=st.sampled_from([0, 1, 4, 7]),
+       level=st.booleans(), hint=st.booleans())
+def test_remapped_entries_round_trip(index, subhandle, vector, destination, x2apic, logical,
+                                     delivery_mode, level, hint):
+    p = Platform(x2apic=x2apic)
+    destination = destination if x2apic else destination & 0xFF
+    subhandle = None if subhandle is None or subhandle > index else subhandle
+    p.irte(index, remapped_irte(vector, destination, logical=logical,
+                                delivery_mode=delivery_mode, level=level,
+                                redirection_hint=hint, x2apic=x2apic))
+    assert p.msi(index, subhandle) == RemappedInterrupt(vector, destination, logical,
+                                                        delivery_mode, level, hint, index)
+
+
+@settings(max_examples=80, deadline=None)
+@given(postings=st.lists(st.tuples(st.integers(0, 255), st.booleans()), min_size=1,
+                         max_size=8),
+       suppress=st.booleans(), on=st.booleans(), slot=st.integers(0, 1000))
+def test_posting_round_trips_through_the_descriptor(postings, suppress, on, slot):
+    p = Platform()
+    descriptor = 0x20_0000 + 64 * slot
+    p.mem.write64(descriptor + 32, posted_descriptor(0xF2, 7, suppress=suppress) | int(on))
+    pir, state_on, notified = 0, on, 0
+    for k, (vector, urgent) in enumerate(postings):
+        p.irte(k, posted_irte(vector, descriptor, urgent=urgent))
+        result = p.msi(k)
+        notify = not state_on and (urgent or not suppress)
+        assert result == PostedInterrupt(vector, descriptor, urgent, notify, 0xF2, 7, k)
+        pir |= 1 << vector
+        state_on |= notify
+        notified += notify
+    assert int.from_bytes(p.mem.array[descriptor : descriptor + 32].tobytes(), "little") == pir
+    assert p.mem.read64(descriptor + 32) & 1 == int(state_on)
+    assert len(p.unit.posted_notifications) == notified
