@@ -9,6 +9,7 @@ hv.md §2.7); it is defined here from the SDM's layout, for the poster's side.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from fastpath.errors import InterruptRemappingFault
@@ -253,7 +254,8 @@ def remap_interrupt(unit: RemappingUnit, source_id: int, address: int, data: int
     return _post(unit, descriptor, vector, bool(lo & IRTE_URGENT), index, fail, fpd)
 
 
-def _post(unit, descriptor, vector, urgent, index, fail, fpd) -> PostedInterrupt:
+def _post(unit: RemappingUnit, descriptor: int, vector: int, urgent: bool, index: int,
+          fail: Callable[..., InterruptRemappingFault], fpd: bool) -> PostedInterrupt:
     # hv.md §2.7, the poster's side: set PIR[vector]; if ON was clear and SN is clear (or the
     # interrupt is urgent), set ON and send the notification (NV to NDST).
     control = unit.read_memory(descriptor + PID_CONTROL, 8)

@@ -72,7 +72,8 @@ FSTS_FRI_SHIFT = 8                       # FSTS bits 15:8: the first pending rec
 EVENT_IM = 1 << 31                       # FECTL and IECTL: interrupt mask
 EVENT_IP = 1 << 30                       # FECTL and IECTL: interrupt pending
 ICS_IWC = 1                              # invalidation wait descriptor complete
-FRCD_FAULT = 1 << 63                     # a record's F bit (in its hi u64)
+FRCD_FAULT = 1 << 63                     # a record's F bit (in its hi u64; the record's
+                                         # layout: fastpath.errors.DmaFault.record)
 VERSION = 0x10                           # 1.0, as QEMU reports
 
 # CCMD (hv.md §3.6): ICC 63, CIRG 62:61, CAIG 60:59, FM 33:32, SID 31:16, DID 15:0.
