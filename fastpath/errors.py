@@ -371,7 +371,7 @@ class DmaFault(TranslationFault):
 class InterruptRemappingFault(DmaFault):
     """An interrupt request that VT-d interrupt remapping refused (hv.md §3.8): `reason` is
     0x20-0x28, `index` the interrupt index computed for it (None when the request had none).
-    Its record's FI carries the index in bits 63:48 (VT-d spec §10.4.14)."""
+    Its record's FI carries the index in bits 63:48 (the VT-d spec's fault recording register)."""
 
     def __init__(self, reason: int, source_id: int, index: int | None = None,
                  qualified: bool = False):

@@ -1,6 +1,6 @@
 # The VT-d DMA-remapping walker over host physical memory: a request's source-id picks a root
 # entry (by bus) and a context entry (by devfn), whose second-level tables translate the IOVA
-# (Intel VT-d spec §3.4, §9.1-9.3, §9.8; digest in shared/specs/hv.md §3.2-3.4), legacy mode.
+# (the Intel VT-d spec's legacy-mode formats, digested in shared/specs/hv.md §3.2-3.4).
 # Tables are read in their raw architectural formats, so tables built by anyone walk the same.
 #
 # Contract: every function is `noexcept nogil` and reports through its return code (FP_VTD_*)
@@ -34,7 +34,7 @@ cpdef enum TranslationType:
     TT_RESERVED = 3
 
 
-# Fault reasons of the DMA-remapping walk (hv.md §3.5; VT-d spec §7.1.3 legacy LRT/LCT/LSL/LGN).
+# Fault reasons of the DMA-remapping walk (hv.md §3.5; the spec's LRT/LCT/LSL/LGN).
 cpdef enum FaultReason:
     FR_ROOT_NOT_PRESENT = 0x1
     FR_CONTEXT_NOT_PRESENT = 0x2

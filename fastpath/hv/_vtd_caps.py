@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# hv.md §3.1 (VT-d spec §11.4.2, §11.4.3): the CAP and ECAP fields the model reports, as
+# hv.md §3.1: the CAP and ECAP fields the model reports, as
 # (low bit, width).
 CAP_FIELDS = {
     "nd": (0, 3), "rwbf": (4, 1), "cm": (7, 1), "sagaw": (8, 5), "mgaw": (16, 6), "zlr": (22, 1),

@@ -1,9 +1,10 @@
-"""Interrupt remapping (hv.md §3.8; VT-d spec §5.1, §9.10, §9.11): the remappable MSI format,
-the interrupt remapping table entry (IRTE, remapped and posted formats), the interrupt entry
-cache, and posting into a posted-interrupt descriptor. One home for these layouts.
+"""Interrupt remapping (hv.md §3.8): the remappable MSI format, the interrupt remapping table
+entry (IRTE, remapped and posted formats), the interrupt entry cache, and posting into a
+posted-interrupt descriptor. One home for these layouts.
 
-The posted-interrupt descriptor is the one the CPU's VMX side reads (Intel SDM Vol. 3C §30.6;
-hv.md §2.7); it is defined here from the SDM's layout, for the poster's side.
+The posted-interrupt descriptor is the one the CPU's VMX side reads (Intel SDM Vol. 3C,
+posted-interrupt processing; hv.md §2.7); it is defined here from the SDM's layout, for the
+poster's side.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ SVT_NONE, SVT_SID, SVT_BUS = 0, 1, 2
 # SQ: the SID bits left out of an SVT 1 comparison (hv.md §8 item 14: QEMU's masks).
 SQ_MASKS = (0xFFFF, 0xFFFB, 0xFFF9, 0xFFF8)
 
-# Posted-interrupt descriptor (SDM Vol. 3C §30.6; hv.md §2.7): PIR bits 255:0 in bytes 0-31;
+# Posted-interrupt descriptor (SDM Vol. 3C; hv.md §2.7): PIR bits 255:0 in bytes 0-31;
 # the control u64 at byte 32: ON 0, SN 1, NV 23:16, NDST 63:32; bits 15:2 and 31:24 reserved.
 PID_CONTROL = 32
 PID_ON = 1 << 0

@@ -4,7 +4,7 @@ unit's walk of the invalidation queue from IQH to IQT. One home for the descript
 The queue is a ring of 2^(QS+8) 128-bit descriptors in host memory at IQA (halved, each 256
 bits, with IQA.DW); IQH and IQT hold the byte offset (index << 4, or << 5). A descriptor the
 unit refuses (an unknown type, reserved bits, a granularity of 0, a PSI mask above CAP.MAMV, a
-queue outside memory) stops the queue there with FSTS.IQE, IQH pointing at it (§6.5.2.10).
+queue outside memory) stops the queue there with FSTS.IQE, IQH pointing at it.
 """
 
 from __future__ import annotations

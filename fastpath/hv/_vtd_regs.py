@@ -1,5 +1,5 @@
 """The remapping unit's register file: offsets, widths and which bits software may write or
-clear (VT-d spec §11.4; hv.md §3.1). One home for the register layout.
+clear (hv.md §3.1). One home for the register layout.
 
 `RegisterFile` stores the registers as bytes and applies a model write (offset, size) bit by
 bit: read-only bits keep their value, read-write bits take the written one, write-1-to-clear

@@ -1,5 +1,5 @@
 """Builders of VT-d remapping structures in legacy mode, byte for byte: the root table, context
-tables and second-level paging structures (VT-d spec §9.1, §9.3, §9.8; hv.md §3.2, §3.3).
+tables and second-level paging structures (hv.md §3.2, §3.3).
 
 Entry bits come from the core's .pxd (fastpath/_core/vtd.pxd), the one home of these layouts.
 The walker reads only what these write, so tables written by any other means walk the same.

@@ -1,7 +1,7 @@
 """Interrupt remapping (shared/specs/hv.md §3.8): IRTA, remappable MSIs with handle and
 subhandle, remapped and posted IRTEs, source-id verification, every fault reason with its
 record, the interrupt entry cache and its invalidation, and posting into a posted-interrupt
-descriptor (SDM Vol. 3C §30.6 layout: PIR, ON, SN, NV, NDST).
+descriptor (the SDM's layout: PIR, ON, SN, NV, NDST).
 """
 
 from __future__ import annotations

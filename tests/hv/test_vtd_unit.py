@@ -56,7 +56,7 @@ class Platform:
         self.command(Gcmd.TE)
 
     def command(self, bit: int, on: bool = True) -> None:
-        """Software's GCMD write: the current levels with one command changed (VT-d §10.4.4)."""
+        """Software's GCMD write: the current levels with one command changed."""
         status = self.unit.read(Reg.GSTS, 4) & ~(Gcmd.SRTP | Gcmd.SIRTP)
         self.unit.write(Reg.GCMD, 4, status | bit if on else status & ~bit)
 
