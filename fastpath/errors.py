@@ -59,6 +59,8 @@ __all__ = [
     "PagingStructureOutsideMemory",
     "InvalidEptp",
     "InvalidInvalidation",
+    "DmaFault",
+    "InterruptRemappingFault",
 ]
 
 
@@ -370,6 +372,47 @@ class InvalidInvalidation(FastpathError):
     address."""
 
     vm_instruction_error = 28
+
+
+class DmaFault(TranslationFault):
+    """A DMA request that VT-d remapping refused (shared/specs/hv.md §3.4, §3.5).
+
+    `reason` is the fault reason (FR: 1 root entry not present ... 0xD translation blocked),
+    `source_id` the requester's bus:devfn, `address` the faulting page (FRCD.FI), `read` the
+    record's T bit (True for a read, hv.md §8 item 11), `qualified` whether the context entry's
+    FPD bit could suppress it. `record` is the 128-bit fault recording register the unit
+    writes for it, as (lo, hi).
+    """
+
+    def __init__(self, reason: int, source_id: int, address: int, read: bool,
+                 references: int = 0, qualified: bool = False):
+        super().__init__(f"DMA fault reason {reason:#x} from {source_id:#06x} at {address:#x}",
+                         references)
+        self.reason = reason
+        self.source_id = source_id
+        self.address = address
+        self.read = read
+        self.qualified = qualified
+
+    @property
+    def record(self) -> tuple[int, int]:
+        """The fault recording register (hv.md §3.5): lo = FI, hi = SID | FR << 32 | T << 62
+        | F << 63."""
+        return self.address, (self.source_id | self.reason << 32 | int(self.read) << 62
+                              | 1 << 63)
+
+
+class InterruptRemappingFault(DmaFault):
+    """An interrupt request that VT-d interrupt remapping refused (hv.md §3.8): `reason` is
+    0x20-0x28, `index` the interrupt index computed for it (None when the request had none).
+    Its record's FI carries the index in bits 63:48 (the VT-d spec's fault recording register)."""
+
+    def __init__(self, reason: int, source_id: int, index: int | None = None,
+                 qualified: bool = False):
+        super().__init__(reason, source_id, (index or 0) << 48, False, 0, qualified)
+        self.args = (f"interrupt remapping fault reason {reason:#x} from {source_id:#06x}"
+                     + ("" if index is None else f", index {index}"),)
+        self.index = index
 
 
 _BY_CODE = {cls.code: cls for cls in VringError.__subclasses__()}

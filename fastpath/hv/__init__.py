@@ -1,6 +1,7 @@
 """The modelled platform: guest memory shared by memfd and its address translation; host
 physical memory holding raw paging structures, walked by `fastpath.hv.ept` (GPA -> HPA) and
-`fastpath.hv.paging` (GVA -> GPA -> HPA); the VMX model, `fastpath.hv.vmx` (VMCS, VM entries and
+`fastpath.hv.paging` (GVA -> GPA -> HPA), and by `fastpath.hv.vtd` (VT-d remapping of device DMA,
+IOVA -> HPA, with its remapping unit); the VMX model, `fastpath.hv.vmx` (VMCS, VM entries and
 exits, a vCPU running a guest's event stream)."""
 
 from fastpath.hv._host_memory import FrameAllocator, HostMemory

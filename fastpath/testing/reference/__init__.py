@@ -11,8 +11,9 @@ statuses the spec gives them. `inflight` is vhost-user's inflight I/O tracking a
 section writes it: reference devices that record their pops and pushes in a queue region step
 by step (and can die between any two steps), and the reconnection steps that say what was in
 flight. `paging` is the platform's EPT and guest IA-32e walks (GPA -> HPA, GVA -> GPA -> HPA)
-over raw tables, written from the SDM apart from the compiled walkers they check. `vmx` is the
-modelled VMX's exit decisions for I/O and MSR bitmaps, from the SDM's words.
+over raw tables, written from the SDM apart from the compiled walkers they check; `vtd` is
+VT-d DMA remapping (IOVA -> HPA through root, context and second-level tables), likewise.
+`vmx` is the modelled VMX's exit decisions for I/O and MSR bitmaps, from the SDM's words.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import time
 
 from fastpath.hv import PAGE_SIZE, GuestMemory
-from fastpath.testing.reference import blk, inflight, nvme, paging, vmx
+from fastpath.testing.reference import blk, inflight, nvme, paging, vmx, vtd
 from fastpath.testing.reference._common import Chain, Piece
 from fastpath.testing.reference.packed import PackedDevice, PackedDriver
 from fastpath.testing.reference.split import SplitDevice, SplitDriver
@@ -39,6 +40,7 @@ __all__ = [
     "inflight",
     "paging",
     "vmx",
+    "vtd",
 ]
 
 _RING_BASE = 0x1000
