@@ -142,6 +142,8 @@ def steer(regs: VmdqRegisters, mac, vlan, rss_hash=None) -> Steering:
 
     # Contract 4: the queue inside the pool.
     per_pool = RX_QUEUES // pool_count
+    if rss_hash is not None and np.shape(rss_hash) != mac.shape:
+        raise ValueError("one RSS hash per frame")
     if rss and rss_hash is not None:
         offset = (np.asarray(rss_hash, dtype=np.uint64) & np.uint64(per_pool - 1)).astype(np.int16)
     else:

@@ -190,6 +190,8 @@ def test_steering_needs_vmdq_on_and_good_frames():
         steer(regs, np.array([MAC_A], dtype=np.uint64), np.array([4096]))
     with pytest.raises(ValueError, match="48 bits"):
         steer(regs, np.array([1 << 48], dtype=np.uint64), np.array([-1]))
+    with pytest.raises(ValueError, match="RSS hash"):
+        steer(regs, np.array([MAC_A], dtype=np.uint64), np.array([-1]), np.array([1, 2]))
     regs.write(MRQC, 0x2)
     with pytest.raises(ValueError, match="VMDq mode"):
         steer(regs, np.array([MAC_A], dtype=np.uint64), np.array([-1]))
