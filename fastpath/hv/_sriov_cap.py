@@ -50,9 +50,11 @@ class SriovControl(IntFlag):
     ARI = 0x10               # ARI Capable Hierarchy
 
 
-# The bytes software may change; everything else is read-only (SR-IOV 1.1 §3.3).
-# Control bits 4:0, NumVFs, System Page Size; the VF BARs are handled by their own rule.
-WRITABLE = {SriovReg.CONTROL: (2, 0x1F), SriovReg.NUM_VFS: (2, 0xFFFF),
+# The fields software may change, as (width, writable bits); everything else is read-only
+# (SR-IOV 1.1 §3.3). The model's PFs are not VF Migration Capable, so the two migration
+# bits of Control stay 0 (§3.3.3.2-3). The VF BARs have their own rule.
+WRITABLE = {SriovReg.CONTROL: (2, SriovControl.VFE | SriovControl.VF_MSE | SriovControl.ARI),
+            SriovReg.NUM_VFS: (2, 0xFFFF),
             SriovReg.SYSTEM_PAGE_SIZE: (4, 0xFFFF_FFFF)}
 
 # PCI memory BAR type bits (PCI 3.0 §6.2.5.1): bits 2:1 = 0b10 for a 64-bit BAR, bit 3
