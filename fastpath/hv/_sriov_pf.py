@@ -61,8 +61,15 @@ class PhysicalFunction:
             raise ValueError(f"routing ID {rid:#x} is not 16 bits")
         if not 0 < total_vfs < 1 << 16:
             raise ValueError(f"TotalVFs {total_vfs} is not in 1..65535")
-        if not supported_page_sizes & 1:
-            raise ValueError("every SR-IOV device supports 4 KiB pages (bit 0)")
+        initial_vfs = total_vfs if initial_vfs is None else initial_vfs
+        if not 0 <= initial_vfs <= total_vfs:
+            raise ValueError(f"InitialVFs {initial_vfs} is not in 0..TotalVFs")
+        if not (0 <= vendor_id < 1 << 16 and 0 <= vf_device_id < 1 << 16):
+            raise ValueError("vendor and VF device IDs are 16-bit values")
+        if not 0 <= next_capability < 1 << 12:
+            raise ValueError(f"next capability offset {next_capability:#x} is not 12 bits")
+        if not 0 < supported_page_sizes < 1 << 32 or not supported_page_sizes & 1:
+            raise ValueError("Supported Page Sizes is 32 bits with bit 0 (4 KiB) set")
         self.rid = rid
         self.vendor_id = vendor_id
         self.geometry = geometry
@@ -73,7 +80,7 @@ class PhysicalFunction:
         self._bar_values = [0] * VF_BARS
         self._set(SriovReg.HEADER, 4, CAP_ID | CAP_VERSION << 16 | next_capability << 20)
         self._set(SriovReg.TOTAL_VFS, 2, total_vfs)
-        self._set(SriovReg.INITIAL_VFS, 2, total_vfs if initial_vfs is None else initial_vfs)
+        self._set(SriovReg.INITIAL_VFS, 2, initial_vfs)
         self._set(SriovReg.VF_DEVICE_ID, 2, vf_device_id)
         self._set(SriovReg.SUPPORTED_PAGE_SIZES, 4, supported_page_sizes)
         self._set(SriovReg.SYSTEM_PAGE_SIZE, 4, 1)
@@ -126,9 +133,10 @@ class PhysicalFunction:
 
     def write(self, offset: int, size: int, value: int) -> None:
         """A configuration write: read-only fields keep their value; NumVFs, System Page
-        Size, Control and the VF BARs follow the rules of hv.md §4.1-4.4. A write that the
-        specification leaves undefined (NumVFs beyond TotalVFs, a page size the device does
-        not support) raises ValueError; one made while VF Enable is set is ignored."""
+        Size, Control and the VF BARs follow the rules of hv.md §4.1-4.4. A write whose result
+        the specification leaves undefined (NumVFs beyond TotalVFs, a page size the device
+        does not support) raises ValueError; NumVFs and System Page Size written while VF
+        Enable is set keep their value."""
         self._check_access(offset, size)
         if not 0 <= value < 1 << 8 * size:
             raise ValueError(f"{value:#x} does not fit a {size}-byte write")
@@ -184,6 +192,9 @@ class PhysicalFunction:
 
     def _update_geometry(self) -> None:
         offset, stride = self.geometry(self.num_vfs, bool(self.control & SriovControl.ARI))
+        if not (0 <= offset < 1 << 16 and 0 <= stride < 1 << 16):
+            raise ValueError(f"the device's geometry gave offset {offset} and stride {stride}, "
+                             "not two 16-bit values")
         self._set(SriovReg.FIRST_VF_OFFSET, 2, offset)
         self._set(SriovReg.VF_STRIDE, 2, stride)
 

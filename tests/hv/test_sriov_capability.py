@@ -259,3 +259,16 @@ def test_any_write_sequence_keeps_the_capability_consistent(writes):
     vfs = pf.vfs
     assert len(vfs) in (0, pf.num_vfs)
     assert [vf.rid for vf in vfs] == [0x3B80 + 2 * k for k in range(len(vfs))]
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(total_vfs=0), "TotalVFs"),
+    (dict(initial_vfs=66), "InitialVFs"),
+    (dict(vf_device_id=0x10000), "16-bit"),
+    (dict(supported_page_sizes=0x2), "bit 0"),
+    (dict(next_capability=0x1000), "12 bits"),
+    (dict(geometry=constant_geometry(0x10000, 1)), "16-bit values"),
+])
+def test_bad_pf_declarations_are_refused(options, match):
+    with pytest.raises(ValueError, match=match):
+        tv5_pf(**options)
