@@ -48,13 +48,14 @@ class PhysicalFunction:
     """A PF at routing ID `rid` (bus << 8 | devfn) with an SR-IOV capability.
 
     `geometry(num_vfs, ari)` gives (First VF Offset, VF Stride), re-evaluated on each NumVFs
-    or ARI change (SR-IOV 1.1 §3.3.10-11, hv.md §8 item 18). `bars` lists the VF BARs by
+    or ARI change (SR-IOV 1.1 §3.3.10-11, hv.md §8 item 18); an (offset, stride) pair is a
+    geometry that never changes. `bars` lists the VF BARs by
     their first slot (None for an unimplemented slot; a 64-bit BAR's second slot must be
     None). `supported_page_sizes` is the Supported Page Sizes bitmap (bit n: 4 KiB << n).
     """
 
     def __init__(self, rid: int, *, vendor_id: int, vf_device_id: int, total_vfs: int,
-                 geometry: Geometry, initial_vfs: int | None = None,
+                 geometry: Geometry | tuple[int, int], initial_vfs: int | None = None,
                  bars: Sequence[VfBar | None] = (), supported_page_sizes: int = 0x553,
                  next_capability: int = 0):
         if not 0 <= rid < 1 << 16:
@@ -72,7 +73,7 @@ class PhysicalFunction:
             raise ValueError("Supported Page Sizes is 32 bits with bit 0 (4 KiB) set")
         self.rid = rid
         self.vendor_id = vendor_id
-        self.geometry = geometry
+        self.geometry = constant_geometry(*geometry) if isinstance(geometry, tuple) else geometry
         self.bars = self._check_bars(list(bars) + [None] * (VF_BARS - len(bars)))
         self.now_ms = 0
         self._enabled_at: int | None = None

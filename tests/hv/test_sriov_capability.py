@@ -48,7 +48,7 @@ def test_a_vf_past_bus_255_is_refused():
     with pytest.raises(ValueError, match="beyond bus"):
         vf_rid(0xFF00, 0x80, 2, 64)
     pf = PhysicalFunction(0xFF00, vendor_id=INTEL, vf_device_id=VF_DID, total_vfs=65,
-                          geometry=constant_geometry(0x80, 2))
+                          geometry=(0x80, 2))
     with pytest.raises(ValueError, match="beyond bus"):
         enable_vfs(pf, 65)
     assert pf.num_vfs == 0 and not pf.control & SriovControl.VFE
