@@ -98,8 +98,11 @@ cdef int fp_uring_create(uint32_t entries, uint32_t flags, fp_uring **ring) noex
     # COOP_TASKRUN (5.19): a completion waits for the task's next entry into the kernel
     # instead of interrupting it, which would cost a polling thread an interrupt per request;
     # TASKRUN_FLAG tells liburing's reap to enter when completions wait so.
+    # Each is dropped alone where the kernel predates it: a 5.18 kernel keeps SUBMIT_ALL.
     error = io_uring_queue_init(entries, &r.ring, flags | IORING_SETUP_SUBMIT_ALL
                                 | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG)
+    if error == -EINVAL:
+        error = io_uring_queue_init(entries, &r.ring, flags | IORING_SETUP_SUBMIT_ALL)
     if error == -EINVAL:
         error = io_uring_queue_init(entries, &r.ring, flags)
     if error < 0:
