@@ -49,6 +49,7 @@ def _interest(backend: Backend) -> int:
 def _must_close(backend: Backend, deadline: float) -> bool:
     # A front-end that stalled past the deadline, or broke its connection outside a request.
     backend.poll_backend_replies()
+    backend.poll_iotlb()
     reason = backend.must_close
     if reason:
         log.error("closing a front-end: %s", reason)
