@@ -4,6 +4,7 @@
 from libc.stdint cimport int16_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 
 from fastpath._core.memory cimport fp_gpa_chunk, fp_gpa_to_hva, fp_memory
+from fastpath._core.notify cimport fp_eventfd_signal
 
 
 cdef extern from "fp_copy.h":
@@ -162,6 +163,8 @@ cdef struct fp_access:
     uint64_t miss_iova          # where the last pop stopped for want of a translation
     uint8_t miss_perm           # FP_ACCESS_READ or FP_ACCESS_WRITE; 0 while nothing is missing
     bint iotlb                  # a failed lookup may be a miss (the tables are an IOTLB)
+    int miss_fd                 # eventfd signalled for a new miss, or -1
+    uint64_t signalled          # the IOVA page and access last signalled (page << 2 | access)
 
 
 # Access bits of a miss, the values of VHOST_ACCESS_RO/WO (QEMU docs/interop/vhost-user.rst,
@@ -192,6 +195,11 @@ cdef inline int fp_lookup_failed(fp_access *a, uint64_t addr, uint64_t length,
         return FP_E_DESC_MEMORY
     a.miss_iova = addr
     a.miss_perm = FP_ACCESS_WRITE if write else FP_ACCESS_READ
+    if a.miss_fd >= 0 and a.signalled != (addr >> 12 << 2 | a.miss_perm):
+        # Wake the control plane to send the miss now, once per new miss: a chain waiting
+        # for its translation meets the same one on every pop.
+        a.signalled = addr >> 12 << 2 | a.miss_perm
+        fp_eventfd_signal(a.miss_fd)
     return FP_E_IOTLB_MISS
 
 
@@ -294,13 +302,16 @@ cdef inline void fp_count_error(uint64_t *errors, int code) noexcept nogil:
 cdef dict fp_error_counts(const uint64_t *errors)
 
 # Buffers looked up in `read` and `write` from now on; with `iotlb`, a failed lookup may be a miss.
+# A new miss signals miss_fd (-1: none).
 cdef inline void fp_access_set(fp_access *a, const fp_memory *read, const fp_memory *write,
-                               bint iotlb) noexcept nogil:
+                               bint iotlb, int miss_fd) noexcept nogil:
     a.read = read
     a.write = write
     a.iotlb = iotlb
     a.miss_perm = 0
     a.miss_iova = 0
+    a.miss_fd = miss_fd
+    a.signalled = 0
 
 # (iova, access) of the miss the last pops stopped at, or None; it is forgotten once taken (a
 # pop that stops there again records it again).

@@ -472,7 +472,7 @@ cdef class SplitDevice:
         self.memory = memory
         self.owner = owner
         self.q.mem = &memory.mem
-        fp_access_set(&self.q.access, &memory.mem, &memory.mem, False)
+        fp_access_set(&self.q.access, &memory.mem, &memory.mem, False, -1)
         self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
 
     @property
@@ -480,12 +480,13 @@ cdef class SplitDevice:
         """Address of the core state, for compiled callers of the fp_split_* functions."""
         return <uintptr_t>&self.q
 
-    def use_iotlb(self, MemoryTable readable, MemoryTable writable):
+    def use_iotlb(self, MemoryTable readable, MemoryTable writable, int miss_fd=-1):
         """Look buffers up by IOVA in an IOTLB from now on (VIRTIO_F_ACCESS_PLATFORM): the
         entries the device may read in `readable`, those it may write in `writable`. A chain
-        with an IOVA in neither stops the pop before it; `take_miss()` says where."""
+        with an IOVA in neither stops the pop before it; `take_miss()` says where, and a new
+        miss signals the eventfd `miss_fd` (-1: none)."""
         self.iotlb_tables = (readable, writable)
-        fp_access_set(&self.q.access, &readable.mem, &writable.mem, True)
+        fp_access_set(&self.q.access, &readable.mem, &writable.mem, True, miss_fd)
 
     def take_miss(self):
         """(iova, access) a pop stopped at for want of a translation, or None."""

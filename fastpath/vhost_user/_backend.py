@@ -195,6 +195,9 @@ class Backend:
         # stay unanswered before the ring waiting for it is given up.
         self.iotlb = Iotlb()
         self.iotlb_miss_deadline = iotlb_miss_deadline
+        # Signalled by a ring's pop that meets a missing translation: the adapters wait on it
+        # beside the channel, so that the miss is sent at once (`poll_iotlb`).
+        self.miss_fd = os.eventfd(0, os.EFD_NONBLOCK)
         self.acked = 0
         self.protocol = 0
         self.owner = False
@@ -340,6 +343,7 @@ class Backend:
             self._keep_fd("log_fd", [])
             self._replace_backend_channel(None)
             self._replace_inflight(None)
+        os.close(self.miss_fd)
         self.channel.close()
 
     @property
@@ -691,7 +695,7 @@ class Backend:
         if self.inflight is not None and self.protocol & ProtocolFeature.INFLIGHT_SHMFD:
             self._track_inflight(index, queue)
         if self.iommu:
-            queue.use_iotlb(self.iotlb.readable, self.iotlb.writable)
+            queue.use_iotlb(self.iotlb.readable, self.iotlb.writable, self.miss_fd)
         return queue
 
     def _ring_addresses(self, vring: VringSetup, memory: GuestMemory) -> RingAddresses:
@@ -760,6 +764,10 @@ class Backend:
         every turn, without waiting."""
         if not self.iommu:
             return
+        try:
+            os.eventfd_read(self.miss_fd)
+        except BlockingIOError:
+            pass
         for index, vring in enumerate(self.vrings):
             miss = vring.queue.take_miss() if vring.queue is not None else None
             if miss is not None:
