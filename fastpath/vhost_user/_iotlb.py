@@ -8,6 +8,7 @@ QEMU docs/interop/vhost-user.rst, "IOMMU support"; hv.md §5.3 and §5.4.
 from __future__ import annotations
 
 import bisect
+import random
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,12 @@ from fastpath._core import memory as _core_memory
 from fastpath.errors import GuestMemoryError, RequestRefused
 from fastpath.hv import REGION_DTYPE, GuestMemory
 from fastpath.vhost_user._payloads import IotlbAccess, IotlbMessage
+
+# The most entries a connection's IOTLB holds (DPDK's IOTLB_CACHE_SIZE): every lookup scans the
+# region rows, and a front-end must not choose our memory use. Past it, an update evicts an
+# entry at random, as DPDK does (vhost_user_iotlb_cache_random_evict); an evicted translation
+# is asked for again when it is needed.
+MAX_ENTRIES = 2048
 
 # Misses are kept per page and access, so that the chains of one page ask once: QEMU answers
 # with the whole IOMMU page (vhost_device_iotlb_miss), at least 4 KiB.
@@ -86,6 +93,8 @@ class Iotlb:
         entry = IotlbEntry(message.iova, message.size, message.user_addr, host,
                            IotlbAccess(message.perm))
         self._remove(entry.iova, entry.size)
+        if len(self.entries) >= MAX_ENTRIES:
+            del self.entries[random.randrange(len(self.entries))]
         bisect.insort(self.entries, entry, key=lambda e: e.iova)
         self._pending = {(page, perm): t for (page, perm), t in self._pending.items()
                          if not (entry.iova >> _MISS_PAGE_SHIFT <= page

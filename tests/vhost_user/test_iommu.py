@@ -22,7 +22,7 @@ from fastpath.vhost_user import Frontend
 from fastpath.vhost_user._backend import VHOST_F_LOG_ALL, Backend
 from fastpath.vhost_user._frontend import FRONTEND_PROTOCOL_FEATURES
 from fastpath.vhost_user._gate import Gate
-from fastpath.vhost_user._iotlb import Iotlb
+from fastpath.vhost_user._iotlb import MAX_ENTRIES, Iotlb
 from fastpath.vhost_user._server import BackendServer
 from fastpath.vhost_user.wire import (
     FLAG_NEED_REPLY,
@@ -201,9 +201,11 @@ def test_rings_wait_for_their_translations_before_they_start(tmp_path, packed):
         guest.close()
 
 
-def test_an_invalidated_ring_mapping_stops_the_ring_until_it_is_translated_again(tmp_path):
+@RING_TYPES
+def test_an_invalidated_ring_mapping_stops_the_ring_until_it_is_translated_again(tmp_path,
+                                                                                 packed):
     with served(tmp_path) as server:
-        guest = Guest(server.path, False)
+        guest = Guest(server.path, packed)
         (backend,) = server.backends
         guest.post_receive_buffers(16)
         guest.send([frame(80, 1)])
@@ -364,3 +366,14 @@ def test_the_iotlb_keeps_sorted_entries_and_invalidates_every_overlap():
         assert iotlb.ask(0x20010, IotlbAccess.WRITE)
         iotlb.update(IotlbMessage(0x20000, PAGE, user, RW, IotlbType.UPDATE), memory)
         assert iotlb.pending == 0
+
+
+def test_a_front_end_cannot_grow_the_iotlb_without_bound():
+    with GuestMemory([(0, 1 << 20)]) as memory:
+        user = memory.guest_to_user(0)
+        iotlb = Iotlb()
+        for k in range(MAX_ENTRIES + 100):
+            iotlb.update(IotlbMessage(k * 2 * PAGE, PAGE, user, RW, IotlbType.UPDATE), memory)
+        assert len(iotlb.entries) == MAX_ENTRIES
+        assert [e.iova for e in iotlb.entries] == sorted(e.iova for e in iotlb.entries)
+        assert len(iotlb.tables[0]) == MAX_ENTRIES
