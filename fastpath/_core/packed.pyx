@@ -186,7 +186,8 @@ cdef int _pop_resubmitted(fp_packed_device *vq, fp_chain *chains, uint32_t max_c
                           fp_segment *segs, uint32_t max_segs, uint32_t *used_segs) noexcept nogil:
     # The chains a restart left in flight, from the copies their entries keep (their ring slots
     # may hold used descriptors by now); returns how many, or -1 - n when the next one's pieces
-    # do not fit after n: it waits for the next burst, and nothing else is popped in this one.
+    # do not fit after n or it waits for an IOTLB translation: it waits for a later burst, and
+    # nothing else is popped in this one.
     cdef fp_packed_inflight *t = &vq.inflight
     cdef uint32_t i = 0, k, ndesc
     cdef uint16_t head, e
@@ -207,7 +208,7 @@ cdef int _pop_resubmitted(fp_packed_device *vq, fp_chain *chains, uint32_t max_c
             rc = _walk_desc(vq, &d, k + 1, c, segs + used_segs[0], max_segs - used_segs[0], &w,
                             rc)
             e = t.next[e]
-        if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
+        if rc == FP_E_IOTLB_MISS or (rc == FP_E_TOO_MANY_SEGMENTS and i > 0):
             return -1 - <int>i
         used_segs[0] += _end_chain(vq, c, rc, &w, d.id, ndesc)
         t.head_of[d.id] = head + 1
