@@ -3,7 +3,10 @@
 The compiled core never raises on the data path: it returns negative codes (fastpath._core.chain's
 FP_E_* values) and counts them. The Python layer turns a code into the class named here with
 `error_for_code`, so `except fastpath.errors.VringError` catches any ring fault. Malformed
-vhost-user messages raise subclasses of `ProtocolError`.
+vhost-user messages raise subclasses of `ProtocolError`. On the modelled platform, a failed VMX
+instruction raises a `VmxError` (`VmFailValid` carries the VM-instruction error number), and a
+walk that cannot translate raises a `TranslationFault` (`EptViolation` and `EptMisconfig` the
+VMX model turns into VM exits).
 """
 
 __all__ = [
@@ -45,6 +48,10 @@ __all__ = [
     "BadConfigAccess",
     "BadIotlbMessage",
     "NvmeCommandFailed",
+    "VmxError",
+    "VmxNotEnabled",
+    "VmFailInvalid",
+    "VmFailValid",
     "TranslationFault",
     "EptViolation",
     "EptMisconfig",
@@ -53,6 +60,8 @@ __all__ = [
     "PagingStructureOutsideMemory",
     "InvalidEptp",
     "InvalidInvalidation",
+    "DmaFault",
+    "InterruptRemappingFault",
 ]
 
 
@@ -259,6 +268,33 @@ class NvmeCommandFailed(FastpathError):
         self.status = status
 
 
+# The modelled platform (fastpath.hv): its VMX instructions (fastpath.hv.vmx).
+
+
+class VmxError(FastpathError):
+    """A VMX instruction of the modelled vCPU failed (Intel SDM Vol. 3C §31.2)."""
+
+
+class VmxNotEnabled(VmxError):
+    """A VMX instruction other than VMXON ran outside VMX operation: on a real CPU it raises
+    #UD (invalid opcode)."""
+
+
+class VmFailInvalid(VmxError):
+    """VMfailInvalid (CF = 1): the instruction failed with no current VMCS, or VMXON failed on
+    its operand, so there is no VM-instruction error field to write."""
+
+
+class VmFailValid(VmxError):
+    """VMfailValid (ZF = 1): the instruction failed and wrote `number`, the VM-instruction
+    error as the SDM numbers them (Vol. 3C §31.4; `fastpath.hv.vmx.VmInstructionError`), into
+    the current VMCS's VM_INSTRUCTION_ERROR field."""
+
+    def __init__(self, message: str, number: int):
+        super().__init__(message)
+        self.number = number
+
+
 # The modelled platform's address translation (fastpath.hv.ept, fastpath.hv.paging). The walkers
 # return codes; the Python layer raises these, each carrying what the architecture reports.
 
@@ -345,6 +381,47 @@ class InvalidInvalidation(FastpathError):
     address."""
 
     vm_instruction_error = 28
+
+
+class DmaFault(TranslationFault):
+    """A DMA request that VT-d remapping refused (shared/specs/hv.md §3.4, §3.5).
+
+    `reason` is the fault reason (FR: 1 root entry not present ... 0xD translation blocked),
+    `source_id` the requester's bus:devfn, `address` the faulting page (FRCD.FI), `read` the
+    record's T bit (True for a read, hv.md §8 item 11), `qualified` whether the context entry's
+    FPD bit could suppress it. `record` is the 128-bit fault recording register the unit
+    writes for it, as (lo, hi).
+    """
+
+    def __init__(self, reason: int, source_id: int, address: int, read: bool,
+                 references: int = 0, qualified: bool = False):
+        super().__init__(f"DMA fault reason {reason:#x} from {source_id:#06x} at {address:#x}",
+                         references)
+        self.reason = reason
+        self.source_id = source_id
+        self.address = address
+        self.read = read
+        self.qualified = qualified
+
+    @property
+    def record(self) -> tuple[int, int]:
+        """The fault recording register (hv.md §3.5): lo = FI, hi = SID | FR << 32 | T << 62
+        | F << 63."""
+        return self.address, (self.source_id | self.reason << 32 | int(self.read) << 62
+                              | 1 << 63)
+
+
+class InterruptRemappingFault(DmaFault):
+    """An interrupt request that VT-d interrupt remapping refused (hv.md §3.8): `reason` is
+    0x20-0x28, `index` the interrupt index computed for it (None when the request had none).
+    Its record's FI carries the index in bits 63:48 (the VT-d spec's fault recording register)."""
+
+    def __init__(self, reason: int, source_id: int, index: int | None = None,
+                 qualified: bool = False):
+        super().__init__(reason, source_id, (index or 0) << 48, False, 0, qualified)
+        self.args = (f"interrupt remapping fault reason {reason:#x} from {source_id:#06x}"
+                     + ("" if index is None else f", index {index}"),)
+        self.index = index
 
 
 _BY_CODE = {cls.code: cls for cls in VringError.__subclasses__()}

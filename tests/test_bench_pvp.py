@@ -75,6 +75,7 @@ def test_a_short_run_beside_dpdk_writes_the_table_json_and_chart(tmp_path):
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.release_pass
 def test_a_floor_not_met_fails_on_the_median_of_the_rounds():
     # This checkout against itself is near 1, so a floor of 100 cannot be met.
     result = pvp("--baseline", str(CHECKOUT), "--fail-below", "100", "--sizes", "64",

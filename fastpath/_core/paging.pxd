@@ -104,6 +104,31 @@ cdef struct fp_hostmem:
     uint64_t size
 
 
+# Bits high:low set (inclusive).
+cdef inline uint64_t fp_bits(uint32_t high, uint32_t low) noexcept nogil:
+    return ((<uint64_t>2 << high) - 1) & ~((<uint64_t>1 << low) - 1)
+
+
+# splitmix64's finaliser: every input bit reaches every output bit, so that a cache indexed by
+# the low bits of a hashed tag spreads any tag evenly; deterministic, so runs repeat exactly.
+cdef inline uint64_t fp_mix64(uint64_t h) noexcept nogil:
+    h = (h ^ (h >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    h = (h ^ (h >> 27)) * <uint64_t>0x94D049BB133111EB
+    return h ^ (h >> 31)
+
+
+# The little-endian u64 at hpa into *value; False, reading nothing, when it lies outside host
+# memory. Every walker (EPT, guest paging, VT-d) reads its tables through this.
+cdef inline bint fp_read64(const fp_hostmem *mem, uint64_t hpa, uint64_t *value) noexcept nogil:
+    # SAFETY: the 8 bytes at hpa are inside the buffer (checked as a difference, so that a
+    # guest-controlled hpa cannot overflow the sum); entries are 8-byte aligned by construction
+    # (a 4 KiB table plus index * 8), and x86 reads unaligned words anyway.
+    if mem.size < 8 or hpa > mem.size - 8:
+        return False
+    value[0] = (<const uint64_t *>(mem.base + hpa))[0]
+    return True
+
+
 # An EPTP made ready for walking (fp_ept_prepare): the root table and, per level and per
 # non-leaf (0) or leaf (1) entry, the bits that must be zero (hv.md §1.3, exactly as KVM's
 # __reset_rsvds_bits_mask_ept builds them). Levels are 1..5; row 0 is never read.

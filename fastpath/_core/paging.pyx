@@ -16,11 +16,6 @@ cdef uint64_t _BAD_MEMORY_TYPES = (1 << 2) | (1 << 3) | (1 << 7)
 cdef uint32_t _MAX_LEVELS = 5
 
 
-cdef inline uint64_t _bits(uint32_t high, uint32_t low) noexcept nogil:
-    # Bits high:low set (inclusive).
-    return ((<uint64_t>2 << high) - 1) & ~((<uint64_t>1 << low) - 1)
-
-
 cdef inline uint64_t _entry_offset(uint64_t addr, uint32_t level) noexcept nogil:
     # Byte offset of the entry for addr in its level-`level` table: index * 8, where the index
     # is addr bits (12 + 9 * (level - 1)) + 8 : 12 + 9 * (level - 1) (hv.md §0.1).
@@ -31,18 +26,8 @@ cdef inline uint64_t _page_mask(uint32_t level) noexcept nogil:
     return (<uint64_t>1 << (12 + 9 * (level - 1))) - 1
 
 
-cdef inline bint _read64(const fp_hostmem *mem, uint64_t hpa, uint64_t *value) noexcept nogil:
-    # SAFETY: the 8 bytes at hpa are inside the buffer (checked as a difference, so that a
-    # guest-controlled hpa cannot overflow the sum); entries are 8-byte aligned by construction
-    # (a 4 KiB table plus index * 8), and x86 reads unaligned words anyway.
-    if mem.size < 8 or hpa > mem.size - 8:
-        return False
-    value[0] = (<const uint64_t *>(mem.base + hpa))[0]
-    return True
-
-
 cdef inline void _set_bits(const fp_hostmem *mem, uint64_t hpa, uint64_t bits) noexcept nogil:
-    # SAFETY: only called on entry addresses the same walk has just read through _read64.
+    # SAFETY: only called on entry addresses the same walk has just read through fp_read64.
     (<uint64_t *>(mem.base + hpa))[0] |= bits
 
 
@@ -53,18 +38,18 @@ cdef int fp_ept_prepare(fp_ept *ept, uint64_t eptp, uint64_t caps,
     ept.levels = <uint32_t>((eptp & EPTP_WALK_LENGTH_MASK) >> EPTP_WALK_LENGTH_SHIFT) + 1
     if ept.levels < 4 or ept.levels > 5 or maxphyaddr < 36 or maxphyaddr > 52:
         return -1
-    ept.addr_mask = _bits(maxphyaddr - 1, 12)
+    ept.addr_mask = fp_bits(maxphyaddr - 1, 12)
     ept.root = eptp & ept.addr_mask
     ept.ep4ta = ept.root
     ept.ad = (eptp & EPTP_AD_ENABLE) != 0
     ept.exec_only = caps & 1                              # hv.md §1.2 EXECUTE_ONLY, bit 0
     # hv.md §1.3 reserved masks; H = bits 51:M.
-    high = _bits(51, maxphyaddr) if maxphyaddr < 52 else 0
+    high = fp_bits(51, maxphyaddr) if maxphyaddr < 52 else 0
     for level in range(4, _MAX_LEVELS + 1):
-        ept.rsvd[level][0] = ept.rsvd[level][1] = high | _bits(7, 3)
-    ept.rsvd[3][0] = ept.rsvd[2][0] = high | _bits(6, 3)
-    ept.rsvd[3][1] = high | _bits(29, 12)
-    ept.rsvd[2][1] = high | _bits(20, 12)
+        ept.rsvd[level][0] = ept.rsvd[level][1] = high | fp_bits(7, 3)
+    ept.rsvd[3][0] = ept.rsvd[2][0] = high | fp_bits(6, 3)
+    ept.rsvd[3][1] = high | fp_bits(29, 12)
+    ept.rsvd[2][1] = high | fp_bits(20, 12)
     ept.rsvd[1][0] = ept.rsvd[1][1] = high
     # A large page the capabilities lack makes its PS bit reserved (cap bits 16 and 17).
     if not (caps >> 16) & 1:
@@ -82,7 +67,7 @@ cdef int fp_guest_prepare(fp_guest *guest, uint64_t cr0, uint64_t cr3, uint64_t 
             or maxphyaddr < 36 or maxphyaddr > 52):
         return -1
     guest.levels = 5 if cr4 & CR4_LA57 else 4
-    guest.addr_mask = _bits(maxphyaddr - 1, 12)
+    guest.addr_mask = fp_bits(maxphyaddr - 1, 12)
     guest.root = cr3 & guest.addr_mask
     guest.wp = (cr0 & CR0_WP) != 0
     guest.nxe = (efer & EFER_NXE) != 0
@@ -92,15 +77,15 @@ cdef int fp_guest_prepare(fp_guest *guest, uint64_t cr0, uint64_t cr3, uint64_t 
     # SDM Vol. 3A §4.5 (Tables 4-15..4-20): bits 51:M everywhere; XD is reserved without
     # EFER.NXE; PS is reserved in PML5Es and PML4Es; a large leaf's frame bits below its
     # alignment (above the PAT bit 12) are reserved.
-    high = _bits(51, maxphyaddr) if maxphyaddr < 52 else 0
+    high = fp_bits(51, maxphyaddr) if maxphyaddr < 52 else 0
     xd = 0 if guest.nxe else <uint64_t>1 << PTE_EXECUTE_DISABLE_SHIFT
     for level in range(1, _MAX_LEVELS + 1):
         guest.rsvd[level][0] = guest.rsvd[level][1] = high | xd
     for level in range(4, _MAX_LEVELS + 1):
         guest.rsvd[level][0] |= PTE_PAGE_SIZE
         guest.rsvd[level][1] |= PTE_PAGE_SIZE
-    guest.rsvd[3][1] |= _bits(29, 13)
-    guest.rsvd[2][1] |= _bits(20, 13)
+    guest.rsvd[3][1] |= fp_bits(29, 13)
+    guest.rsvd[2][1] |= fp_bits(20, 13)
     return 0
 
 
@@ -119,7 +104,7 @@ cdef inline int _ept_walk(const fp_hostmem *mem, const fp_ept *ept, uint64_t gpa
     cdef bint leaf
     while True:
         addr = table + _entry_offset(gpa, level)
-        if not _read64(mem, addr, &e):
+        if not fp_read64(mem, addr, &e):
             w.fault_addr = addr
             w.code = 0
             return FP_WALK_READ_ERROR
@@ -169,10 +154,7 @@ cdef inline uint64_t _tlb_slot(uint64_t kind, uint64_t vpid, uint64_t pcid, uint
     # A multiplicative hash of the whole tag; deterministic, so runs repeat exactly.
     cdef uint64_t h = page ^ (ep4ta * <uint64_t>0x9E3779B97F4A7C15) ^ (vpid << 40)
     h ^= (pcid << 24) ^ (kind << 60)
-    # splitmix64's finaliser: every input bit reaches the low bits the mask keeps.
-    h = (h ^ (h >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
-    h = (h ^ (h >> 27)) * <uint64_t>0x94D049BB133111EB
-    return (h ^ (h >> 31)) & mask
+    return fp_mix64(h) & mask
 
 
 cdef inline fp_tlb_entry *_tlb_find(fp_tlb *tlb, uint8_t kind, uint16_t vpid, uint16_t pcid,
@@ -286,7 +268,7 @@ cdef inline int _walk_2d(const fp_hostmem *mem, const fp_ept *ept, const fp_gues
         if rc != FP_WALK_OK:
             return rc
         entry_addr[level] = w.out_addr
-        if not _read64(mem, w.out_addr, &e):
+        if not fp_read64(mem, w.out_addr, &e):
             w.fault_addr = w.out_addr
             w.code = 0
             return FP_WALK_READ_ERROR
@@ -362,7 +344,7 @@ cdef uint64_t fp_ept_translate_burst(const fp_hostmem *mem, const fp_ept *ept, f
                                      uint32_t flags, uint64_t *out, uint8_t *codes,
                                      uint64_t *nrefs) noexcept nogil:
     # SAFETY: addrs, out and codes hold n elements each (the Python wrapper checks); every
-    # table read inside is bounds-checked by _read64.
+    # table read inside is bounds-checked by fp_read64.
     cdef fp_walk w
     cdef uint64_t k, done = 0
     cdef int rc

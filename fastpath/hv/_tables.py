@@ -22,15 +22,17 @@ _FRAME = (1 << 52) - 1 & ~0xFFF  # bits 51:12, the widest an entry's address can
 _U64 = struct.Struct("<Q")
 
 
-class _RadixTables:
+class RadixTables:
     """Insertion into a radix tree of tables whose addresses `hpa_of` turns into HPAs."""
 
     _TABLE_BITS = 0   # what a non-leaf entry this builder creates holds besides the address
     _PAGE_SIZE_BIT = 0
+    _LEVELS = (4, 5)  # the depths the format allows
 
     def __init__(self, mem, frames: FrameAllocator, levels: int, hpa_of=None):
-        if levels not in (4, 5):
-            raise ValueError("paging structures have 4 or 5 levels")
+        if levels not in self._LEVELS:
+            raise ValueError(f"these paging structures have {' or '.join(map(str, self._LEVELS))}"
+                             " levels")
         self._mem = host_buffer(mem)
         self._frames = frames
         self._hpa_of = hpa_of or (lambda address: address)
@@ -88,7 +90,7 @@ def _ept_permissions(perms: str) -> int:
     return sum(bits[p] for p in set(perms))
 
 
-class EptTables(_RadixTables):
+class EptTables(RadixTables):
     """EPT paging structures in host memory (hv.md §1.3), tables taken from `frames`.
 
     `map()` writes a leaf with the permissions, memory type and page size given; non-leaf
@@ -120,7 +122,7 @@ class EptTables(_RadixTables):
         return Eptp(self.root, self.levels, memory_type, accessed_dirty).value
 
 
-class GuestPageTables(_RadixTables):
+class GuestPageTables(RadixTables):
     """Guest IA-32e paging structures (hv.md §1.9), in guest-physical memory.
 
     `frames` hands out guest-physical table addresses and `hpa_of(gpa)` says where host memory

@@ -11,7 +11,10 @@ statuses the spec gives them. `inflight` is vhost-user's inflight I/O tracking a
 section writes it: reference devices that record their pops and pushes in a queue region step
 by step (and can die between any two steps), and the reconnection steps that say what was in
 flight. `paging` is the platform's EPT and guest IA-32e walks (GPA -> HPA, GVA -> GPA -> HPA)
-over raw tables, written from the SDM apart from the compiled walkers they check.
+over raw tables, written from the SDM apart from the compiled walkers they check; `vtd` is
+VT-d DMA remapping (IOVA -> HPA through root, context and second-level tables), likewise.
+`vmx` is the modelled VMX's exit decisions for I/O and MSR bitmaps, from the SDM's words.
+`vmdq` is the SR-IOV NIC's receive steering, one frame at a time, from the spec's contract.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import time
 
 from fastpath.hv import PAGE_SIZE, GuestMemory
-from fastpath.testing.reference import blk, inflight, nvme, paging
+from fastpath.testing.reference import blk, inflight, nvme, paging, vmdq, vmx, vtd
 from fastpath.testing.reference._common import Chain, Piece
 from fastpath.testing.reference.packed import PackedDevice, PackedDriver
 from fastpath.testing.reference.split import SplitDevice, SplitDriver
@@ -37,6 +40,9 @@ __all__ = [
     "nvme",
     "inflight",
     "paging",
+    "vmx",
+    "vmdq",
+    "vtd",
 ]
 
 _RING_BASE = 0x1000

@@ -1,0 +1,81 @@
+"""VT-d: DMA remapping (IOVA -> HPA) over raw legacy-mode root, context and second-level tables
+in host memory, with fault recording, caches and their invalidation, device TLBs and interrupt
+remapping (shared/specs/hv.md §3).
+
+`translate(mem, rtaddr, source_id, iova, access)` translates one request in the compiled core
+and raises `fastpath.errors.DmaFault` with the fault reason and the values a fault record would
+hold; `translate_burst` translates an array without the GIL. `RootTable` and
+`SecondLevelTables` build tables byte for byte, `VtdCaps` says what a unit supports (its CAP and
+ECAP words), and `VtdCaches` is a context cache and IOTLB with their invalidations.
+
+`RemappingUnit` is the whole unit as software programs it: registers at their MMIO offsets
+(`Reg`, `Gcmd`, `Fsts`), fault recording and the fault event, register-based and queued
+invalidation (`Descriptor`), DMA and ATS requests from devices (`DeviceTlb`), and interrupt
+remapping of remapped and posted IRTEs (`remapped_irte`, `posted_irte`, `remappable_msi`).
+"""
+
+from fastpath._core.vtd import FaultReason, TranslationType
+from fastpath.hv._tables import PAGE_1G, PAGE_2M, PAGE_4K
+from fastpath.hv._vtd_caches import VtdCaches
+from fastpath.hv._vtd_caps import DEFAULT_CAPS, VtdCaps
+from fastpath.hv._vtd_device_tlb import DeviceTlb
+from fastpath.hv._vtd_interrupts import (
+    CompatibilityInterrupt,
+    InterruptEntryCache,
+    PostedInterrupt,
+    RemappedInterrupt,
+    irta,
+    posted_descriptor,
+    posted_irte,
+    remappable_msi,
+    remapped_irte,
+    write_irte,
+)
+from fastpath.hv._vtd_queue import Descriptor, DescriptorType, device_tlb_range
+from fastpath.hv._vtd_regs import Fsts, Gcmd, Reg
+from fastpath.hv._vtd_tables import RootTable, SecondLevelTables, source_id
+from fastpath.hv._vtd_unit import RemappingUnit
+from fastpath.hv._vtd_walk import (
+    QUALIFIED_REASONS,
+    DmaBurst,
+    DmaTranslation,
+    translate,
+    translate_burst,
+)
+
+__all__ = [
+    "translate",
+    "translate_burst",
+    "DmaTranslation",
+    "DmaBurst",
+    "RootTable",
+    "SecondLevelTables",
+    "source_id",
+    "VtdCaps",
+    "DEFAULT_CAPS",
+    "VtdCaches",
+    "FaultReason",
+    "TranslationType",
+    "QUALIFIED_REASONS",
+    "RemappingUnit",
+    "Reg",
+    "Gcmd",
+    "Fsts",
+    "Descriptor",
+    "DescriptorType",
+    "device_tlb_range",
+    "DeviceTlb",
+    "InterruptEntryCache",
+    "RemappedInterrupt",
+    "PostedInterrupt",
+    "CompatibilityInterrupt",
+    "remapped_irte",
+    "posted_irte",
+    "remappable_msi",
+    "irta",
+    "write_irte",
+    "posted_descriptor",
+    "PAGE_4K",
+    "PAGE_2M",
+    "PAGE_1G",
+]
