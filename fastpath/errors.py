@@ -25,6 +25,7 @@ __all__ = [
     "QueueBroken",
     "ChainTooLarge",
     "RingFull",
+    "IotlbMiss",
     "error_for_code",
     "raise_for_code",
     "ChannelClosed",
@@ -152,6 +153,14 @@ class RingFull(VringError):
     """The driver has too few free descriptors for the chain it is adding."""
 
     code = -12
+
+
+class IotlbMiss(VringError):
+    """A buffer's IOVA has no translation in the IOTLB yet (VIRTIO_F_ACCESS_PLATFORM). Pops
+    never return it: the chain waits in the ring while the front-end is asked for the
+    translation."""
+
+    code = -13
 
 
 # vhost-user messages (fastpath.vhost_user)

@@ -4,6 +4,7 @@
 from libc.stdint cimport int16_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 
 from fastpath._core.memory cimport fp_gpa_chunk, fp_gpa_to_hva, fp_memory
+from fastpath._core.notify cimport fp_eventfd_signal
 
 
 cdef extern from "fp_copy.h":
@@ -39,7 +40,8 @@ cpdef enum:
     FP_E_BROKEN = -10           # the queue stopped after an unrecoverable error; reset it
     FP_E_CHAIN_BYTES = -11      # a chain's total length does not fit 32 bits
     FP_E_NO_SPACE = -12         # (Python layer) the driver has too few free descriptors
-    FP_NERRORS = 13
+    FP_E_IOTLB_MISS = -13       # an IOVA not in the IOTLB yet: the chain waits in the ring
+    FP_NERRORS = 14
 
 
 # Queue options and state bits, both ring types and both sides.
@@ -148,23 +150,77 @@ cdef inline uint32_t fp_chain_scatter(const fp_chain *chain, const fp_segment *s
     return done
 
 
-# Append the guest buffer [gpa, gpa + length) to segs as one segment per region it touches,
-# advancing *nseg. Returns 0, FP_E_DESC_MEMORY or FP_E_TOO_MANY_SEGMENTS.
-cdef inline int fp_append_buffer(const fp_memory *mem, uint32_t *hint, uint64_t gpa,
+# How a device queue reaches the buffers its chains name. Without VIRTIO_F_ACCESS_PLATFORM both
+# tables are the guest memory table and addresses are guest-physical. With it, addresses are IOVAs
+# (hv.md §5.1) and the tables are the connection's IOTLB written as region rows keyed by IOVA:
+# `read` holds the entries the device may read (RO, RW), `write` those it may write (WO, RW).
+# Two tables rather than a permission word per row: a permission is enforced by which table a
+# lookup searches, so every pop keeps the one lookup it already makes, and fp_region stays the
+# row layout that Numba kernels share with the core.
+cdef struct fp_access:
+    const fp_memory *read
+    const fp_memory *write
+    uint64_t miss_iova          # where the last pop stopped for want of a translation
+    uint8_t miss_perm           # FP_ACCESS_READ or FP_ACCESS_WRITE; 0 while nothing is missing
+    bint iotlb                  # a failed lookup may be a miss (the tables are an IOTLB)
+    int miss_fd                 # eventfd signalled for a new miss, or -1
+    uint64_t signalled          # the IOVA page and access last signalled (page << 2 | access)
+
+
+# Access bits of a miss, the values of VHOST_ACCESS_RO/WO (QEMU docs/interop/vhost-user.rst,
+# "IOMMU support"), so that the Python side sends them as they are.
+cpdef enum:
+    FP_ACCESS_READ = 1
+    FP_ACCESS_WRITE = 2
+
+
+# [addr, addr + length) is not wholly in the table for its access. Without an IOTLB, or when the
+# first missing byte is mapped without the access needed (hv.md §5.4: a permission failure), the
+# buffer is refused; otherwise that byte's IOVA is recorded as a miss: the front-end has not told
+# us its translation yet, and the chain waits in the ring for it.
+cdef inline int fp_lookup_failed(fp_access *a, uint64_t addr, uint64_t length,
+                                 bint write) noexcept nogil:
+    cdef uint32_t hint = 0
+    cdef uint64_t chunk
+    if not a.iotlb:
+        return FP_E_DESC_MEMORY
+    # Every chunk found is non-empty and inside an entry whose end does not wrap (the IOTLB
+    # refuses such entries), so the walk ends.
+    while length and fp_gpa_chunk(a.write if write else a.read, addr, length, &hint,
+                                  &chunk) != NULL:
+        addr += chunk
+        length -= chunk
+    if length == 0 or fp_gpa_chunk(a.read if write else a.write, addr, 1, &hint,
+                                   &chunk) != NULL:
+        return FP_E_DESC_MEMORY
+    a.miss_iova = addr
+    a.miss_perm = FP_ACCESS_WRITE if write else FP_ACCESS_READ
+    if a.miss_fd >= 0 and a.signalled != (addr >> 12 << 2 | a.miss_perm):
+        # Wake the control plane to send the miss now, once per new miss: a chain waiting
+        # for its translation meets the same one on every pop.
+        a.signalled = addr >> 12 << 2 | a.miss_perm
+        fp_eventfd_signal(a.miss_fd)
+    return FP_E_IOTLB_MISS
+
+
+# Append the buffer [addr, addr + length) to segs as one segment per region it touches,
+# advancing *nseg. Returns 0, FP_E_DESC_MEMORY, FP_E_IOTLB_MISS or FP_E_TOO_MANY_SEGMENTS.
+cdef inline int fp_append_buffer(fp_access *a, uint32_t *hint, uint64_t addr,
                                  uint32_t length, uint16_t flags, fp_segment *segs,
                                  uint32_t *nseg, uint32_t max_segs) noexcept nogil:
-    # SAFETY: a segment is emitted only for bytes fp_gpa_chunk found inside one region, and only
-    # while nseg < max_segs.
+    # SAFETY: a segment is emitted only for bytes fp_gpa_chunk found inside one region of the
+    # table for the segment's access, and only while nseg < max_segs.
     cdef uint64_t chunk
     cdef uint8_t *hva
     cdef uint64_t left = length
-    if length and gpa + (length - 1) < gpa:
+    cdef const fp_memory *mem = a.write if flags & FP_SEG_WRITE else a.read
+    if length and addr + (length - 1) < addr:
         # The range wraps past 2**64: no region can hold it, even one that ends there.
         return FP_E_DESC_MEMORY
     while left:
-        hva = fp_gpa_chunk(mem, gpa, left, hint, &chunk)
+        hva = fp_gpa_chunk(mem, addr, left, hint, &chunk)
         if hva == NULL:
-            return FP_E_DESC_MEMORY
+            return fp_lookup_failed(a, addr, left, flags & FP_SEG_WRITE)
         if nseg[0] >= max_segs:
             return FP_E_TOO_MANY_SEGMENTS
         segs[nseg[0]].addr = <uintptr_t>hva
@@ -172,25 +228,36 @@ cdef inline int fp_append_buffer(const fp_memory *mem, uint32_t *hint, uint64_t 
         segs[nseg[0]].flags = flags
         segs[nseg[0]].reserved = 0
         nseg[0] += 1
-        gpa += chunk
+        addr += chunk
         left -= chunk
     return 0
+
+
+# The host address of a table of `length` bytes at addr the device reads (an indirect table),
+# or NULL with *rc set: FP_E_IOTLB_MISS for a miss, else `refused`.
+cdef inline const uint8_t *fp_read_table(fp_access *a, uint32_t *hint, uint64_t addr,
+                                         uint32_t length, int refused, int *rc) noexcept nogil:
+    cdef const uint8_t *table = fp_gpa_to_hva(a.read, addr, length, hint)
+    if table == NULL:
+        rc[0] = FP_E_IOTLB_MISS if addr + length > addr and fp_lookup_failed(
+            a, addr, length, False) == FP_E_IOTLB_MISS else refused
+    return table
 
 
 # The common case of a one-descriptor buffer inside one region: one segment at segs[first_seg]
 # and the whole chain record, each written once. Returns False, having written nothing, when
 # the buffer is empty, crosses a region boundary or lies outside memory: the caller then takes
 # the general path.
-cdef inline bint fp_single_segment_chain(const fp_memory *mem, uint32_t *hint, uint64_t gpa,
+cdef inline bint fp_single_segment_chain(const fp_access *a, uint32_t *hint, uint64_t gpa,
                                          uint32_t length, bint writable, uint32_t id,
                                          fp_segment *segs, uint32_t first_seg,
                                          fp_chain *c) noexcept nogil:
-    # SAFETY: the buffer is translated whole before the segment points at it; the caller checked
-    # that segs[first_seg] exists.
+    # SAFETY: the buffer is translated whole, in the table for its access, before the segment
+    # points at it; the caller checked that segs[first_seg] exists.
     cdef uint8_t *hva
     if length == 0:
         return False
-    hva = fp_gpa_to_hva(mem, gpa, length, hint)
+    hva = fp_gpa_to_hva(a.write if writable else a.read, gpa, length, hint)
     if hva == NULL:
         return False
     segs[first_seg].addr = <uintptr_t>hva
@@ -233,3 +300,19 @@ cdef inline void fp_count_error(uint64_t *errors, int code) noexcept nogil:
 
 # {-code: count} for every error counted at least once.
 cdef dict fp_error_counts(const uint64_t *errors)
+
+# Buffers looked up in `read` and `write` from now on; with `iotlb`, a failed lookup may be a miss.
+# A new miss signals miss_fd (-1: none).
+cdef inline void fp_access_set(fp_access *a, const fp_memory *read, const fp_memory *write,
+                               bint iotlb, int miss_fd) noexcept nogil:
+    a.read = read
+    a.write = write
+    a.iotlb = iotlb
+    a.miss_perm = 0
+    a.miss_iova = 0
+    a.miss_fd = miss_fd
+    a.signalled = 0
+
+# (iova, access) of the miss the last pops stopped at, or None; it is forgotten once taken (a
+# pop that stops there again records it again).
+cdef object fp_take_miss(fp_access *a)

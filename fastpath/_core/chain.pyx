@@ -72,6 +72,17 @@ cdef dict fp_error_counts(const uint64_t *errors):
     return {code: errors[code] for code in range(1, FP_NERRORS) if errors[code]}
 
 
+cdef object fp_take_miss(fp_access *a):
+    # Read while a data plane may be popping: a miss recorded meanwhile is recorded again by
+    # the next pop that stops at it, so a lost one only comes a burst later.
+    cdef uint8_t perm = a.miss_perm
+    cdef uint64_t iova = a.miss_iova
+    if perm == 0:
+        return None
+    a.miss_perm = 0
+    return iova, perm
+
+
 def chain_gather(const uint8_t[::1] chains, Py_ssize_t index, const uint8_t[::1] segs,
                  uint8_t[::1] dst):
     """Copy chain `index`'s readable bytes into dst; returns the count. Arrays are raw bytes."""

@@ -50,6 +50,12 @@ cdef struct fp_net_queue:
 # asked. Returns the frames copied, or an FP_E_* code when the ring is broken.
 cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride,
                         const uint32_t *slots, uint32_t *lengths, uint32_t max_n) noexcept nogil
+# Receiveq: how many frames (at most max_n) its posted buffers take now without one of them
+# waiting for an IOTLB translation, so that a forwarding loop takes no more than that from a
+# transmitq and a frame waits in its transmitq, not lost, while a translation is missing. It
+# counts buffers, one per frame: with MRG_RXBUF a long frame may still need one that waits.
+# Without an IOTLB, max_n. Returns an FP_E_* code when the ring is broken.
+cdef int fp_net_room(fp_net_queue *q, uint32_t max_n) noexcept nogil
 # Receiveq: copies the frames of the first n slots into receive buffers behind a header, in
 # order, and calls the driver if it asked. Returns how many frames it took: placed, or dropped
 # (counted) because no buffer could ever hold them; it stops early when the driver has too few

@@ -6,7 +6,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-from fastpath._core.chain cimport fp_chain, fp_copy, fp_release_fence, fp_segment
+from fastpath._core.chain cimport fp_access, fp_chain, fp_copy, fp_release_fence, fp_segment
 from fastpath._core.dirty_log cimport fp_log_write
 from fastpath._core.memory cimport fp_hva_to_gpa, fp_memory
 from fastpath._core.notify cimport fp_eventfd_signal
@@ -42,6 +42,12 @@ cdef inline const fp_memory *_memory(const fp_net_queue *q) noexcept nogil:
     if q.packed:
         return (<fp_packed_device *>q.vq).mem
     return (<fp_split_device *>q.vq).mem
+
+
+cdef inline const fp_access *_access(const fp_net_queue *q) noexcept nogil:
+    if q.packed:
+        return &(<fp_packed_device *>q.vq).access
+    return &(<fp_split_device *>q.vq).access
 
 
 cdef inline void _log_written(fp_net_queue *q, const fp_chain *c) noexcept nogil:
@@ -187,6 +193,18 @@ cdef inline void _scatter_byte(fp_net_queue *q, fp_chain *c, uint8_t value,
             (<uint8_t *>(<uintptr_t>seg.addr))[at] = value
             return
         at -= seg.len
+
+
+cdef int fp_net_room(fp_net_queue *q, uint32_t max_n) noexcept nogil:
+    # SAFETY: pops into the queue's own arrays and returns every chain to the ring unused
+    # before anything is written.
+    cdef int got
+    if not _access(q).iotlb:
+        return <int>max_n
+    got = _pop(q, 0, max_n if max_n < q.max_chains else q.max_chains, 0)
+    if got > 0:
+        _unpop(q, 0, <uint32_t>got)
+    return got
 
 
 cdef int fp_net_transmit(fp_net_queue *q, const uint8_t *frames, uint32_t stride,

@@ -1,8 +1,8 @@
 # The packed virtqueue (virtio 1.2 §2.8), device side and driver side.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
-from fastpath._core.chain cimport (FP_NERRORS, fp_chain, fp_driver_chain, fp_segment,
-                                   fp_used_elem)
+from fastpath._core.chain cimport (FP_NERRORS, fp_access, fp_chain, fp_driver_chain,
+                                   fp_segment, fp_used_elem)
 from fastpath._core.memory cimport fp_memory
 
 
@@ -96,7 +96,8 @@ cdef struct fp_packed_inflight:
 
 cdef struct fp_packed_device:
     fp_packed_ring ring
-    const fp_memory *mem
+    const fp_memory *mem        # guest memory: the dirty log is kept by guest-physical page
+    fp_access access            # where buffers are looked up: mem, or an IOTLB
     uint32_t mem_hint
     uint16_t next_avail
     uint16_t next_used

@@ -9,13 +9,14 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOOP,
-                                   FP_E_INDIRECT, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
-                                   FP_E_WRITE_ORDER, FP_SEG_WRITE, FP_VQ_BROKEN,
+                                   FP_E_INDIRECT, FP_E_IOTLB_MISS, FP_E_TOO_MANY_SEGMENTS,
+                                   FP_E_USED_ID, FP_E_WRITE_ORDER, FP_SEG_WRITE, FP_VQ_BROKEN,
                                    FP_VQ_EVENT_DESC, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT,
-                                   FP_VQ_NOTIFY_OFF, fp_append_buffer, fp_chain_clear,
-                                   fp_count_error, fp_error_counts, fp_full_fence,
+                                   FP_VQ_NOTIFY_OFF, fp_access_set, fp_append_buffer,
+                                   fp_chain_clear, fp_count_error, fp_error_counts, fp_full_fence,
                                    fp_load_acquire_u16, fp_load_relaxed_u16, fp_max_indirect,
-                                   fp_need_event, fp_read_once_u64, fp_single_segment_chain,
+                                   fp_need_event, fp_read_once_u64, fp_read_table,
+                                   fp_single_segment_chain, fp_take_miss,
                                    fp_store_release_u8, fp_store_release_u16,
                                    fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
@@ -101,7 +102,7 @@ cdef int _add_segment(fp_packed_device *vq, const fp_packed_desc *d, fp_chain *c
         return FP_E_WRITE_ORDER
     else:
         w.readable += d.len
-    rc = fp_append_buffer(vq.mem, &vq.mem_hint, d.addr, d.len,
+    rc = fp_append_buffer(&vq.access, &vq.mem_hint, d.addr, d.len,
                           FP_SEG_WRITE if d.flags & FP_PACKED_DESC_F_WRITE else 0,
                           segs, &w.nseg, max_segs)
     if rc == 0 and not w.seen_write:
@@ -120,9 +121,10 @@ cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain 
             or d.len % sizeof(fp_packed_desc) != 0
             or d.len // sizeof(fp_packed_desc) > fp_max_indirect(vq.ring.size)):
         return FP_E_INDIRECT
-    table = <const fp_packed_desc *>fp_gpa_to_hva(vq.mem, d.addr, d.len, &vq.mem_hint)
+    table = <const fp_packed_desc *>fp_read_table(&vq.access, &vq.mem_hint, d.addr, d.len,
+                                                  FP_E_INDIRECT, &rc)
     if table == NULL:
-        return FP_E_INDIRECT
+        return rc
     count = d.len // sizeof(fp_packed_desc)
     for k in range(count):
         _read_desc(&table[k], &e)
@@ -184,7 +186,8 @@ cdef int _pop_resubmitted(fp_packed_device *vq, fp_chain *chains, uint32_t max_c
                           fp_segment *segs, uint32_t max_segs, uint32_t *used_segs) noexcept nogil:
     # The chains a restart left in flight, from the copies their entries keep (their ring slots
     # may hold used descriptors by now); returns how many, or -1 - n when the next one's pieces
-    # do not fit after n: it waits for the next burst, and nothing else is popped in this one.
+    # do not fit after n or it waits for an IOTLB translation: it waits for a later burst, and
+    # nothing else is popped in this one.
     cdef fp_packed_inflight *t = &vq.inflight
     cdef uint32_t i = 0, k, ndesc
     cdef uint16_t head, e
@@ -205,7 +208,7 @@ cdef int _pop_resubmitted(fp_packed_device *vq, fp_chain *chains, uint32_t max_c
             rc = _walk_desc(vq, &d, k + 1, c, segs + used_segs[0], max_segs - used_segs[0], &w,
                             rc)
             e = t.next[e]
-        if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
+        if rc == FP_E_IOTLB_MISS or (rc == FP_E_TOO_MANY_SEGMENTS and i > 0):
             return -1 - <int>i
         used_segs[0] += _end_chain(vq, c, rc, &w, d.id, ndesc)
         t.head_of[d.id] = head + 1
@@ -293,7 +296,7 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
         d.flags = flags
         if (not (flags & (FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT))
                 and used_segs < max_segs
-                and fp_single_segment_chain(vq.mem, &hint, d.addr, d.len,
+                and fp_single_segment_chain(&vq.access, &hint, d.addr, d.len,
                                             flags & FP_PACKED_DESC_F_WRITE, d.id,
                                             segs, used_segs, c)):
             if tracked:
@@ -323,7 +326,8 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
             _advance(&walk_pos, &walk_wrap, 1, size)
             if not (d.flags & FP_PACKED_DESC_F_NEXT):
                 break
-        if rc == FP_E_TOO_MANY_SEGMENTS and i > 0:
+        if rc == FP_E_IOTLB_MISS or (rc == FP_E_TOO_MANY_SEGMENTS and i > 0):
+            # Left in the ring: for the next burst, or until the IOTLB has the translation.
             break
         used_segs += _end_chain(vq, c, rc, &w, d.id, ndesc)
         if tracked:
@@ -640,6 +644,7 @@ cdef class PackedDevice:
     """
     cdef fp_packed_device q
     cdef MemoryTable memory
+    cdef object iotlb_tables
     cdef object owner
     cdef object inflight_owner
     cdef uint16_t[::1] next, last, num
@@ -656,6 +661,7 @@ cdef class PackedDevice:
         self.memory = memory
         self.owner = owner
         self.q.mem = &memory.mem
+        fp_access_set(&self.q.access, &memory.mem, &memory.mem, False, -1)
         self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
         self.q.avail_wrap = 1
         self.q.used_wrap = 1
@@ -745,6 +751,18 @@ cdef class PackedDevice:
     def handle(self):
         """Address of the core state, for compiled callers of the fp_packed_* functions."""
         return <uintptr_t>&self.q
+
+    def use_iotlb(self, MemoryTable readable, MemoryTable writable, int miss_fd=-1):
+        """Look buffers up by IOVA in an IOTLB from now on (VIRTIO_F_ACCESS_PLATFORM): the
+        entries the device may read in `readable`, those it may write in `writable`. A chain
+        with an IOVA in neither stops the pop before it; `take_miss()` says where, and a new
+        miss signals the eventfd `miss_fd` (-1: none)."""
+        self.iotlb_tables = (readable, writable)
+        fp_access_set(&self.q.access, &readable.mem, &writable.mem, True, miss_fd)
+
+    def take_miss(self):
+        """(iova, access) a pop stopped at for want of a translation, or None."""
+        return fp_take_miss(&self.q.access)
 
     @property
     def avail_state(self):

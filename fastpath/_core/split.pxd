@@ -1,8 +1,8 @@
 # The split virtqueue (virtio 1.2 §2.7), device side and driver side.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
-from fastpath._core.chain cimport (FP_NERRORS, fp_chain, fp_driver_chain, fp_segment,
-                                   fp_used_elem)
+from fastpath._core.chain cimport (FP_NERRORS, fp_access, fp_chain, fp_driver_chain,
+                                   fp_segment, fp_used_elem)
 from fastpath._core.memory cimport fp_memory
 
 
@@ -68,7 +68,8 @@ cdef struct fp_split_inflight:
 
 cdef struct fp_split_device:
     fp_split_ring ring
-    const fp_memory *mem
+    const fp_memory *mem        # guest memory: the dirty log is kept by guest-physical page
+    fp_access access            # where buffers are looked up: mem, or an IOTLB
     uint32_t mem_hint
     uint16_t last_avail_idx
     uint16_t used_idx
@@ -96,7 +97,8 @@ cdef struct fp_split_driver:
 
 
 # Device side. Pops up to max_chains available chains; returns how many, or FP_E_AVAIL_IDX /
-# FP_E_BROKEN. A chain that fails validation is still returned (and consumed) with its error set.
+# FP_E_BROKEN. A chain that fails validation is still returned (and consumed) with its error set;
+# one whose IOVA has no translation yet stops the burst before it (vq.access records the miss).
 # With an inflight record, the chains in flight before a restart come first, oldest first, and
 # every head taken from the avail ring is recorded in flight.
 cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_chains,

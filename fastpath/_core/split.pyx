@@ -10,14 +10,14 @@ from libc.string cimport memset
 
 from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES,
                                    FP_E_CHAIN_LOOP, FP_E_HEAD_RANGE, FP_E_INDIRECT,
-                                   FP_E_NEXT_RANGE, FP_E_TOO_MANY_SEGMENTS, FP_E_USED_ID,
-                                   FP_E_WRITE_ORDER, FP_SEG_WRITE,
+                                   FP_E_IOTLB_MISS, FP_E_NEXT_RANGE, FP_E_TOO_MANY_SEGMENTS,
+                                   FP_E_USED_ID, FP_E_WRITE_ORDER, FP_SEG_WRITE,
                                    FP_VQ_BROKEN, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT,
-                                   FP_VQ_NOTIFY_OFF, fp_append_buffer, fp_chain_clear,
-                                   fp_count_error, fp_error_counts, fp_full_fence,
+                                   FP_VQ_NOTIFY_OFF, fp_access_set, fp_append_buffer,
+                                   fp_chain_clear, fp_count_error, fp_error_counts, fp_full_fence,
                                    fp_load_acquire_u16, fp_load_relaxed_u16, fp_need_event,
                                    fp_max_indirect, fp_read_once_u16, fp_read_once_u64,
-                                   fp_single_segment_chain,
+                                   fp_read_table, fp_single_segment_chain, fp_take_miss,
                                    fp_store_release_u8, fp_store_release_u16,
                                    fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
@@ -83,9 +83,10 @@ cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment
                     or d.len % sizeof(fp_split_desc) != 0
                     or d.len // sizeof(fp_split_desc) > fp_max_indirect(vq.ring.size)):
                 return FP_E_INDIRECT
-            table = <const fp_split_desc *>fp_gpa_to_hva(vq.mem, d.addr, d.len, &vq.mem_hint)
+            table = <const fp_split_desc *>fp_read_table(&vq.access, &vq.mem_hint, d.addr,
+                                                         d.len, FP_E_INDIRECT, &rc)
             if table == NULL:
-                return FP_E_INDIRECT
+                return rc
             table_size = d.len // sizeof(fp_split_desc)
             idx = 0
             visited = 0
@@ -98,7 +99,7 @@ cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment
             return FP_E_WRITE_ORDER
         else:
             readable += d.len
-        rc = fp_append_buffer(vq.mem, &vq.mem_hint, d.addr, d.len,
+        rc = fp_append_buffer(&vq.access, &vq.mem_hint, d.addr, d.len,
                               FP_SEG_WRITE if d.flags & FP_SPLIT_DESC_F_WRITE else 0,
                               segs, &nseg, max_segs)
         if rc:
@@ -122,20 +123,21 @@ cdef inline int _pop_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_s
                            uint32_t used_segs, uint32_t max_segs, uint32_t *hint,
                            bint first) noexcept nogil:
     # The chain at `head` into c, its pieces from segs[used_segs]; returns the segments it took,
-    # or -1 when they do not fit and it is not the burst's first chain: it is left for the next
-    # burst, which starts with an empty segment array. A bad chain takes none, its error set.
+    # or -1 when they do not fit and it is not the burst's first chain (it is left for the next
+    # burst, which starts with an empty segment array) or when a translation is missing (it is
+    # left until the IOTLB has it). A bad chain takes none, its error set.
     cdef fp_split_desc d
     cdef int rc
     if head < vq.ring.size and used_segs < max_segs:
         _read_desc(&vq.ring.desc[head], &d)
         if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
-                and fp_single_segment_chain(vq.mem, hint, d.addr, d.len,
+                and fp_single_segment_chain(&vq.access, hint, d.addr, d.len,
                                             d.flags & FP_SPLIT_DESC_F_WRITE, head,
                                             segs, used_segs, c)):
             return 1
     fp_chain_clear(c, head, used_segs)
     rc = _read_chain(vq, head, c, segs + used_segs, max_segs - used_segs)
-    if rc == FP_E_TOO_MANY_SEGMENTS and not first:
+    if rc == FP_E_IOTLB_MISS or (rc == FP_E_TOO_MANY_SEGMENTS and not first):
         return -1
     if rc:
         c.error = <short>rc
@@ -459,6 +461,7 @@ cdef class SplitDevice:
     """
     cdef fp_split_device q
     cdef MemoryTable memory
+    cdef object iotlb_tables
     cdef object owner
     cdef object inflight_owner
     cdef const uint16_t[::1] resubmit
@@ -469,12 +472,25 @@ cdef class SplitDevice:
         self.memory = memory
         self.owner = owner
         self.q.mem = &memory.mem
+        fp_access_set(&self.q.access, &memory.mem, &memory.mem, False, -1)
         self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
 
     @property
     def handle(self):
         """Address of the core state, for compiled callers of the fp_split_* functions."""
         return <uintptr_t>&self.q
+
+    def use_iotlb(self, MemoryTable readable, MemoryTable writable, int miss_fd=-1):
+        """Look buffers up by IOVA in an IOTLB from now on (VIRTIO_F_ACCESS_PLATFORM): the
+        entries the device may read in `readable`, those it may write in `writable`. A chain
+        with an IOVA in neither stops the pop before it; `take_miss()` says where, and a new
+        miss signals the eventfd `miss_fd` (-1: none)."""
+        self.iotlb_tables = (readable, writable)
+        fp_access_set(&self.q.access, &readable.mem, &writable.mem, True, miss_fd)
+
+    def take_miss(self):
+        """(iova, access) a pop stopped at for want of a translation, or None."""
+        return fp_take_miss(&self.q.access)
 
     @property
     def last_avail_idx(self):

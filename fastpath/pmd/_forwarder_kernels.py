@@ -5,7 +5,7 @@ compiled code, one burst per pair and round; nothing per frame or per burst runs
 from numba import njit
 
 from fastpath._numba import NJIT, carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
-from fastpath.devices.net.kernels import net_receive, net_transmit
+from fastpath.devices.net.kernels import net_receive, net_room, net_transmit
 from fastpath.pmd._pcap import capture_burst
 from fastpath.pmd._pollers import HOST_SERVICE, POLLER_ARGS, register_poller
 from fastpath.vring.kernels import device_set_kicks
@@ -101,7 +101,18 @@ def poll(row, host):
         tx = table[p, COL_TX]
         if tx == 0:
             continue
-        got = net_receive(tx, frames_at, stride, 0, lengths_at, burst)
+        rx = table[p, COL_RX]
+        room = burst
+        if rx != 0 and mode != FWD_DROP:
+            # Under a vIOMMU, a receive buffer may wait for its translation: frames stay in
+            # the transmitq meanwhile instead of being taken and lost (a broken receiveq is
+            # found by the transmit below).
+            room = net_room(rx, burst)
+            if room == 0:
+                continue
+            if room < 0:
+                room = burst
+        got = net_receive(tx, frames_at, stride, 0, lengths_at, room)
         if got < 0:
             stats[p, STAT_BROKEN] += 1
             table[p, COL_TX] = 0
@@ -117,7 +128,6 @@ def poll(row, host):
         if mode == FWD_MACSWAP:
             swap_macs(frames, lengths, None, got)
         sent = 0
-        rx = table[p, COL_RX]
         if rx != 0:
             sent = net_transmit(rx, frames_at, stride, 0, lengths_at, got)
             if sent < 0:

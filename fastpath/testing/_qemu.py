@@ -77,6 +77,15 @@ def _die_with_parent() -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+# A virtio-net device behind an Intel vIOMMU (../shared/peers.md, "A real vIOMMU (VT-d)"): QEMU
+# needs the device IOTLB and ATS for a vhost back-end, and a modern-only device, since a
+# transitional one refuses iommu_platform; caching mode makes the guest report every mapping.
+_IOMMU_MACHINE = ["-machine", "q35", "-device", "intel-iommu,caching-mode=on,device-iotlb=on"]
+_IOMMU_NET_OPTIONS = ",iommu_platform=on,ats=on,disable-legacy=on,disable-modern=off"
+# Strict mode: the guest unmaps (and QEMU invalidates) every buffer as soon as it is used.
+_IOMMU_APPEND = ["intel_iommu=on", "iommu.strict=1"]
+
+
 class QemuGuest:
     """One qemu-system-x86_64 process booting `kernel` and `initrd`; started by the constructor.
 
@@ -89,7 +98,10 @@ class QemuGuest:
     `vcpus` its virtual CPUs, `mac` the network device's MAC address, `queues` its queue pairs
     (more than one: ``mq=on``), `packed` gives both devices packed rings (``packed=on``),
     `extra` more QEMU arguments, `cpu` a CPU to pin QEMU to (None: no pinning). QEMU is killed
-    after `time_limit` seconds whatever happens.
+    after `time_limit` seconds whatever happens. `iommu` puts the network device behind an
+    Intel vIOMMU (VT-d) on a q35 machine, as ../shared/peers.md describes it: QEMU then sends
+    the back-end IOTLB messages, and the guest's kernel maps and unmaps every buffer (strict
+    mode).
     """
 
     def __init__(self, kernel: str | os.PathLike, initrd: str | os.PathLike, *,
@@ -98,7 +110,8 @@ class QemuGuest:
                  vcpus: int = 1, mac: str = "52:54:00:12:34:56", queues: int = 1,
                  packed: bool = False, blk_socket: str | os.PathLike | None = None,
                  blk_queues: int = 1, extra: Sequence[str] = (),
-                 cpu: int | None = None, time_limit: float = 120.0, qemu: str | None = None):
+                 cpu: int | None = None, time_limit: float = 120.0, qemu: str | None = None,
+                 iommu: bool = False):
         binary = qemu or self.find()
         if binary is None:
             raise QemuError(f"{QEMU} is not installed")
@@ -111,9 +124,13 @@ class QemuGuest:
             "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on",
             "-numa", "node,memdev=mem",
             "-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd),
-            "-append", " ".join(["console=ttyS0 quiet panic=-1", append]).strip(),
+            "-append", " ".join(["console=ttyS0 quiet panic=-1", *_IOMMU_APPEND * iommu,
+                                 append]).strip(),
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
         ]
+        if iommu:
+            # The vIOMMU goes before the devices behind it.
+            self.command += _IOMMU_MACHINE
         for path in (self.socket, self.blk_socket):
             if path is not None and "," in path:
                 raise ValueError(f"a chardev path cannot contain a comma: {path!r}")
@@ -127,7 +144,8 @@ class QemuGuest:
                 "-chardev", chardev,
                 "-netdev", f"vhost-user,id=n0,chardev=c0,queues={queues}",
                 "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=,vectors=0"
-                + (",mq=on" if queues > 1 else "") + (",packed=on" if packed else ""),
+                + (",mq=on" if queues > 1 else "") + (",packed=on" if packed else "")
+                + (_IOMMU_NET_OPTIONS if iommu else ""),
             ]
         if self.blk_socket is not None:
             # A vhost-user-blk back-end restarted under a running guest (the inflight area's

@@ -29,11 +29,15 @@ from fastpath.hv import GuestMemory, SharedRegion
 from fastpath.vhost_user._channel import Channel
 from fastpath.vhost_user._device import ENGINE_PROTOCOL_FEATURES, Device
 from fastpath.vhost_user._inflight import InflightArea
+from fastpath.vhost_user._iotlb import Iotlb
 from fastpath.vhost_user._payloads import (
     NO_PAYLOAD,
     U64,
     DeviceConfig,
     Inflight,
+    IotlbAccess,
+    IotlbMessage,
+    IotlbType,
     LogArea,
     MemoryRegion,
     MemoryTable,
@@ -52,6 +56,7 @@ from fastpath.vhost_user._protocol import (
     encode_reply,
 )
 from fastpath.vring import (
+    VIRTIO_F_ACCESS_PLATFORM,
     VIRTIO_F_RING_PACKED,
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
@@ -59,6 +64,7 @@ from fastpath.vring import (
     PackedDeviceQueue,
     RingAddresses,
     SplitDeviceQueue,
+    ring_area_sizes,
 )
 
 log = logging.getLogger("fastpath.vhost_user")
@@ -72,7 +78,16 @@ VHOST_F_LOG_ALL = 26
 _DATA_PLANE_REQUESTS = {
     F.SET_FEATURES, F.SET_LOG_BASE, F.SET_MEM_TABLE, F.ADD_MEM_REG, F.REM_MEM_REG, F.SET_VRING_KICK,
     F.SET_VRING_CALL, F.SET_VRING_ERR, F.GET_VRING_BASE, F.SET_VRING_ENABLE, F.RESET_DEVICE,
+    F.IOTLB_MSG,
 }
+
+# QEMU refuses a vIOMMU unless the back-end can be asked for acks and can send misses
+# (vhost_user_backend_init: "IOMMU support requires reply-ack and slave-req protocol
+# features"); the engine holds a front-end to the same.
+_IOMMU_PROTOCOL = ProtocolFeature.REPLY_ACK | ProtocolFeature.BACKEND_REQ
+
+# How long a ring waits for the front-end to answer an IOTLB miss before it is given up.
+IOTLB_MISS_DEADLINE = 5.0
 
 
 class NotAnEventfd(RequestRefused):
@@ -116,6 +131,14 @@ def _replace_fd(holder: object, name: str, fd: int | None) -> None:
     setattr(holder, name, fd)
 
 
+class _Untranslated(RequestRefused):
+    """A ring area's IOVA that the IOTLB does not translate (yet)."""
+
+    def __init__(self, iova: int):
+        super().__init__(f"no IOTLB entry for its area at IOVA {iova:#x}")
+        self.iova = iova
+
+
 @dataclass
 class VringSetup:
     """One vring as the front-end has described it so far, and its queue once started."""
@@ -128,6 +151,12 @@ class VringSetup:
     err: int | None = None
     enabled: bool = False
     queue: DeviceQueue | None = field(default=None, repr=False)
+    # VIRTIO_F_ACCESS_PLATFORM: the IOVA ranges of the ring's areas, once translated; and
+    # whether a kicked ring waits for a translation of its areas before it starts.
+    ring_iovas: tuple[tuple[int, int], ...] = ()
+    awaiting_translation: bool = False
+    # The (iova, access) of the last IOTLB miss the ring waits for.
+    missing: tuple[int, int] | None = None
 
     @property
     def started(self) -> bool:
@@ -149,7 +178,8 @@ class Backend:
     """A vhost-user back-end for one connection, serving `device`: it offers what the device
     offers (see `Device`) and keeps the protocol's state, none of the device's."""
 
-    def __init__(self, channel: Channel, device: Device, *, max_mem_slots: int = 8):
+    def __init__(self, channel: Channel, device: Device, *, max_mem_slots: int = 8,
+                 iotlb_miss_deadline: float = IOTLB_MISS_DEADLINE):
         if device.protocol_features & ~ENGINE_PROTOCOL_FEATURES:
             raise ValueError("protocol features the engine does not implement")
         self.channel = channel
@@ -159,6 +189,15 @@ class Backend:
             # Only a device that asks for it has its rings record what is in flight.
             self.protocol_offered &= ~ProtocolFeature.INFLIGHT_SHMFD
         self.offered = device.features | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+        if self.protocol_offered & _IOMMU_PROTOCOL != _IOMMU_PROTOCOL:
+            self.offered &= ~(1 << VIRTIO_F_ACCESS_PLATFORM)
+        # VIRTIO_F_ACCESS_PLATFORM: the IOTLB the front-end fills, and how long a miss may
+        # stay unanswered before the ring waiting for it is given up.
+        self.iotlb = Iotlb()
+        self.iotlb_miss_deadline = iotlb_miss_deadline
+        # Signalled by a ring's pop that meets a missing translation: the adapters wait on it
+        # beside the channel, so that the miss is sent at once (`poll_iotlb`).
+        self.miss_fd = os.eventfd(0, os.EFD_NONBLOCK)
         self.acked = 0
         self.protocol = 0
         self.owner = False
@@ -210,6 +249,7 @@ class Backend:
             F.GET_STATUS: lambda p, fds: U64(self.status),
             F.GET_INFLIGHT_FD: self._get_inflight_fd,
             F.SET_INFLIGHT_FD: self._set_inflight_fd,
+            F.IOTLB_MSG: self._iotlb_msg,
         }
         # The device's own requests come after the engine's (which it cannot replace).
         for request, handler in device.requests().items():
@@ -285,6 +325,7 @@ class Backend:
         for vring in self.vrings:
             vring.close()
         self.vrings = [VringSetup() for _ in self.vrings]
+        self.iotlb = Iotlb()
         self.acked = 0
         self.status = 0
         self._replace_inflight(None)
@@ -302,6 +343,7 @@ class Backend:
             self._keep_fd("log_fd", [])
             self._replace_backend_channel(None)
             self._replace_inflight(None)
+        os.close(self.miss_fd)
         self.channel.close()
 
     @property
@@ -397,7 +439,16 @@ class Backend:
     def _set_features(self, payload: U64, fds: list[int]) -> None:
         if payload.value & ~self.offered:
             raise RequestRefused(f"features {payload.value & ~self.offered:#x} were not offered")
+        if (payload.value >> VIRTIO_F_ACCESS_PLATFORM & 1
+                and self.protocol & _IOMMU_PROTOCOL != _IOMMU_PROTOCOL):
+            raise RequestRefused("ACCESS_PLATFORM without REPLY_ACK and BACKEND_REQ negotiated")
         self.acked = payload.value
+
+    @property
+    def iommu(self) -> bool:
+        """Whether the front-end acked VIRTIO_F_ACCESS_PLATFORM: ring and buffer addresses
+        are IOVAs, translated through the IOTLB (hv.md §5.1)."""
+        return bool(self.acked >> VIRTIO_F_ACCESS_PLATFORM & 1)
 
     def _set_protocol_features(self, payload: U64, fds: list[int]) -> None:
         if payload.value & ~self.protocol_offered:
@@ -495,6 +546,7 @@ class Backend:
             memory.close()
             raise
         old, self.memory = self.memory, memory
+        self.iotlb.remap(memory)
         self._region_adds.clear()
         for index, queue in moved.items():
             self.vrings[index].queue = queue
@@ -517,6 +569,7 @@ class Backend:
         self.memory.add_region(SharedRegion(fds[0], payload.guest_phys_addr, payload.size,
                                             payload.user_addr, payload.mmap_offset))
         fds.clear()  # mapped: the memory owns the fd
+        self.iotlb.remap(self.memory)
 
     def _rem_mem_reg(self, payload: MemoryRegion, fds: list[int]) -> None:
         # No fd should come; one may, and handle_request closes it.
@@ -528,6 +581,7 @@ class Backend:
             return
         self.memory.remove_region(gpa)
         self._region_adds.pop(gpa, None)
+        self.iotlb.remap(self.memory)
 
     def _already_mapped(self, region: MemoryRegion, fd: int) -> bool:
         # The same range of the same file at the same addresses as a mapped region.
@@ -565,6 +619,8 @@ class Backend:
             self.device.stopping(self, payload.index)
             vring.base = self._ring_base(vring.queue)
             vring.queue = None
+        vring.awaiting_translation = False
+        vring.missing = None
         return VringState(payload.index, vring.base)
 
     def _set_vring_kick(self, payload: VringFile, fds: list[int]) -> None:
@@ -591,7 +647,16 @@ class Backend:
 
     def _start(self, index: int) -> None:
         vring = self.vrings[index]
-        vring.queue = self._new_queue(index, self.memory, vring.base)
+        try:
+            vring.queue = self._new_queue(index, self.memory, vring.base)
+        except _Untranslated as e:
+            # hv.md §5.3: ask for the translations; the ring starts once they have come.
+            log.info("vring %d: %s; waiting for the front-end's IOTLB updates", index, e)
+            vring.awaiting_translation = True
+            self._ask_translation(vring, e.iova, IotlbAccess.READ_WRITE)
+            return
+        vring.awaiting_translation = False
+        vring.missing = None
         # Without PROTOCOL_FEATURES a ring is enabled as soon as it starts.
         if not self.acked >> VHOST_USER_F_PROTOCOL_FEATURES & 1:
             vring.enabled = True
@@ -601,9 +666,7 @@ class Backend:
         vring = self.vrings[index]
         if memory is None or vring.address is None or not vring.num:
             raise RequestRefused(f"vring {index} started before its memory, size and addresses")
-        a = vring.address
-        to_guest = memory.user_to_guest
-        addresses = RingAddresses(to_guest(a.desc), to_guest(a.avail), to_guest(a.used))
+        addresses = self._ring_addresses(vring, memory)
         options = {"event_idx": bool(self.acked >> VIRTIO_RING_F_EVENT_IDX & 1),
                    "indirect": bool(self.acked >> VIRTIO_RING_F_INDIRECT_DESC & 1)}
         if self.packed:
@@ -631,7 +694,105 @@ class Backend:
             queue.used_idx = base
         if self.inflight is not None and self.protocol & ProtocolFeature.INFLIGHT_SHMFD:
             self._track_inflight(index, queue)
+        if self.iommu:
+            queue.use_iotlb(self.iotlb.readable, self.iotlb.writable, self.miss_fd)
         return queue
+
+    def _ring_addresses(self, vring: VringSetup, memory: GuestMemory) -> RingAddresses:
+        # The guest-physical addresses of the ring's areas, from the front-end addresses
+        # SET_VRING_ADDR gave or, with ACCESS_PLATFORM, from IOVAs (hv.md §5.1). An area is
+        # translated whole, for reading and writing, as DPDK's vring_translate asks, so that
+        # the core can go on indexing it unchecked; raises _Untranslated at the first IOVA the
+        # IOTLB lacks.
+        a = vring.address
+        areas = (a.desc, a.avail, a.used)
+        if self.iommu:
+            sizes = ring_area_sizes(vring.num, self.packed)
+            user = []
+            for iova, size in zip(areas, sizes, strict=True):
+                uaddr = self.iotlb.user_address(iova, size, IotlbAccess.READ_WRITE)
+                if uaddr is None:
+                    raise _Untranslated(self.iotlb.first_missing(iova, size,
+                                                                 IotlbAccess.READ_WRITE))
+                user.append(uaddr)
+            vring.ring_iovas = tuple(zip(areas, sizes, strict=True))
+            areas = tuple(user)
+        to_guest = memory.user_to_guest
+        return RingAddresses(*(to_guest(uaddr) for uaddr in areas))
+
+    # --- the IOTLB (VIRTIO_F_ACCESS_PLATFORM; QEMU docs/interop/vhost-user.rst, "IOMMU
+    # support"; hv.md §5) ---
+
+    def _iotlb_msg(self, payload: IotlbMessage, fds: list[int]) -> None:
+        if not self.iommu:
+            raise RequestRefused("IOTLB_MSG without ACCESS_PLATFORM negotiated")
+        if payload.type == IotlbType.UPDATE:
+            self.iotlb.update(payload, self.memory)
+            for index, vring in enumerate(self.vrings):
+                if vring.awaiting_translation:
+                    self._start(index)
+        elif payload.type == IotlbType.INVALIDATE:
+            self.iotlb.invalidate(payload.iova, payload.size)
+            end = payload.iova + payload.size
+            for index, vring in enumerate(self.vrings):
+                if vring.started and any(iova < end and payload.iova < iova + size
+                                         for iova, size in vring.ring_iovas):
+                    # DPDK's vring_invalidate: the ring's cached addresses went with the
+                    # mapping, and it is not served until they are translated again.
+                    log.info("vring %d: its areas' mapping was invalidated", index)
+                    vring.base = self._ring_base(vring.queue)
+                    vring.queue = None
+                    self._start(index)
+        else:
+            raise RequestRefused(f"a front-end sends no IOTLB {payload.type.name}")
+
+    def _ask_translation(self, vring: VringSetup, iova: int, perm: int) -> None:
+        # hv.md §5.3: a miss on the back-end channel, not sent again while one for its page
+        # is pending; size 0, the front-end answers with the page (hv.md §8.17). A pop may
+        # have recorded the miss just before the update came: that one is not asked again.
+        if self.iotlb.user_address(iova, 1, perm) is not None:
+            return
+        vring.missing = (iova, perm)
+        if self.iotlb.ask(iova, perm):
+            self.send_backend_request(BackendRequest.IOTLB_MSG, IotlbMessage(
+                iova, 0, 0, IotlbAccess(perm), IotlbType.MISS))
+
+    def poll_iotlb(self) -> None:
+        """Ask the front-end for the translations the rings' pops stopped at, and give up a
+        ring whose miss has gone unanswered for `iotlb_miss_deadline` seconds: it is logged
+        and not served again until the front-end sets it up again. The adapters call it on
+        every turn, without waiting."""
+        if not self.iommu:
+            return
+        try:
+            os.eventfd_read(self.miss_fd)
+        except BlockingIOError:
+            pass
+        for index, vring in enumerate(self.vrings):
+            miss = vring.queue.take_miss() if vring.queue is not None else None
+            if miss is not None:
+                self._ask_translation(vring, *miss)
+            if vring.missing is None:
+                continue
+            waited = self.iotlb.waited(*vring.missing)
+            if waited is None:
+                vring.missing = None
+            elif waited >= self.iotlb_miss_deadline:
+                self._give_up(index, vring)
+
+    def _give_up(self, index: int, vring: VringSetup) -> None:
+        iova, perm = vring.missing
+        log.error("vring %d: no IOTLB update for %#x (%s) within %.1f s; the ring is not "
+                  "served until it is set up again", index, iova, IotlbAccess(perm).name,
+                  self.iotlb_miss_deadline)
+        self.iotlb.forget_miss(iova, perm)
+        with self.device.quiesced():
+            if vring.queue is not None:
+                vring.base = self._ring_base(vring.queue)
+            vring.queue = None
+            vring.awaiting_translation = False
+            vring.missing = None
+            self.device.rings_changed(self)
 
     def _ring_base(self, queue: DeviceQueue) -> int:
         # Split: the next avail index. Packed: bits 0-14 the next avail slot and bit 15 its

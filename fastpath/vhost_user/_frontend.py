@@ -1,12 +1,16 @@
 """`Frontend`: the front-end side of vhost-user (fastpath's own virtio-user), able to drive any
 back-end: it negotiates features, shares a `GuestMemory` by its memfds, sets vrings up with
-kick and call eventfds, and stops them again. One request at a time, each reply awaited."""
+kick and call eventfds, and stops them again. One request at a time, each reply awaited.
+
+With VIRTIO_F_ACCESS_PLATFORM it plays the vIOMMU's part as QEMU does (hv.md §5.3): it sends
+IOTLB updates and invalidations and answers the back-end's misses from a resolver."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastpath.errors import BackendRefused
@@ -16,6 +20,9 @@ from fastpath.vhost_user._payloads import (
     NO_PAYLOAD,
     U64,
     Inflight,
+    IotlbAccess,
+    IotlbMessage,
+    IotlbType,
     MemoryRegion,
     MemoryTable,
     VringAddress,
@@ -33,7 +40,7 @@ from fastpath.vhost_user._protocol import (
     encode_message,
     encode_reply,
 )
-from fastpath.vring import RingAddresses
+from fastpath.vring import VIRTIO_F_ACCESS_PLATFORM, RingAddresses
 
 F = FrontendRequest
 
@@ -41,6 +48,12 @@ F = FrontendRequest
 # asked for (the caller then answers the back-end's requests with `next_backend_request`).
 FRONTEND_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
                               | ProtocolFeature.STATUS)
+
+
+IotlbResolver = Callable[[int, int], "tuple[int, int, int, int] | None"]
+"""Answers an IOTLB miss: (iova, access) → (iova, size, user address, access) of the mapping
+that holds it, or None when the IOMMU has none (the miss then goes unanswered, as QEMU leaves
+it)."""
 
 
 @dataclass
@@ -143,6 +156,42 @@ class Frontend:
         self.features = acked
         return acked
 
+    @property
+    def iommu(self) -> bool:
+        """Whether VIRTIO_F_ACCESS_PLATFORM was negotiated: ring and buffer addresses are
+        IOVAs, which the back-end translates through IOTLB messages."""
+        return bool(self.features >> VIRTIO_F_ACCESS_PLATFORM & 1)
+
+    def iotlb_update(self, iova: int, size: int, user_addr: int,
+                     perm: int = IotlbAccess.READ_WRITE) -> None:
+        """Tell the back-end that [iova, iova + size) maps to [user_addr, user_addr + size)
+        for `perm` (IOTLB_MSG UPDATE), and wait for its ack."""
+        self.request(F.IOTLB_MSG, IotlbMessage(iova, size, user_addr, IotlbAccess(perm),
+                                               IotlbType.UPDATE))
+
+    def iotlb_invalidate(self, iova: int, size: int) -> None:
+        """Tell the back-end that [iova, iova + size) is no longer mapped (IOTLB_MSG
+        INVALIDATE), and wait for its ack: once it comes the back-end no longer reaches
+        that memory through those IOVAs."""
+        self.request(F.IOTLB_MSG, IotlbMessage(iova, size, 0, IotlbAccess.NONE,
+                                               IotlbType.INVALIDATE))
+
+    def answer_misses(self, resolver: IotlbResolver, timeout: float) -> int:
+        """Answer the back-end's IOTLB misses with updates from `resolver` until none has
+        come for `timeout` seconds; returns how many were answered. Other back-end requests
+        are acknowledged and dropped."""
+        answered = 0
+        while (message := self.next_backend_request(timeout)) is not None:
+            request = message.payload
+            if (message.header.request != BackendRequest.IOTLB_MSG
+                    or request.type != IotlbType.MISS):
+                continue
+            mapping = resolver(request.iova, request.perm)
+            if mapping is not None:
+                self.iotlb_update(*mapping)
+                answered += 1
+        return answered
+
     def next_backend_request(self, timeout: float, *, status: int = 0) -> Message | None:
         """Wait up to `timeout` seconds for a request on the back-end channel; acknowledge it
         with `status` (0: carried out) when the back-end asks, and return it, or None if none
@@ -190,12 +239,14 @@ class Frontend:
 
     def start_vring(self, index: int, size: int, memory: GuestMemory, rings: RingAddresses, *,
                     base: int = 0) -> Vring:
-        """Describe vring `index` at guest-physical `rings`, give it eventfds and enable it.
+        """Describe vring `index` at guest-physical `rings` (IOVAs with ACCESS_PLATFORM),
+        give it eventfds and enable it.
 
         `base` is the first avail index (split) or slot with its wrap counter in bit 15
         (packed: 0x8000 for a new ring).
         """
-        uva = memory.guest_to_user
+        # QEMU docs/interop/vhost-user.rst, "IOMMU support": the ring addresses are IOVAs.
+        uva = (lambda iova: iova) if self.iommu else memory.guest_to_user
         self.request(F.SET_VRING_NUM, VringState(index, size))
         self.request(F.SET_VRING_BASE, VringState(index, base))
         self.request(F.SET_VRING_ADDR, VringAddress(index, 0, uva(rings.desc), uva(rings.device),

@@ -48,7 +48,10 @@ def _interest(backend: Backend) -> int:
 
 def _must_close(backend: Backend, deadline: float) -> bool:
     # A front-end that stalled past the deadline, or broke its connection outside a request.
+    # Every turn also reads the back-end channel's acks and sends the IOTLB misses the rings
+    # met (a pop that meets one wakes the loop through backend.miss_fd).
     backend.poll_backend_replies()
+    backend.poll_iotlb()
     reason = backend.must_close
     if reason:
         log.error("closing a front-end: %s", reason)
@@ -95,7 +98,7 @@ class BackendServer:
         for key, events in self.selector.select(timeout):
             if key.fileobj is self.listener:
                 self._accept()
-            elif not _serve_events(key.data, events):
+            elif key.fileobj is key.data.channel.sock and not _serve_events(key.data, events):
                 self._drop(key.data)
         for backend in list(self.backends):
             if _must_close(backend, self.message_deadline):
@@ -129,10 +132,13 @@ class BackendServer:
         backend = self.make_backend(Channel(sock))
         self.backends.append(backend)
         self.selector.register(sock, selectors.EVENT_READ, backend)
+        # A pop that meets a missing translation wakes the loop (see _must_close).
+        self.selector.register(backend.miss_fd, selectors.EVENT_READ, backend)
         log.info("front-end connected on %s (%d connected)", self.path, len(self.backends))
 
     def _drop(self, backend: Backend) -> None:
         self.selector.unregister(backend.channel.sock)
+        self.selector.unregister(backend.miss_fd)
         self.backends.remove(backend)
         backend.close()
 
@@ -165,8 +171,10 @@ class BackendClient:
         selector = selectors.DefaultSelector()
         try:
             selector.register(self.backend.channel.sock, _interest(self.backend))
-            ready = selector.select(timeout)
-            over = (bool(ready) and not _serve_events(self.backend, ready[0][1])) or _must_close(
+            selector.register(self.backend.miss_fd, selectors.EVENT_READ)
+            ready = [events for key, events in selector.select(timeout)
+                     if key.fileobj is self.backend.channel.sock]
+            over = (bool(ready) and not _serve_events(self.backend, ready[0])) or _must_close(
                 self.backend, self.message_deadline)
         finally:
             selector.close()

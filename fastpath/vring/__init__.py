@@ -37,6 +37,7 @@ from fastpath.vring._layout import (
     PACKED_DESC_DTYPE,
     SPLIT_DESC_DTYPE,
     RingAddresses,
+    ring_area_sizes,
     ring_bytes,
     ring_layout,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "RingAddresses",
     "ring_layout",
     "ring_bytes",
+    "ring_area_sizes",
     "MAX_QUEUE_SIZE",
     "SPLIT_DESC_DTYPE",
     "PACKED_DESC_DTYPE",

@@ -213,6 +213,19 @@ class DeviceQueue:
         """Chains pushed back as used since creation or reset."""
         return self._core.pushed
 
+    def use_iotlb(self, readable, writable, miss_fd: int = -1) -> None:
+        """Look buffers up by IOVA from now on (VIRTIO_F_ACCESS_PLATFORM), in the core region
+        tables of an IOTLB's readable and writable entries (`fastpath.vhost_user`'s IOTLB
+        keeps them). A chain with an address not in the table for its access stops the pop
+        before it and stays in the ring; `take_miss()` says which, and a new miss signals
+        the eventfd `miss_fd` (-1: none), so that whoever sends misses need not poll."""
+        self._core.use_iotlb(readable, writable, miss_fd)
+
+    def take_miss(self) -> tuple[int, int] | None:
+        """(iova, access: 1 read, 2 write) of the translation a pop last stopped for, once;
+        None while none is missing."""
+        return self._core.take_miss()
+
     @property
     def handle(self) -> int:
         """Address of the core state, for compiled kernels calling the fp_* functions."""

@@ -72,3 +72,8 @@ def ring_bytes(size: int, packed: bool) -> int:
     layout = ring_layout(size, 0, packed)
     last = (packed_area_sizes if packed else split_area_sizes)(size)[2]
     return layout.device + last
+
+
+def ring_area_sizes(size: int, packed: bool) -> tuple[int, int, int]:
+    """Bytes of a ring's descriptor, driver and device areas."""
+    return (packed_area_sizes if packed else split_area_sizes)(size)

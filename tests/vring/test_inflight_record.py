@@ -33,6 +33,8 @@ from fastpath.testing.reference.inflight import (
     recover_split,
 )
 from fastpath.testing.reference.packed import advance
+from fastpath.vhost_user._iotlb import Iotlb
+from fastpath.vhost_user.wire import IotlbAccess, IotlbMessage, IotlbType
 from fastpath.vring import (
     CHAIN_DTYPE,
     INFLIGHT_ALIGN,
@@ -630,3 +632,36 @@ def test_a_reset_queue_starts_its_region_afresh(packed):
     assert queue.resubmit_pending == 0
     assert rig.inflight_region().holds_state
     assert not rig.inflight_region().desc["inflight"].any()
+
+
+# --- with an IOTLB -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_chain_to_pop_again_waits_for_its_iotlb_translation(packed):
+    # VIRTIO_F_ACCESS_PLATFORM (hv.md §5.4): a chain a restart left in flight whose buffer has
+    # no translation yet is not consumed as an error: it waits, as a new chain does, and the
+    # chains to pop again keep their order.
+    rig = Rig(packed, 16, 16)
+    rig.add(1, 0, False)
+    rig.add(1, 0, False)
+    first = rig.compiled()
+    first.queue.track_inflight(rig.inflight_region())
+    first.pop(2)
+    side = restart(rig, first.popped)
+    missing = POOL + rig.added[1].slots[0] * PIECE
+    iotlb = Iotlb()
+
+    def map_range(start, end):
+        # IOVA = GPA: what matters here is what the IOTLB holds.
+        iotlb.update(IotlbMessage(start, end - start, rig.memory.guest_to_user(start),
+                                  IotlbAccess.READ_WRITE, IotlbType.UPDATE), rig.memory)
+
+    map_range(0, missing)
+    map_range(missing + PIECE, MEMORY_SIZE)
+    side.queue.use_iotlb(iotlb.readable, iotlb.writable)
+    side.pop(4)
+    assert side.pops == [0] and side.queue.resubmit_pending == 1
+    assert side.queue.take_miss() == (missing, IotlbAccess.READ)
+    map_range(missing, missing + PIECE)
+    side.pop(4)
+    assert side.pops == [0, 1] and side.queue.resubmit_pending == 0

@@ -33,6 +33,7 @@ from fastpath.errors import RequestRefused, VringError
 from fastpath.vhost_user import ENGINE_PROTOCOL_FEATURES, VHOST_F_LOG_ALL, Backend, Device, Gate
 from fastpath.vhost_user.wire import VRING_F_LOG, FrontendRequest, ProtocolFeature
 from fastpath.vring import (
+    VIRTIO_F_ACCESS_PLATFORM,
     VIRTIO_F_IN_ORDER,
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,
@@ -60,9 +61,12 @@ NET_FEATURES = sum(1 << bit for bit in (
     VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_NET_F_MQ, VIRTIO_F_RING_PACKED, VIRTIO_F_IN_ORDER,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MAC, VHOST_F_LOG_ALL, VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_F_ACCESS_PLATFORM,
 ))
 """What the device offers (MTU is added when one is set). No receive filtering (CTRL_RX,
-CTRL_VLAN, CTRL_MAC_ADDR): the device delivers every frame, so it offers none of them."""
+CTRL_VLAN, CTRL_MAC_ADDR): the device delivers every frame, so it offers none of them. Every
+buffer it touches comes from a pop, so ACCESS_PLATFORM (a vIOMMU) works end to end: the
+engine translates ring IOVAs, the pops buffer IOVAs."""
 
 
 def net_config(mac: bytes, queue_pairs: int, mtu: int) -> bytes:
