@@ -211,6 +211,7 @@ LAYERS = [
     ["pmd"],
     ["spdk_like"],
     ["testing"],
+    ["scenarios"],
     ["bench"],
     ["commands"],
     ["cli"],
