@@ -31,6 +31,10 @@ SCENARIOS = (
     Scenario("walk", "fastpath.scenarios.walk",
              "random GPAs and GVAs through EPT and the 2-D walk: references per walk, page "
              "sizes, EPT violations by qualification, TLB hits and misses, INVEPT/INVVPID"),
+    Scenario("exits", "fastpath.scenarios.exits",
+             "a guest's mix of CPUID, port I/O, MSRs, HLT, VMCALL, memory, interrupts and the "
+             "preemption timer run by the VMX model: VM exits by reason, with their "
+             "qualifications and modelled time"),
 )
 
 
