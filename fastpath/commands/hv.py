@@ -35,6 +35,10 @@ SCENARIOS = (
              "a guest's mix of CPUID, port I/O, MSRs, HLT, VMCALL, memory, interrupts and the "
              "preemption timer run by the VMX model: VM exits by reason, with their "
              "qualifications and modelled time"),
+    Scenario("vtd", "fastpath.scenarios.vtd",
+             "devices' DMA bursts through a VT-d remapping unit: translations, faults by "
+             "reason and in the fault recording registers, context cache and IOTLB, a queued "
+             "invalidation with a wait descriptor, interrupt remapping"),
 )
 
 
