@@ -39,6 +39,9 @@ SCENARIOS = (
              "devices' DMA bursts through a VT-d remapping unit: translations, faults by "
              "reason and in the fault recording registers, context cache and IOTLB, a queued "
              "invalidation with a wait descriptor, interrupt remapping"),
+    Scenario("sriov", "fastpath.scenarios.sriov",
+             "a PF enabling VFs (RIDs across buses, BARs), a frame burst steered VMDq-style "
+             "to pools and queues, and the VFs' DMA through VT-d with faults"),
 )
 
 

@@ -147,6 +147,28 @@ class FaultService:
             unit.write(Reg.FSTS, 4, Fsts.PFO)
 
 
+def command(unit: RemappingUnit, bit: int) -> None:
+    """Software's GCMD write: the current levels with one more command set (hv.md §3.1)."""
+    status = unit.read(Reg.GSTS, 4) & ~(Gcmd.SRTP | Gcmd.SIRTP)
+    unit.write(Reg.GCMD, 4, status | bit)
+
+
+def program_unit(unit: RemappingUnit, root: RootTable, interrupt_faults: bool) -> None:
+    """What a host driver does before DMA is remapped: the event addresses and data (the
+    completion event unmasked, the fault event too with `interrupt_faults`), the root table
+    latched with SRTP, then translation enabled."""
+    unit.write(Reg.FEADDR, 4, FAULT_EVENT[0])
+    unit.write(Reg.FEDATA, 4, FAULT_EVENT[1])
+    unit.write(Reg.IEADDR, 4, COMPLETION_EVENT[0])
+    unit.write(Reg.IEDATA, 4, COMPLETION_EVENT[1])
+    unit.write(Reg.IECTL, 4, 0)
+    if interrupt_faults:
+        unit.write(Reg.FECTL, 4, 0)
+    unit.write(Reg.RTADDR, 8, root.root)
+    command(unit, Gcmd.SRTP)
+    command(unit, Gcmd.TE)
+
+
 class VtdPlatform:
     """Host memory with the root table, a domain per device and the interrupt remapping
     table, and a unit programmed through its registers."""
@@ -170,25 +192,10 @@ class VtdPlatform:
         self.faults = FaultService()
         self.unit = RemappingUnit(self.mem, caps, caches=caches, msi=self.faults.msi)
         self.faults.unit = self.unit
-        unit = self.unit
-        unit.write(Reg.FEADDR, 4, FAULT_EVENT[0])
-        unit.write(Reg.FEDATA, 4, FAULT_EVENT[1])
-        unit.write(Reg.IEADDR, 4, COMPLETION_EVENT[0])
-        unit.write(Reg.IEDATA, 4, COMPLETION_EVENT[1])
-        unit.write(Reg.IECTL, 4, 0)
-        if interrupt_faults:
-            unit.write(Reg.FECTL, 4, 0)     # unmask the fault event
-        unit.write(Reg.RTADDR, 8, self.root.root)
-        self.command(Gcmd.SRTP)
-        self.command(Gcmd.TE)
-        unit.write(Reg.IRTA, 8, irta(IRT, IRT_ENTRIES))
-        self.command(Gcmd.SIRTP)
-        self.command(Gcmd.IRE)
-
-    def command(self, bit: int) -> None:
-        """Software's GCMD write: the current levels with one more command set (hv.md §3.1)."""
-        status = self.unit.read(Reg.GSTS, 4) & ~(Gcmd.SRTP | Gcmd.SIRTP)
-        self.unit.write(Reg.GCMD, 4, status | bit)
+        program_unit(self.unit, self.root, interrupt_faults)
+        self.unit.write(Reg.IRTA, 8, irta(IRT, IRT_ENTRIES))
+        command(self.unit, Gcmd.SIRTP)
+        command(self.unit, Gcmd.IRE)
 
     def submit(self, *descriptors: Descriptor) -> None:
         """Write descriptors at the queue's tail and ring the IQT doorbell."""
@@ -303,7 +310,7 @@ def _queued_invalidation(platform: VtdPlatform, granularity: str, pages: int) ->
     domain = platform.domains[platform.sids[0]]
     before = {"iotlb_entries": caches.iotlb_size, "context_entries": caches.context_size}
     unit.write(Reg.IQA, 8, QUEUE)
-    platform.command(Gcmd.QIE)
+    command(unit, Gcmd.QIE)
     events_before = platform.faults.completion_events
     platform.submit(Descriptor.iotlb(INVALIDATIONS[granularity], domain, IOVA_BASE),
                     Descriptor.context_cache(INVALIDATIONS["global"]),
