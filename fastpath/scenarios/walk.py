@@ -20,8 +20,8 @@ Translations table, one row per pass:
   translated     walks that produced an HPA
   EPT violations walks that ended in an EPT violation (exit reason 48)
   refs/walk      paging-structure reads per translated walk, on average (0 on a TLB hit)
-  worst case     the reads of one walk with nothing cached: n for n-level EPT, (n+1)(m+1)-1
-                 for m-level guest paging over n-level EPT (24 for 4 over 4)
+  worst case     the reads of one walk with nothing cached and 4 KiB pages: n for n-level
+                 EPT, (n+1)(m+1)-1 for m-level guest paging over it (24 for 4 over 4)
   TLB hits       lookups the TLB answered; TLB misses: lookups that walked the tables
   page sizes     the page sizes the translations ended in (for 2-D, the smaller of the two)
 EPT violations table: each exit qualification met, in words (SDM Table 28-7), and how many.
