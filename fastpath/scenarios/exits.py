@@ -337,7 +337,7 @@ def _report(stream, counters, described, model: CostModel, timer_period: int) ->
     for name, r in sorted(by_reason.items(), key=lambda item: -item[1]["cycles"]):
         exits_table.rows.append([f"{r['reason']} {name}", r["exits"],
                                  f"{r['cycles_per_exit']:.0f}", f"{r['cycles']:.0f}",
-                                 f"{r['cycles'] * us:.1f}", f"{r['cycles'] / total:.1%}"])
+                                 f"{r['cycles'] * us:.1f}", _share(r["cycles"], total)])
     qualifications = Table("Exit qualifications", ["reason", "about", "exits"])
     for reason, counts in sorted(described.items()):
         for about, n in sorted(counts.items()):
@@ -348,13 +348,18 @@ def _report(stream, counters, described, model: CostModel, timer_period: int) ->
         ["EPT walks (no exit)", progress.ept_walks],
         ["EPT references", progress.ept_references]])
     time_table = Table("Modelled time (CostModel)", ["component", "cycles", "us", "share"], [
-        [part, f"{cycles:.0f}", f"{cycles * us:.1f}", f"{cycles / total:.1%}"]
+        [part, f"{cycles:.0f}", f"{cycles * us:.1f}", _share(cycles, total)]
         for part, cycles in breakdown.items()] + [["total", f"{total:.0f}",
                                                    f"{total * us:.1f}", "100.0%"]])
     model_table = Table("Cost model", ["parameter", "value", "default", "source of the default"],
                         _model_rows(model))
     return Report("exits", figures,
                   [exits_table, qualifications, run_table, time_table, model_table])
+
+
+def _share(part: float, total: float) -> str:
+    # Every cost set to 0 leaves nothing to share.
+    return f"{part / total:.1%}" if total else "-"
 
 
 def _model_rows(model: CostModel) -> list[list]:
