@@ -16,6 +16,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_int_up_to(maximum: int):
+    """The type of an option that takes 1 to `maximum`."""
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected 1 to {maximum}, not {text!r}")
+        return value
+    return parse
+
+
 def whole_number(text: str) -> int:
     """An integer of at least 0 (decimal, or 0x hexadecimal)."""
     try:

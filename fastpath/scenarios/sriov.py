@@ -57,7 +57,12 @@ from fastpath.hv.vtd import (
     SecondLevelTables,
     VtdCaps,
 )
-from fastpath.scenarios._options import fraction, positive_int, whole_number
+from fastpath.scenarios._options import (
+    fraction,
+    positive_int,
+    positive_int_up_to,
+    whole_number,
+)
 from fastpath.scenarios._report import Report, Table
 from fastpath.scenarios.vtd import FaultService, program_unit, reason_name
 
@@ -71,6 +76,7 @@ UNKNOWN_MAC = 0x02_00_00_00_FF_FF
 BROADCAST = 0xFFFF_FFFF_FFFF
 FILTERED_VLAN = 999
 IOVA_BASE = 0x1_0000_0000
+MAX_PAGES = 1 << 13         # every VF's tables fit the table area of _vf_dma's host memory
 BUFFER_HPA = 1 << 40
 MRQE_64_POOLS, MRQE_32_POOLS_RSS = 0x8, 0xA
 # The share of each kind of frame in the burst.
@@ -90,7 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-pool", action=argparse.BooleanOptionalAction,
                         help="frames no filter matched go to the PF's pool (--no-default-pool "
                         "drops them: VT_CTL.DIS_DEFPL)")
-    parser.add_argument("--pages", type=positive_int, help="DMA pages each VF's domain maps")
+    parser.add_argument("--pages", type=positive_int_up_to(MAX_PAGES),
+                        help="DMA pages each VF's domain maps")
     parser.add_argument("--dma", type=whole_number, help="DMA writes each VF makes")
     parser.add_argument("--bad", type=fraction, help="fraction of the VFs' IOVAs unmapped")
     parser.add_argument("--seed", type=whole_number, help="seed of the frames and the IOVAs")

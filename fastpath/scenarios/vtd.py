@@ -54,12 +54,19 @@ from fastpath.hv.vtd import (
     source_id,
     write_irte,
 )
-from fastpath.scenarios._options import fraction, positive_int, power_of_two, whole_number
+from fastpath.scenarios._options import (
+    fraction,
+    positive_int,
+    positive_int_up_to,
+    power_of_two,
+    whole_number,
+)
 from fastpath.scenarios._report import Report, Table
 
 BUS, DEVICE = 0x03, 0x00
 UNATTACHED_FUNCTION = 7
 MAX_DEVICES = 7
+MAX_PAGES = 1 << 14         # the devices' tables fit the table area below
 IOVA_BASE = 0x1_0000_0000
 BUFFER_HPA = 1 << 40          # DMA data needs no host memory: translation reads only tables
 BEYOND_ADDRESS_WIDTH = 1 << 48
@@ -80,11 +87,12 @@ INVALIDATIONS = {"global": 1, "domain": 2, "page": 3}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `fastpath hv vtd`."""
-    parser.add_argument("--devices", type=_devices,
+    parser.add_argument("--devices", type=positive_int_up_to(MAX_DEVICES),
                         help=f"functions of device 03:00 doing DMA, 1 to {MAX_DEVICES}")
     parser.add_argument("--bursts", type=positive_int, help="bursts each device sends")
     parser.add_argument("--burst-size", type=positive_int, help="DMA requests in a burst")
-    parser.add_argument("--pages", type=positive_int, help="buffer pages each device maps")
+    parser.add_argument("--pages", type=positive_int_up_to(MAX_PAGES),
+                        help="buffer pages each device maps")
     parser.add_argument("--bad", type=fraction,
                         help="fraction of IOVAs that are wrong (unmapped, or beyond the "
                         "address width)")
@@ -99,13 +107,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iotlb-entries", type=power_of_two, help="IOTLB entries")
     parser.add_argument("--context-entries", type=power_of_two, help="context-cache entries")
     parser.add_argument("--seed", type=whole_number, help="seed of the IOVAs")
-
-
-def _devices(text: str) -> int:
-    value = positive_int(text)
-    if value > MAX_DEVICES:
-        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_DEVICES} devices, not {text!r}")
-    return value
 
 
 def reason_name(reason: int) -> str:
