@@ -37,6 +37,7 @@ from fastpath.errors import InvalidEptp
 from fastpath.hv import HostMemory, ept
 from fastpath.hv.ept import DEFAULT_CAPS, PAGE_4K, Eptp, EptTables
 from fastpath.hv.vmx import (
+    BITMAP_SIZE,
     COST_SOURCES,
     DEFAULT_HANDLER_CYCLES,
     CostModel,
@@ -180,10 +181,11 @@ class ExitsPlatform:
         for page in range(RAM_PAGES):
             self.tables.map(page * PAGE_4K, RAM_HPA + page * PAGE_4K)
         host = self.mem.array
-        io_a, io_b = host[IO_BITMAP_A:IO_BITMAP_A + 4096], host[IO_BITMAP_B:IO_BITMAP_B + 4096]
+        io_a = host[IO_BITMAP_A:IO_BITMAP_A + BITMAP_SIZE]
+        io_b = host[IO_BITMAP_B:IO_BITMAP_B + BITMAP_SIZE]
         for port in INTERCEPTED_PORTS:
             set_io_exiting(io_a, io_b, port)
-        msrs = host[MSR_BITMAP:MSR_BITMAP + 4096]
+        msrs = host[MSR_BITMAP:MSR_BITMAP + BITMAP_SIZE]
         for index in INTERCEPTED_MSR_READS:
             set_msr_exiting(msrs, index, read=True)
         for index in INTERCEPTED_MSR_WRITES:

@@ -66,7 +66,7 @@ GVA_BASE = 1 << 44          # canonical under 4- and 5-level paging, 1 GiB-align
 VPID = 1
 # A CPU with every EPT feature the model knows, 5-level walks included.
 CAPS = EptCaps.with_features(*CAP_BITS)
-_TABLES_PER_LEAF_TABLE = 512
+ENTRIES_PER_TABLE = 512
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,14 +109,13 @@ class WalkPlatform:
             raise ValueError(f"{pages} pages of {page_size_name(size)} are more than the "
                              f"model maps here (at most {MAX_PAGES} pages and "
                              f"{MAX_SPAN >> 40} TiB)")
-        self.pages, self.size = pages, size
         self.ept_levels, self.guest_levels = ept_levels, guest_levels
         rng = np.random.default_rng(seed)
         self.unmapped = frozenset(
             rng.choice(pages, size=round(unmapped * pages), replace=False).tolist())
         # Enough table frames for one leaf table per 512 entries and every level above.
-        guest_table_bytes = (pages // _TABLES_PER_LEAF_TABLE + 8 * guest_levels) * PAGE_4K
-        ept_table_bytes = ((pages + guest_table_bytes // PAGE_4K) // _TABLES_PER_LEAF_TABLE
+        guest_table_bytes = (pages // ENTRIES_PER_TABLE + 8 * guest_levels) * PAGE_4K
+        ept_table_bytes = ((pages + guest_table_bytes // PAGE_4K) // ENTRIES_PER_TABLE
                            + 8 * ept_levels) * PAGE_4K
         guest_tables_hpa = PAGE_4K + ept_table_bytes
         self.mem = HostMemory(guest_tables_hpa + guest_table_bytes,
@@ -142,8 +141,9 @@ class WalkPlatform:
         self.cr4 = DEFAULT_CR4 | (ControlBits.CR4_LA57 if guest_levels == 5 else 0)
 
     def worst_case(self, kind: str) -> int:
-        """Reads of one walk with nothing cached and 4 KiB pages (SDM Vol. 3C §29.3.3's
-        (n+1)(m+1)-1 for the 2-D walk)."""
+        """Reads of one walk with nothing cached and 4 KiB pages (hv.md §1.10's (n+1)(m+1)-1
+        for the 2-D walk: each of the m guest table reads and the final GPA take an n-level
+        EPT walk, and each guest table read is a read itself)."""
         n, m = self.ept_levels, self.guest_levels
         return n if kind == "ept" else (n + 1) * (m + 1) - 1
 
