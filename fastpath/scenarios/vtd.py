@@ -206,7 +206,7 @@ class VtdPlatform:
             self.mem.write64(QUEUE + size * tail, d.lo)
             self.mem.write64(QUEUE + size * tail + 8, d.hi)
             tail = (tail + 1) % entries
-        self.unit.write(Reg.IQT, 8, tail << 4)
+        self.unit.write(Reg.IQT, 8, tail * size)   # IQT holds a byte offset
 
     def close(self) -> None:
         """Let go of host memory."""
