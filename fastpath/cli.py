@@ -93,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer fio --json iops.json --plot iops.png",
     )
     _add_command(
+        commands, "hv", "fastpath.commands.hv",
+        help="run a scenario of the modelled platform (walk, ...) and print its counters",
+        description=(
+            "Run a scenario of the modelled Intel platform (EPT and guest paging, VMX, VT-d, "
+            "SR-IOV) and print what its counters say as tables; --json saves the figures. "
+            "Every figure is counted by the model as it runs, nothing is measured on this "
+            "machine."
+        ),
+        epilog="example: fastpath hv walk --page-size 2m --unmapped 0.2 --json walk.json",
+    )
+    _add_command(
         commands, "fwd", "fastpath.commands.fwd",
         help="forward frames between ports, testpmd-style (io, mac, macswap, txonly, rxonly, "
         "flowgen, csum)",

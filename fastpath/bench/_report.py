@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 
 import numpy as np
 
@@ -36,18 +37,27 @@ def environment() -> dict:
     }
 
 
-def print_table(headers: list[str], rows: list[list]) -> None:
-    """Print rows under headers, columns right-aligned to their widest cell."""
+def print_table(headers: list[str], rows: list[list], file=None) -> None:
+    """Print rows under headers, columns right-aligned to their widest cell, to `file`
+    (standard output by default)."""
     cells = [headers] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)), file=file)
         if n == 0:
-            print("  ".join("-" * w for w in widths))
+            print("  ".join("-" * w for w in widths), file=file)
 
 
 def write_json(path: str, data: dict) -> None:
-    """Write data as indented JSON (anything JSON does not know becomes its str())."""
+    """Write data as indented JSON (anything JSON does not know becomes its str()) to the
+    file at `path`, or to standard output for "-"."""
+    if path == "-":
+        _dump_json(data, sys.stdout)
+        return
     with open(path, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
+        _dump_json(data, f)
+
+
+def _dump_json(data: dict, f) -> None:
+    json.dump(data, f, indent=2, default=str)
+    f.write("\n")

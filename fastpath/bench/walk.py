@@ -16,40 +16,29 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fastpath.bench._report import environment, print_table, write_json
-from fastpath.hv import FrameAllocator, HostMemory, ept, paging
-from fastpath.hv.ept import PAGE_4K, EptTables, Tlb
-from fastpath.hv.paging import DEFAULT_CR0, DEFAULT_CR4, DEFAULT_EFER, GuestPageTables
-
-MIB = 1 << 20
+from fastpath.hv import ept, paging
+from fastpath.hv.ept import PAGE_4K, Tlb
+from fastpath.hv.paging import DEFAULT_CR0, DEFAULT_CR4, DEFAULT_EFER
+from fastpath.scenarios.walk import GVA_BASE, WalkPlatform
 
 
 class Rig:
-    """Host memory with EPT mapping guest RAM page by page, and guest tables mapping as many
-    linear pages onto it."""
+    """The walk scenario's platform with every page mapped (4-level EPT under 4-level guest
+    paging, 4 KiB pages), and a fixed set of random offsets into its RAM to walk."""
 
     def __init__(self, pages: int, seed: int = 1):
-        self.ram_hpa = 16 * MIB
-        self.pages = pages
-        ram = pages * PAGE_4K
-        tables_gpa = ram  # guest tables live just above the pages they map
-        self.mem = HostMemory(self.ram_hpa + ram + 8 * MIB, table_area=(MIB, 16 * MIB))
-        self.ept = EptTables(self.mem, self.mem.frames)
-        for gpa in range(0, ram + 8 * MIB, PAGE_4K):
-            self.ept.map(gpa, self.ram_hpa + gpa, PAGE_4K)
-        frames = FrameAllocator(tables_gpa, tables_gpa + 8 * MIB,
-                                lambda gpa: self.mem.zero_frame(self.ram_hpa + gpa))
-        self.guest = GuestPageTables(self.mem, frames, lambda gpa: self.ram_hpa + gpa)
-        self.gva_base = 0x7F00_0000_0000
-        for page in range(pages):
-            self.guest.map(self.gva_base + page * PAGE_4K, page * PAGE_4K)
-        self.eptp = self.ept.eptp()
+        self.platform = WalkPlatform(pages, PAGE_4K, ept_levels=4, guest_levels=4,
+                                     unmapped=0.0, seed=seed)
+        self.mem, self.eptp = self.platform.mem, self.platform.eptp
+        self.cr3 = self.platform.guest.cr3
         rng = np.random.default_rng(seed)
-        self.offsets = rng.integers(0, ram, size=1 << 20, dtype=np.uint64) & ~np.uint64(7)
+        self.offsets = (rng.integers(0, pages * PAGE_4K, size=1 << 20, dtype=np.uint64)
+                        & ~np.uint64(7))
 
     def addresses(self, kind: str, n: int) -> np.ndarray:
         """n addresses of the kind ('ept': GPAs, '2d': GVAs), cycling through the random set."""
         picked = np.resize(self.offsets, n)
-        return picked if kind == "ept" else picked + np.uint64(self.gva_base)
+        return picked if kind == "ept" else picked + np.uint64(GVA_BASE)
 
     def core(self, kind: str, n: int, tlb: Tlb | None) -> tuple[float, float]:
         """Compiled walks per second over a burst of n addresses, and references per walk."""
@@ -58,7 +47,7 @@ class Rig:
         if kind == "ept":
             burst = ept.walk_burst(self.mem, self.eptp, addrs, "r", tlb=tlb)
         else:
-            burst = paging.walk_2d_burst(self.mem, self.eptp, self.guest.cr3, addrs, "r",
+            burst = paging.walk_2d_burst(self.mem, self.eptp, self.cr3, addrs, "r",
                                          tlb=tlb)
         elapsed = time.perf_counter() - start
         if burst.translated != n:
@@ -78,7 +67,7 @@ class Rig:
                 reference.ept_walk(self.mem, self.eptp, a, "r", caps_word=caps)
         else:
             for a in addrs:
-                reference.walk_2d(self.mem, self.eptp, self.guest.cr3, a, "r", cr0=DEFAULT_CR0,
+                reference.walk_2d(self.mem, self.eptp, self.cr3, a, "r", cr0=DEFAULT_CR0,
                                   cr4=DEFAULT_CR4, efer=DEFAULT_EFER, caps_word=caps)
         return n / (time.perf_counter() - start)
 
@@ -122,7 +111,7 @@ def measure(args: argparse.Namespace, progress) -> list[Row]:
                     reference_rates.append(rig.reference(kind, args.reference_walks))
             rows.append(Row(kind, use_tlb, max(rates), max(reference_rates), references,
                             hit_rate))
-    rig.mem.close()
+    rig.platform.close()
     return rows
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 
 from scapy.utils import wrpcap
 
+from fastpath.commands._help import ProseHelpFormatter
 from fastpath.pmd import (
     DEFAULT_FLOWS,
     MAX_FLOWS,
@@ -32,24 +32,9 @@ examples:
 """
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    # Prose paragraphs are wrapped to the terminal; a paragraph with indented lines (a list,
-    # examples) is kept as written.
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        paragraphs = []
-        for paragraph in text.strip("\n").split("\n\n"):
-            if "\n " in paragraph or paragraph.startswith(" "):
-                paragraphs.append(textwrap.indent(paragraph, indent))
-            else:
-                paragraphs.append(textwrap.fill(" ".join(paragraph.split()), width,
-                                                initial_indent=indent, subsequent_indent=indent))
-        return "\n\n".join(paragraphs)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options."""
-    parser.formatter_class = _HelpFormatter
+    parser.formatter_class = ProseHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("--profile", choices=list(PROFILES), default="udp64",
                         help="what the frames are (see below; default udp64)")

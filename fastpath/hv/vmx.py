@@ -37,7 +37,7 @@ from fastpath.hv._vmx_controls import (
     Secondary,
     VmxCapabilities,
 )
-from fastpath.hv._vmx_cost import DEFAULT_HANDLER_CYCLES, CostModel
+from fastpath.hv._vmx_cost import COST_SOURCES, DEFAULT_HANDLER_CYCLES, CostModel
 from fastpath.hv._vmx_entry import NO_LINK_POINTER
 from fastpath.hv._vmx_events import EVENT_DTYPE, EventFlag, EventKind, event, events
 from fastpath.hv._vmx_exits import (
@@ -122,4 +122,5 @@ __all__ = [
     "VirtualApic",
     "CostModel",
     "DEFAULT_HANDLER_CYCLES",
+    "COST_SOURCES",
 ]

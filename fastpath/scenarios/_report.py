@@ -29,6 +29,6 @@ class Report:
     tables: list[Table] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        """The report as JSON-able data: what `fastpath hv --json` writes."""
+        """The report as JSON-able data: scenario, figures and tables."""
         return {"scenario": self.scenario, "figures": self.figures,
                 "tables": [t.as_dict() for t in self.tables]}
