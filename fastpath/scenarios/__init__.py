@@ -5,5 +5,7 @@ returns a `Report` (figures under stable names, and tables), which `fastpath hv`
 saves."""
 
 from fastpath.scenarios._report import Report, Table
+from fastpath.scenarios._virtual_iommu import IotlbMapping, VirtualIommu, iotlb_mapping
+from fastpath.scenarios.viommu import run_viommu
 
-__all__ = ["Report", "Table"]
+__all__ = ["Report", "Table", "VirtualIommu", "IotlbMapping", "iotlb_mapping", "run_viommu"]
