@@ -148,7 +148,7 @@ class QueuePairDriver:
         self._free_rx = list(range(QUEUE_SIZE - 1, -1, -1))
         self._free_tx = list(range(QUEUE_SIZE - 1, -1, -1))
         self._rx_slots: dict[int, int | None] = {}    # buffer id -> slot (None: not ours)
-        self._tx_slots: dict[int, int] = {}
+        self._tx_slots: dict[int, int | None] = {}
         self.sent = 0
         self.received: list[bytes] = []
 
@@ -167,6 +167,12 @@ class QueuePairDriver:
         """Offer one receive buffer at any IOVA (one the tables may not map)."""
         self._rx_slots[self.rx.add(writable=[(iova, BUFFER_SIZE)])] = None
         self.guest.frontend.vrings[2 * self.index].kick_backend()
+
+    def post_transmit_buffer_at(self, iova: int, length: int) -> None:
+        """Offer one transmit buffer of `length` bytes at any IOVA (one the tables may not
+        map)."""
+        self._tx_slots[self.tx.add(readable=[(iova, length)])] = None
+        self.guest.frontend.vrings[2 * self.index + 1].kick_backend()
 
     def send(self, frames: list[bytes]) -> int:
         """Transmit frames from the transmit buffers; returns how many fitted."""
@@ -202,7 +208,9 @@ class QueuePairDriver:
 
     def _reclaim_transmitted(self) -> None:
         for buffer_id, _ in self.tx.collect():
-            self._free_tx.append(self._tx_slots.pop(buffer_id))
+            slot = self._tx_slots.pop(buffer_id)
+            if slot is not None:
+                self._free_tx.append(slot)
 
     @property
     def transmit_outstanding(self) -> int:
@@ -385,7 +393,7 @@ def exchange(flows: dict[QueuePairDriver, list[bytes]], timeout: float = 5.0,
             break
 
 
-def run_viommu(*, frames: int = 64, packed: bool = False, miss_deadline: float = 0.5,
+def run_viommu(*, frames: int = 64, packed: bool = False, miss_deadline: float = 1.0,
                timeout: float = 5.0) -> Report:
     """The vIOMMU scenario (hv.md §5.5): two VMs with two queue pairs each on one back-end in
     this process; `frames` frames per step and queue pair; a ring waits `miss_deadline`
