@@ -189,8 +189,8 @@ class RemappingUnit:
 
     def invalidate_context_cache(self, granularity: int, did: int = 0, sid: int = 0,
                                  function_mask: int = 0) -> bool:
-        """Context-cache invalidation, global (1), domain- (2) or device-selective (3);
-        False for granularity 0."""
+        """Context-cache invalidation, global (1), domain- (2) or device-selective (3), told
+        to the invalidation listeners; False (and nothing done) for granularity 0."""
         if granularity == Granularity.GLOBAL:
             self.caches.invalidate_contexts()
         elif granularity == Granularity.DOMAIN:
@@ -206,7 +206,8 @@ class RemappingUnit:
     def invalidate_iotlb(self, granularity: int, did: int = 0, address: int = 0,
                          address_mask: int = 0) -> bool:
         """IOTLB invalidation, global (1), domain- (2) or page-selective (3, the 2^AM pages at
-        address); False for granularity 0 or an AM above CAP.MAMV."""
+        address), told to the invalidation listeners; False (and nothing done) for
+        granularity 0 or an AM above CAP.MAMV."""
         size = 0
         if granularity == Granularity.GLOBAL:
             self.caches.invalidate_iotlb()

@@ -442,9 +442,11 @@ def run_viommu(*, frames: int = 64, packed: bool = False, miss_deadline: float =
                       **{p: [frame(3 * frames + k) for k in range(frames)]
                          for p in hostile.pairs}},
                      timeout + miss_deadline,
-                     # The hostile pair's frames are lost: done when the rest came back.
-                     until=lambda: all(len(p.received) >= len(expected[p])
-                                       for p in expected if p is not bad_pair))
+                     # The hostile pair's frames are lost: done once its fault is in and
+                     # the rest came back.
+                     until=lambda: hostile.viommu.faults and all(
+                         len(p.received) >= len(expected[p])
+                         for p in expected if p is not bad_pair))
                 expected[bad_pair] = []
                 return _report(guests, expected)
             finally:
