@@ -315,11 +315,12 @@ class ViommuGuest:
         once it completed. RuntimeError if the unit refused a descriptor (FSTS.IQE)."""
         status = self._next_wait
         self._next_wait += 1
+        base, descriptor_size, entries = self.unit.queue_geometry()
         tail = self.unit.queue_tail()
         for d in (*descriptors, Descriptor.wait(WAIT_STATUS, status, interrupt=True)):
-            struct.pack_into("<QQ", self.ram, INVALIDATION_QUEUE + 16 * tail, d.lo, d.hi)
-            tail = (tail + 1) % QUEUE_SIZE
-        self.unit.write(Reg.IQT, 8, tail << 4)
+            struct.pack_into("<QQ", self.ram, base + descriptor_size * tail, d.lo, d.hi)
+            tail = (tail + 1) % entries
+        self.unit.write(Reg.IQT, 8, tail * descriptor_size)
         if self.unit.read(Reg.FSTS, 4) & Fsts.IQE:
             raise RuntimeError(f"the remapping unit refused descriptor {self.unit.queue_head()}")
         return status
@@ -405,15 +406,17 @@ def run_viommu(*, frames: int = 64, packed: bool = False, miss_deadline: float =
        selective invalidation, wait, map) and moves frames again: none may be read from the
        old memory.
     3. A hostile guest posts a receive buffer at an IOVA its tables do not map: the back-end's
-       write there is a DMA fault its unit records, that receiveq is given up and the frames
-       for it are lost, while its other queue pair and the well-behaved guest go on.
+       write there is a DMA fault its unit records, that receiveq waits for a translation
+       that never comes (the back-end gives it up after `miss_deadline`) and the frames for
+       it are lost, while its other queue pair and the well-behaved guest go on.
 
     Figures: misses and those answered, updates and invalidations sent, faults recorded in
     the fault recording registers, frames sent, received intact and lost, per guest and in
     all (in `figures["guests"]`).
     """
-    if frames < 1:
-        raise ValueError("the scenario needs at least one frame per step")
+    if not 1 <= frames <= QUEUE_SIZE:
+        raise ValueError(f"a step moves 1 to {QUEUE_SIZE} frames a queue pair (one ring's "
+                         f"buffers), not {frames}")
     guests: list[ViommuGuest] = []
     expected: dict[QueuePairDriver, list[bytes]] = {}
 
