@@ -61,13 +61,20 @@ class RadixTables:
     def _slot(self, table: int, address: int, level: int) -> int:
         return self._hpa_of(table) + ((address >> (12 + 9 * (level - 1))) & 0x1FF) * 8
 
+    def unmap(self, address: int, size: int = PAGE_4K) -> int:
+        """Clear the leaf that maps the `size`-byte page at `address` (the tables above it
+        stay); returns the HPA of the cleared entry. LookupError when no table leads to it."""
+        slot = self.entry_address(address, _page_level(address, size))
+        self._write(slot, 0)
+        return slot
+
     def _install(self, address: int, size: int, leaf: int) -> int:
         # Write a leaf for [address, address + size), making the tables above it as needed;
         # returns the HPA of the leaf entry.
-        level = LEVEL_OF_SIZE.get(size)
-        if level is None or address % size or leaf & _FRAME & (size - 1):
-            raise ValueError(f"a {size:#x}-byte page needs a size of 4 KiB, 2 MiB or 1 GiB "
-                             "and both addresses aligned to it")
+        level = _page_level(address, size)
+        if leaf & _FRAME & (size - 1):
+            raise ValueError(f"a {size:#x}-byte page maps to an address aligned to it, not "
+                             f"{leaf & _FRAME:#x}")
         table = self.root
         for at in range(self.levels, level, -1):
             slot = self._slot(table, address, at)
@@ -81,6 +88,15 @@ class RadixTables:
         slot = self._slot(table, address, level)
         self._write(slot, leaf | (self._PAGE_SIZE_BIT if level > 1 else 0))
         return slot
+
+
+def _page_level(address: int, size: int) -> int:
+    # The level whose leaf maps a page of `size` bytes at `address`.
+    level = LEVEL_OF_SIZE.get(size)
+    if level is None or address % size:
+        raise ValueError(f"a {size:#x}-byte page needs a size of 4 KiB, 2 MiB or 1 GiB and an "
+                         "address aligned to it")
+    return level
 
 
 def _ept_permissions(perms: str) -> int:

@@ -35,7 +35,7 @@ assert CONTEXT_CACHE_ENTRY_DTYPE.itemsize == _core.CONTEXT_CACHE_ENTRY_SIZE
 
 # hv.md §3.6: a device-selective invalidation's function mask FM leaves out SID bits 2:0 of
 # the function number: 0 none, 1 bit 2, 2 bits 2:1, 3 bits 2:0.
-_FUNCTION_MASKS = {0: 0xFFFF, 1: 0xFFFB, 2: 0xFFF9, 3: 0xFFF8}
+FUNCTION_MASKS = {0: 0xFFFF, 1: 0xFFFB, 2: 0xFFF9, 3: 0xFFF8}
 
 
 class VtdCaches:
@@ -108,7 +108,7 @@ class VtdCaches:
     def invalidate_context_of_device(self, sid: int, function_mask: int = 0) -> int:
         """Device-selective: the entries of `sid`, with SID bits left out under the function
         mask FM (0..3)."""
-        mask = _FUNCTION_MASKS[function_mask]
+        mask = FUNCTION_MASKS[function_mask]
         c = self.contexts
         return _drop(c, (c["valid"] != 0) & (c["sid"] & mask == sid & mask))
 

@@ -43,7 +43,18 @@ RESERVED = {
 }
 
 GRANULARITY_SHIFT = 4          # context-cache and IOTLB G: bits 5:4
-GLOBAL, DOMAIN, DEVICE_OR_PAGE = 1, 2, 3
+
+
+class Granularity(IntEnum):
+    """What a context-cache or IOTLB invalidation covers: its descriptor's G, its register's
+    CIRG or IIRG (hv.md §3.6). DEVICE_OR_PAGE is device-selective for the context cache and
+    page-selective for the IOTLB."""
+
+    GLOBAL = 1
+    DOMAIN = 2
+    DEVICE_OR_PAGE = 3
+
+
 WAIT_IF, WAIT_SW, WAIT_FN = 1 << 4, 1 << 5, 1 << 6
 IEC_INDEX_SELECTIVE = 1 << 4
 

@@ -19,7 +19,8 @@ from fastpath.hv._tables import PAGE_4K
 from fastpath.hv._vtd_caches import VtdCaches
 from fastpath.hv._vtd_caps import DEFAULT_CAPS, VtdCaps
 from fastpath.hv._vtd_interrupts import InterruptEntryCache, remap_interrupt
-from fastpath.hv._vtd_queue import DEVICE_OR_PAGE, DOMAIN, GLOBAL
+from fastpath.hv._vtd_invalidation import Invalidation, InvalidationListener
+from fastpath.hv._vtd_queue import DescriptorType, Granularity
 from fastpath.hv._vtd_queue import run as run_queue
 from fastpath.hv._vtd_regs import (
     CCMD_CAIG_SHIFT,
@@ -62,7 +63,9 @@ class RemappingUnit:
     raise (DmaFault, InterruptRemappingFault); a fault suppressed by FPD still raises, with
     nothing recorded. `caches` (a VtdCaches) are the context cache and the IOTLB;
     `interrupt_entries` the interrupt entry cache; `device_tlbs` the ATS caches of devices
-    that attached one (fastpath.hv.vtd.DeviceTlb), by source-id.
+    that attached one (fastpath.hv.vtd.DeviceTlb), by source-id. Whatever else caches its
+    translations (a vIOMMU's copies in a vhost-user back-end) hears of every invalidation
+    through `add_invalidation_listener`.
     """
 
     def __init__(self, mem, caps: VtdCaps = DEFAULT_CAPS, *, caches: VtdCaches | None = None,
@@ -85,6 +88,7 @@ class RemappingUnit:
         self.interrupt_table: int | None = None  # IRTA, latched by SIRTP
         self._next_record = 0
         self._core = None
+        self._listeners: list[InvalidationListener] = []
 
     # --- the register interface ---
 
@@ -168,39 +172,66 @@ class RemappingUnit:
 
     # --- invalidation, shared by the registers and the queue ---
 
+    def add_invalidation_listener(self, listener: InvalidationListener) -> None:
+        """Tell `listener` of every context-cache, IOTLB and device-TLB invalidation from now
+        on, register-based or queued, as it is carried out: after the unit's own caches
+        dropped their entries, before anything queued behind it (a wait descriptor's status
+        write and completion event) runs. Listeners are told in the order they were added."""
+        self._listeners.append(listener)
+
+    def remove_invalidation_listener(self, listener: InvalidationListener) -> None:
+        """Stop telling `listener` (ValueError if it was never added)."""
+        self._listeners.remove(listener)
+
+    def _tell(self, invalidation: Invalidation) -> None:
+        for listener in tuple(self._listeners):
+            listener(invalidation)
+
     def invalidate_context_cache(self, granularity: int, did: int = 0, sid: int = 0,
                                  function_mask: int = 0) -> bool:
-        """Context-cache invalidation, global (1), domain- (2) or device-selective (3);
-        False for granularity 0."""
-        if granularity == GLOBAL:
+        """Context-cache invalidation, global (1), domain- (2) or device-selective (3), told
+        to the invalidation listeners; False (and nothing done) for granularity 0."""
+        if granularity == Granularity.GLOBAL:
             self.caches.invalidate_contexts()
-        elif granularity == DOMAIN:
+        elif granularity == Granularity.DOMAIN:
             self.caches.invalidate_contexts_of_domain(did)
-        elif granularity == DEVICE_OR_PAGE:
+        elif granularity == Granularity.DEVICE_OR_PAGE:
             self.caches.invalidate_context_of_device(sid, function_mask)
         else:
             return False
+        self._tell(Invalidation(DescriptorType.CONTEXT_CACHE, Granularity(granularity), did,
+                                sid, function_mask))
         return True
 
     def invalidate_iotlb(self, granularity: int, did: int = 0, address: int = 0,
                          address_mask: int = 0) -> bool:
         """IOTLB invalidation, global (1), domain- (2) or page-selective (3, the 2^AM pages at
-        address); False for granularity 0 or an AM above CAP.MAMV."""
-        if granularity == GLOBAL:
+        address), told to the invalidation listeners; False (and nothing done) for
+        granularity 0 or an AM above CAP.MAMV."""
+        size = 0
+        if granularity == Granularity.GLOBAL:
             self.caches.invalidate_iotlb()
-        elif granularity == DOMAIN:
+        elif granularity == Granularity.DOMAIN:
             self.caches.invalidate_iotlb_of_domain(did)
-        elif granularity == DEVICE_OR_PAGE and address_mask <= self.caps.mamv:
+        elif granularity == Granularity.DEVICE_OR_PAGE and address_mask <= self.caps.mamv:
             self.caches.invalidate_iotlb_pages(did, address, address_mask)
+            size = PAGE_4K << address_mask
+            # hv.md §3.6: ADDR is aligned to the 2^AM pages it names.
+            address &= ~(size - 1)
         else:
             return False
+        self._tell(Invalidation(DescriptorType.IOTLB, Granularity(granularity), did,
+                                address=address, size=size))
         return True
 
     def invalidate_device_tlb(self, sid: int, address: int, size: int) -> None:
-        """Pass a device-TLB invalidation to the device's ATS cache, if it has one."""
+        """Pass a device-TLB invalidation to the device's ATS cache, if it has one, and to
+        the listeners."""
         device_tlb = self.device_tlbs.get(sid)
         if device_tlb is not None:
             device_tlb.invalidate(address, size)
+        self._tell(Invalidation(DescriptorType.DEVICE_TLB, Granularity.DEVICE_OR_PAGE,
+                                source_id=sid, address=address, size=size))
 
     def invalidate_interrupt_entries(self, index: int | None = None, count: int = 1) -> None:
         """Interrupt-entry-cache invalidation: all entries, or `count` from `index`."""

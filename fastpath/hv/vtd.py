@@ -12,6 +12,8 @@ ECAP words), and `VtdCaches` is a context cache and IOTLB with their invalidatio
 (`Reg`, `Gcmd`, `Fsts`), fault recording and the fault event, register-based and queued
 invalidation (`Descriptor`), DMA and ATS requests from devices (`DeviceTlb`), and interrupt
 remapping of remapped and posted IRTEs (`remapped_irte`, `posted_irte`, `remappable_msi`).
+Its invalidation listeners hear of each `Invalidation` as it is carried out, before a wait
+descriptor behind it completes: the hook a vIOMMU's copies of translations hang on (hv.md §5.5).
 """
 
 from fastpath._core.vtd import FaultReason, TranslationType
@@ -31,10 +33,11 @@ from fastpath.hv._vtd_interrupts import (
     remapped_irte,
     write_irte,
 )
-from fastpath.hv._vtd_queue import Descriptor, DescriptorType, device_tlb_range
+from fastpath.hv._vtd_invalidation import Invalidation, InvalidationListener
+from fastpath.hv._vtd_queue import Descriptor, DescriptorType, Granularity, device_tlb_range
 from fastpath.hv._vtd_regs import Fsts, Gcmd, Reg
 from fastpath.hv._vtd_tables import RootTable, SecondLevelTables, source_id
-from fastpath.hv._vtd_unit import RemappingUnit
+from fastpath.hv._vtd_unit import INTERRUPT_RANGE, RemappingUnit
 from fastpath.hv._vtd_walk import (
     QUALIFIED_REASONS,
     DmaBurst,
@@ -58,6 +61,10 @@ __all__ = [
     "TranslationType",
     "QUALIFIED_REASONS",
     "RemappingUnit",
+    "INTERRUPT_RANGE",
+    "Invalidation",
+    "InvalidationListener",
+    "Granularity",
     "Reg",
     "Gcmd",
     "Fsts",

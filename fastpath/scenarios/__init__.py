@@ -11,5 +11,7 @@ which `fastpath hv` prints and saves; its `add_arguments(parser)` declares those
 docstring is the scenario's --help page."""
 
 from fastpath.scenarios._report import Report, Table
+from fastpath.scenarios._virtual_iommu import IotlbMapping, VirtualIommu, iotlb_mapping
+from fastpath.scenarios.viommu import run_viommu
 
-__all__ = ["Report", "Table"]
+__all__ = ["Report", "Table", "VirtualIommu", "IotlbMapping", "iotlb_mapping", "run_viommu"]

@@ -16,10 +16,13 @@ from fastpath.hv.vtd import (
     PAGE_2M,
     PAGE_4K,
     Descriptor,
+    DescriptorType,
     DeviceTlb,
     FaultReason,
     Fsts,
     Gcmd,
+    Granularity,
+    Invalidation,
     Reg,
     RemappingUnit,
     RootTable,
@@ -593,3 +596,141 @@ def test_the_fault_event_uses_the_upper_address_too(p):
     with pytest.raises(DmaFault):
         p.unit.dma(SID_B, 0x5000, "r")
     assert p.unit.interrupts == [(0x1_FEE00000, 0x31)]
+
+
+# --- Invalidation listeners (hv.md §5.5) ------------------------------------------------------
+
+class Heard:
+    """An invalidation listener that notes what it heard and what the wait's status word and
+    the completion events were at that moment."""
+
+    def __init__(self, p):
+        self.p = p
+        self.heard: list[tuple[Invalidation, int, int]] = []
+        p.unit.add_invalidation_listener(self)
+
+    def __call__(self, invalidation):
+        self.heard.append((invalidation, self.p.mem.read64(STATUS) & 0xFFFFFFFF,
+                           len(self.p.unit.interrupts)))
+
+    @property
+    def invalidations(self):
+        return [i for i, _, _ in self.heard]
+
+
+IOTLB, CONTEXT, DEVICE_TLB = (DescriptorType.IOTLB, DescriptorType.CONTEXT_CACHE,
+                              DescriptorType.DEVICE_TLB)
+G, D, P = Granularity.GLOBAL, Granularity.DOMAIN, Granularity.DEVICE_OR_PAGE
+
+
+@pytest.mark.parametrize(("descriptor", "expected"), [
+    (Descriptor.iotlb(1), Invalidation(IOTLB, G)),
+    (Descriptor.iotlb(2, DID_B), Invalidation(IOTLB, D, DID_B)),
+    # TV7's PSI of the 2 MiB page; an address inside the 2^AM pages names them all.
+    (Descriptor.iotlb(3, DID_A, 0xDEA00000 + 0x3000, 9),
+     Invalidation(IOTLB, P, DID_A, address=0xDEA00000, size=PAGE_2M)),
+    (Descriptor.context_cache(1), Invalidation(CONTEXT, G)),
+    (Descriptor.context_cache(2, DID_A), Invalidation(CONTEXT, D, DID_A)),
+    (Descriptor.context_cache(3, DID_A, SID_A, 2),
+     Invalidation(CONTEXT, P, DID_A, SID_A, 2)),
+    # TV7's device-TLB row: S = 1, 32 KiB from 0xDEAD8000.
+    (Descriptor.device_tlb(SID_A, 0xDEADB000, True, pfsid=0x3B00),
+     Invalidation(DEVICE_TLB, P, source_id=SID_A, address=0xDEAD8000, size=0x8000)),
+])
+def test_a_listener_hears_each_queued_invalidation_before_the_wait_behind_it(p, descriptor,
+                                                                              expected):
+    heard = Heard(p)
+    p.unit.write(Reg.IECTL, 4, 0)
+    p.enable_queue()
+    p.submit(descriptor, Descriptor.wait(STATUS, 1, interrupt=True))
+    # Heard with the status word still 0 and no completion event yet; both came after.
+    assert heard.heard == [(expected, 0, 0)]
+    assert p.mem.read64(STATUS) & 0xFFFFFFFF == 1 and len(p.unit.interrupts) == 1
+
+
+def test_a_listener_hears_after_the_units_own_caches_dropped_the_entries(p):
+    # So that a listener may translate again at once and see the new tables.
+    warm(p)
+    seen = []
+    p.unit.add_invalidation_listener(lambda _: seen.append(hpa(p, SID_A, 0xDEADB123)))
+    p.enable_queue()
+    p.submit(Descriptor.iotlb(3, DID_A, 0xDEADB000))
+    assert seen == [0x9123]
+
+
+@pytest.mark.parametrize(("command", "iva", "expected"), [
+    (Reg.IOTLB, 0, (1 << 63 | 1 << 60, Invalidation(IOTLB, G))),
+    (Reg.IOTLB, 0, (1 << 63 | 2 << 60 | DID_A << 32, Invalidation(IOTLB, D, DID_A))),
+    (Reg.IOTLB, 0xDEADB000 | 1, (1 << 63 | 3 << 60 | DID_A << 32,
+                                 Invalidation(IOTLB, P, DID_A, address=0xDEADA000,
+                                              size=2 * PAGE_4K))),
+    (Reg.CCMD, 0, (1 << 63 | 1 << 61, Invalidation(CONTEXT, G))),
+    (Reg.CCMD, 0, (1 << 63 | 3 << 61 | 1 << 32 | SID_B << 16 | DID_B,
+                   Invalidation(CONTEXT, P, DID_B, SID_B, 1))),
+])
+def test_a_listener_hears_register_based_invalidations(p, command, iva, expected):
+    value, invalidation = expected
+    heard = Heard(p)
+    p.unit.write(Reg.IVA, 8, iva)
+    p.unit.write(command, 8, value)
+    assert heard.invalidations == [invalidation]
+
+
+def test_refused_invalidations_are_not_heard():
+    p = Platform(VtdCaps(mamv=4))
+    heard = Heard(p)
+    p.unit.write(Reg.IVA, 8, 0xDEA00000 | 9)                       # AM above MAMV
+    p.unit.write(Reg.IOTLB, 8, 1 << 63 | 3 << 60 | DID_A << 32)
+    p.enable_queue()
+    p.unit.write(Reg.IOTLB, 8, 1 << 63 | 1 << 60)                  # registers while QI is on
+    p.submit(Descriptor(0x420002, 0))                              # G = 0: IQE
+    assert heard.heard == []
+
+
+def test_a_removed_listener_hears_nothing_more(p):
+    heard = Heard(p)
+    p.enable_queue()
+    p.submit(Descriptor.iotlb(1))
+    p.unit.remove_invalidation_listener(heard)
+    p.submit(Descriptor.iotlb(1))
+    assert len(heard.heard) == 1
+    with pytest.raises(ValueError):
+        p.unit.remove_invalidation_listener(heard)
+
+
+@pytest.mark.parametrize(("invalidation", "reached"), [
+    (Invalidation(IOTLB, G), {SID_A, SID_B, SID_C}),
+    (Invalidation(IOTLB, D, DID_A), {SID_A, SID_C}),
+    (Invalidation(IOTLB, P, DID_B, address=0xDEADB000, size=PAGE_4K), {SID_B}),
+    (Invalidation(CONTEXT, D, DID_B), {SID_B}),
+    # FM 0 is the one function; FM 1 leaves bit 2 out: 3b:11.2 (A) and 3b:11.6 alike.
+    (Invalidation(CONTEXT, P, 0, SID_A, 0), {SID_A}),
+    (Invalidation(CONTEXT, P, 0, SID_A | 4, 1), {SID_A}),
+    (Invalidation(DEVICE_TLB, P, source_id=SID_C, address=0, size=PAGE_4K), {SID_C}),
+])
+def test_which_devices_an_invalidation_reaches(invalidation, reached):
+    domains = {SID_A: DID_A, SID_B: DID_B, SID_C: DID_A}
+    assert {sid for sid, did in domains.items() if invalidation.affects(sid, did)} == reached
+
+
+def test_an_invalidation_with_a_range_overlaps_only_what_meets_it():
+    psi = Invalidation(IOTLB, P, DID_A, address=0xDEA00000, size=PAGE_2M)
+    assert psi.overlaps(0xDEA00000 + PAGE_2M - 1, 1) and psi.overlaps(0xDE9FF000, 0x2000)
+    assert not psi.overlaps(0xDEA00000 + PAGE_2M, PAGE_4K)
+    assert not psi.overlaps(0xDE9FF000, 0x1000)
+    assert Invalidation(IOTLB, G).overlaps(1 << 60, PAGE_4K)
+
+
+def test_unmap_clears_a_leaf_and_a_psi_makes_the_unit_see_it(p):
+    warm(p)
+    slot = p.a.unmap(0xDEA00000 + PAGE_2M * 4, PAGE_2M)
+    assert p.mem.read64(slot) == 0
+    p.enable_queue()
+    p.submit(Descriptor.iotlb(3, DID_A, 0xDEA00000 + PAGE_2M * 4, 9))
+    with pytest.raises(DmaFault) as fault:
+        p.unit.dma(SID_C, 0xDEA00000 + PAGE_2M * 4 + 0x5000, "r")
+    assert fault.value.reason == FaultReason.FR_READ
+    with pytest.raises(ValueError):
+        p.a.unmap(0xDEADB800)                                     # not page-aligned
+    with pytest.raises(LookupError):
+        p.a.unmap(0x7000_0000_0000)                               # no tables lead there
