@@ -15,6 +15,7 @@ class Table:
     rows: list[list] = field(default_factory=list)
 
     def as_dict(self) -> dict:
+        """The table as JSON-able data."""
         return {"title": self.title, "headers": self.headers, "rows": self.rows}
 
 
@@ -28,5 +29,6 @@ class Report:
     tables: list[Table] = field(default_factory=list)
 
     def as_dict(self) -> dict:
+        """The report as JSON-able data: what --json writes."""
         return {"scenario": self.scenario, "figures": self.figures,
                 "tables": [t.as_dict() for t in self.tables]}
