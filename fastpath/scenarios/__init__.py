@@ -4,6 +4,7 @@ running back-end. `hv` imports nothing above it, so the joins live here, one mod
 returns a `Report` (figures under stable names, and tables), which `fastpath hv` prints and
 saves."""
 
+from fastpath.scenarios._kick import KICK_MODES, KickMode, notify_address, run_kick_scenario
 from fastpath.scenarios._report import Report, Table
 
-__all__ = ["Report", "Table"]
+__all__ = ["Report", "Table", "run_kick_scenario", "KICK_MODES", "KickMode", "notify_address"]
