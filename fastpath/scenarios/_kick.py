@@ -342,7 +342,8 @@ def _run_mode(name: str, frames: int, size: int, burst: int) -> dict:
     exits = {reason.name: n for reason, n in counters.by_reason().items()}
     tx_kicks, rx_kicks = guest.kicks[1], guest.kicks[0]
     return {
-        "mode": name, "event_idx": mode.event_idx, "backend": mode.backend,
+        "mode": name, "description": mode.description, "event_idx": mode.event_idx,
+        "backend": mode.backend,
         "frames": frames, "size": size, "burst": burst, "bursts": bursts,
         "frames_received_by_backend": received, "frames_returned": returned,
         "frames_intact": intact,
@@ -367,8 +368,8 @@ def run_kick_scenario(frames: int = 1024, size: int = 64, burst: int = 32,
     virtio-net driver through fastpath's back-end and back, in one mode of `KICK_MODES` or in
     each ("all"), counting kicks as VM exits.
 
-    Figures, per mode under its name: the settings (event_idx, backend, frames, size, burst,
-    bursts); frames_received_by_backend (its device's count), frames_returned and
+    Figures, per mode under its name: the settings (description, event_idx, backend, frames,
+    size, burst, bursts); frames_received_by_backend (its device's count), frames_returned and
     frames_intact (came back byte for byte); tx_kicks and rx_kicks (kick eventfd writes the
     VMM made for the transmitq and the receiveq), kicks_seen_by_backend (the values the
     back-end read from its transmitq kick eventfd) and backend_wakeups; exits (by reason
