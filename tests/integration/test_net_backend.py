@@ -1,8 +1,11 @@
 """The embedding API, `NetBackend`, with real front-ends: a program's own loop takes every frame
 DPDK's virtio-user sends, and echoes fastpath's own front-end's frames back byte for byte;
 frames a driver leaves in a transmitq that it disables and stops reach the program after, and
-frames it sends into a disabled one are discarded."""
+frames it sends into a disabled one are discarded; a driver's kicks can go through a hook of its
+own (a modelled guest's doorbell), and the program finds the kick eventfd they belong in."""
 
+import os
+import select
 import threading
 import time
 
@@ -12,6 +15,7 @@ import pytest
 from fastpath.devices.net import NetBackend, NetFrontend
 from fastpath.testing import Testpmd
 from fastpath.vhost_user.wire import FrontendRequest, VringState
+from fastpath.vring import VIRTIO_RING_F_EVENT_IDX
 
 
 class EchoLoop(threading.Thread):
@@ -119,3 +123,21 @@ def test_a_disabled_transmitq_discards_what_the_driver_sends_into_it(tmp_path):
         assert backend.counters()[0].rx_discarded == 10
         assert take_all(backend) == []
         assert not backend.ready()
+
+
+def test_kicks_go_through_the_driver_s_notify_hook_into_the_back_end_s_kick_eventfd(tmp_path):
+    sock = str(tmp_path / "vhost.sock")
+    with NetBackend(sock) as backend:
+        notified = []
+        with NetFrontend(sock, event_idx=False, notify=notified.append) as fe:
+            assert backend.wait_ready(10)
+            assert not fe.features >> VIRTIO_RING_F_EVENT_IDX & 1
+            # The receive buffers posted at start, then one frame: each ring asked for its
+            # kick (no EVENT_IDX, no NO_NOTIFY), and the hook took it instead of the eventfd.
+            fe.send([bytes(60)])
+            assert notified == [0, 1]
+            kick = backend.kick_fd(0)
+            assert select.select([kick], [], [], 0)[0] == []
+            fe.tx_vring.kick_backend()
+            assert select.select([kick], [], [], 1)[0] == [kick]
+            assert os.eventfd_read(kick) == 1

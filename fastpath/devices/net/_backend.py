@@ -103,6 +103,15 @@ class NetBackend:
         take what `held(pair)` keeps before the transmitq."""
         return self._queue(pair, "tx"), self._queue(pair, "rx")
 
+    def kick_fd(self, pair: int) -> int:
+        """Queue pair `pair`'s transmitq kick eventfd while the connected front-end has it
+        served, else -1: for a loop that sleeps until the driver kicks, with its kicks asked
+        for (`queues(pair)[0].queue.enable_kicks()`)."""
+        device = self._device
+        if device is None or not 0 <= pair < len(device.pairs) or device.pairs[pair].tx is None:
+            return -1
+        return device.pairs[pair].tx_kick
+
     def held(self, pair: int) -> HeldFrames:
         """Where frames of pair `pair`'s transmitq wait after it stopped being served, for
         compiled code that serves the queues by handle (`take_held` gives them out; use it,

@@ -35,10 +35,12 @@ STATUS_RUNNING = 0x1 | 0x2 | 0x8 | 0x4
 PACKED_RING_START = 0x8000
 
 
-def net_driver_features(*, packed: bool, mergeable: bool, queue_pairs: int = 1) -> int:
-    """The virtio features a driver asks for: VERSION_1 and EVENT_IDX always, RING_PACKED,
-    MRG_RXBUF and MQ as wanted."""
-    return (1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX
+def net_driver_features(*, packed: bool, mergeable: bool, queue_pairs: int = 1,
+                        event_idx: bool = True) -> int:
+    """The virtio features a driver asks for: VERSION_1 always, EVENT_IDX unless told not to
+    (then only the ring flags suppress notifications), RING_PACKED, MRG_RXBUF and MQ as
+    wanted."""
+    return (1 << VIRTIO_F_VERSION_1 | (1 << VIRTIO_RING_F_EVENT_IDX if event_idx else 0)
             | (1 << VIRTIO_F_RING_PACKED if packed else 0)
             | (1 << VIRTIO_NET_F_MRG_RXBUF if mergeable else 0)
             | (1 << VIRTIO_NET_F_MQ if queue_pairs > 1 else 0))
@@ -86,15 +88,17 @@ class NetDriver:
     """A virtio-net device on the back-end at `path`, set up from the driver's side.
 
     Connects (waiting up to `connect_timeout` seconds for the socket), negotiates
-    `net_driver_features(...)` (raising BackendRefused when a feature in `require` is refused,
-    or the back-end serves fewer than `queue_pairs` pairs), makes the memory of a `NetLayout`,
-    shares it and starts every virtqueue: `queues[i]` is virtqueue i's `DriverQueue` and
-    `vrings[i]` its `Vring` (the kick eventfd). Nothing is posted yet.
+    `net_driver_features(...)` (EVENT_IDX unless `event_idx` is False; raising BackendRefused
+    when a feature in `require` is refused, or the back-end serves fewer than `queue_pairs`
+    pairs), makes the memory of a `NetLayout`, shares it and starts every virtqueue:
+    `queues[i]` is virtqueue i's `DriverQueue` and `vrings[i]` its `Vring` (the kick
+    eventfd). Nothing is posted yet.
     """
 
     def __init__(self, path: str, *, queue_pairs: int = 1, queue_size: int = 256,
                  packed: bool = False, mergeable: bool = False, rx_buffer: int = BUFFER_SIZE,
-                 tx_buffer: int = BUFFER_SIZE, connect_timeout: float = 10.0, require: int = 0):
+                 tx_buffer: int = BUFFER_SIZE, connect_timeout: float = 10.0, require: int = 0,
+                 event_idx: bool = True):
         if queue_pairs < 1:
             raise ValueError("a virtio-net device has at least one queue pair")
         self.memory: GuestMemory | None = None
@@ -103,7 +107,7 @@ class NetDriver:
         self.frontend = Frontend(path, connect_timeout=connect_timeout)
         try:
             wanted = net_driver_features(packed=packed, mergeable=mergeable,
-                                         queue_pairs=queue_pairs)
+                                         queue_pairs=queue_pairs, event_idx=event_idx)
             self.features = self.frontend.negotiate(wanted)
             refused = require & ~self.features
             if refused:

@@ -5,6 +5,7 @@ its own memfd-backed `GuestMemory`, shared with the back-end."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,16 +17,22 @@ from fastpath.vring import DriverQueue
 class NetFrontend:
     """Queue pair 0 of a virtio-net device on the back-end at `path`.
 
-    `packed` and `mergeable` ask for RING_PACKED and MRG_RXBUF (the back-end may refuse them;
-    `features` says what was acked). Every receive buffer is BUFFER_SIZE bytes, so a frame
-    longer than BUFFER_SIZE - 12 needs mergeable buffers to come back.
+    `packed` and `mergeable` ask for RING_PACKED and MRG_RXBUF, `event_idx` for EVENT_IDX (the
+    back-end may refuse them; `features` says what was acked). Every receive buffer is
+    BUFFER_SIZE bytes, so a frame longer than BUFFER_SIZE - 12 needs mergeable buffers to come
+    back.
+
+    When a ring asks for a kick, `notify(virtqueue index)` delivers it: by default a write to
+    the vring's kick eventfd, as virtio-user does; a modelled guest passes its doorbell, the
+    MMIO write to the notify area that the VMM turns into that same eventfd write.
     """
 
     def __init__(self, path: str, *, queue_size: int = 256, packed: bool = False,
-                 mergeable: bool = True, connect_timeout: float = 10.0):
+                 mergeable: bool = True, event_idx: bool = True, connect_timeout: float = 10.0,
+                 notify: Callable[[int], None] | None = None):
         self.size = queue_size
         self.driver = NetDriver(path, queue_size=queue_size, packed=packed, mergeable=mergeable,
-                                connect_timeout=connect_timeout)
+                                connect_timeout=connect_timeout, event_idx=event_idx)
         self.frontend = self.driver.frontend
         self.memory = self.driver.memory
         self.features = self.driver.features
@@ -34,6 +41,7 @@ class NetFrontend:
         self.rx: DriverQueue = self.driver.queues[0]
         self.tx: DriverQueue = self.driver.queues[1]
         self.rx_vring, self.tx_vring = self.driver.vrings
+        self._notify = notify or self._kick_eventfd
         self.rx_pool = self.driver.layout.buffers(0)
         self.tx_pool = self.driver.layout.buffers(1)
         self._rx_slot: dict[int, int] = {}
@@ -119,8 +127,10 @@ class NetFrontend:
         for buffer_id, _ in self.tx.collect():
             self._free_tx.append(self._tx_slot.pop(buffer_id))
 
-    @staticmethod
-    def _kick(queue: DriverQueue, vring) -> None:
+    def _kick(self, queue: DriverQueue, vring) -> None:
         if queue.should_kick():
-            vring.kick_backend()
+            self._notify(vring.index)
+
+    def _kick_eventfd(self, index: int) -> None:
+        self.driver.vrings[index].kick_backend()
 
