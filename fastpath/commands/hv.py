@@ -42,6 +42,13 @@ SCENARIOS = (
     Scenario("sriov", "fastpath.scenarios.sriov",
              "a PF enabling VFs (RIDs across buses, BARs), a frame burst steered VMDq-style "
              "to pools and queues, and the VFs' DMA through VT-d with faults"),
+    Scenario("viommu", "fastpath.scenarios.viommu",
+             "two VMs' virtio-net through a VT-d vIOMMU on a real back-end: IOTLB misses "
+             "answered from the model, invalidations ordered before the guest's wait, DMA "
+             "faults recorded, frames moved and lost"),
+    Scenario("kick", "fastpath.scenarios.kick",
+             "a guest's virtio-net kicks as EPT-misconfiguration exits that write a real "
+             "back-end's kick eventfds: exits per frame without and with EVENT_IDX and polled"),
 )
 
 

@@ -10,10 +10,9 @@ which `fastpath hv` prints and saves; its `add_arguments(parser)` declares those
 (their destinations are `run`'s parameters, their defaults `run`'s defaults) and its
 docstring is the scenario's --help page."""
 
-from fastpath.scenarios._kick import KICK_MODES, KickMode, notify_address, run_kick_scenario
 from fastpath.scenarios._report import Report, Table
 from fastpath.scenarios._virtual_iommu import IotlbMapping, VirtualIommu, iotlb_mapping
-from fastpath.scenarios.viommu import run_viommu
+from fastpath.scenarios.kick import KICK_MODES, KickMode, notify_address
 
-__all__ = ["Report", "Table", "VirtualIommu", "IotlbMapping", "iotlb_mapping", "run_viommu",
-           "run_kick_scenario", "KICK_MODES", "KickMode", "notify_address"]
+__all__ = ["Report", "Table", "VirtualIommu", "IotlbMapping", "iotlb_mapping", "KICK_MODES",
+           "KickMode", "notify_address"]

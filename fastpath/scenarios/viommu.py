@@ -1,17 +1,31 @@
-"""A VM with a VT-d vIOMMU in front of its virtio-net device, on a real vhost-user back-end
-(hv.md §5): the guest's rings and packet buffers sit at IOVAs that second-level tables in its
-own RAM map, the back-end asks for every translation with IOTLB misses, and `VirtualIommu`
-(QEMU's part) answers them from the remapping unit and withdraws them when the guest
-invalidates. `run_viommu` plays it through and reports what moved.
+"""Two VMs' virtio-net devices behind a VT-d vIOMMU, on a real vhost-user back-end (hv.md §5):
+every ring and packet buffer sits at an IOVA, the back-end asks for each translation with an
+IOTLB miss, and the vIOMMU answers from the modelled remapping unit and withdraws what the
+guest invalidates, before the guest's wait descriptor completes.
 
-`ViommuGuest` is the VM: guest RAM in two memfd regions with a hole between, the unit over the
-low one (where the guest keeps its VT-d tables and invalidation queue, as a real guest does),
-queue pair 0 of a virtio-net device driven through a `Frontend`. `ForwardingBackend` is the
-back-end: fastpath's net device, io forwarding, served in this process.
+What is modelled: each VM (`ViommuGuest`) keeps guest RAM in two memfd regions with a hole
+between, its VT-d root, context and 4-level second-level tables and its invalidation queue in
+its own RAM, as a real guest does, and drives two queue pairs of a virtio-net device through
+fastpath's `Frontend` with VIRTIO_F_ACCESS_PLATFORM. `VirtualIommu` plays QEMU's part: a miss
+is a DMA translation by the unit (a fault is recorded in its fault registers, as real DMA's
+would be, and gets no answer), cut to the memory region that holds it and sent as an IOTLB
+update; an invalidation the unit carries out becomes IOTLB invalidations of what it reaches.
+The back-end (`ForwardingBackend`) is fastpath's net device with io forwarding, served in this
+process. Three steps: the well-behaved VM moves --frames frames per queue pair through and
+back; it moves its transmit buffers to other memory under the same IOVAs (unmap, page-
+selective invalidation, wait, map) and moves frames again, none of which may be read from the
+old memory; the hostile VM posts a receive buffer at an IOVA its tables do not map, so the
+back-end's write there is a recorded DMA fault, that ring waits --miss-deadline seconds and is
+given up, and its frames are lost, while its other queue pair and the other VM go on.
+
+Tables:
+  vIOMMU   per VM: IOTLB misses the back-end sent and those answered, updates and
+           invalidations the vIOMMU sent, faults in the unit's fault recording registers,
+           frames sent, frames that came back intact, frames lost
 """
-
 from __future__ import annotations
 
+import argparse
 import os
 import struct
 import tempfile
@@ -35,6 +49,7 @@ from fastpath.hv.vtd import (
     source_id,
 )
 from fastpath.pmd import Forwarder
+from fastpath.scenarios._options import positive_int_up_to
 from fastpath.scenarios._report import Report, Table
 from fastpath.scenarios._virtual_iommu import VirtualIommu
 from fastpath.vhost_user import Backend, BackendServer, Frontend, Gate
@@ -394,8 +409,29 @@ def exchange(flows: dict[QueuePairDriver, list[bytes]], timeout: float = 5.0,
             break
 
 
-def run_viommu(*, frames: int = 64, packed: bool = False, miss_deadline: float = 1.0,
-               timeout: float = 5.0) -> Report:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `fastpath hv viommu`."""
+    parser.add_argument("--frames", type=positive_int_up_to(QUEUE_SIZE),
+                        help="frames each step moves per queue pair (at most a ring's buffers)")
+    parser.add_argument("--packed", action="store_true", help="packed rings instead of split")
+    parser.add_argument("--miss-deadline", type=_seconds,
+                        help="seconds the back-end lets a ring wait for a translation before "
+                        "it gives the ring up")
+    parser.add_argument("--timeout", type=_seconds, help="seconds a step may take")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return value
+
+
+def run(*, frames: int = 64, packed: bool = False, miss_deadline: float = 1.0,
+        timeout: float = 5.0) -> Report:
     """The vIOMMU scenario (hv.md §5.5): two VMs with two queue pairs each on one back-end in
     this process; `frames` frames per step and queue pair; a ring waits `miss_deadline`
     seconds for a translation; a step gives up after `timeout` seconds.

@@ -8,7 +8,8 @@ thread is scheduled (EVENT_IDX with a busy back-end) is held to its bound."""
 
 import pytest
 
-from fastpath.scenarios import KICK_MODES, notify_address, run_kick_scenario
+from fastpath.scenarios import KICK_MODES, notify_address
+from fastpath.scenarios.kick import run as run_kick_scenario
 
 FRAMES, BURST = 500, 32
 BURSTS = -(-FRAMES // BURST)  # the last burst is short

@@ -27,7 +27,7 @@ from fastpath.hv.vtd import (
     SecondLevelTables,
     translate,
 )
-from fastpath.scenarios import VirtualIommu, iotlb_mapping, run_viommu
+from fastpath.scenarios import VirtualIommu, iotlb_mapping
 from fastpath.scenarios.viommu import (
     COMPLETION_MSI,
     RING_IOVA,
@@ -39,6 +39,7 @@ from fastpath.scenarios.viommu import (
     exchange,
     frame,
 )
+from fastpath.scenarios.viommu import run as run_viommu
 from fastpath.vhost_user import Frontend
 from fastpath.vhost_user.wire import IotlbAccess, IotlbType
 from fastpath.vring import VIRTIO_F_VERSION_1

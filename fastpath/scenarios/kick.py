@@ -1,27 +1,34 @@
-"""A guest's virtio-net kicks as VM exits that reach a running back-end.
+"""A guest's virtio-net kicks as VM exits that reach a running back-end: exits per frame with
+notifications on, with EVENT_IDX, and with a polling back-end.
 
-The guest's driver is fastpath's own virtio-net driver (`NetFrontend`: split rings in memfd
-guest memory shared over a real vhost-user socket) and its back-end is fastpath's (`NetBackend`:
-the protocol engine, the virtio-net device and its compiled queues), served by a thread that
-sends every frame back. What the driver does runs on a modelled vCPU (`fastpath.hv.vmx`) as an
-event stream: its ring writes (the frame into its buffer, the descriptor, the avail entry, the
-avail index) are guest work that EPT maps, and its kick is the virtio-pci MMIO write of the
-queue index to the queue's notify address (virtio 1.2 §4.1.4.4), in a page whose EPT entry is
-write+execute without read: KVM's MMIO trap, an EPT misconfiguration (spec hv §1.6). The
-write exits with reason 49 and the notify address as GUEST_PHYSICAL_ADDRESS; the exit handler
-plays KVM's ioeventfd (its fast MMIO path): it finds the queue by address, writes that queue's
-kick eventfd, skips the instruction and resumes, never going to user space.
+What is modelled: the guest's driver is fastpath's own virtio-net driver (`NetFrontend`: split
+rings in memfd guest memory shared over a real vhost-user socket) and its back-end is
+fastpath's (`NetBackend`: the protocol engine, the virtio-net device and its compiled queues),
+served by a thread that sends every frame back. What the driver does runs on a modelled vCPU
+(`fastpath.hv.vmx`) with EPT as an event stream: its ring writes (the frame into its buffer,
+the descriptor, the avail entry, the avail index) are guest work that EPT maps, and its kick
+is the virtio-pci MMIO write of the queue index to the queue's notify address (virtio 1.2
+§4.1.4.4), in a page whose EPT entry is write+execute without read: KVM's MMIO trap, an EPT
+misconfiguration (hv.md §1.6). The write exits with reason 49 and the notify address as
+GUEST_PHYSICAL_ADDRESS; the exit handler plays KVM's ioeventfd: it finds the queue by address,
+writes that queue's kick eventfd, skips the instruction and resumes. Whether the driver kicks
+is the ring's own decision (the used ring's NO_NOTIFY flag, or with EVENT_IDX the device's
+avail event), so the exits counted are those the real notification suppression lets through.
+The guest sends a burst and waits for it to come back byte for byte, so each burst meets a
+back-end that has finished the one before. The modes (--mode) differ in EVENT_IDX and in what
+the back-end does between bursts.
 
-Whether the driver kicks is the ring's own decision (`DriverQueue.should_kick`, from the
-used ring's NO_NOTIFY flag, or with EVENT_IDX from the device's avail event), so the exits
-counted are the ones the real notification suppression lets through. The guest sends a burst
-and waits for it to come back (request and response), so each burst meets a back-end that has
-finished the one before. The modes (`KICK_MODES`) differ in the back-end's behaviour there and
-in EVENT_IDX.
+Tables:
+  Kicks as VM exits   per mode: frames and bursts, frames returned intact, the VMM's kick
+                      eventfd writes for the transmitq and the receiveq (the receiveq's is for
+                      the buffers posted at start), what the back-end read from its transmitq
+                      kick eventfd, all exits, exits per frame, and the cost model's cycles
+                      per frame
+  VM exits by reason  per mode: exits by basic reason and the addresses they exited at
 """
-
 from __future__ import annotations
 
+import argparse
 import os
 import select
 import tempfile
@@ -48,11 +55,12 @@ from fastpath.hv.vmx import (
     events,
     skip_instruction,
 )
+from fastpath.scenarios._options import positive_int, positive_int_up_to
 from fastpath.scenarios._report import Report, Table
 from fastpath.testing.reference.vmx import ready_vcpu
 from fastpath.vring import SPLIT_DESC_DTYPE
 
-__all__ = ["KickMode", "KICK_MODES", "notify_address", "run_kick_scenario"]
+__all__ = ["KickMode", "KICK_MODES", "notify_address", "run"]
 
 # QEMU's modern virtio-pci device puts its notify area at offset 0x3000 of BAR 4 with a
 # notify_off_multiplier of 4 and queue_notify_off = the queue's index (hw/virtio/virtio-pci.c);
@@ -102,6 +110,19 @@ KICK_MODES = {
     "poll": KickMode(False, "poll", "no EVENT_IDX; the back-end busy-polls with NO_NOTIFY set: "
                      "no kicks"),
 }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `fastpath hv kick`."""
+    parser.add_argument("--frames", type=positive_int, help="frames the guest sends in each mode")
+    parser.add_argument("--size", type=positive_int,
+                        help=f"frame size in bytes, 60 to {BUFFER_SIZE - NET_HDR_SIZE}")
+    parser.add_argument("--burst", type=positive_int_up_to(256),
+                        help="frames the driver adds before it decides whether to kick")
+    parser.add_argument("--mode", choices=[*KICK_MODES, "all"],
+                        help="; ".join(f"{name}: {m.description}"
+                                       for name, m in KICK_MODES.items())
+                        + "; all: each in turn")
 
 
 def notify_address(index: int) -> int:
@@ -362,8 +383,7 @@ def _run_mode(name: str, frames: int, size: int, burst: int) -> dict:
     }
 
 
-def run_kick_scenario(frames: int = 1024, size: int = 64, burst: int = 32,
-                      mode: str = "all") -> Report:
+def run(frames: int = 1024, size: int = 64, burst: int = 32, mode: str = "all") -> Report:
     """Send `frames` frames of `size` bytes in bursts of `burst` from a modelled guest's
     virtio-net driver through fastpath's back-end and back, in one mode of `KICK_MODES` or in
     each ("all"), counting kicks as VM exits.
