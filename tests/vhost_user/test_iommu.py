@@ -6,24 +6,19 @@ own connection."""
 
 import logging
 import os
-import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
-from fastpath.devices.net._device import VirtioNet
 from fastpath.errors import BackendRefused
 from fastpath.hv import GuestMemory, SharedRegion
-from fastpath.pmd._forwarder import Forwarder
+from fastpath.scenarios.viommu import ForwardingBackend
 from fastpath.testing.reference.net import NET_HDR_SIZE, header
 from fastpath.vhost_user import Frontend
-from fastpath.vhost_user._backend import VHOST_F_LOG_ALL, Backend
+from fastpath.vhost_user._backend import VHOST_F_LOG_ALL
 from fastpath.vhost_user._frontend import FRONTEND_PROTOCOL_FEATURES
-from fastpath.vhost_user._gate import Gate
 from fastpath.vhost_user._iotlb import MAX_ENTRIES, Iotlb
-from fastpath.vhost_user._server import BackendServer
 from fastpath.vhost_user.wire import (
     FLAG_NEED_REPLY,
     BackendRequest,
@@ -81,33 +76,9 @@ class StaticIommu:
         return iova(page), PAGE, self.memory.guest_to_user(page), self.perms.get(page, RW)
 
 
-@contextmanager
 def served(tmp_path, miss_deadline=5.0):
-    """A net back-end (io forwarding) listening in a thread; yields its server."""
-    fwd = Forwarder(Gate(), "io", idle_rounds=100, sleep_ms=1)
-    fwd.start()
-
-    def make_backend(channel):
-        device = VirtioNet(fwd.gate)
-        fwd.attach(device)
-        return Backend(channel, device, iotlb_miss_deadline=miss_deadline)
-
-    server = BackendServer(str(tmp_path / "vhost.sock"), make_backend, message_deadline=5.0)
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            server.serve_once(0.005)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
-        fwd.stop()
+    """A net back-end (io forwarding) listening in a thread."""
+    return ForwardingBackend(str(tmp_path / "vhost.sock"), miss_deadline=miss_deadline)
 
 
 class Guest:
