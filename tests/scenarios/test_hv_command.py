@@ -83,3 +83,13 @@ def test_a_bad_option_run_as_a_command_exits_2_without_a_traceback():
     result = run("walk", "--page-size", "3k")
     assert result.returncode == 2
     assert "--page-size" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    # `fastpath hv walk | head -1`: the tables are written to a pipe nobody reads any more.
+    process = subprocess.Popen(FASTPATH + ["hv", "walk", "--addresses", "200", "--pages", "64"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err
