@@ -65,10 +65,14 @@ from fastpath.hv._vmx_posted import (
     pi_control,
     post_interrupt,
 )
+from fastpath.hv._vmx_ready import VMCS_REGION, VMXON_REGION, ready_vcpu
 from fastpath.hv._vmx_workload import GuestRunner, Handler, VmxCounters, skip_instruction
 
 __all__ = [
     "Vcpu",
+    "ready_vcpu",
+    "VMXON_REGION",
+    "VMCS_REGION",
     "VcpuMode",
     "NO_CURRENT_VMCS",
     "NO_LINK_POINTER",

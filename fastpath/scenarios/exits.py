@@ -55,6 +55,7 @@ from fastpath.hv.vmx import (
     VmxCapabilities,
     event,
     events,
+    ready_vcpu,
     set_io_exiting,
     set_msr_exiting,
     skip_instruction,
@@ -62,7 +63,6 @@ from fastpath.hv.vmx import (
 from fastpath.scenarios._options import whole_number
 from fastpath.scenarios._qualifications import describe_ept_violation, describe_io
 from fastpath.scenarios._report import Report, Table
-from fastpath.testing.reference.vmx import ready_vcpu
 
 # Where the VMM keeps its pages in host memory (the VMXON region and the VMCS are at 0x1000 and
 # 0x2000, where ready_vcpu puts them), and where EPT's tables go.

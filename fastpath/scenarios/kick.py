@@ -53,11 +53,11 @@ from fastpath.hv.vmx import (
     Secondary,
     event,
     events,
+    ready_vcpu,
     skip_instruction,
 )
 from fastpath.scenarios._options import positive_int, positive_int_up_to
 from fastpath.scenarios._report import Report, Table
-from fastpath.testing.reference.vmx import ready_vcpu
 from fastpath.vring import SPLIT_DESC_DTYPE
 
 __all__ = ["KickMode", "KICK_MODES", "notify_address", "run"]

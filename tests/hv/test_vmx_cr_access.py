@@ -13,9 +13,9 @@ from fastpath.hv.vmx import (
     cr_access_qualification,
     event,
     events,
+    ready_vcpu,
     skip_instruction,
 )
-from fastpath.testing.reference.vmx import ready_vcpu
 
 RBX, R15 = 3, 15
 CR0, CR4 = 0x8000_0021, 0x2020  # ready_vcpu's guest: PG NE PE; VMXE PAE

@@ -21,11 +21,11 @@ from fastpath.hv.vmx import (
     VmxCapabilities,
     event,
     events,
+    ready_vcpu,
     set_io_exiting,
     set_msr_exiting,
     skip_instruction,
 )
-from fastpath.testing.reference.vmx import ready_vcpu
 
 IO_A, IO_B, MSRS = 0x5000, 0x6000, 0x7000
 HOST = ExitControls.HOST_ADDRESS_SPACE_SIZE

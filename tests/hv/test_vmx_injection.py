@@ -17,8 +17,8 @@ from fastpath.hv.vmx import (
     event,
     events,
     interruption_info,
+    ready_vcpu,
 )
-from fastpath.testing.reference.vmx import ready_vcpu
 
 EXTERNAL, NMI = InterruptionType.EXTERNAL_INTERRUPT, InterruptionType.NMI
 HARDWARE, SOFTWARE = InterruptionType.HARDWARE_EXCEPTION, InterruptionType.SOFTWARE_INTERRUPT

@@ -23,9 +23,9 @@ from fastpath.hv.vmx import (
     events,
     pi_control,
     post_interrupt,
+    ready_vcpu,
     set_msr_exiting,
 )
-from fastpath.testing.reference.vmx import ready_vcpu
 
 MSRS, VAPIC, DESCRIPTOR, NV = 0x7000, 0x8000, 0x9000, 0xF2
 

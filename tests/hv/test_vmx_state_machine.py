@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from fastpath.errors import VmFailInvalid, VmFailValid, VmxNotEnabled
-from fastpath.hv.vmx import NO_CURRENT_VMCS, ExitReason, Field, Vcpu, VcpuMode
-from fastpath.testing.reference.vmx import InstructionOutcomes, ready_vcpu
+from fastpath.hv.vmx import NO_CURRENT_VMCS, ExitReason, Field, Vcpu, VcpuMode, ready_vcpu
+from fastpath.testing.reference.vmx import InstructionOutcomes
 
 GOOD = {0x1000, 0x2000, 0x3000}
 BAD_REVISION = 0x5000

@@ -7,6 +7,8 @@ from fastpath.errors import VmFailInvalid, VmFailValid, VmxNotEnabled
 from fastpath.hv.vmx import (
     ENTRY_FAILURE,
     NO_CURRENT_VMCS,
+    VMCS_REGION,
+    VMXON_REGION,
     EntryFailure,
     ExitControls,
     ExitReason,
@@ -17,8 +19,8 @@ from fastpath.hv.vmx import (
     Vcpu,
     VcpuMode,
     VmxCapabilities,
+    ready_vcpu,
 )
-from fastpath.testing.reference.vmx import VMCS_REGION, VMXON_REGION, ready_vcpu
 
 OTHER_VMCS = 0x3000
 

@@ -23,10 +23,10 @@ from fastpath.hv.vmx import (
     VcpuMode,
     event,
     events,
+    ready_vcpu,
     set_io_exiting,
     set_msr_exiting,
 )
-from fastpath.testing.reference.vmx import ready_vcpu
 
 IO_A, IO_B, MSRS = 0x5000, 0x6000, 0x7000
 MMIO_PAGE = 0xFEB00

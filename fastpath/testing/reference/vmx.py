@@ -4,22 +4,12 @@ bitmaps of `fastpath.hv.vmx`.
 The model reads 4 KiB bitmaps bit by bit; the reference keeps sets of intercepted ports and
 MSRs, decides from those (SDM Vol. 3C §26.1.3), and builds the bitmap pages as single
 little-endian integers, one bit per port or MSR (§25.6.4, §25.6.9). `InstructionOutcomes` is
-the VMX instructions' state machine from the SDM's pseudocode. `ready_vcpu` gives tests a
-vCPU whose VMCS passes every VM-entry check the model makes.
+the VMX instructions' state machine from the SDM's pseudocode.
 """
 
 from __future__ import annotations
 
-from fastpath.hv.vmx import (
-    NO_LINK_POINTER,
-    ExitControls,
-    Field,
-    Vcpu,
-    VmxCapabilities,
-)
-
-__all__ = ["io_exits", "msr_exits", "io_bitmaps", "msr_bitmap", "ready_vcpu", "VMXON_REGION",
-           "VMCS_REGION", "InstructionOutcomes"]
+__all__ = ["io_exits", "msr_exits", "io_bitmaps", "msr_bitmap", "InstructionOutcomes"]
 
 _PAGE = 4096
 LOW_MSRS = range(0x0000_0000, 0x0000_2000)
@@ -58,30 +48,6 @@ def msr_bitmap(reads: set[int], writes: set[int]) -> bytearray:
                 | {base + quarter + m - HIGH_MSRS.start for m in msrs if m in HIGH_MSRS})
 
     return _page(bits(reads, 0) | bits(writes, 2 * quarter))
-
-
-VMXON_REGION, VMCS_REGION = 0x1000, 0x2000
-
-
-def ready_vcpu(memory, capabilities: VmxCapabilities | None = None, **fields: int) -> Vcpu:
-    """A vCPU in VMX root operation over `memory` (VMXON region at 0x1000, current VMCS at
-    0x2000, both with the right revision identifier), its VMCS set to pass every entry
-    check: a 64-bit host and a 64-bit paged guest with RFLAGS = 2. `fields` (by `Field`
-    name) are written after those."""
-    vcpu = Vcpu(memory, capabilities)
-    revision = vcpu.capabilities.revision_id.to_bytes(4, "little")
-    for region in (VMXON_REGION, VMCS_REGION):
-        vcpu.memory[region:region + 4] = revision
-    vcpu.vmxon(VMXON_REGION)
-    vcpu.vmclear(VMCS_REGION)
-    vcpu.vmptrld(VMCS_REGION)
-    cr0, cr4 = 0x8000_0021, 0x2020  # PG | NE | PE; VMXE | PAE
-    setup = {"VM_EXIT_CONTROLS": ExitControls.HOST_ADDRESS_SPACE_SIZE, "HOST_CR0": cr0,
-             "HOST_CR4": cr4, "HOST_RIP": 0xFFFF_FFFF_8100_0000, "GUEST_CR0": cr0,
-             "GUEST_CR4": cr4, "GUEST_RFLAGS": 2, "VMCS_LINK_POINTER": NO_LINK_POINTER}
-    for name, value in {**setup, **fields}.items():
-        vcpu.vmwrite(Field[name], int(value))
-    return vcpu
 
 
 class InstructionOutcomes:
