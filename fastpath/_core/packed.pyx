@@ -56,14 +56,16 @@ def inflight_offsets():
     }
 
 
+# §2.8.1: available means AVAIL == the wrap counter and USED != it; used means both equal it.
+# Each is one compare of the two bits against the pattern the wrap counter gives.
 cdef inline bint _is_avail(uint16_t flags, uint8_t wrap) noexcept nogil:
-    return ((flags & FP_PACKED_DESC_F_AVAIL != 0) == wrap
-            and (flags & FP_PACKED_DESC_F_USED != 0) != wrap)
+    return (flags & (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED)) == (
+        FP_PACKED_DESC_F_AVAIL if wrap else FP_PACKED_DESC_F_USED)
 
 
 cdef inline bint _is_used(uint16_t flags, uint8_t wrap) noexcept nogil:
-    return ((flags & FP_PACKED_DESC_F_AVAIL != 0) == wrap
-            and (flags & FP_PACKED_DESC_F_USED != 0) == wrap)
+    return (flags & (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED)) == (
+        (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED) if wrap else 0)
 
 
 cdef inline void _advance(uint16_t *pos, uint8_t *wrap, uint32_t by, uint32_t size) noexcept nogil:
@@ -604,7 +606,13 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
             fp_count_error(vq.errors, FP_E_USED_ID)
             _advance(&pos, &wrap, 1, size)
             continue
-        _advance(&pos, &wrap, ndesc, size)
+        if ndesc == 1:
+            # The common one-slot chain as a branch, not an add of the loaded count: the next
+            # slot's position would otherwise wait for this slot's id and count loads, a chain
+            # of dependent loads from one element to the next; the branch is predicted.
+            _advance(&pos, &wrap, 1, size)
+        else:
+            _advance(&pos, &wrap, ndesc, size)
         num_free += ndesc
         ndesc_of[id] = 0
         next_id[id] = free_id

@@ -342,6 +342,7 @@ cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32
     cdef fp_split_desc *desc = vq.ring.desc
     cdef uint16_t *avail_ring = vq.ring.avail + 2
     cdef uint16_t *next = vq.next
+    cdef uint16_t *ndesc = vq.ndesc
     cdef uint16_t free_head = vq.free_head
     cdef uint16_t avail_idx = vq.avail_idx
     cdef uint32_t num_free = vq.num_free
@@ -385,7 +386,7 @@ cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32
                 cur = next[cur]
         free_head = next[prev]
         num_free -= need
-        vq.ndesc[head] = <uint16_t>need
+        ndesc[head] = <uint16_t>need
         c.id = head
         avail_ring[avail_idx & mask] = head
         avail_idx += 1
