@@ -261,7 +261,9 @@ cdef inline void _window_load(fp_window *w, const fp_memory *mem, uint32_t hint)
         w.size = mem.regions[hint].size
         w.host = mem.regions[hint].host_addr
     else:
+        w.base = 0
         w.size = 0
+        w.host = 0
 
 
 # windows[0] for buffers the device reads, windows[1] for those it writes (FP_SEG_WRITE).

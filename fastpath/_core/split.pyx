@@ -351,7 +351,6 @@ cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32
     cdef uint16_t head, cur, prev
     cdef fp_split_desc *table
     cdef fp_split_desc e
-    cdef const fp_segment *s
     cdef fp_driver_chain *c
     for i in range(n):
         c = &chains[i]
