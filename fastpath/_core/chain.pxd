@@ -9,6 +9,7 @@ from fastpath._core.notify cimport fp_eventfd_signal
 
 cdef extern from "fp_copy.h":
     void fp_copy(void *dst, const void *src, size_t n) noexcept nogil
+    void fp_prefetch(const void *p) noexcept nogil
 
 
 cdef extern from "fp_atomic.h":
@@ -244,36 +245,69 @@ cdef inline const uint8_t *fp_read_table(fp_access *a, uint32_t *hint, uint64_t 
     return table
 
 
-# The common case of a one-descriptor buffer inside one region: one segment at segs[first_seg]
-# and the whole chain record, each written once. Returns False, having written nothing, when
-# the buffer is empty, crosses a region boundary or lies outside memory: the caller then takes
-# the general path.
-cdef inline bint fp_single_segment_chain(const fp_access *a, uint32_t *hint, uint64_t gpa,
+# The region the queue's last lookup found, for one access, as a burst sees it: loaded once per
+# burst (fp_windows_load), so that a buffer inside it is translated with two compares instead of
+# a walk of the table. The tables do not change while a pop runs (the engine's control-plane gate
+# quiesces the data plane first), so a window stays true for the burst that loaded it.
+cdef struct fp_window:
+    uint64_t base
+    uint64_t size           # 0: nothing is inside (no region at the hint)
+    uint64_t host
+
+
+cdef inline void _window_load(fp_window *w, const fp_memory *mem, uint32_t hint) noexcept nogil:
+    if hint < mem.nregions:
+        w.base = mem.regions[hint].guest_phys_addr
+        w.size = mem.regions[hint].size
+        w.host = mem.regions[hint].host_addr
+    else:
+        w.base = 0
+        w.size = 0
+        w.host = 0
+
+
+# windows[0] for buffers the device reads, windows[1] for those it writes (FP_SEG_WRITE).
+cdef inline void fp_windows_load(fp_window *windows, const fp_access *a,
+                                 uint32_t hint) noexcept nogil:
+    _window_load(&windows[0], a.read, hint)
+    _window_load(&windows[1], a.write, hint)
+
+
+# The common case of a one-descriptor buffer inside the window for its access: one segment at
+# segs[first_seg] and the whole chain record, each written as one record. Returns False, having
+# written nothing, when the buffer is empty or not wholly inside the window: the caller then
+# takes the general path, which looks the buffer up in the whole table.
+cdef inline bint fp_single_segment_chain(const fp_window *windows, uint64_t gpa,
                                          uint32_t length, bint writable, uint32_t id,
                                          fp_segment *segs, uint32_t first_seg,
                                          fp_chain *c) noexcept nogil:
-    # SAFETY: the buffer is translated whole, in the table for its access, before the segment
-    # points at it; the caller checked that segs[first_seg] exists.
-    cdef uint8_t *hva
-    if length == 0:
+    # SAFETY: the buffer lies wholly inside one region of the table for its access before the
+    # segment points at it: offset < size, and length - 1 < size - offset (an empty buffer
+    # wraps to 2**64 - 1 and fails); neither side of a compare can overflow. The caller checked
+    # that segs[first_seg] exists.
+    cdef const fp_window *w = &windows[1 if writable else 0]
+    cdef uint64_t offset = gpa - w.base
+    cdef fp_segment s
+    cdef fp_chain r
+    if not (gpa >= w.base and offset < w.size and <uint64_t>length - 1 < w.size - offset):
         return False
-    hva = fp_gpa_to_hva(a.write if writable else a.read, gpa, length, hint)
-    if hva == NULL:
-        return False
-    segs[first_seg].addr = <uintptr_t>hva
-    segs[first_seg].len = length
-    segs[first_seg].flags = FP_SEG_WRITE if writable else 0
-    segs[first_seg].reserved = 0
-    c.id = id
-    c.first_seg = first_seg
-    c.nseg = 1
-    c.nreadable = 0 if writable else 1
-    c.ndesc = 1
-    c.error = 0
-    c.readable_len = 0 if writable else length
-    c.writable_len = length if writable else 0
-    c.written = 0
-    c.reserved = 0
+    s.addr = w.host + offset
+    s.len = length
+    s.flags = FP_SEG_WRITE if writable else 0
+    s.reserved = 0
+    # Whole records from locals: the compiler stores each in a few wide moves, not per field.
+    segs[first_seg] = s
+    r.id = id
+    r.first_seg = first_seg
+    r.nseg = 1
+    r.nreadable = 0 if writable else 1
+    r.ndesc = 1
+    r.error = 0
+    r.readable_len = 0 if writable else length
+    r.writable_len = length if writable else 0
+    r.written = 0
+    r.reserved = 0
+    c[0] = r
     return True
 
 

@@ -20,8 +20,15 @@ cdef uint64_t fp_gather_burst(const fp_chain *chains, uint32_t n, const fp_segme
     # SAFETY: dst holds n * stride bytes (the caller's contract); segments were made by a pop.
     cdef uint32_t i
     cdef uint64_t total = 0
+    cdef const fp_segment *first
     for i in range(n):
-        total += fp_chain_gather(&chains[i], segs, dst + <size_t>i * stride, stride)
+        first = &segs[chains[i].first_seg]
+        if chains[i].nreadable and first.len >= stride:
+            # The common case, a header inside the first segment: one copy, no segment walk.
+            fp_copy(dst + <size_t>i * stride, <const void *>(<uintptr_t>first.addr), stride)
+            total += stride
+        else:
+            total += fp_chain_gather(&chains[i], segs, dst + <size_t>i * stride, stride)
     return total
 
 

@@ -34,4 +34,11 @@ static inline void fp_copy(void *dst, const void *src, size_t n)
     }
 }
 
+/*
+ * A hint that the line at p is read soon: a burst asks for the next chain's descriptor and
+ * buffer while it works on this one, so that the loads that would stall overlap the work.
+ * A prefetch never faults, so any address may be named.
+ */
+#define fp_prefetch(p) __builtin_prefetch((p), 0, 3)
+
 #endif

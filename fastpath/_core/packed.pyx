@@ -15,8 +15,9 @@ from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOO
                                    FP_VQ_NOTIFY_OFF, fp_access_set, fp_append_buffer,
                                    fp_chain_clear, fp_count_error, fp_error_counts, fp_full_fence,
                                    fp_load_acquire_u16, fp_load_relaxed_u16, fp_max_indirect,
-                                   fp_need_event, fp_read_once_u64, fp_read_table,
-                                   fp_single_segment_chain, fp_take_miss,
+                                   fp_need_event, fp_prefetch, fp_read_once_u64, fp_read_table,
+                                   fp_single_segment_chain, fp_take_miss, fp_window,
+                                   fp_windows_load,
                                    fp_store_release_u8, fp_store_release_u16,
                                    fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
@@ -55,14 +56,16 @@ def inflight_offsets():
     }
 
 
+# §2.8.1: available means AVAIL == the wrap counter and USED != it; used means both equal it.
+# Each is one compare of the two bits against the pattern the wrap counter gives.
 cdef inline bint _is_avail(uint16_t flags, uint8_t wrap) noexcept nogil:
-    return ((flags & FP_PACKED_DESC_F_AVAIL != 0) == wrap
-            and (flags & FP_PACKED_DESC_F_USED != 0) != wrap)
+    return (flags & (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED)) == (
+        FP_PACKED_DESC_F_AVAIL if wrap else FP_PACKED_DESC_F_USED)
 
 
 cdef inline bint _is_used(uint16_t flags, uint8_t wrap) noexcept nogil:
-    return ((flags & FP_PACKED_DESC_F_AVAIL != 0) == wrap
-            and (flags & FP_PACKED_DESC_F_USED != 0) == wrap)
+    return (flags & (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED)) == (
+        (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED) if wrap else 0)
 
 
 cdef inline void _advance(uint16_t *pos, uint8_t *wrap, uint32_t by, uint32_t size) noexcept nogil:
@@ -136,11 +139,10 @@ cdef int _read_indirect(fp_packed_device *vq, const fp_packed_desc *d, fp_chain 
     return 0
 
 
-cdef inline void _end_pop(fp_packed_device *vq, uint16_t pos, uint8_t wrap, uint32_t hint,
+cdef inline void _end_pop(fp_packed_device *vq, uint16_t pos, uint8_t wrap,
                           uint32_t popped) noexcept nogil:
     vq.next_avail = pos
     vq.avail_wrap = wrap
-    vq.mem_hint = hint
     vq.popped += popped
 
 
@@ -269,25 +271,28 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
     cdef uint8_t wrap = vq.avail_wrap
     cdef uint32_t size = vq.ring.size
     cdef const fp_packed_desc *ring = vq.ring.desc
-    cdef uint32_t hint = vq.mem_hint
     cdef uint32_t i = 0, used_segs = 0, ndesc
     cdef uint16_t walk_pos, flags
     cdef uint8_t walk_wrap
     cdef bint tracked = vq.inflight.region != NULL
+    cdef fp_window windows[2]
     cdef fp_packed_desc d
     cdef fp_chain *c
     cdef _walk w
     cdef int rc
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
+    fp_windows_load(windows, &vq.access, vq.mem_hint)
     if vq.inflight.resubmit_next < vq.inflight.resubmit_count:
         rc = _pop_resubmitted(vq, chains, max_chains, segs, max_segs, &used_segs)
+        fp_windows_load(windows, &vq.access, vq.mem_hint)
         if rc < 0:
-            _end_pop(vq, pos, wrap, hint, <uint32_t>(-1 - rc))
+            _end_pop(vq, pos, wrap, <uint32_t>(-1 - rc))
             return -1 - rc
         i = <uint32_t>rc
     while i < max_chains:
-        # Acquire: the driver writes a chain's other slots before its head's flags.
+        # Acquire: the driver writes a chain's other slots before its head's flags. A packed
+        # ring has no index to load once per burst: each head's flags are its own index.
         flags = fp_load_acquire_u16(&ring[pos].flags)
         if not _is_avail(flags, wrap):
             break
@@ -296,9 +301,11 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
         d.flags = flags
         if (not (flags & (FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT))
                 and used_segs < max_segs
-                and fp_single_segment_chain(&vq.access, &hint, d.addr, d.len,
+                and fp_single_segment_chain(windows, d.addr, d.len,
                                             flags & FP_PACKED_DESC_F_WRITE, d.id,
                                             segs, used_segs, c)):
+            # The device reads the buffer's first bytes next (a header): start the load now.
+            fp_prefetch(<const void *>(<uintptr_t>segs[used_segs].addr))
             if tracked:
                 _record_pop(vq, pos, 1, d.id)
             _advance(&pos, &wrap, 1, size)
@@ -320,7 +327,7 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
                 # No end in sight: the ring cannot be parsed any further.
                 vq.options |= FP_VQ_BROKEN
                 fp_count_error(vq.errors, FP_E_CHAIN_LOOP)
-                _end_pop(vq, pos, wrap, hint, i)
+                _end_pop(vq, pos, wrap, i)
                 return FP_E_CHAIN_LOOP if i == 0 else <int>i
             rc = _walk_desc(vq, &d, ndesc, c, segs + used_segs, max_segs - used_segs, &w, rc)
             _advance(&walk_pos, &walk_wrap, 1, size)
@@ -330,12 +337,14 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
             # Left in the ring: for the next burst, or until the IOTLB has the translation.
             break
         used_segs += _end_chain(vq, c, rc, &w, d.id, ndesc)
+        # The walk may have moved the hint to another region: the next chains likely sit there.
+        fp_windows_load(windows, &vq.access, vq.mem_hint)
         if tracked:
             _record_pop(vq, pos, ndesc, d.id)
         pos = walk_pos
         wrap = walk_wrap
         i += 1
-    _end_pop(vq, pos, wrap, hint, i)
+    _end_pop(vq, pos, wrap, i)
     return <int>i
 
 
@@ -397,6 +406,7 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
     cdef uint32_t size = vq.ring.size
     cdef fp_packed_desc *ring = vq.ring.desc
     cdef fp_packed_inflight *t = &vq.inflight
+    cdef bint tracked = t.region != NULL
     cdef uint32_t i, pushed = 0, length, slots = 0
     cdef uint16_t flags, ndesc
     cdef int head = -1
@@ -415,7 +425,7 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
         next_pos = pos
         next_wrap = wrap
         _advance(&next_pos, &next_wrap, ndesc, size)
-        if t.region != NULL:
+        if tracked:
             # One used descriptor per step of the record, each whole before the next starts:
             # after a roll-back, a later slot already written would look used to the driver.
             head = _record_use(t, <uint16_t>chains[i].id)
@@ -424,7 +434,7 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
         # Release: id and len (and the record's step so far) are visible before the flags
         # that hand the slot back.
         fp_store_release_u16(&ring[pos].flags, flags)
-        if t.region != NULL:
+        if tracked:
             _record_used(t, head, next_pos, next_wrap)
         pos = next_pos
         wrap = next_wrap
@@ -492,6 +502,8 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
     cdef uint16_t free_id = vq.free_id
     cdef uint32_t size = vq.ring.size
     cdef fp_packed_desc *ring = vq.ring.desc
+    cdef uint16_t *ndesc_of = vq.ndesc
+    cdef uint16_t *next_id = vq.next_id
     cdef uint32_t i, k, need, nseg, added = 0
     cdef uint64_t table_gpa
     cdef uint16_t id, head, head_flags, f
@@ -520,7 +532,7 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
                 table[k].id = 0
                 table[k].flags = FP_PACKED_DESC_F_WRITE if s[k].flags & FP_SEG_WRITE else 0
         id = free_id
-        free_id = vq.next_id[id]
+        free_id = next_id[id]
         head = pos
         head_flags = 0
         for k in range(need):
@@ -542,7 +554,7 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
             _advance(&pos, &wrap, 1, size)
         # Release: the head's flags go last and make the whole chain available (§2.8.21).
         fp_store_release_u16(&ring[head].flags, head_flags)
-        vq.ndesc[id] = <uint16_t>need
+        ndesc_of[id] = <uint16_t>need
         num_free -= need
         chains[i].id = id
         added += 1
@@ -568,12 +580,16 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
                                  uint32_t max_n) noexcept nogil:
     # SAFETY: slot positions stay below the ring size; an id from the device is checked against the
     # queue size and this side's in-flight record before it is used as an index.
+    # State lives in locals for the burst: stores to `out` and the lists (fields of the same
+    # types) could otherwise alias it, and the compiler would reload it for every element.
     cdef uint16_t pos = vq.last_used
     cdef uint8_t wrap = vq.used_wrap
     cdef uint32_t num_free = vq.num_free
     cdef uint16_t free_id = vq.free_id
     cdef uint32_t size = vq.ring.size
     cdef const fp_packed_desc *ring = vq.ring.desc
+    cdef uint16_t *ndesc_of = vq.ndesc
+    cdef uint16_t *next_id = vq.next_id
     cdef uint32_t n = 0
     cdef uint16_t flags, id, ndesc
     cdef uint32_t length
@@ -584,16 +600,22 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
         id = ring[pos].id
         # §2.8.4: a used descriptor's len means something only with WRITE set.
         length = ring[pos].len if flags & FP_PACKED_DESC_F_WRITE else 0
-        ndesc = vq.ndesc[id] if id < size else 0
+        ndesc = ndesc_of[id] if id < size else 0
         if ndesc == 0:
             # The device returned something we never gave it: count it, skip its slot.
             fp_count_error(vq.errors, FP_E_USED_ID)
             _advance(&pos, &wrap, 1, size)
             continue
-        _advance(&pos, &wrap, ndesc, size)
+        if ndesc == 1:
+            # The common one-slot chain as a branch, not an add of the loaded count: the next
+            # slot's position would otherwise wait for this slot's id and count loads, a chain
+            # of dependent loads from one element to the next; the branch is predicted.
+            _advance(&pos, &wrap, 1, size)
+        else:
+            _advance(&pos, &wrap, ndesc, size)
         num_free += ndesc
-        vq.ndesc[id] = 0
-        vq.next_id[id] = free_id
+        ndesc_of[id] = 0
+        next_id[id] = free_id
         free_id = id
         out[n].id = id
         out[n].len = length

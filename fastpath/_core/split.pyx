@@ -17,7 +17,8 @@ from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES
                                    fp_chain_clear, fp_count_error, fp_error_counts, fp_full_fence,
                                    fp_load_acquire_u16, fp_load_relaxed_u16, fp_need_event,
                                    fp_max_indirect, fp_read_once_u16, fp_read_once_u64,
-                                   fp_read_table, fp_single_segment_chain, fp_take_miss,
+                                   fp_prefetch, fp_read_table, fp_single_segment_chain,
+                                   fp_take_miss, fp_window, fp_windows_load,
                                    fp_store_release_u8, fp_store_release_u16,
                                    fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
@@ -119,24 +120,19 @@ cdef int _read_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment
     return 0
 
 
-cdef inline int _pop_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment *segs,
-                           uint32_t used_segs, uint32_t max_segs, uint32_t *hint,
-                           bint first) noexcept nogil:
+cdef int _pop_chain(fp_split_device *vq, uint16_t head, fp_chain *c, fp_segment *segs,
+                    uint32_t used_segs, uint32_t max_segs, fp_window *windows,
+                    bint first) noexcept nogil:
     # The chain at `head` into c, its pieces from segs[used_segs]; returns the segments it took,
     # or -1 when they do not fit and it is not the burst's first chain (it is left for the next
     # burst, which starts with an empty segment array) or when a translation is missing (it is
-    # left until the IOTLB has it). A bad chain takes none, its error set.
-    cdef fp_split_desc d
+    # left until the IOTLB has it). A bad chain takes none, its error set. The burst's loop
+    # takes a one-descriptor chain inside its window itself; this is every other case.
     cdef int rc
-    if head < vq.ring.size and used_segs < max_segs:
-        _read_desc(&vq.ring.desc[head], &d)
-        if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
-                and fp_single_segment_chain(&vq.access, hint, d.addr, d.len,
-                                            d.flags & FP_SPLIT_DESC_F_WRITE, head,
-                                            segs, used_segs, c)):
-            return 1
     fp_chain_clear(c, head, used_segs)
     rc = _read_chain(vq, head, c, segs + used_segs, max_segs - used_segs)
+    # The walk may have moved the hint to another region: the next chains likely sit there too.
+    fp_windows_load(windows, &vq.access, vq.mem_hint)
     if rc == FP_E_IOTLB_MISS or (rc == FP_E_TOO_MANY_SEGMENTS and not first):
         return -1
     if rc:
@@ -159,10 +155,8 @@ cdef inline void _record_pop(fp_split_inflight *t, uint16_t head) noexcept nogil
     fp_store_release_u8(&t.desc[head].inflight, 1)
 
 
-cdef inline int _end_pop(fp_split_device *vq, uint16_t next_idx, uint32_t hint,
-                         uint32_t n) noexcept nogil:
+cdef inline int _end_pop(fp_split_device *vq, uint16_t next_idx, uint32_t n) noexcept nogil:
     vq.last_avail_idx = next_idx
-    vq.mem_hint = hint
     vq.popped += n
     if vq.options & FP_VQ_EVENT_IDX and not (vq.options & FP_VQ_NOTIFY_OFF):
         # §2.7.10: kick me when the driver moves avail idx past what I have consumed.
@@ -176,52 +170,73 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
     # avail slot is masked to the ring, every head and next is checked against its table before
     # use, and every buffer is translated whole before a segment points at it. An inflight
     # record's heads were checked against the ring when it was attached, and a head is recorded
-    # only below the ring size, which the record's desc_num is at least.
+    # only below the ring size, which the record's desc_num is at least. A prefetch reads
+    # nothing the core uses, so the one of a head not yet checked is masked only to stay in
+    # the table.
     # Ring state lives in locals for the burst: stores to chains and segments could otherwise
     # alias it, and the compiler would reload it for every chain.
     cdef uint16_t next_idx = vq.last_avail_idx
-    cdef uint32_t size = vq.ring.size
+    cdef uint32_t mask = vq.ring.size - 1
     cdef const uint16_t *avail_ring = vq.ring.avail + 2
-    cdef uint32_t hint = vq.mem_hint
+    cdef const fp_split_desc *desc = vq.ring.desc
     cdef fp_split_inflight *t = &vq.inflight
+    cdef bint tracked = t.region != NULL
+    cdef fp_window windows[2]
+    cdef fp_split_desc d
     cdef uint16_t avail_idx, head
     cdef uint32_t pending, _k, n = 0, used_segs = 0
     cdef int took
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
+    fp_windows_load(windows, &vq.access, vq.mem_hint)
     # A restart's chains first: they were taken from the avail ring before it, and go first
     # so that the driver gets back what it waited longest for.
     while n < max_chains and t.resubmit_next < t.resubmit_count:
         took = _pop_chain(vq, t.resubmit[t.resubmit_next], &chains[n], segs, used_segs,
-                          max_segs, &hint, n == 0)
+                          max_segs, windows, n == 0)
         if took < 0:
-            return _end_pop(vq, next_idx, hint, n)
+            return _end_pop(vq, next_idx, n)
         used_segs += <uint32_t>took
         t.resubmit_next += 1
         n += 1
-    # Acquire: the ring entries the driver wrote before publishing idx are visible after this.
+    # Acquire, once per burst: the ring entries (and the descriptors they name) the driver
+    # wrote before publishing idx are visible after this, for every chain the burst takes.
     avail_idx = fp_load_acquire_u16(&vq.ring.avail[1])
     pending = <uint16_t>(avail_idx - next_idx)
-    if pending > size:
+    if pending > vq.ring.size:
         # §2.7.13.3: the driver never has more than the queue size outstanding.
         vq.options |= FP_VQ_BROKEN
         fp_count_error(vq.errors, FP_E_AVAIL_IDX)
         if n:
-            return _end_pop(vq, next_idx, hint, n)
+            return _end_pop(vq, next_idx, n)
         return FP_E_AVAIL_IDX
     if pending > max_chains - n:
         pending = max_chains - n
     for _k in range(pending):
-        head = fp_read_once_u16(&avail_ring[next_idx & (size - 1)])
-        took = _pop_chain(vq, head, &chains[n], segs, used_segs, max_segs, &hint, n == 0)
-        if took < 0:
-            break
+        head = fp_read_once_u16(&avail_ring[next_idx & mask])
+        if _k + 1 < pending:
+            # The next chain's descriptor, while this one is read and translated.
+            fp_prefetch(&desc[fp_read_once_u16(&avail_ring[(next_idx + 1) & mask]) & mask])
+        took = -2
+        if head <= mask and used_segs < max_segs:
+            _read_desc(&desc[head], &d)
+            if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
+                    and fp_single_segment_chain(windows, d.addr, d.len,
+                                                d.flags & FP_SPLIT_DESC_F_WRITE, head, segs,
+                                                used_segs, &chains[n])):
+                # The device reads the buffer's first bytes next (a header): load it now.
+                fp_prefetch(<const void *>(<uintptr_t>segs[used_segs].addr))
+                took = 1
+        if took == -2:
+            took = _pop_chain(vq, head, &chains[n], segs, used_segs, max_segs, windows, n == 0)
+            if took < 0:
+                break
         next_idx += 1
         used_segs += <uint32_t>took
-        if t.region != NULL and head < size:
+        if tracked and head <= mask:
             _record_pop(t, head)
         n += 1
-    return _end_pop(vq, next_idx, hint, n)
+    return _end_pop(vq, next_idx, n)
 
 
 cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
@@ -229,15 +244,17 @@ cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
     # SAFETY: used slots are masked to the ring; a chain id past the queue is never written, nor
     # recorded (the inflight record's desc_num is at least the ring size).
     cdef uint32_t i, pushed = 0
-    cdef uint32_t mask = vq.ring.size - 1
+    cdef uint32_t size = vq.ring.size
+    cdef fp_used_elem *used_ring = vq.ring.used_ring
     cdef uint16_t idx = vq.used_idx
     cdef fp_split_inflight *t = &vq.inflight
-    # In locals: the stores to the region could otherwise alias them, reloaded every chain.
+    # In locals: the stores to the used ring and the region could otherwise alias them,
+    # reloaded every chain.
     cdef fp_inflight_split_desc *record = t.desc
     cdef uint16_t batch_head = t.last_batch_head
     cdef fp_used_elem *e
     for i in range(n):
-        if chains[i].id >= vq.ring.size:
+        if chains[i].id >= size:
             # A head the guest put out of range cannot go back; it was counted at pop.
             if chains[i].error != FP_E_HEAD_RANGE:
                 fp_count_error(vq.errors, FP_E_USED_ID)
@@ -246,7 +263,7 @@ cdef int fp_split_push_burst(fp_split_device *vq, const fp_chain *chains,
             # "When supplying used buffers": the batch's heads are linked, newest first.
             record[chains[i].id].next = batch_head
             batch_head = <uint16_t>chains[i].id
-        e = &vq.ring.used_ring[idx & mask]
+        e = &used_ring[idx & (size - 1)]
         e.id = chains[i].id
         # Never report more written than the driver offered (§2.7.8.1).
         e.len = (chains[i].written if chains[i].written < chains[i].writable_len
@@ -320,22 +337,31 @@ cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32
                             const fp_segment *segs) noexcept nogil:
     # SAFETY: descriptors come off this side's private free list (indices < size); an indirect
     # table is written only after it was translated for its whole length.
+    # Ring and free-list state lives in locals for the burst: stores to descriptors and avail
+    # entries could otherwise alias it, and the compiler would reload it for every chain.
+    cdef fp_split_desc *desc = vq.ring.desc
+    cdef uint16_t *avail_ring = vq.ring.avail + 2
+    cdef uint16_t *next = vq.next
+    cdef uint16_t *ndesc = vq.ndesc
+    cdef uint16_t free_head = vq.free_head
+    cdef uint16_t avail_idx = vq.avail_idx
+    cdef uint32_t num_free = vq.num_free
     cdef uint32_t i, k, need, added = 0
     cdef uint32_t mask = vq.ring.size - 1
     cdef uint16_t head, cur, prev
     cdef fp_split_desc *table
-    cdef const fp_segment *s
+    cdef fp_split_desc e
     cdef fp_driver_chain *c
     for i in range(n):
         c = &chains[i]
         need = 1 if c.indirect_table else c.nseg
-        if c.nseg == 0 or need > vq.num_free:
+        if c.nseg == 0 or need > num_free:
             break
         if c.indirect_table and not (vq.options & FP_VQ_INDIRECT):
             # §2.7.5.3.1: no indirect descriptors unless the feature was negotiated.
             fp_count_error(vq.errors, FP_E_INDIRECT)
             break
-        head = vq.free_head
+        head = free_head
         if c.indirect_table:
             table = <fp_split_desc *>fp_gpa_to_hva(vq.mem, c.indirect_table,
                                                    c.nseg * sizeof(fp_split_desc), &vq.mem_hint)
@@ -343,39 +369,46 @@ cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32
                 fp_count_error(vq.errors, FP_E_INDIRECT)
                 break
             for k in range(c.nseg):
-                s = &segs[c.first_seg + k]
-                table[k].addr = s.addr
-                table[k].len = s.len
-                table[k].flags = ((FP_SPLIT_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0)
-                                  | (FP_SPLIT_DESC_F_NEXT if k + 1 < c.nseg else 0))
-                table[k].next = <uint16_t>(k + 1 if k + 1 < c.nseg else 0)
-            vq.ring.desc[head].addr = c.indirect_table
-            vq.ring.desc[head].len = c.nseg * sizeof(fp_split_desc)
-            vq.ring.desc[head].flags = FP_SPLIT_DESC_F_INDIRECT
-            vq.ring.desc[head].next = 0
+                _write_desc(&table[k], &segs[c.first_seg + k], <uint16_t>(k + 1),
+                            k + 1 < c.nseg)
+            e.addr = c.indirect_table
+            e.len = c.nseg * sizeof(fp_split_desc)
+            e.flags = FP_SPLIT_DESC_F_INDIRECT
+            e.next = 0
+            desc[head] = e
             prev = head
         else:
             cur = head
             for k in range(c.nseg):
-                s = &segs[c.first_seg + k]
-                vq.ring.desc[cur].addr = s.addr
-                vq.ring.desc[cur].len = s.len
-                vq.ring.desc[cur].flags = ((FP_SPLIT_DESC_F_WRITE if s.flags & FP_SEG_WRITE
-                                            else 0)
-                                           | (FP_SPLIT_DESC_F_NEXT if k + 1 < c.nseg else 0))
-                vq.ring.desc[cur].next = vq.next[cur]
+                _write_desc(&desc[cur], &segs[c.first_seg + k], next[cur], k + 1 < c.nseg)
                 prev = cur
-                cur = vq.next[cur]
-        vq.free_head = vq.next[prev]
-        vq.num_free -= need
-        vq.ndesc[head] = <uint16_t>need
+                cur = next[cur]
+        free_head = next[prev]
+        num_free -= need
+        ndesc[head] = <uint16_t>need
         c.id = head
-        vq.ring.avail[2 + (vq.avail_idx & mask)] = head
-        vq.avail_idx += 1
+        avail_ring[avail_idx & mask] = head
+        avail_idx += 1
         added += 1
+    vq.free_head = free_head
+    vq.num_free = num_free
+    vq.avail_idx = avail_idx
     # Release: descriptors and ring entries are visible before the index that exposes them.
-    fp_store_release_u16(&vq.ring.avail[1], vq.avail_idx)
+    fp_store_release_u16(&vq.ring.avail[1], avail_idx)
     return <int>added
+
+
+cdef inline void _write_desc(fp_split_desc *p, const fp_segment *s, uint16_t next,
+                             bint more) noexcept nogil:
+    # A descriptor for segment s, linked to `next` if more follow, written as one record from
+    # a local: the compiler stores it in one or two wide moves instead of one per field.
+    cdef fp_split_desc d
+    d.addr = s.addr
+    d.len = s.len
+    d.flags = ((FP_SPLIT_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0)
+               | (FP_SPLIT_DESC_F_NEXT if more else 0))
+    d.next = next if more else 0
+    p[0] = d
 
 
 cdef bint fp_split_driver_should_kick(fp_split_driver *vq) noexcept nogil:
@@ -394,33 +427,47 @@ cdef int fp_split_collect_burst(fp_split_driver *vq, fp_used_elem *out,
                                 uint32_t max_n) noexcept nogil:
     # SAFETY: used slots are masked to the ring; an id from the device is checked against the queue
     # size and this side's record of what is in flight before it touches the free list.
+    # Free-list state lives in locals for the burst: stores to `out` and the lists could
+    # otherwise alias it, and the compiler would reload it for every element.
+    cdef const fp_used_elem *used_ring = vq.ring.used_ring
+    cdef uint16_t *next = vq.next
+    cdef uint16_t *ndesc = vq.ndesc
+    cdef uint16_t free_head = vq.free_head
+    cdef uint16_t last_used = vq.last_used_idx
+    cdef uint32_t num_free = vq.num_free
     cdef uint32_t n = 0, remaining
-    cdef uint32_t mask = vq.ring.size - 1
+    cdef uint32_t size = vq.ring.size
+    # Acquire, once per burst: every element below the index is visible after this.
     cdef uint16_t used_idx = fp_load_acquire_u16(&vq.ring.used[1])
-    cdef uint32_t id, length
+    cdef uint64_t elem
+    cdef uint32_t id
     cdef uint16_t last
-    while vq.last_used_idx != used_idx and n < max_n:
-        id = vq.ring.used_ring[vq.last_used_idx & mask].id
-        length = vq.ring.used_ring[vq.last_used_idx & mask].len
-        vq.last_used_idx += 1
-        if id >= vq.ring.size or vq.ndesc[id] == 0:
+    while last_used != used_idx and n < max_n:
+        # One read of the device-written element: the id checked is the id used.
+        elem = fp_read_once_u64(&used_ring[last_used & (size - 1)])
+        id = <uint32_t>elem
+        last_used += 1
+        if id >= size or ndesc[id] == 0:
             # The device returned something we never gave it: count it, free nothing.
             fp_count_error(vq.errors, FP_E_USED_ID)
             continue
         last = <uint16_t>id
-        remaining = vq.ndesc[id] - 1u
+        remaining = ndesc[id] - 1u
         while remaining:
-            last = vq.next[last]
+            last = next[last]
             remaining -= 1
-        vq.next[last] = vq.free_head
-        vq.free_head = <uint16_t>id
-        vq.num_free += vq.ndesc[id]
-        vq.ndesc[id] = 0
+        next[last] = free_head
+        free_head = <uint16_t>id
+        num_free += ndesc[id]
+        ndesc[id] = 0
         out[n].id = id
-        out[n].len = length
+        out[n].len = <uint32_t>(elem >> 32)
         n += 1
+    vq.free_head = free_head
+    vq.last_used_idx = last_used
+    vq.num_free = num_free
     if vq.options & FP_VQ_EVENT_IDX and not (vq.options & FP_VQ_NOTIFY_OFF):
-        fp_store_relaxed_u16(vq.ring.used_event, vq.last_used_idx)
+        fp_store_relaxed_u16(vq.ring.used_event, last_used)
     return <int>n
 
 
