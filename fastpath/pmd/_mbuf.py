@@ -5,6 +5,10 @@ A pool is one numpy data block (a row of `room` bytes per mbuf) and metadata arr
 each mbuf's frame length, and a stack of the free mbufs' numbers. An mbuf is its row number (a
 uint32); a burst is a caller-owned uint32 array of them. Kernels take the pool as the tuple
 `pool.arrays` and call `alloc_burst` / `free_burst` once per burst.
+
+A shared pool's data block is a memfd region of guest memory (at SHARED_POOL_GPA) that a port
+can share with its peer, so that the peer reads and writes the mbufs themselves: mbuf m's frame
+is at guest-physical SHARED_POOL_GPA + m * room.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ import numpy as np
 from numba import njit
 
 from fastpath._numba import NJIT
+from fastpath.hv import GuestMemory
+
+# Where a shared pool's data block sits in guest-physical space: far above the memory a port
+# lays out for its rings and buffers (megabytes from 0), so that both fit one memory table.
+SHARED_POOL_GPA = 1 << 40
 
 # The pool tuple's members, as kernels index it.
 POOL_DATA = 0      # uint8 (count, room): frame bytes, from the row's first byte
@@ -49,20 +58,38 @@ class MbufPool:
 
     A pool belongs to one thread at a time: the kernels that take and return mbufs do not lock.
     Returning an mbuf twice corrupts the pool (as with DPDK's mempools); `in_use` shows leaks.
+    With `shared`, the data block is guest memory (`memory`, one region at SHARED_POOL_GPA)
+    that ports may share with their peers; `close` releases it once those ports are closed.
     """
 
-    def __init__(self, count: int = 8192, room: int = 2048):
+    def __init__(self, count: int = 8192, room: int = 2048, *, shared: bool = False):
         if not 1 <= count <= 1 << 24:
             raise ValueError(f"an mbuf pool holds 1 to {1 << 24} mbufs, not {count}")
         if not 64 <= room <= 65536:
             raise ValueError(f"an mbuf's room is 64 to 65536 bytes, not {room}")
         self.count = count
         self.room = room
-        self.data = np.zeros((count, room), dtype=np.uint8)
+        self.memory: GuestMemory | None = None
+        if shared:
+            size = -(-count * room // (2 << 20)) * (2 << 20)
+            self.memory = GuestMemory([(SHARED_POOL_GPA, size)], name="fastpath-mbufs")
+            self.data = self.memory.view(SHARED_POOL_GPA, count * room).reshape(count, room)
+        else:
+            self.data = np.zeros((count, room), dtype=np.uint8)
         self.length = np.zeros(count, dtype=np.uint32)
         # Numbered so that the first allocations take mbufs 0, 1, 2, ...
         self.free = np.arange(count - 1, -1, -1, dtype=np.uint32)
         self.top = np.array([count], dtype=np.int64)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the data block is guest memory a port can share with its peer."""
+        return self.memory is not None
+
+    def close(self) -> None:
+        """Close a shared pool's memory fd (mappings stay while the data block is referenced)."""
+        if self.memory is not None:
+            self.memory.close()
 
     @property
     def arrays(self) -> tuple:

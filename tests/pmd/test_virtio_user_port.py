@@ -19,6 +19,9 @@ RING_TYPES = pytest.mark.parametrize("packed", [False, True], ids=["split", "pac
 # Mergeable receive buffers of 512 bytes: a full-size frame comes back in four of them.
 MERGEABLE = pytest.mark.parametrize("buffers", [{}, {"mergeable": True, "rx_buffer_size": 512}],
                                     ids=["plain", "mergeable"])
+# A pool of the process's own memory (frames copied into transmit buffers) or one shared with
+# the back-end (frames sent from their mbufs).
+POOLS = pytest.mark.parametrize("shared", [False, True], ids=["copy", "zero-copy"])
 
 
 def frames(n=300, tag=0):
@@ -81,9 +84,10 @@ def macswap(frame):
 @pytest.mark.parametrize(("fwd", "buffers"), [
     ("io", {}), ("io", {"mergeable": True, "rx_buffer_size": 512}), ("macswap", {})],
     ids=["io-plain", "io-mergeable", "macswap"])
-def test_frames_come_back_from_fastpath_vhost_net(tmp_path, packed, fwd, buffers):
+@POOLS
+def test_frames_come_back_from_fastpath_vhost_net(tmp_path, packed, fwd, buffers, shared):
     sock = str(tmp_path / "vhost.sock")
-    pool = MbufPool(1024)
+    pool = MbufPool(1024, shared=shared)
     with VhostNetProcess(sock, fwd=fwd, backoff=100, cpu=None) as backend:
         with VirtioUserPort(sock, pool, packed=packed, **buffers) as port:
             assert port.packed == packed
@@ -128,9 +132,10 @@ def test_every_queue_pair_carries_its_own_traffic(tmp_path, packed):
 @pytest.mark.peer("dpdk")
 @RING_TYPES
 @MERGEABLE
-def test_frames_come_back_from_dpdk_vhost(tmp_path, packed, buffers):
+@POOLS
+def test_frames_come_back_from_dpdk_vhost(tmp_path, packed, buffers, shared):
     sock = str(tmp_path / "vhost.sock")
-    pool = MbufPool(1024)
+    pool = MbufPool(1024, shared=shared)
     with Testpmd.vhost(sock, forward="io", cpu=0) as peer:
         with VirtioUserPort(sock, pool, packed=packed, **buffers) as port:
             assert port.packed == packed and port.mergeable == bool(buffers)
@@ -142,6 +147,7 @@ def test_frames_come_back_from_dpdk_vhost(tmp_path, packed, buffers):
     assert got == sent
     assert errors == 0
     assert totals["rx_packets"] == totals["tx_packets"] == len(sent)
+    assert pool.in_use == 0
 
 
 @pytest.mark.peer("dpdk")
