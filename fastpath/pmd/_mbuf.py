@@ -28,17 +28,31 @@ POOL_DATA = 0      # uint8 (count, room): frame bytes, from the row's first byte
 POOL_LENGTH = 1    # uint32 (count,): each mbuf's frame length
 POOL_FREE = 2      # uint32 (count,): the free mbufs, a stack
 POOL_TOP = 3       # int64 (1,): how many of POOL_FREE are free
+POOL_STAMP = 4     # uint64 (count,): which template the frame is, as its writer named it; 0: none
 
 
 @njit(**NJIT)
-def alloc_burst(pool, mbufs, n):
-    """Take up to n free mbufs into mbufs[:got]; returns got (fewer when the pool runs low)."""
+def alloc_stamped_burst(pool, mbufs, n):
+    """Take up to n free mbufs into mbufs[:got], their frames and stamps as they were left;
+    returns got (fewer when the pool runs low). For a generator that rewrites a frame only
+    when its stamp is not the template's."""
     free = pool[POOL_FREE]
     top = pool[POOL_TOP][0]
     got = n if n < top else top
     for k in range(got):
         mbufs[k] = free[top - 1 - k]
     pool[POOL_TOP][0] = top - got
+    return got
+
+
+@njit(**NJIT)
+def alloc_burst(pool, mbufs, n):
+    """Take up to n free mbufs into mbufs[:got]; returns got (fewer when the pool runs low).
+    Their stamps are cleared: whoever takes them writes the frames."""
+    got = alloc_stamped_burst(pool, mbufs, n)
+    stamp = pool[POOL_STAMP]
+    for k in range(got):
+        stamp[mbufs[k]] = 0
     return got
 
 
@@ -80,6 +94,7 @@ class MbufPool:
         # Numbered so that the first allocations take mbufs 0, 1, 2, ...
         self.free = np.arange(count - 1, -1, -1, dtype=np.uint32)
         self.top = np.array([count], dtype=np.int64)
+        self.stamp = np.zeros(count, dtype=np.uint64)
 
     @property
     def shared(self) -> bool:
@@ -93,8 +108,8 @@ class MbufPool:
 
     @property
     def arrays(self) -> tuple:
-        """(data, length, free, top): the pool as kernels take it."""
-        return self.data, self.length, self.free, self.top
+        """(data, length, free, top, stamp): the pool as kernels take it."""
+        return self.data, self.length, self.free, self.top, self.stamp
 
     @property
     def available(self) -> int:
@@ -124,6 +139,7 @@ class MbufPool:
             raise ValueError(f"a {len(frame)}-byte frame does not fit a {self.room}-byte mbuf")
         self.data[mbuf, :len(frame)] = np.frombuffer(frame, dtype=np.uint8)
         self.length[mbuf] = len(frame)
+        self.stamp[mbuf] = 0
 
     def frame(self, mbuf: int) -> bytes:
         """The frame mbuf `mbuf` holds."""

@@ -449,6 +449,12 @@ class VirtioUserPort(Port):
         """Whether receive frames may span buffers (MRG_RXBUF)."""
         return self.driver.mergeable
 
+    @property
+    def mbufs_in_flight(self) -> int:
+        """Mbufs of the shared pool posted and not yet taken back (see `tx`)."""
+        return sum(int(np.count_nonzero(transmitq.slots & IN_FLIGHT_MBUF))
+                   for _, transmitq in self._rings)
+
     def hold(self) -> threading.Lock:
         """Held around every burst: `close` waits for the one running."""
         return self._lock
