@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fastpath bench pvp --peer dpdk --sizes 64,1518,imix --plot pvp.png",
     )
     _add_command(
+        benches, "txgen", "fastpath.bench.txgen",
+        help="fastpath's traffic generator against DPDK testpmd's, into the same sinks",
+        description=(
+            "Run fastpath fwd's virtio-user txonly (sending from a shared mbuf pool without "
+            "copying) and DPDK testpmd's virtio-user txonly on one CPU, alternated run by run, "
+            "into a sink on the other: DPDK's vhost PMD rxonly and fastpath vhost-net --fwd "
+            "drop. Prints each generator's best second per size and sink, and fastpath/DPDK "
+            "as the ratio of the best runs and the median of the pairs. Into a sink slower "
+            "than both generators the two meet at the sink's ceiling: both sinks are run so "
+            "that it shows. Needs dpdk-testpmd (make peers)."
+        ),
+        epilog="example: fastpath bench txgen --sizes 64,1518 --rounds 3 --json txgen.json",
+    )
+    _add_command(
         benches, "iops", "fastpath.bench.iops",
         help="IOPS, MiB/s and latency of a workload on a bdev, bdevperf-style, against fio",
         description=(

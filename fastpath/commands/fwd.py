@@ -154,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
     ports: list[Port] = []
     try:
-        pool = MbufPool(args.mbufs)
+        # Shared: a virtio-user port then sends frames from their mbufs instead of copying
+        # them; every other port kind sees an ordinary pool.
+        pool = MbufPool(args.mbufs, shared=True)
         engine = setup_engine(args.fwd, room=pool.room, profile=args.profile, size=args.size,
                               flows=args.flows, eth_dst=args.eth_dst, eth_src=args.eth_src,
                               csum=args.csum)
@@ -182,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         counters = loop.counters()
         for port in ports:
             port.close()
+        pool.close()
     rows = [[name, f"{c.rx_frames:,}", f"{c.tx_frames:,}", f"{c.tx_dropped:,}",
              f"{c.rx_no_mbuf + c.errors:,}", f"{c.rx_frames / seconds / 1e6:.3f}",
              f"{c.tx_frames / seconds / 1e6:.3f}"] for name, c in counters.items()]

@@ -94,7 +94,7 @@ class ForwardingLoop(Poller):
     def _describe(self) -> None:
         # The row names every array by address; they live as long as the loop.
         code, config, templates, template_lengths, state = self.engine.arrays
-        data, length, free, top = self.pool.arrays
+        data, length, free, top, stamp = self.pool.arrays
         for column, value in (
                 (k.ARG_ROWS, self.rows.ctypes.data), (k.ARG_ROW_COUNT, len(self.rows)),
                 (k.ARG_STREAMS, self.streams.ctypes.data),
@@ -107,14 +107,15 @@ class ForwardingLoop(Poller):
                 (k.ARG_STATE, state.ctypes.data), (k.ARG_POOL_DATA, data.ctypes.data),
                 (k.ARG_POOL_COUNT, data.shape[0]), (k.ARG_POOL_ROOM, data.shape[1]),
                 (k.ARG_POOL_LENGTH, length.ctypes.data), (k.ARG_POOL_FREE, free.ctypes.data),
-                (k.ARG_POOL_TOP, top.ctypes.data), (k.ARG_MBUFS, self.mbufs.ctypes.data),
+                (k.ARG_POOL_TOP, top.ctypes.data), (k.ARG_POOL_STAMP, stamp.ctypes.data),
+                (k.ARG_MBUFS, self.mbufs.ctypes.data),
                 (k.ARG_BURST, self.burst)):
             self.row[column] = value
         for array, dtype in ((self.rows, np.uint64), (self.streams, np.int64),
                              (config, np.uint64), (templates, np.uint8),
                              (template_lengths, np.uint32), (state, np.uint64),
                              (data, np.uint8), (length, np.uint32), (free, np.uint32),
-                             (top, np.int64), (self.mbufs, np.uint32)):
+                             (top, np.int64), (stamp, np.uint64), (self.mbufs, np.uint32)):
             if array.dtype != dtype or not array.flags.c_contiguous:
                 raise TypeError(f"a forwarding loop's arrays are C-contiguous {dtype}")
 

@@ -40,6 +40,7 @@ ARG_POOL_TOP = POLLER_ARGS + 16      # int64 (1,)
 ARG_MBUFS = POLLER_ARGS + 17         # uint32 (burst,): the loop's burst of mbuf numbers
 ARG_BURST = POLLER_ARGS + 18
 ARG_MOVED = POLLER_ARGS + 19         # frames sent on, in all
+ARG_POOL_STAMP = POLLER_ARGS + 20    # uint64 (mbuf count,)
 
 
 @njit(**NJIT)
@@ -56,7 +57,8 @@ def poll(row, host):
     pool = (carray(u8_pointer(row[ARG_POOL_DATA]), (count, room)),
             carray(u32_pointer(row[ARG_POOL_LENGTH]), (count,)),
             carray(u32_pointer(row[ARG_POOL_FREE]), (count,)),
-            carray(i64_pointer(row[ARG_POOL_TOP]), (1,)))
+            carray(i64_pointer(row[ARG_POOL_TOP]), (1,)),
+            carray(u64_pointer(row[ARG_POOL_STAMP]), (count,)))
     templates = int(row[ARG_TEMPLATE_COUNT])
     code = row[ARG_ENGINE]
     config = carray(u64_pointer(row[ARG_CONFIG]), (SLOTS,))

@@ -5,6 +5,10 @@ A pool is one numpy data block (a row of `room` bytes per mbuf) and metadata arr
 each mbuf's frame length, and a stack of the free mbufs' numbers. An mbuf is its row number (a
 uint32); a burst is a caller-owned uint32 array of them. Kernels take the pool as the tuple
 `pool.arrays` and call `alloc_burst` / `free_burst` once per burst.
+
+A shared pool's data block is a memfd region of guest memory (at SHARED_POOL_GPA) that a port
+can share with its peer, so that the peer reads and writes the mbufs themselves: mbuf m's frame
+is at guest-physical SHARED_POOL_GPA + m * room.
 """
 
 from __future__ import annotations
@@ -13,23 +17,42 @@ import numpy as np
 from numba import njit
 
 from fastpath._numba import NJIT
+from fastpath.hv import GuestMemory
+
+# Where a shared pool's data block sits in guest-physical space: far above the memory a port
+# lays out for its rings and buffers (megabytes from 0), so that both fit one memory table.
+SHARED_POOL_GPA = 1 << 40
 
 # The pool tuple's members, as kernels index it.
 POOL_DATA = 0      # uint8 (count, room): frame bytes, from the row's first byte
 POOL_LENGTH = 1    # uint32 (count,): each mbuf's frame length
 POOL_FREE = 2      # uint32 (count,): the free mbufs, a stack
 POOL_TOP = 3       # int64 (1,): how many of POOL_FREE are free
+POOL_STAMP = 4     # uint64 (count,): which template the frame is, as its writer named it; 0: none
 
 
 @njit(**NJIT)
-def alloc_burst(pool, mbufs, n):
-    """Take up to n free mbufs into mbufs[:got]; returns got (fewer when the pool runs low)."""
+def alloc_stamped_burst(pool, mbufs, n):
+    """Take up to n free mbufs into mbufs[:got], their frames and stamps as they were left;
+    returns got (fewer when the pool runs low). For a generator that rewrites a frame only
+    when its stamp is not the template's."""
     free = pool[POOL_FREE]
     top = pool[POOL_TOP][0]
     got = n if n < top else top
     for k in range(got):
         mbufs[k] = free[top - 1 - k]
     pool[POOL_TOP][0] = top - got
+    return got
+
+
+@njit(**NJIT)
+def alloc_burst(pool, mbufs, n):
+    """Take up to n free mbufs into mbufs[:got]; returns got (fewer when the pool runs low).
+    Their stamps are cleared: whoever takes them writes the frames."""
+    got = alloc_stamped_burst(pool, mbufs, n)
+    stamp = pool[POOL_STAMP]
+    for k in range(got):
+        stamp[mbufs[k]] = 0
     return got
 
 
@@ -49,25 +72,44 @@ class MbufPool:
 
     A pool belongs to one thread at a time: the kernels that take and return mbufs do not lock.
     Returning an mbuf twice corrupts the pool (as with DPDK's mempools); `in_use` shows leaks.
+    With `shared`, the data block is guest memory (`memory`, one region at SHARED_POOL_GPA)
+    that ports may share with their peers; `close` releases it once those ports are closed.
     """
 
-    def __init__(self, count: int = 8192, room: int = 2048):
+    def __init__(self, count: int = 8192, room: int = 2048, *, shared: bool = False):
         if not 1 <= count <= 1 << 24:
             raise ValueError(f"an mbuf pool holds 1 to {1 << 24} mbufs, not {count}")
         if not 64 <= room <= 65536:
             raise ValueError(f"an mbuf's room is 64 to 65536 bytes, not {room}")
         self.count = count
         self.room = room
-        self.data = np.zeros((count, room), dtype=np.uint8)
+        self.memory: GuestMemory | None = None
+        if shared:
+            size = -(-count * room // (2 << 20)) * (2 << 20)
+            self.memory = GuestMemory([(SHARED_POOL_GPA, size)], name="fastpath-mbufs")
+            self.data = self.memory.view(SHARED_POOL_GPA, count * room).reshape(count, room)
+        else:
+            self.data = np.zeros((count, room), dtype=np.uint8)
         self.length = np.zeros(count, dtype=np.uint32)
         # Numbered so that the first allocations take mbufs 0, 1, 2, ...
         self.free = np.arange(count - 1, -1, -1, dtype=np.uint32)
         self.top = np.array([count], dtype=np.int64)
+        self.stamp = np.zeros(count, dtype=np.uint64)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the data block is guest memory a port can share with its peer."""
+        return self.memory is not None
+
+    def close(self) -> None:
+        """Close a shared pool's memory fd (mappings stay while the data block is referenced)."""
+        if self.memory is not None:
+            self.memory.close()
 
     @property
     def arrays(self) -> tuple:
-        """(data, length, free, top): the pool as kernels take it."""
-        return self.data, self.length, self.free, self.top
+        """(data, length, free, top, stamp): the pool as kernels take it."""
+        return self.data, self.length, self.free, self.top, self.stamp
 
     @property
     def available(self) -> int:
@@ -97,6 +139,7 @@ class MbufPool:
             raise ValueError(f"a {len(frame)}-byte frame does not fit a {self.room}-byte mbuf")
         self.data[mbuf, :len(frame)] = np.frombuffer(frame, dtype=np.uint8)
         self.length[mbuf] = len(frame)
+        self.stamp[mbuf] = 0
 
     def frame(self, mbuf: int) -> bytes:
         """The frame mbuf `mbuf` holds."""

@@ -7,6 +7,11 @@ memory, shared with the back-end (`NetDriver`). Every virtqueue has one buffer p
 at a fixed slot, each offered as one descriptor whose segment record is written once: a frame
 costs one copy and a few stores, a burst a few calls into the core (collect, add, and whether
 to kick). Both rings are polled: the device is asked for no calls.
+
+Zero copy: when the port's pool is shared (`MbufPool(shared=True)`), its data block joins the
+memory the back-end maps, and a frame is sent from its mbuf as it is: a chain of two
+descriptors, the (zero) virtio-net header of slot 0 and the mbuf's frame. The mbuf stays in
+flight, recorded by descriptor id, and goes back to the pool when its used element does.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from fastpath.devices.net import (
 )
 from fastpath.errors import FastpathError
 from fastpath.pmd._kinds import PortKind, flag, register_port_kind
-from fastpath.pmd._mbuf import POOL_DATA, POOL_LENGTH, free_burst
+from fastpath.pmd._mbuf import (
+    POOL_DATA,
+    POOL_FREE,
+    POOL_LENGTH,
+    POOL_TOP,
+    SHARED_POOL_GPA,
+    free_burst,
+)
 from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port
 from fastpath.pmd._port_kernels import row_stats, take_mbufs
 from fastpath.vring import (
@@ -62,7 +74,11 @@ RING_COUNT = 9      # transmitq: free slots; receiveq: collected elements not ye
 RING_BUFFERS = 10   # host address of slot 0's buffer (slot s at + s * buffer size)
 RING_BUFFER_SIZE = 11
 RING_MERGEABLE = 12  # receiveq: VIRTIO_NET_F_MRG_RXBUF, a frame may span buffers
-RING_COLUMNS = 13
+RING_POOL_AT = 13   # transmitq: host address of the shared pool's data block; 0: none
+RING_COLUMNS = 14
+
+# A transmit id's entry in RING_SLOTS with this bit set is an mbuf in flight, not a slot.
+IN_FLIGHT_MBUF = np.uint32(1 << 31)
 
 # The records as 32-bit words (their one definition is in fastpath.vring's dtypes).
 CHAIN_WORDS = DRIVER_CHAIN_DTYPE.itemsize // 4
@@ -74,6 +90,7 @@ SEGMENT_LEN = SEGMENT_DTYPE.fields["len"][1] // 4
 USED_WORDS = USED_ELEM_DTYPE.itemsize // 4
 USED_ID = USED_ELEM_DTYPE.fields["id"][1] // 4
 USED_LEN = USED_ELEM_DTYPE.fields["len"][1] // 4
+SEGMENT_ADDR = SEGMENT_DTYPE.fields["addr"][1] // 4
 assert CHAIN_ID_SHIFT == 16 and DRIVER_CHAIN_DTYPE.fields["nseg"][1] % 4 == 0
 
 
@@ -109,7 +126,10 @@ def _collect(ring, used, slots, first, n):
     got = collect_burst(ring[RING_PACKED] != 0, ring[RING_DRIVER],
                         np.int64(ring[RING_USED]) + first * (USED_WORDS * 4), n)
     for k in range(first, first + got):
-        used[k * USED_WORDS + USED_ID] = slots[used[k * USED_WORDS + USED_ID]]
+        buffer_id = used[k * USED_WORDS + USED_ID]
+        used[k * USED_WORDS + USED_ID] = slots[buffer_id]
+        # No longer in flight: `close` gives back only the mbufs still named here.
+        slots[buffer_id] = 0
     return got
 
 
@@ -200,10 +220,72 @@ def rx(row, pool, mbufs, max_n):
 
 
 @njit(**NJIT)
+def _take_back(ring, slots, free, free_count, pool, zero_copy):
+    """Collect the buffers the device has finished with: slots onto the free stack, mbufs
+    back to the pool; returns the free slots now."""
+    size = np.int64(ring[RING_SIZE])
+    # SAFETY: as in rx, the used array was allocated by the port with size elements.
+    used = carray(u32_pointer(ring[RING_USED]), (size * USED_WORDS,))
+    got = _collect(ring, used, slots, 0, size)
+    pool_free = pool[POOL_FREE]
+    top = pool[POOL_TOP][0]
+    lost = 0
+    for k in range(got):
+        value = used[k * USED_WORDS + USED_ID]
+        if value & IN_FLIGHT_MBUF:
+            if zero_copy:
+                pool_free[top] = value ^ IN_FLIGHT_MBUF
+                top += 1
+            else:
+                # Sent from the shared pool, but this burst came with another pool: the mbuf
+                # cannot go home from here.
+                lost += 1
+        else:
+            free[free_count] = value
+            free_count += 1
+    pool[POOL_TOP][0] = top
+    return free_count, lost
+
+
+@njit(**NJIT)
+def _tx_zero_copy(ring, slots, pool, mbufs, n):
+    """Offer mbufs[:n] as they are, behind slot 0's zero header; each one added stays in
+    flight and its place in mbufs takes a spare from the pool (which the caller frees, as it
+    frees what tx took). Returns how many were added."""
+    size = np.int64(ring[RING_SIZE])
+    chains = carray(u32_pointer(ring[RING_CHAINS]), (size * CHAIN_WORDS,))
+    # SAFETY: the port made the segment array 3 * size records: slots first, then a header
+    # and a frame record for each of up to size chains.
+    segments = carray(u32_pointer(ring[RING_SEGMENTS]), (3 * size * SEGMENT_WORDS,))
+    segments64 = carray(u64_pointer(ring[RING_SEGMENTS]), (3 * size * SEGMENT_WORDS // 2,))
+    lengths = pool[POOL_LENGTH]
+    room = pool[POOL_DATA].shape[1]
+    pool_free = pool[POOL_FREE]
+    top = pool[POOL_TOP][0]
+    want = min(n, size, top)
+    for k in range(want):
+        mbuf = mbufs[k]
+        frame = (size + 2 * k + 1) * SEGMENT_WORDS
+        segments64[(frame + SEGMENT_ADDR) // 2] = SHARED_POOL_GPA + np.uint64(mbuf) * room
+        segments[frame + SEGMENT_LEN] = lengths[mbuf]
+        chains[k * CHAIN_WORDS + CHAIN_FIRST_SEG] = size + 2 * k
+        chains[k * CHAIN_WORDS + CHAIN_NSEG_ID] = 2
+    added = _repost(ring, chains, slots, want)
+    for k in range(added):
+        slots[chains[k * CHAIN_WORDS + CHAIN_NSEG_ID] >> CHAIN_ID_SHIFT] = (
+            IN_FLIGHT_MBUF | mbufs[k])
+        top -= 1
+        mbufs[k] = pool_free[top]
+    pool[POOL_TOP][0] = top
+    return added
+
+
+@njit(**NJIT)
 def tx(row, pool, mbufs, n):
     """Frames into free transmit buffers behind a zeroed header, one descriptor each, offered
-    in one add; returns how many were taken (fewer when the ring is full). A frame longer than
-    a buffer holds is counted as an error and taken."""
+    in one add (or, from the port's shared pool, the mbufs themselves); returns how many were
+    taken (fewer when the ring is full). A frame longer than a buffer holds is counted as an
+    error and taken."""
     if row[ARG_TRANSMITQ] == 0:
         return 0
     ring = _ring_state(row[ARG_TRANSMITQ])
@@ -213,19 +295,23 @@ def tx(row, pool, mbufs, n):
     # long as the state row naming it.
     slots = carray(u32_pointer(ring[RING_SLOTS]), (size,))
     free = carray(u32_pointer(ring[RING_FREE]), (size,))
+    data = pool[POOL_DATA]
+    data_at = data.ctypes.data
+    zero_copy = ring[RING_POOL_AT] != 0 and ring[RING_POOL_AT] == np.uint64(data_at)
     free_count = np.int64(ring[RING_COUNT])
-    if free_count < n:
-        # Take back the buffers the device has finished with.
-        used = carray(u32_pointer(ring[RING_USED]), (size * USED_WORDS,))
-        got = _collect(ring, used, slots, 0, size - free_count)
-        for k in range(got):
-            free[free_count + k] = used[k * USED_WORDS + USED_ID]
-        free_count += got
+    lost = 0
+    if zero_copy or free_count < n:
+        # Take back the buffers the device has finished with; in-flight mbufs are the spares
+        # a zero-copy burst needs.
+        free_count, lost = _take_back(ring, slots, free, free_count, pool, zero_copy)
+    ring[RING_COUNT] = free_count
+    if lost:
+        row_stats(row)[STAT_ERRORS] += lost
+    if zero_copy:
+        return _tx_zero_copy(ring, slots, pool, mbufs, n)
     chains = carray(u32_pointer(ring[RING_CHAINS]), (size * CHAIN_WORDS,))
     segments = carray(u32_pointer(ring[RING_SEGMENTS]), (size * SEGMENT_WORDS,))
     buffers_at = np.int64(ring[RING_BUFFERS]) + NET_HDR_SIZE
-    data = pool[POOL_DATA]
-    data_at = data.ctypes.data
     room = data.shape[1]
     lengths = pool[POOL_LENGTH]
     fits = buffer_size - NET_HDR_SIZE
@@ -243,6 +329,7 @@ def tx(row, pool, mbufs, n):
         copy_bytes(buffers_at + slot * buffer_size, data_at + mbuf * room, length)
         segments[slot * SEGMENT_WORDS + SEGMENT_LEN] = NET_HDR_SIZE + length
         chains[added * CHAIN_WORDS + CHAIN_FIRST_SEG] = slot
+        chains[added * CHAIN_WORDS + CHAIN_NSEG_ID] = 1
         added += 1
     ring[RING_COUNT] = free_count - added
     if too_long:
@@ -256,7 +343,7 @@ class _Ring:
     """One virtqueue's driver state as the kernels reach it: `state` (RING_*) and the arrays
     it names, kept alive here."""
 
-    def __init__(self, driver: NetDriver, index: int):
+    def __init__(self, driver: NetDriver, index: int, pool_at: int):
         queue = driver.queues[index]
         size = queue.size
         buffer_size = driver.layout.buffer_size(index)
@@ -266,10 +353,15 @@ class _Ring:
         self.buffers = driver.memory.view(first, size * buffer_size)
         self.chains = np.zeros(size, dtype=DRIVER_CHAIN_DTYPE)
         self.chains["nseg"] = 1
-        self.segments = np.zeros(size, dtype=SEGMENT_DTYPE)
-        self.segments["addr"] = first + np.arange(size, dtype=np.uint64) * buffer_size
-        self.segments["len"] = buffer_size
+        # A transmitq's segments go on: a header and a frame record for each zero-copy chain.
+        self.segments = np.zeros(size if receive else 3 * size, dtype=SEGMENT_DTYPE)
+        self.segments["addr"][:size] = first + np.arange(size, dtype=np.uint64) * buffer_size
+        self.segments["len"][:size] = buffer_size
         self.segments["flags"] = SEG_WRITE if receive else 0
+        # Slot 0's header bytes: zero for good (frames are copied in after them), and only
+        # read by the device, so every zero-copy chain can share them.
+        self.segments["addr"][size::2] = first
+        self.segments["len"][size::2] = NET_HDR_SIZE
         self.used = np.zeros(size, dtype=USED_ELEM_DTYPE)
         self.slots = np.zeros(size, dtype=np.uint32)
         self.free = np.arange(size - 1, -1, -1, dtype=np.uint32)
@@ -287,6 +379,7 @@ class _Ring:
         self.state[RING_BUFFER_SIZE] = buffer_size
         self.state[RING_MERGEABLE] = int(receive and driver.mergeable)
         self.state[RING_COUNT] = 0 if receive else size
+        self.state[RING_POOL_AT] = 0 if receive else pool_at
         queue.disable_calls()
         if receive:
             # Every receive buffer is posted from the start, and again as soon as it is read.
@@ -305,7 +398,8 @@ class VirtioUserPort(Port):
     `packed` and `mergeable` ask for RING_PACKED and MRG_RXBUF, and `queues` > 1 for MQ; a
     back-end that refuses any of them (or VERSION_1) raises BackendRefused, and one that does
     not come up on `path` within `connect_timeout` seconds raises FileNotFoundError or
-    ConnectionRefusedError. Each ring has `queue_size` buffers: transmit buffers of
+    ConnectionRefusedError. With a shared `pool`, frames from it are sent without a copy
+    (see the module's docstring). Each ring has `queue_size` buffers: transmit buffers of
     BUFFER_SIZE bytes (frames up to BUFFER_SIZE - 12; longer ones are counted as errors and
     not sent), receive buffers of `rx_buffer_size` bytes (without mergeable buffers a longer
     frame cannot arrive; with them, one that does not fit an mbuf is dropped and counted).
@@ -322,14 +416,17 @@ class VirtioUserPort(Port):
         require = (1 << VIRTIO_F_VERSION_1 | (1 << VIRTIO_F_RING_PACKED if packed else 0)
                    | (1 << VIRTIO_NET_F_MRG_RXBUF if mergeable else 0)
                    | (1 << VIRTIO_NET_F_MQ if queues > 1 else 0))
+        shared = pool.memory.regions if pool.shared else ()
         self.driver = NetDriver(path, queue_pairs=queues, queue_size=queue_size, packed=packed,
                                 mergeable=mergeable, rx_buffer=rx_buffer_size,
-                                connect_timeout=connect_timeout, require=require)
+                                connect_timeout=connect_timeout, require=require,
+                                shared=tuple(shared))
         self._closed = False
         self._lock = threading.Lock()
+        pool_at = pool.data.ctypes.data if pool.shared else 0
         try:
-            self._rings = [(_Ring(self.driver, 2 * q), _Ring(self.driver, 2 * q + 1))
-                           for q in range(queues)]
+            self._rings = [(_Ring(self.driver, 2 * q, pool_at),
+                            _Ring(self.driver, 2 * q + 1, pool_at)) for q in range(queues)]
         except BaseException:
             self.driver.close()
             raise
@@ -352,6 +449,12 @@ class VirtioUserPort(Port):
         """Whether receive frames may span buffers (MRG_RXBUF)."""
         return self.driver.mergeable
 
+    @property
+    def mbufs_in_flight(self) -> int:
+        """Mbufs of the shared pool posted and not yet taken back (see `tx`)."""
+        return sum(int(np.count_nonzero(transmitq.slots & IN_FLIGHT_MBUF))
+                   for _, transmitq in self._rings)
+
     def hold(self) -> threading.Lock:
         """Held around every burst: `close` waits for the one running."""
         return self._lock
@@ -372,6 +475,11 @@ class VirtioUserPort(Port):
             log.info("%s: stopping the vrings failed: %s", self.name, e)
         finally:
             self.driver.close()
+        # The device has let go of the rings: the mbufs it never gave back are free again.
+        for _, transmitq in self._rings:
+            in_flight = transmitq.slots[transmitq.slots & IN_FLIGHT_MBUF != 0] ^ IN_FLIGHT_MBUF
+            self.pool.release(in_flight, len(in_flight))
+            transmitq.slots[:] = 0
 
 
 register_port_kind(PortKind(

@@ -10,7 +10,7 @@ import pytest
 from fastpath.errors import BackendRefused
 from fastpath.pmd import MbufPool, VhostPort
 from fastpath.pmd._virtio_user import VirtioUserPort
-from fastpath.testing import Testpmd, VhostNetProcess
+from fastpath.testing import Testpmd, VhostNetProcess, received_frames
 
 # Each test starts a vhost-net back-end process (or DPDK's): release pass only.
 pytestmark = pytest.mark.release_pass
@@ -19,6 +19,9 @@ RING_TYPES = pytest.mark.parametrize("packed", [False, True], ids=["split", "pac
 # Mergeable receive buffers of 512 bytes: a full-size frame comes back in four of them.
 MERGEABLE = pytest.mark.parametrize("buffers", [{}, {"mergeable": True, "rx_buffer_size": 512}],
                                     ids=["plain", "mergeable"])
+# A pool of the process's own memory (frames copied into transmit buffers) or one shared with
+# the back-end (frames sent from their mbufs).
+POOLS = pytest.mark.parametrize("shared", [False, True], ids=["copy", "zero-copy"])
 
 
 def frames(n=300, tag=0):
@@ -81,9 +84,10 @@ def macswap(frame):
 @pytest.mark.parametrize(("fwd", "buffers"), [
     ("io", {}), ("io", {"mergeable": True, "rx_buffer_size": 512}), ("macswap", {})],
     ids=["io-plain", "io-mergeable", "macswap"])
-def test_frames_come_back_from_fastpath_vhost_net(tmp_path, packed, fwd, buffers):
+@POOLS
+def test_frames_come_back_from_fastpath_vhost_net(tmp_path, packed, fwd, buffers, shared):
     sock = str(tmp_path / "vhost.sock")
-    pool = MbufPool(1024)
+    pool = MbufPool(1024, shared=shared)
     with VhostNetProcess(sock, fwd=fwd, backoff=100, cpu=None) as backend:
         with VirtioUserPort(sock, pool, packed=packed, **buffers) as port:
             assert port.packed == packed
@@ -128,9 +132,10 @@ def test_every_queue_pair_carries_its_own_traffic(tmp_path, packed):
 @pytest.mark.peer("dpdk")
 @RING_TYPES
 @MERGEABLE
-def test_frames_come_back_from_dpdk_vhost(tmp_path, packed, buffers):
+@POOLS
+def test_frames_come_back_from_dpdk_vhost(tmp_path, packed, buffers, shared):
     sock = str(tmp_path / "vhost.sock")
-    pool = MbufPool(1024)
+    pool = MbufPool(1024, shared=shared)
     with Testpmd.vhost(sock, forward="io", cpu=0) as peer:
         with VirtioUserPort(sock, pool, packed=packed, **buffers) as port:
             assert port.packed == packed and port.mergeable == bool(buffers)
@@ -142,6 +147,7 @@ def test_frames_come_back_from_dpdk_vhost(tmp_path, packed, buffers):
     assert got == sent
     assert errors == 0
     assert totals["rx_packets"] == totals["tx_packets"] == len(sent)
+    assert pool.in_use == 0
 
 
 @pytest.mark.peer("dpdk")
@@ -245,3 +251,28 @@ def test_a_port_whose_back_end_left_closes_and_moves_nothing(tmp_path):
     assert port.tx_burst(0, mbufs, 8) == 0
     pool.release(mbufs, 8)
     assert pool.in_use == 0
+
+
+# --- zero copy ---
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_frames_from_a_shared_pool_stay_in_their_mbufs_until_used(tmp_path, packed):
+    # The mbufs sent are the buffers: they stay out of the pool until the device has used
+    # them (taken back by a later burst), and close gives back any it never did.
+    sock = str(tmp_path / "vhost.sock")
+    pool = MbufPool(256, shared=True)
+    with VhostNetProcess(sock, fwd="drop", backoff=100, cpu=None) as backend:
+        with VirtioUserPort(sock, pool, packed=packed) as port:
+            assert send(port, 0, frames(32)) == 32
+            assert port.mbufs_in_flight == pool.in_use == 32
+            more, deadline = 0, time.monotonic() + 5
+            while port.mbufs_in_flight > 1 and time.monotonic() < deadline:
+                more += send(port, 0, frames(1))
+            assert port.mbufs_in_flight == pool.in_use == 1
+            counters = port.counters()
+        assert pool.in_use == 0
+        result = backend.stop()
+    assert counters.tx_frames == 32 + more
+    assert counters.tx_bytes == sum(map(len, frames(32))) + more * len(frames(1)[0])
+    assert received_frames(result) == 32 + more

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fastpath.devices.net._device import VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF
 from fastpath.errors import BackendRefused
-from fastpath.hv import GuestMemory
+from fastpath.hv import GuestMemory, SharedRegion
 from fastpath.vhost_user import Frontend, Vring
 from fastpath.vring import (
     VIRTIO_F_RING_PACKED,
@@ -92,13 +92,14 @@ class NetDriver:
     when a feature in `require` is refused, or the back-end serves fewer than `queue_pairs`
     pairs), makes the memory of a `NetLayout`, shares it and starts every virtqueue:
     `queues[i]` is virtqueue i's `DriverQueue` and `vrings[i]` its `Vring` (the kick
-    eventfd). Nothing is posted yet.
+    eventfd). Nothing is posted yet. Regions in `shared` (another memory's, left open by
+    this driver) join the memory table, so that buffers there can be posted as they are.
     """
 
     def __init__(self, path: str, *, queue_pairs: int = 1, queue_size: int = 256,
                  packed: bool = False, mergeable: bool = False, rx_buffer: int = BUFFER_SIZE,
                  tx_buffer: int = BUFFER_SIZE, connect_timeout: float = 10.0, require: int = 0,
-                 event_idx: bool = True):
+                 event_idx: bool = True, shared: tuple[SharedRegion, ...] = ()):
         if queue_pairs < 1:
             raise ValueError("a virtio-net device has at least one queue pair")
         self.memory: GuestMemory | None = None
@@ -124,6 +125,8 @@ class NetDriver:
             self.layout = NetLayout(2 * queue_pairs, queue_size, self.packed, rx_buffer,
                                     tx_buffer)
             self.memory = GuestMemory([(0, self.layout.memory_size)])
+            for region in shared:
+                self.memory.add_region(region, owns_fd=False)
             self.frontend.set_memory(self.memory)
             driver = PackedDriverQueue if self.packed else SplitDriverQueue
             base = PACKED_RING_START if self.packed else 0

@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit
 
 from fastpath._numba import NJIT
-from fastpath.pmd._mbuf import POOL_DATA, alloc_burst, free_burst
+from fastpath.pmd._mbuf import POOL_DATA, alloc_burst, alloc_stamped_burst, free_burst
 
 # Running state: the counters first (in COUNTERS order), then where the engine is.
 STATE_GENERATED = 0     # frames made
@@ -25,15 +25,16 @@ def templates_of(frames: list[bytes], room: int, what: str) -> list[bytes]:
 
 
 @njit(**NJIT)
-def renew_burst(templates, state, pool, mbufs, n, burst):
+def renew_burst(templates, state, pool, mbufs, n, burst, stamped):
     """Free the n frames received and take up to `burst` mbufs into mbufs[:got] for new
-    frames; returns got."""
+    frames, `stamped` ones keeping their frames and stamps (see alloc_stamped_burst); returns
+    got."""
     free_burst(pool, mbufs, 0, n)
     if templates.shape[1] > pool[POOL_DATA].shape[1]:
         state[STATE_TOO_LONG] += np.uint64(1)
         return 0
     want = burst if burst < mbufs.shape[0] else mbufs.shape[0]
-    got = alloc_burst(pool, mbufs, want)
+    got = alloc_stamped_burst(pool, mbufs, want) if stamped else alloc_burst(pool, mbufs, want)
     if got < want:
         state[STATE_POOL_SHORT] += np.uint64(1)
     state[STATE_GENERATED] += np.uint64(got)

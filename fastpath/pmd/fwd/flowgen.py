@@ -58,7 +58,7 @@ def configure(options, config) -> list[bytes]:
 def generate_burst(config, templates, template_lengths, state, pool, mbufs, n, burst):
     """Free mbufs[:n], then fill up to `burst` fresh mbufs with the template, each of the next
     flow; returns how many."""
-    got = renew_burst(templates, state, pool, mbufs, n, burst)
+    got = renew_burst(templates, state, pool, mbufs, n, burst, False)
     if got == 0:
         return 0
     data = pool[POOL_DATA]
