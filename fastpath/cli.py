@@ -62,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Point DPDK testpmd's virtio-user front-end at fastpath vhost-net and at a second "
             "back-end (DPDK's vhost PMD, or with --baseline another checkout's vhost-net), in "
             "pairs of runs alternated in order, one CPU each: rx (testpmd txonly into --fwd "
-            "drop) and loop (testpmd flowgen into --fwd io and back, so the back-end also "
-            "enqueues). Reports each side's rate and the median ratio of the pairs per size "
-            "and direction; --fail-below turns that into a pass or a failure. Needs "
-            "dpdk-testpmd (make peers)."
+            "drop), tx (--fwd txonly into testpmd rxonly) and loop (testpmd flowgen into --fwd "
+            "io and back, so the back-end also enqueues), over split or packed rings, with "
+            "mergeable receive buffers or without. Reports each side's rate and the median "
+            "ratio of the pairs per measurement; --fail-below turns that into a pass or a "
+            "failure. Needs dpdk-testpmd (make peers)."
         ),
     )
     _add_command(
@@ -140,11 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_command(
         commands, "vhost-net", "fastpath.commands.vhost_net",
-        help="run a virtio-net vhost-user back-end that forwards or drops what it receives",
+        help="run a virtio-net vhost-user back-end that forwards, drops or generates frames",
         description=(
             "Serve virtio-net front-ends (QEMU, DPDK virtio-user, fastpath's own) on a "
             "vhost-user socket. Each queue pair's transmitq is looped back to its receiveq "
-            "(--fwd io or macswap) or emptied (--fwd drop) by a compiled poll loop. Front-ends "
+            "(--fwd io or macswap) or emptied (--fwd drop) by a compiled poll loop, or every "
+            "receiveq filled with frames of a size (--fwd txonly). Front-ends "
             "may come, go and come back; rates print while it runs, totals per queue at exit."
         ),
         epilog="example: fastpath vhost-net --socket /tmp/vhost.sock --fwd macswap --backoff 1000",

@@ -94,7 +94,9 @@ def vhost_net_bench(*args):
 
 @pytest.mark.parametrize("args, message", [
     (["--sizes", "32"], "frame sizes are 60 to 1518 bytes"),
-    (["--directions", "rx,tx"], "tx: not rx or loop"),
+    (["--directions", "rx,up"], "up: not rx, tx or loop"),
+    (["--rings", "split,round"], "round: not split or packed"),
+    (["--mergeable", "maybe"], "maybe: not on or off"),
     (["--pairs", "0"], "--pairs must be at least 1"),
     (["--baseline", "/nonexistent"], "--baseline /nonexistent is not a fastpath checkout"),
     (["--tree", "/nonexistent"], "--tree /nonexistent is not a fastpath checkout"),
@@ -108,6 +110,7 @@ def test_bad_options_are_refused_with_the_reason(args, message):
 def test_help_names_the_directions_the_baseline_and_the_judge():
     result = vhost_net_bench("--help")
     assert result.returncode == 0
-    for text in ("txonly", "flowgen", "--baseline", "--tree", "--pairs", "--fail-below",
+    for text in ("txonly", "rxonly", "flowgen", "--rings", "--mergeable", "--baseline", "--tree",
+                 "--pairs", "--fail-below",
                  "median"):
         assert text in result.stdout

@@ -72,7 +72,8 @@ def test_bench_vring_short_run_writes_json(tmp_path):
 def test_vhost_net_help_teaches_its_options():
     result = run("vhost-net", "--help")
     assert result.returncode == 0
-    for option in ("--socket", "--client", "--queues", "--fwd", "--pcap", "--backoff", "--json"):
+    for option in ("--socket", "--client", "--queues", "--fwd", "txonly", "--size", "--pcap",
+                   "--backoff", "--json"):
         assert option in result.stdout
     assert "example:" in result.stdout
 
@@ -83,6 +84,8 @@ def test_vhost_net_refuses_bad_settings_clearly(tmp_path):
     assert result.returncode != 0 and "--queues must be 1 to 8" in result.stderr
     result = run("vhost-net", "--socket", sock, "--mac", "52:54:00")
     assert result.returncode != 0 and "is not a MAC address" in result.stderr
+    result = run("vhost-net", "--socket", sock, "--fwd", "txonly", "--size", "59")
+    assert result.returncode != 0 and "--size must be 60 to 2048" in result.stderr
 
 
 @pytest.mark.release_pass

@@ -1,6 +1,6 @@
 """`fastpath bench vhost-net`: frames per second a vhost-user net back-end moves when DPDK
 testpmd's virtio-user front-end is the traffic, so that the back-end, not the traffic, is the
-bottleneck. Two directions:
+bottleneck. Three directions:
 
 * rx: testpmd txonly into `fastpath vhost-net --fwd drop` (DPDK's vhost PMD: rxonly). The
   back-end dequeues every frame, copies it out of the guest's buffers and frees it. The rate is
@@ -8,9 +8,14 @@ bottleneck. Two directions:
 * loop: testpmd flowgen into `fastpath vhost-net --fwd io` (DPDK's vhost PMD: io). The
   back-end dequeues every frame and enqueues it into the front-end's receive buffers; flowgen
   sends as fast as the ring takes frames and frees what comes back. The rate is what came
-  back per second, so it holds the back-end's enqueue as well as its dequeue. (`vhost-net` has
-  no mode that only transmits; testpmd's io with --tx-first would keep only a burst in flight
-  and measure the round trip instead.)
+  back per second, so it holds the back-end's enqueue as well as its dequeue.
+* tx: `fastpath vhost-net --fwd txonly` into testpmd rxonly (DPDK's vhost PMD: txonly). The
+  back-end enqueues a frame of the size into every receive buffer the front-end posts. The rate
+  is what the front-end received per second; it must have received every frame the back-end
+  delivered but those still in its ring when it stopped.
+
+Each direction runs over a split ring (or, asked, a packed one: virtio-user packed_vq=1), with
+mergeable receive buffers (or, asked, without: mrg_rxbuf=0).
 
 The front-end runs on one CPU and the back-end on the other. Every half second the run reads
 the front-end's counter (testpmd's telemetry) and the CPU time each side's process has had
@@ -46,12 +51,16 @@ from pathlib import Path
 import fastpath
 from fastpath.bench._judge import judge
 from fastpath.bench._report import environment, print_table, write_json
-from fastpath.testing import PeerError, Testpmd, VhostNetProcess, received_frames
+from fastpath.testing import PeerError, Testpmd, VhostNetProcess, received_frames, sent_frames
 
 DIRECTIONS = {
     "rx": ("txonly", "drop", "rxonly"),    # front-end mode, fastpath's, DPDK's
+    "tx": ("rxonly", "txonly", "txonly"),
     "loop": ("flowgen", "io", "io"),
 }
+RINGS = ("split", "packed")
+MERGEABLE = {"on": True, "off": False}
+QUEUE_SIZE = 1024   # the front-end's ring entries
 WARM_UP_SECONDS = 1.0
 SAMPLE_SECONDS = 0.5
 DRAIN_SECONDS = 10.0
@@ -69,8 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="64,1518",
                         help="frame sizes in bytes, comma-separated")
     parser.add_argument("--directions", default="rx,loop",
-                        help="rx: testpmd txonly into vhost-net --fwd drop; loop: testpmd "
-                        "flowgen into vhost-net --fwd io and back; comma-separated")
+                        help="rx: testpmd txonly into vhost-net --fwd drop; tx: vhost-net "
+                        "--fwd txonly into testpmd rxonly; loop: testpmd flowgen into vhost-net "
+                        "--fwd io and back; comma-separated")
+    parser.add_argument("--rings", default="split",
+                        help="split, packed (virtio-user packed_vq=1) or both, comma-separated")
+    parser.add_argument("--mergeable", default="on",
+                        help="mergeable receive buffers (virtio-user mrg_rxbuf=1): on, off or "
+                        "both, comma-separated")
     parser.add_argument("--pairs", type=int, default=3,
                         help="pairs of runs (fastpath and the other back-end, back to back, "
                         "order alternating) per size and direction; the median ratio counts")
@@ -90,13 +105,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write every run, the pairs and the verdict")
 
 
+@dataclass(frozen=True)
+class Cell:
+    """What a measurement measures: a direction, a frame size and the front-end's ring."""
+
+    direction: str
+    size: int
+    ring: str = "split"
+    mergeable: bool = True
+
+    @property
+    def name(self) -> str:
+        """How it is named in the verdict and the JSON (\"rx 64\", \"tx packed no-mrg 1518\")."""
+        return " ".join([self.direction] + (["packed"] if self.ring == "packed" else [])
+                        + ([] if self.mergeable else ["no-mrg"]) + [str(self.size)])
+
+
 @dataclass
 class Run:
-    """One run of one back-end in one direction at one size."""
+    """One run of one back-end in one measurement."""
 
     side: str            # "fastpath", "baseline" or "dpdk"
     direction: str
     size: int
+    ring: str
+    mergeable: bool
     mpps: float          # best rate over one second of samples
     mean_mpps: float     # rate over the whole measured stretch
     running_mpps: float  # best rate over one second of the time both sides ran
@@ -104,7 +137,8 @@ class Run:
     frontend_share: float  # the front-end's, likewise
     sent: int            # frames the front-end sent over the whole run
     received: int        # frames the back-end received
-    returned: int        # frames that came back to the front-end (loop)
+    returned: int        # frames that came back to the front-end (loop, tx)
+    delivered: int       # frames the back-end put into the front-end's receive buffers (tx)
     checkout: str | None = None      # the checkout whose core the back-end loaded
     reported: dict | None = None     # what the back-end said it ran
 
@@ -115,7 +149,11 @@ class Run:
 
     @property
     def exact(self) -> bool:
-        """Whether the back-end received every frame the front-end sent."""
+        """Whether the back-end received every frame the front-end sent; for tx, whether the
+        front-end received every frame the back-end delivered but at most a ring of them (the
+        back-end fills the ring the front-end stopped emptying)."""
+        if self.direction == "tx":
+            return self.returned <= self.delivered <= self.returned + QUEUE_SIZE
         return self.sent == self.received
 
 
@@ -124,12 +162,16 @@ def checkout_of_this_fastpath() -> Path:
     return Path(fastpath.__file__).resolve().parent.parent
 
 
-def _start_backend(side: str, direction: str, sock: str, burst: int, checkout: Path | None):
-    _, fastpath_mode, dpdk_mode = DIRECTIONS[direction]
+def _start_backend(side: str, cell: Cell, sock: str, burst: int, checkout: Path | None):
+    _, fastpath_mode, dpdk_mode = DIRECTIONS[cell.direction]
+    # Only a generating back-end is told the size (a baseline from before txonly knows no --size).
+    generating = cell.direction == "tx"
     if side == "dpdk":
-        return Testpmd.vhost(sock, forward=dpdk_mode, cpu=BACK_END_CPU)
+        return Testpmd.vhost(sock, forward=dpdk_mode, cpu=BACK_END_CPU,
+                             extra=[f"--txpkts={cell.size}"] if generating else [])
     return VhostNetProcess(sock, fwd=fastpath_mode, cpu=BACK_END_CPU, source=checkout,
-                           extra=["--burst", str(burst), "--stats-period", "0"])
+                           extra=["--burst", str(burst), "--stats-period", "0"]
+                           + (["--size", str(cell.size)] if generating else []))
 
 
 def check_checkout(side: str, process: VhostNetProcess,
@@ -148,22 +190,24 @@ def check_checkout(side: str, process: VhostNetProcess,
     return str(checkout), reported
 
 
-def measure(side: str, direction: str, size: int, seconds: float, burst: int,
+def measure(side: str, cell: Cell, seconds: float, burst: int,
             checkout: Path | None = None) -> Run:
-    """One run of `side` in `direction` at `size` for `seconds`; `checkout` is the fastpath
-    checkout of a fastpath side. Raises PeerError, RuntimeError or WrongCheckout."""
-    front_mode = DIRECTIONS[direction][0]
-    counter = "opackets" if direction == "rx" else "ipackets"
+    """One run of `side` measuring `cell` for `seconds`; `checkout` is the fastpath checkout
+    of a fastpath side. Raises PeerError, RuntimeError or WrongCheckout."""
+    front_mode = DIRECTIONS[cell.direction][0]
+    counter = "opackets" if cell.direction == "rx" else "ipackets"
     origin: tuple[str | None, dict | None] = (None, None)
     with tempfile.TemporaryDirectory(prefix="fastpath-bench-") as tmp:
         sock = os.path.join(tmp, "vhost.sock")
-        backend = _start_backend(side, direction, sock, burst, checkout)
+        backend = _start_backend(side, cell, sock, burst, checkout)
         try:
             if side != "dpdk":
                 origin = check_checkout(side, backend, checkout)
             # Interactive, so that forwarding stops with the device still up and the back-end
             # can take what is left in the ring before the counts are compared.
-            with Testpmd.virtio_user(sock, forward=front_mode, txpkts=size, cpu=FRONT_END_CPU,
+            with Testpmd.virtio_user(sock, forward=front_mode, txpkts=cell.size,
+                                     queue_size=QUEUE_SIZE, packed=cell.ring == "packed",
+                                     mrg_rxbuf=cell.mergeable, cpu=FRONT_END_CPU,
                                      interactive=True) as front:
                 time.sleep(WARM_UP_SECONDS)
                 samples = [_sample(front, counter, backend.pid)]
@@ -178,9 +222,11 @@ def measure(side: str, direction: str, size: int, seconds: float, burst: int,
                                      DRAIN_SECONDS, "DPDK's vhost PMD to receive every frame")
             if side == "dpdk":
                 backend.stop()
-                received = backend.final_totals()["rx_packets"]
+                backend_totals = backend.final_totals()
+                received, delivered = backend_totals["rx_packets"], backend_totals["tx_packets"]
             else:
-                received = received_frames(backend.stop())
+                result = backend.stop()
+                received, delivered = received_frames(result), sent_frames(result)
         finally:
             if side == "dpdk":
                 backend.stop()
@@ -188,10 +234,11 @@ def measure(side: str, direction: str, size: int, seconds: float, burst: int,
                 backend.kill()
     wall = [(t, n) for t, n, _, _ in samples]
     first, last = samples[0], samples[-1]
-    return Run(side, direction, size, _best_rate(wall) / 1e6, _rate(wall[0], wall[-1]) / 1e6,
+    return Run(side, cell.direction, cell.size, cell.ring, cell.mergeable,
+               _best_rate(wall) / 1e6, _rate(wall[0], wall[-1]) / 1e6,
                _best_running_rate(samples) / 1e6, (last[2] - first[2]) / (last[0] - first[0]),
                (last[3] - first[3]) / (last[0] - first[0]), sent, received,
-               totals["rx_packets"], *origin)
+               totals["rx_packets"], delivered, *origin)
 
 
 def _best_running_rate(samples: list[tuple[float, int, float, float]]) -> float:
@@ -246,31 +293,33 @@ def _best_rate(samples: list[tuple[float, int]]) -> float:
     return max(rates, default=_rate(samples[0], samples[-1]))
 
 
-def cell_name(direction: str, size: int) -> str:
-    """How a measurement is named in the verdict and the JSON."""
-    return f"{direction} {size}"
-
-
-def _parse(args: argparse.Namespace) -> tuple[list[int], list[str]]:
+def _parse(args: argparse.Namespace) -> list[Cell]:
     sizes = [int(s) for s in args.sizes.split(",")]
     if any(not 60 <= s <= 1518 for s in sizes):
         raise ValueError("--sizes: frame sizes are 60 to 1518 bytes")
     directions = args.directions.split(",")
     if unknown := set(directions) - set(DIRECTIONS):
-        raise ValueError(f"--directions: {', '.join(sorted(unknown))}: not rx or loop")
+        raise ValueError(f"--directions: {', '.join(sorted(unknown))}: not rx, tx or loop")
+    rings = RINGS if args.rings == "both" else args.rings.split(",")
+    if unknown := set(rings) - set(RINGS):
+        raise ValueError(f"--rings: {', '.join(sorted(unknown))}: not split or packed")
+    mergeable = list(MERGEABLE) if args.mergeable == "both" else args.mergeable.split(",")
+    if unknown := set(mergeable) - set(MERGEABLE):
+        raise ValueError(f"--mergeable: {', '.join(sorted(unknown))}: not on or off")
     if args.pairs < 1:
         raise ValueError("--pairs must be at least 1")
     for option in ("baseline", "tree"):
         path = getattr(args, option)
         if path and not (Path(path) / "fastpath" / "__init__.py").exists():
             raise ValueError(f"--{option} {path} is not a fastpath checkout")
-    return sizes, directions
+    return [Cell(d, s, r, MERGEABLE[m]) for d in directions for r in rings for m in mergeable
+            for s in sizes]
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; returns the exit status."""
     try:
-        sizes, directions = _parse(args)
+        cells = _parse(args)
     except ValueError as e:
         print(f"fastpath bench vhost-net: {e}", file=sys.stderr)
         return 2
@@ -288,54 +337,51 @@ def run(args: argparse.Namespace) -> int:
     for side, path in checkouts.items():
         print(f"{side}: {path}")
     runs: list[Run] = []
-    cells = [(d, s) for d in directions for s in sizes]
     total = 2 * args.pairs * len(cells)
     for pair in range(args.pairs):
-        for direction, size in cells:
+        for cell in cells:
             # Alternate which side goes first: fastpath, other, other, fastpath, ...
             order = ("fastpath", other) if pair % 2 == 0 else (other, "fastpath")
             for side in order:
-                print(f"[{len(runs) + 1}/{total}] {side} {direction} at {size} B, pair "
-                      f"{pair + 1}", file=sys.stderr, flush=True)
+                print(f"[{len(runs) + 1}/{total}] {side} {cell.name} B, pair {pair + 1}",
+                      file=sys.stderr, flush=True)
                 try:
-                    r = measure(side, direction, size, args.seconds, args.burst,
-                                checkouts.get(side))
+                    r = measure(side, cell, args.seconds, args.burst, checkouts.get(side))
                 except WrongCheckout as e:
                     print(f"fastpath bench vhost-net: {e}", file=sys.stderr)
                     return 2
                 except (PeerError, RuntimeError) as e:
-                    print(f"fastpath bench vhost-net: {side} {direction} at {size} B failed: "
-                          f"{e}", file=sys.stderr)
+                    print(f"fastpath bench vhost-net: {side} {cell.name} B failed: {e}",
+                          file=sys.stderr)
                     return 1
                 print(f"    {r.mpps:.2f} Mpps best, {r.mean_mpps:.2f} mean, "
                       f"{r.running_mpps:.2f} running (CPU: back-end {r.backend_share:.0%}, "
-                      f"front-end {r.frontend_share:.0%}); sent {r.sent}, "
-                      f"received {r.received}" + (f", back {r.returned}"
-                                                  if direction == "loop" else ""),
+                      f"front-end {r.frontend_share:.0%}); " + _counts(r),
                       file=sys.stderr, flush=True)
                 runs.append(r)
-    pairs = {cell_name(d, s): _pairs(runs, d, s, other) for d, s in cells}
+    pairs = {cell.name: _pairs(runs, cell, other) for cell in cells}
     verdict = judge(pairs, args.fail_below or 1.0)
     rows, summary = [], []
-    for (direction, size), j in zip(cells, verdict.judgements, strict=True):
-        mine = [r for r in runs if r.direction == direction and r.size == size]
+    for cell, j in zip(cells, verdict.judgements, strict=True):
+        mine = _runs_of(runs, cell)
         median = {(side, figure): statistics.median(getattr(r, figure) for r in mine
                                                     if r.side == side)
                   for side in ("fastpath", other) for figure in ("mpps", "running_mpps")}
         exact = all(r.exact for r in mine)
-        summary.append({"direction": direction, "size": size,
+        summary.append({"direction": cell.direction, "size": cell.size, "ring": cell.ring,
+                        "mergeable": cell.mergeable,
                         **{f"{side}_{figure}": value for (side, figure), value in median.items()},
                         "ratio": j.median, "ratios": list(j.ratios), "exact": exact,
                         **({"passed": j.passed} if args.fail_below else {})})
-        rows.append([direction, size]
+        rows.append([cell.direction, cell.size, cell.ring, "on" if cell.mergeable else "off"]
                     + [f"{median[side, figure]:.2f}" for side in ("fastpath", other)
                        for figure in ("mpps", "running_mpps")]
                     + [f"{j.median:.3f}", f"{j.spread[0]:.2f}-{j.spread[1]:.2f}",
                        "yes" if exact else "NO"]
                     + (["pass" if j.passed else "FAIL"] if args.fail_below else []))
     print()
-    print_table(["direction", "size", "fastpath Mpps", "running", f"{other} Mpps", "running",
-                 f"fastpath/{other}", "pairs' range", "counts exact"]
+    print_table(["direction", "size", "ring", "mrg", "fastpath Mpps", "running",
+                 f"{other} Mpps", "running", f"fastpath/{other}", "pairs' range", "counts exact"]
                 + (["verdict"] if args.fail_below else []), rows)
     print(f"(Mpps: the median over {args.pairs} run(s) of each run's best second; running: "
           f"Mpps per second in which both sides ran, likewise; fastpath/{other}: of the "
@@ -346,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
             "fail_below": args.fail_below, "summary": summary,
             "runs": [asdict(r) | {"gbps": r.gbps} for r in runs]})
     if not all(s["exact"] for s in summary):
-        print("fastpath bench vhost-net: a back-end did not receive every frame sent",
+        print("fastpath bench vhost-net: a side did not receive every frame sent",
               file=sys.stderr)
         return 1
     if args.fail_below is not None:
@@ -359,8 +405,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pairs(runs: list[Run], direction: str, size: int, other: str) -> list[tuple[float, float]]:
+def _runs_of(runs: list[Run], cell: Cell) -> list[Run]:
+    return [r for r in runs if Cell(r.direction, r.size, r.ring, r.mergeable) == cell]
+
+
+def _counts(r: Run) -> str:
+    # What each side counted, for the exactness check: the front-end's sending or receiving
+    # and the back-end's, as the direction has them.
+    if r.direction == "tx":
+        return f"delivered {r.delivered}, received {r.returned}"
+    return f"sent {r.sent}, received {r.received}" + (
+        f", back {r.returned}" if r.direction == "loop" else "")
+
+
+def _pairs(runs: list[Run], cell: Cell, other: str) -> list[tuple[float, float]]:
     # The k-th run of each side of a measurement make its k-th pair.
-    mine = [r for r in runs if r.direction == direction and r.size == size]
+    mine = _runs_of(runs, cell)
     return list(zip([r.running_mpps for r in mine if r.side == "fastpath"],
                     [r.running_mpps for r in mine if r.side == other], strict=True))

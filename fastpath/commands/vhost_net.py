@@ -1,5 +1,6 @@
 """`fastpath vhost-net`: a virtio-net vhost-user back-end that loops each queue pair's
-transmitq back to its receiveq (io, macswap) or drops what it receives, with statistics."""
+transmitq back to its receiveq (io, macswap), drops what it receives, or sends frames of a size
+into every receiveq (txonly), with statistics."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 
 import fastpath
 from fastpath.devices.net import MAX_QUEUE_PAIRS, NetCounters, VirtioNet
-from fastpath.pmd import FORWARDER_MODES, Forwarder, PcapCapture
+from fastpath.pmd import FORWARDER_MODES, MIN_SIZE, Forwarder, PcapCapture
 from fastpath.vhost_user import BackendClient, BackendServer, Gate
 
 log = logging.getLogger("fastpath.vhost_user")
@@ -36,7 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"queue pairs offered (1 to {MAX_QUEUE_PAIRS})")
     parser.add_argument("--fwd", choices=sorted(FORWARDER_MODES), default="io",
                         help="io: frames back unchanged; macswap: MACs swapped; drop: "
-                        "count and free")
+                        "count and free; txonly: send --size frames into every receiveq as "
+                        "fast as the driver posts buffers (and free what it transmits)")
+    parser.add_argument("--size", type=int, default=64, metavar="BYTES",
+                        help="with --fwd txonly, the length of each frame sent (a UDP frame, "
+                        f"without FCS; {MIN_SIZE} to the largest frame, 2048 or MTU + 64)")
     parser.add_argument("--burst", type=int, default=32, help="frames per receive")
     parser.add_argument("--mtu", type=int, default=0,
                         help="offer VIRTIO_NET_F_MTU with this MTU (0: do not)")
@@ -131,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
         print(_format_summary(summary, "front-end left"), file=sys.stderr, flush=True)
 
     capture = PcapCapture(args.pcap, snaplen=frame_size) if args.pcap else None
+    if not MIN_SIZE <= args.size <= frame_size:
+        raise SystemExit(f"fastpath vhost-net: --size must be {MIN_SIZE} to {frame_size}")
     forwarder = Forwarder(gate, args.fwd, burst=args.burst, frame_size=frame_size,
-                          idle_rounds=args.backoff, on_finished=finished, capture=capture)
+                          size=args.size, idle_rounds=args.backoff, on_finished=finished,
+                          capture=capture)
 
     def make_backend(channel):
         device = VirtioNet(gate, queue_pairs=args.queues, mac=mac, mtu=args.mtu)

@@ -1,6 +1,6 @@
 """`Forwarder`: a poller that loops every served queue pair's transmitq back to its receiveq
-(io, macswap) or drops what it receives, for any number of devices: `fastpath vhost-net` is a
-poll host with one of these on it.
+(io, macswap), drops what it receives, or fills every receiveq with a template frame (txonly),
+for any number of devices: `fastpath vhost-net` is a poll host with one of these on it.
 
 The host holds the gate only while inside its kernel; the control plane, changing a device,
 holds it too, and rebuilds the table of pairs the poller serves through `VirtioNet`'s
@@ -19,11 +19,12 @@ from fastpath.pmd import _forwarder_kernels as k
 from fastpath.pmd._host import PollHost
 from fastpath.pmd._pcap import NO_CAPTURE, PcapCapture
 from fastpath.pmd._pollers import HOST_COLUMNS, Poller
+from fastpath.pmd._traffic import DEFAULT_SIZE, profile_frames
 from fastpath.vhost_user import Gate
 
 log = logging.getLogger("fastpath.vhost_user")
 
-MODES = {"io": k.FWD_IO, "macswap": k.FWD_MACSWAP, "drop": k.FWD_DROP}
+MODES = {"io": k.FWD_IO, "macswap": k.FWD_MACSWAP, "drop": k.FWD_DROP, "txonly": k.FWD_TXONLY}
 
 # Rounds per host call: short enough that a control request waits well under a millisecond or
 # so while traffic flows, long enough that the return to Python costs nothing.
@@ -34,9 +35,12 @@ class Forwarder(Poller):
     """Serves the queue pairs of every attached device, on a host of its own (`start`, `stop`)
     or on `host`.
 
-    `mode`: "io", "macswap" or "drop". `burst`: frames per receive. `frame_size`: the largest
-    frame taken (a longer one is dropped). `idle_rounds`: 0 to busy-poll for ever, else the idle
-    rounds after which its own host sleeps on the kick eventfds (up to `sleep_ms`).
+    `mode`: "io", "macswap", "drop" or "txonly" (every receiveq gets `size`-byte frames, the
+    Ether/IPv4/UDP frame of the udp64 traffic profile, as fast as the driver posts buffers;
+    what the transmitqs bring is freed, as with drop). `burst`: frames per receive or transmit.
+    `frame_size`: the largest frame taken (a longer one is dropped). `idle_rounds`: 0 to
+    busy-poll for ever, else the idle rounds after which its own host sleeps on the kick
+    eventfds (up to `sleep_ms`).
     `on_finished(device, drops)` runs (gate held) when a device's connection has closed and
     the forwarder lets go of it. With `capture`, every frame received is recorded there.
     """
@@ -44,7 +48,8 @@ class Forwarder(Poller):
     kind = k.KIND
 
     def __init__(self, gate: Gate, mode: str = "io", *, burst: int = 32,
-                 frame_size: int = 2048, idle_rounds: int = 0, sleep_ms: int = 10,
+                 frame_size: int = 2048, size: int = DEFAULT_SIZE, idle_rounds: int = 0,
+                 sleep_ms: int = 10,
                  on_finished: Callable[[VirtioNet, list[tuple[int, int]]], None] | None = None,
                  capture: PcapCapture | None = None, host: PollHost | None = None):
         if mode not in MODES:
@@ -60,6 +65,15 @@ class Forwarder(Poller):
         self._capture = capture.arrays if capture else NO_CAPTURE
         self.frames = np.zeros((burst, frame_size), dtype=np.uint8)
         self.lengths = np.zeros(burst, dtype=np.uint32)
+        self.template = np.zeros(frame_size, dtype=np.uint8)
+        self._template_slots = np.zeros(burst, dtype=np.uint32)
+        self._template_length = np.zeros(1, dtype=np.uint32)
+        if mode == "txonly":
+            if size > frame_size:
+                raise ValueError(f"size must be at most frame_size ({frame_size})")
+            frame = profile_frames("udp64", count=1, size=size)[0]
+            self.template[:size] = np.frombuffer(frame, dtype=np.uint8)
+            self._template_length[0] = size
         self.devices: list[VirtioNet] = []
         self._rows: list[tuple[VirtioNet, int]] = []
         self._table = np.zeros((0, k.TABLE_COLUMNS), dtype=np.uint64)
@@ -77,7 +91,10 @@ class Forwarder(Poller):
                 (k.ARG_CAPTURE_SNAPLEN, ring.shape[1]),
                 (k.ARG_CAPTURE_LENGTHS, lengths.ctypes.data),
                 (k.ARG_CAPTURE_STAMPS, stamps.ctypes.data),
-                (k.ARG_CAPTURE_STATE, state.ctypes.data)):
+                (k.ARG_CAPTURE_STATE, state.ctypes.data),
+                (k.ARG_TEMPLATE, self.template.ctypes.data),
+                (k.ARG_TEMPLATE_SLOTS, self._template_slots.ctypes.data),
+                (k.ARG_TEMPLATE_LENGTH, self._template_length.ctypes.data)):
             self.row[column] = value
         self._name_table()
         self._own_host = host is None
@@ -129,7 +146,7 @@ class Forwarder(Poller):
 
     @property
     def wake_fds(self) -> list[int]:
-        """The served transmitqs' kick eventfds and the control queues'."""
+        """The served rings' kick eventfds and the control queues'."""
         return self._kicks
 
     def drops(self, device: VirtioNet) -> list[tuple[int, int]]:
@@ -167,14 +184,17 @@ class Forwarder(Poller):
                 if not self._served(pair):
                     continue
                 rows.append((device, pair.index))
-                queue = pair.tx.queue
-                table.append((pair.tx.handle, pair.rx.handle if pair.rx else 0, queue.handle,
-                              int(queue.packed)))
-                kicks.append(pair.tx_kick)
+                tx, rx = pair.tx, pair.rx
+                table.append((tx.handle if tx else 0, rx.handle if rx else 0,
+                              tx.queue.handle if tx else 0,
+                              int((tx or rx).queue.packed), rx.queue.handle if rx else 0))
                 # A polled ring needs no kicks: ask the driver not to (VRING_USED_F_NO_NOTIFY
-                # or the event index), sparing it a system call per burst. A loop about to
-                # sleep asks for them again.
-                queue.disable_kicks()
+                # or the event index), sparing it a system call per burst, a receiveq's
+                # refills included. A loop about to sleep asks for them again.
+                for queue, kick in ((tx, pair.tx_kick), (rx, pair.rx_kick)):
+                    if queue is not None:
+                        queue.queue.disable_kicks()
+                        kicks.append(kick)
             if device.control is not None:
                 kicks.append(device.control.kick_fd)  # a command wakes a sleeping loop
         self._rows = rows
@@ -193,7 +213,10 @@ class Forwarder(Poller):
 
     def _served(self, pair) -> bool:
         # The device offers a transmitq while it may be served (and empties it itself once
-        # disabled); a forwarding loop also waits for the pair's receiveq.
+        # disabled); a forwarding loop also waits for the pair's receiveq, and txonly serves
+        # either ring alone.
+        if self.mode == "txonly":
+            return pair.tx is not None or pair.rx is not None
         return pair.tx is not None and (self.mode == "drop" or pair.rx is not None)
 
     def _drain(self, device: VirtioNet, index: int) -> None:
@@ -209,6 +232,8 @@ class Forwarder(Poller):
         stats = np.zeros((1, k.STAT_COLUMNS), dtype=np.uint64)
         row = self.row.copy()   # this poller, serving the one pair
         row[k.ARG_TABLE], row[k.ARG_PAIRS] = table.ctypes.data, 1
+        if self.mode == "txonly":
+            row[k.ARG_MODE] = k.FWD_DROP   # emptying the transmitq, not filling the receiveq
         row[k.ARG_STATS] = stats.ctypes.data
         host = np.zeros(HOST_COLUMNS, dtype=np.uint64)
         for _ in range(64):

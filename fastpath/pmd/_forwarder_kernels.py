@@ -1,5 +1,6 @@
-"""The vhost-net poller: each queue pair's transmitq back to its receiveq (or dropped), in
-compiled code, one burst per pair and round; nothing per frame or per burst runs in Python.
+"""The vhost-net poller: each queue pair's transmitq back to its receiveq (or dropped), or a
+template frame written into every receiveq as fast as it takes it (txonly), in compiled code,
+one burst per pair and round; nothing per frame or per burst runs in Python.
 """
 
 from numba import njit
@@ -14,13 +15,15 @@ from fastpath.vring.kernels import device_set_kicks
 FWD_IO = 0        # frames go back unchanged
 FWD_MACSWAP = 1   # destination and source MAC swapped
 FWD_DROP = 2      # frames are received, counted and freed
+FWD_TXONLY = 3    # the template goes into every receiveq; frames received are freed
 
 # Table columns: one row per queue pair served (uint64).
 COL_TX = 0        # NetQueue handle of the transmitq; 0 when not served
 COL_RX = 1        # NetQueue handle of the receiveq; 0 when it takes no frames
 COL_TX_VQ = 2     # device queue handle of the transmitq, to ask for kicks
 COL_PACKED = 3    # 1 for a packed ring
-TABLE_COLUMNS = 4
+COL_RX_VQ = 4     # device queue handle of the receiveq (0 when none), to ask for kicks
+TABLE_COLUMNS = 5
 
 # Statistics columns (uint64), per row.
 STAT_NO_ROOM = 0  # frames dropped because the receiveq had no room (or was not there)
@@ -46,6 +49,9 @@ ARG_CAPTURE_SNAPLEN = POLLER_ARGS + 10
 ARG_CAPTURE_LENGTHS = POLLER_ARGS + 11   # uint32 (rows,)
 ARG_CAPTURE_STAMPS = POLLER_ARGS + 12    # int64 (rows,)
 ARG_CAPTURE_STATE = POLLER_ARGS + 13     # uint64 (2,)
+ARG_TEMPLATE = POLLER_ARGS + 14          # txonly: uint8 (stride,), the frame sent
+ARG_TEMPLATE_SLOTS = POLLER_ARGS + 15    # uint32 (burst,) of zeros: each frame from row 0
+ARG_TEMPLATE_LENGTH = POLLER_ARGS + 16   # uint32 (1,): the template's length
 
 
 @njit(**NJIT)
@@ -85,25 +91,36 @@ def _arrays(row):
 
 @njit(**NJIT)
 def poll(row, host):
-    """Serve every queue pair of the row's table once; returns the frames received. Asks the
+    """Serve every queue pair of the row's table once; returns the frames moved. Asks the
     host for service when the capture (with `capture`, every frame received is recorded) needs
     writing out before the next round."""
     # One function for the whole round: the arrays passed to a call of its own cost more than
     # the round itself where the pairs have little to do.
     table, stats, frames, lengths, capture = _arrays(row)
     mode, burst = row[ARG_MODE], int(row[ARG_BURST])
+    forwarding = mode == FWD_IO or mode == FWD_MACSWAP
     stride = frames.shape[1]
     frames_at = frames.ctypes.data
     lengths_at = lengths.ctypes.data
     capturing = capture[0].shape[0] > 0
-    received = 0
+    moved = 0
     for p in range(table.shape[0]):
         tx = table[p, COL_TX]
+        rx = table[p, COL_RX]
+        if mode == FWD_TXONLY and rx != 0:
+            # Every frame is the one template row (the slots are all 0), which stays in the
+            # cache: the cost is the copy into the guest's buffers, as for a generator's mbufs.
+            sent = net_transmit(rx, row[ARG_TEMPLATE], stride, row[ARG_TEMPLATE_SLOTS],
+                                row[ARG_TEMPLATE_LENGTH], burst)
+            if sent < 0:
+                stats[p, STAT_BROKEN] += 1
+                table[p, COL_RX] = 0
+            else:
+                moved += sent
         if tx == 0:
             continue
-        rx = table[p, COL_RX]
         room = burst
-        if rx != 0 and mode != FWD_DROP:
+        if rx != 0 and forwarding:
             # Under a vIOMMU, a receive buffer may wait for its translation: frames stay in
             # the transmitq meanwhile instead of being taken and lost (a broken receiveq is
             # found by the transmit below).
@@ -119,11 +136,11 @@ def poll(row, host):
             continue
         if got == 0:
             continue
-        received += got
+        moved += got
         if capturing:
             capture_burst(frames, lengths, None, got, capture[0], capture[1], capture[2],
                           capture[3])
-        if mode == FWD_DROP:
+        if not forwarding:
             continue
         if mode == FWD_MACSWAP:
             swap_macs(frames, lengths, None, got)
@@ -137,18 +154,35 @@ def poll(row, host):
         stats[p, STAT_NO_ROOM] += got - sent
     if capturing and capture[3][0] + burst * table.shape[0] > capture[0].shape[0]:
         host[HOST_SERVICE] = 1
-    return received
+    return moved
 
 
 @njit(**NJIT)
 def arm(row, on):
-    """Ask every served transmitq's driver for kicks (on=1) or not to kick (on=0); returns
-    the buffers already pending."""
+    """Ask the drivers of every served ring that brings work for kicks (on=1) or not to kick
+    (on=0); returns the work already pending, for which no kick will come.
+
+    A transmitq's kick brings frames. A receiveq's brings room: for txonly, work; for io and
+    macswap, work only when frames wait in the transmitq (so with none posted, the host
+    sleeps until the driver posts some). Asking first and looking at the rings after is what
+    makes a sleep safe: whatever the driver adds later, it kicks for.
+    """
     table = _arrays(row)[0]
+    mode = row[ARG_MODE]
     pending = 0
     for p in range(table.shape[0]):
+        packed = table[p, COL_PACKED] != 0
+        frames = 0
         if table[p, COL_TX] != 0:
-            pending += device_set_kicks(table[p, COL_PACKED] != 0, table[p, COL_TX_VQ], on)
+            frames = device_set_kicks(packed, table[p, COL_TX_VQ], on)
+        if table[p, COL_RX] == 0 or mode == FWD_DROP:
+            pending += frames
+            continue
+        room = device_set_kicks(packed, table[p, COL_RX_VQ], on)
+        if mode == FWD_TXONLY:
+            pending += frames + room
+        elif room != 0:
+            pending += frames
     return pending
 
 

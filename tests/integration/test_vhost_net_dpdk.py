@@ -1,7 +1,8 @@
 """`fastpath vhost-net` with DPDK testpmd's virtio-user front-end as the real peer: every frame
 testpmd sends is counted exactly, frames go round through --fwd io and macswap, on split and
 packed rings, with and without mergeable buffers, in order, with two queue pairs, with either
-side listening, and a front-end that dies mid-traffic and comes back is served again."""
+side listening, --fwd txonly fills testpmd's receive buffers, and a front-end that dies
+mid-traffic and comes back is served again."""
 
 import os
 import signal
@@ -86,6 +87,26 @@ def test_frames_come_back_through_the_forwarding_loop(tmp_path, fwd, packed):
     # Every frame testpmd received came from fastpath, and fastpath received all it sent.
     assert sent_frames(result) >= totals["rx_packets"]
     assert received_frames(result) == totals["tx_packets"]
+
+
+@pytest.mark.parametrize("packed, mrg_rxbuf, size", [
+    (False, True, 64), (False, False, 1518), (True, True, 1518), (True, False, 64),
+], ids=["split-mrg-64", "split-1518", "packed-mrg-1518", "packed-64"])
+def test_txonly_fills_testpmd_s_receive_buffers(tmp_path, packed, mrg_rxbuf, size):
+    sock = str(tmp_path / "vhost.sock")
+    with VhostNetProcess(sock, fwd="txonly", extra=["--size", str(size)]) as backend:
+        with Testpmd.virtio_user(sock, forward="rxonly", packed=packed,
+                                 mrg_rxbuf=mrg_rxbuf) as peer:
+            time.sleep(TRAFFIC_SECONDS)
+            peer.stop()
+            received = peer.final_totals()["rx_packets"]
+        result = backend.stop()
+    pair = result["connections"][0]["queue_pairs"][0]
+    assert received > 10_000
+    # Every frame delivered reached testpmd, but those left in its ring (1024 entries) when
+    # it stopped; each was a whole frame of the size.
+    assert received <= pair["tx_frames"] <= received + 1024
+    assert pair["tx_bytes"] == size * pair["tx_frames"] and pair["fwd_dropped"] == 0
 
 
 def test_a_front_end_killed_mid_traffic_and_started_again_is_served_again(tmp_path):

@@ -18,6 +18,7 @@ from fastpath.devices.net._device import (
     VirtioNet,
 )
 from fastpath.hv import GuestMemory
+from fastpath.pmd import profile_frames
 from fastpath.pmd._forwarder import Forwarder
 from fastpath.testing.reference.net import NET_HDR_SIZE, header
 from fastpath.vhost_user._backend import VHOST_F_LOG_ALL
@@ -426,3 +427,59 @@ def test_a_disabled_transmitq_the_driver_breaks_is_logged_once_and_left_alone(ca
     assert not guest.device.wants_service
     assert guest.device.counters()[0].rx_discarded == 0
     guest.fe.backend.close()
+
+
+@pytest.mark.parametrize("mode", ["io", "txonly"])
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_busy_polled_receiveq_asks_the_driver_not_to_kick(mode, packed):
+    # §2.7.10 / §2.8.10: the receiveq is polled too (for room), so the driver's refills need
+    # no kick either.
+    with serving(mode, idle_rounds=0) as fwd:
+        guest = Guest(fwd, packed, False)
+        guest.post_receive_buffers(8)
+        assert not guest.rx.should_kick()
+        guest.fe.backend.close()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+@pytest.mark.parametrize("mergeable", [False, True], ids=["plain", "mergeable"])
+def test_txonly_fills_every_receive_buffer_with_the_template(packed, mergeable):
+    fwd = Forwarder(Gate(), "txonly", size=100, idle_rounds=100, sleep_ms=5)
+    fwd.start()
+    try:
+        guest = Guest(fwd, packed, mergeable)
+        guest.post_receive_buffers(40)
+        got = guest.received(40)
+        expected = profile_frames("udp64", count=1, size=100)[0]
+        assert len(got) == 40
+        assert all(g == header(1) + expected for g in got)
+        assert guest.device.counters()[0].tx_frames == 40
+        # What the driver transmits meanwhile is freed, as with drop.
+        guest.send([frame(64, k) for k in range(5)])
+        deadline = time.monotonic() + 5
+        while guest.device.counters()[0].rx_frames < 5 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert guest.device.counters()[0].rx_frames == 5
+        guest.fe.backend.close()
+    finally:
+        fwd.stop()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_sleeping_txonly_loop_asks_for_receiveq_kicks_and_a_kick_wakes_it(packed):
+    # The rings are set up before the loop starts: a control request waits for a sleeping
+    # loop's timeout, which would make the set-up slow.
+    fwd = Forwarder(Gate(), "txonly", idle_rounds=1, sleep_ms=1000)
+    guest = Guest(fwd, packed, False)
+    fwd.start()
+    try:
+        time.sleep(0.2)  # no buffers: the loop is asleep on the kick fds, until 1 s is up
+        guest.post_receive_buffers(4)
+        assert guest.rx.should_kick()
+        os.eventfd_write(guest.fe.backend.vrings[0].kick, 1)
+        started = time.monotonic()
+        assert len(guest.received(4, timeout=5)) == 4
+        assert time.monotonic() - started < 0.5   # woken by the kick, not by the timeout
+        guest.fe.backend.close()
+    finally:
+        fwd.stop()

@@ -87,6 +87,7 @@ class QueuePair:
     tx: NetQueue | None = None          # the driver's transmitq, while served (see above)
     rx: NetQueue | None = None          # the driver's receiveq, when started and enabled
     tx_kick: int = -1                   # the transmitq's kick eventfd, for a loop that sleeps
+    rx_kick: int = -1                   # the receiveq's, for a loop that sleeps waiting for room
 
 
 @dataclass
@@ -267,7 +268,7 @@ class VirtioNet(Device):
                 self._discarding.add(2 * k + 1)
             pairs.append(QueuePair(k, tx=tx if tx_setup.enabled else None,
                                    rx=rx if rx_setup.enabled else None,
-                                   tx_kick=_fd(tx_setup.kick)))
+                                   tx_kick=_fd(tx_setup.kick), rx_kick=_fd(rx_setup.kick)))
         self.pairs = pairs
         if self.on_change:
             self.on_change(self)
