@@ -1,0 +1,63 @@
+"""What every way of doing guest I/O is measured on, and what it reports: one workload
+(`IoWorkload`) run through each path (emulated NIC, virtio-net, an assigned VF, SR-IOV VFs),
+each run ending as a `PathResult` built from the model's own counters, so that `fastpath hv
+compare` can lay the paths side by side per frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastpath.hv.vmx import CostModel, VmxCounters
+
+COMPLETIONS = ("interrupt", "poll")
+
+
+@dataclass(frozen=True)
+class IoWorkload:
+    """The guest's job, the same on every path: send `frames` frames of `size` bytes in bursts
+    of `burst` and take every one back (the far side returns what it gets), learning of
+    completions by interrupt or by polling the rings (`completion`)."""
+
+    frames: int = 256
+    size: int = 64
+    burst: int = 32
+    completion: str = "interrupt"
+
+    def __post_init__(self) -> None:
+        if self.completion not in COMPLETIONS:
+            raise ValueError(f"completion must be one of {COMPLETIONS}, not {self.completion!r}")
+        if self.frames < 1 or self.burst < 1 or self.size < 60:
+            raise ValueError("frames and burst must be positive and size at least 60 bytes")
+
+    @property
+    def bursts(self) -> int:
+        """Bursts the workload sends (the last may be short)."""
+        return -(-self.frames // self.burst)
+
+
+@dataclass
+class PathResult:
+    """One path's run of a workload, from the model's counters.
+
+    `path` is the path ("emulated", "virtio", "assigned", "sriov") and `variant` what sets
+    this run apart within it (a kick mode, remapped or posted interrupts, a guest count).
+    `counters` are the guest vCPUs' exits by reason, entries and guest progress, summed over
+    the vCPUs; `iommu_walks` counts the remapping unit's page walks and `iotlb_hits` /
+    `iotlb_lookups` its IOTLB; `interrupts` counts interrupts that reached the guest, however
+    delivered; `host_rate_pps` is the measured rate of a real back-end, where one ran."""
+
+    path: str
+    variant: str
+    workload: IoWorkload
+    frames_intact: int
+    counters: VmxCounters = field(default_factory=VmxCounters)
+    iommu_walks: int = 0
+    iotlb_hits: int = 0
+    iotlb_lookups: int = 0
+    interrupts: int = 0
+    host_rate_pps: float | None = None
+
+    def modelled_cycles(self, costs: CostModel, iommu_walk_cycles: float) -> float:
+        """The run's modelled cycles: the cost model's over the vCPU counters, plus the
+        remapping unit's walks at `iommu_walk_cycles` each."""
+        return costs.cycles(self.counters) + self.iommu_walks * iommu_walk_cycles
