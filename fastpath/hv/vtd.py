@@ -6,7 +6,8 @@ remapping (shared/specs/hv.md §3).
 and raises `fastpath.errors.DmaFault` with the fault reason and the values a fault record would
 hold; `translate_burst` translates an array without the GIL. `RootTable` and
 `SecondLevelTables` build tables byte for byte, `VtdCaps` says what a unit supports (its CAP and
-ECAP words), and `VtdCaches` is a context cache and IOTLB with their invalidations.
+ECAP words), and `VtdCaches` is a context cache and IOTLB with their invalidations;
+`IommuCost` prices their work (cycles per page walk and per IOTLB hit, sourced defaults).
 
 `RemappingUnit` is the whole unit as software programs it: registers at their MMIO offsets
 (`Reg`, `Gcmd`, `Fsts`), fault recording and the fault event, register-based and queued
@@ -20,6 +21,7 @@ from fastpath._core.vtd import FaultReason, TranslationType
 from fastpath.hv._tables import PAGE_1G, PAGE_2M, PAGE_4K
 from fastpath.hv._vtd_caches import VtdCaches
 from fastpath.hv._vtd_caps import DEFAULT_CAPS, VtdCaps
+from fastpath.hv._vtd_cost import IOMMU_COST_SOURCES, IommuCost
 from fastpath.hv._vtd_device_tlb import DeviceTlb
 from fastpath.hv._vtd_interrupts import (
     CompatibilityInterrupt,
@@ -57,6 +59,8 @@ __all__ = [
     "VtdCaps",
     "DEFAULT_CAPS",
     "VtdCaches",
+    "IommuCost",
+    "IOMMU_COST_SOURCES",
     "FaultReason",
     "TranslationType",
     "QUALIFIED_REASONS",

@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fastpath.hv.vmx import CostModel, VmxCounters
+from fastpath.hv.vtd import IommuCost
 
 COMPLETIONS = ("interrupt", "poll")
+# What a path's modelled time is made of, in the order a breakdown lists it.
+COST_COMPONENTS = ("guest", "exits+entries", "handlers", "ept", "iommu")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,16 @@ class PathResult:
     interrupts: int = 0
     host_rate_pps: float | None = None
 
-    def modelled_cycles(self, costs: CostModel, iommu_walk_cycles: float) -> float:
-        """The run's modelled cycles: the cost model's over the vCPU counters, plus the
-        remapping unit's walks at `iommu_walk_cycles` each."""
-        return costs.cycles(self.counters) + self.iommu_walks * iommu_walk_cycles
+    def modelled_breakdown(self, costs: CostModel, iommu: IommuCost) -> dict[str, float]:
+        """The run's modelled cycles by component (`COST_COMPONENTS`): the guest's own
+        cycles, the hardware exits and entries, the VMM's handlers and the EPT references
+        from the cost model over the vCPU counters, and the remapping unit's walks and IOTLB
+        hits from `iommu`."""
+        vmx = costs.breakdown(self.counters)
+        return {"guest": vmx["guest"], "exits+entries": vmx["exits"] + vmx["entries"],
+                "handlers": vmx["handlers"], "ept": vmx["ept"],
+                "iommu": iommu.cycles(self.iommu_walks, self.iotlb_hits)}
+
+    def modelled_cycles(self, costs: CostModel, iommu: IommuCost) -> float:
+        """All the run's modelled cycles (the sum of `modelled_breakdown`)."""
+        return sum(self.modelled_breakdown(costs, iommu).values())
