@@ -39,7 +39,6 @@ from fastpath.hv.ept import DEFAULT_CAPS, PAGE_4K, Eptp, EptTables
 from fastpath.hv.vmx import (
     BITMAP_SIZE,
     COST_SOURCES,
-    DEFAULT_HANDLER_CYCLES,
     CostModel,
     EventFlag,
     EventKind,
@@ -60,6 +59,7 @@ from fastpath.hv.vmx import (
     set_msr_exiting,
     skip_instruction,
 )
+from fastpath.scenarios._costs import add_cost_arguments, cost_model, model_rows
 from fastpath.scenarios._options import whole_number
 from fastpath.scenarios._qualifications import describe_ept_violation, describe_io
 from fastpath.scenarios._report import Report, Table
@@ -108,28 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="VMX-preemption timer period in guest TSC cycles, rounded down "
                         "to the timer's tick (0: timer off)")
     counts.add_argument("--seed", type=whole_number, help="seed of the shuffle of the mix")
-    cost = parser.add_argument_group("the cost model (defaults and sources in the output)")
-    cost.add_argument("--exit-cycles", type=whole_number, help="cycles of a hardware VM exit")
-    cost.add_argument("--entry-cycles", type=whole_number, help="cycles of a VM entry")
-    cost.add_argument("--handler-cycles", type=_reason_cycles, action="append",
-                      metavar="REASON=CYCLES",
-                      help="the VMM's cycles for one exit reason (e.g. CPUID=1500, "
-                      "IO_INSTRUCTION=8000); repeat for more (default: the model's)")
-    cost.add_argument("--default-handler-cycles", type=whole_number,
-                      help="handler cycles of reasons without a figure of their own")
-    cost.add_argument("--ept-reference-cycles", type=whole_number,
-                      help="cycles of one EPT paging-structure read")
-    cost.add_argument("--frequency-ghz", type=float, help="the clock that turns cycles into time")
-
-
-def _reason_cycles(text: str) -> tuple[ExitReason, int]:
-    name, _, cycles = text.partition("=")
-    try:
-        return ExitReason[name.strip().upper()], int(cycles, 0)
-    except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(
-            f"expected REASON=CYCLES with a reason of {', '.join(r.name for r in ExitReason)}"
-            f", not {text!r}") from None
+    add_cost_arguments(parser)
 
 
 def _eptp_valid(value: int) -> bool:
@@ -275,11 +254,8 @@ def run(cpuid: int = 100, io: int = 300, msr: int = 140, hlt: int = 20, vmcall: 
         ept_reference_cycles: int = CostModel.ept_reference_cycles,
         frequency_ghz: float = CostModel.frequency_hz / 1e9) -> Report:
     """Run the event mix on the modelled vCPU and cost its exits; see the module docstring."""
-    if frequency_ghz <= 0:
-        raise ValueError(f"the clock must be faster than {frequency_ghz} GHz")
-    model = CostModel(exit_cycles, entry_cycles,
-                      dict(DEFAULT_HANDLER_CYCLES) | dict(handler_cycles or ()),
-                      default_handler_cycles, ept_reference_cycles, frequency_ghz * 1e9)
+    model = cost_model(exit_cycles, entry_cycles, handler_cycles, default_handler_cycles,
+                       ept_reference_cycles, frequency_ghz)
     stream = guest_stream(cpuid, io, msr, hlt, vmcall, memory, ept_violations, interrupts,
                           run_cycles, seed)
     rate = VmxCapabilities().preemption_timer_rate  # ready_vcpu's capabilities
@@ -354,7 +330,7 @@ def _report(stream, counters, described, model: CostModel, timer_period: int) ->
         for part, cycles in breakdown.items()] + [["total", f"{total:.0f}",
                                                    f"{total * us:.1f}", "100.0%"]])
     model_table = Table("Cost model", ["parameter", "value", "default", "source of the default"],
-                        _model_rows(model))
+                        model_rows(model))
     return Report("exits", figures,
                   [exits_table, qualifications, run_table, time_table, model_table])
 
@@ -362,21 +338,3 @@ def _report(stream, counters, described, model: CostModel, timer_period: int) ->
 def _share(part: float, total: float) -> str:
     # Every cost set to 0 leaves nothing to share.
     return f"{part / total:.1%}" if total else "-"
-
-
-def _model_rows(model: CostModel) -> list[list]:
-    # One row a parameter, and one a reason for the handlers' cycles.
-    default = CostModel()
-    rows = []
-    for name, source in COST_SOURCES.items():
-        if name != "handler_cycles":
-            rows.append([name, f"{getattr(model, name):g}", f"{getattr(default, name):g}",
-                         source])
-            continue
-        reasons = sorted(model.handler_cycles.keys() | default.handler_cycles.keys())
-        for k, reason in enumerate(reasons):
-            rows.append([f"handler_cycles {reason.name}",
-                         model.handler_cycles.get(reason, model.default_handler_cycles),
-                         default.handler_cycles.get(reason, default.default_handler_cycles),
-                         "" if k else source])
-    return rows
