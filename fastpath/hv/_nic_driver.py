@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastpath.hv._nic_device import RX_BUFFER_SIZE
+from fastpath.hv._nic_dma import GuestRam
 from fastpath.hv._nic_regs import (
     DESC_SIZE,
     IOADDR,
@@ -39,7 +40,6 @@ from fastpath.hv._nic_regs import (
     TxCmd,
     TxStatus,
 )
-from fastpath.hv._nic_dma import GuestRam
 from fastpath.hv._vmx_events import EVENT_DTYPE, EventFlag, EventKind, event, events
 from fastpath.hv._vmx_posted import X2APIC_EOI_MSR
 
