@@ -10,6 +10,13 @@ the counts with the VMX `CostModel` (cycles per VM exit, per VM entry, per exit 
 handling, per EPT reference) and `IommuCost` (cycles per IOMMU page walk and per IOTLB hit),
 every figure settable below, and divides by the frames.
 
+  emulated an e1000-style NIC that the VMM emulates (`fastpath.hv.nic`), its frames carried
+           by fastpath ring ports to a far side that returns them. Every register access
+           exits: variant mmio, an EPT misconfiguration at the register's address; variant
+           port-io, two I/O-instruction exits through the IOADDR/IODATA window. A burst
+           costs the tail-register write (TDT), and the receive side's RDT write; with
+           --completion interrupt the device's interrupt is injected at entry and the guest's
+           handler reads ICR (an exit) and writes the EOI (an MSR-write exit).
   virtio   virtio-net with fastpath's own driver (`NetFrontend`) against fastpath's own
            back-end (`NetBackend` on a real vhost-user socket, served in-process, sending
            every frame back). The driver's ring writes are guest work that EPT maps; a kick is
@@ -59,6 +66,7 @@ from fastpath.hv.vtd import IOMMU_COST_SOURCES, IommuCost
 from fastpath.scenarios._costs import add_cost_arguments, cost_model, model_rows
 from fastpath.scenarios._io_path import COMPLETIONS, COST_COMPONENTS, IoWorkload, PathResult
 from fastpath.scenarios._options import positive_int, positive_int_up_to, whole_number
+from fastpath.scenarios._path_emulated import run_emulated
 from fastpath.scenarios._path_virtio import run_virtio
 from fastpath.scenarios._report import Report, Table
 from fastpath.scenarios._virtio_guest import MAX_FRAME_SIZE, QUEUE_SIZE
@@ -77,6 +85,7 @@ class IoPath:
 
 # Every path the comparison runs, in the order its tables list them.
 PATHS = (
+    IoPath("emulated", run_emulated),
     IoPath("virtio", run_virtio),
 )
 
