@@ -29,6 +29,12 @@ every figure settable below, and divides by the frames.
            as KVM's irqfd does: an IPI to the vCPU (an external-interrupt exit), the vector
            injected at entry, and the guest's EOI write (an MSR-write exit); with poll the
            guest reads the used ring and nothing exits for completions.
+  assigned the same device model as a VF of an SR-IOV PF assigned to the guest through VT-d
+           (`fastpath.hv.sriov`, `fastpath.hv.vtd`): EPT maps the VF's registers into the
+           guest, so no doorbell exits; its DMA goes through the remapping unit, one page
+           walk for each page it first touches and IOTLB hits after. Variants by how its MSI
+           reaches the guest: remapped (an external-interrupt exit, the vector injected, the
+           EOI exits) or posted (into the posted-interrupt descriptor: no exit at all).
 
 Tables:
   Per frame          a row per path and variant: frames that came back intact (of the
@@ -66,6 +72,7 @@ from fastpath.hv.vtd import IOMMU_COST_SOURCES, IommuCost
 from fastpath.scenarios._costs import add_cost_arguments, cost_model, model_rows
 from fastpath.scenarios._io_path import COMPLETIONS, COST_COMPONENTS, IoWorkload, PathResult
 from fastpath.scenarios._options import positive_int, positive_int_up_to, whole_number
+from fastpath.scenarios._path_assigned import run_assigned
 from fastpath.scenarios._path_emulated import run_emulated
 from fastpath.scenarios._path_virtio import run_virtio
 from fastpath.scenarios._report import Report, Table
@@ -87,6 +94,7 @@ class IoPath:
 PATHS = (
     IoPath("emulated", run_emulated),
     IoPath("virtio", run_virtio),
+    IoPath("assigned", run_assigned),
 )
 
 

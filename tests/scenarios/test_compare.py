@@ -114,7 +114,8 @@ def test_the_report_s_per_frame_figures_are_the_paths_counters_over_the_frames(r
     assert [(r["path"], r["variant"]) for r in rows] == [(h.path, h.variant) for h in handed]
     assert [(r.path, r.variant) for r in handed] == [
         ("emulated", "mmio"), ("emulated", "port-io"),
-        ("virtio", "notify"), ("virtio", "event-idx"), ("virtio", "poll")]
+        ("virtio", "notify"), ("virtio", "event-idx"), ("virtio", "poll"),
+        ("assigned", "remapped"), ("assigned", "posted")]
     for row, result in zip(rows, handed, strict=True):
         counters, per_frame = result.counters, row["per_frame"]
         assert per_frame["exits_by_reason"] == {reason.name: n / FRAMES for reason, n
@@ -123,12 +124,15 @@ def test_the_report_s_per_frame_figures_are_the_paths_counters_over_the_frames(r
         assert per_frame["entries"] == counters.entries / FRAMES
         assert per_frame["interrupts"] == result.interrupts / FRAMES
         assert per_frame["iommu_walks"] == result.iommu_walks / FRAMES
+        assert per_frame["iotlb_hit_rate"] == (result.iotlb_hits / result.iotlb_lookups
+                                               if result.iotlb_lookups else None)
         assert per_frame["modelled_cycles"] == pytest.approx(
             result.modelled_cycles(costs, iommu) / FRAMES)
         parts = per_frame["cycles_by_component"]
         assert list(parts) == list(COST_COMPONENTS)
         assert parts["exits+entries"] == pytest.approx(
             (counters.total_exits * 900 + counters.entries * 500) / FRAMES)
+        assert parts["iommu"] == result.iommu_walks * 2000 / FRAMES
         assert per_frame["modelled_ns"] == pytest.approx(per_frame["modelled_cycles"] / 3.0)
         assert row["frames_intact"] == result.frames_intact
         assert row["host_rate_pps"] == result.host_rate_pps
