@@ -14,7 +14,7 @@ every figure settable below, and divides by the frames.
            by fastpath ring ports to a far side that returns them. Every register access
            exits: variant mmio, an EPT misconfiguration at the register's address; variant
            port-io, two I/O-instruction exits through the IOADDR/IODATA window. A burst
-           costs the tail-register write (TDT), and the receive side's RDT write; with
+           costs the transmit tail (TDT) write and the receive tail (RDT) write; with
            --completion interrupt the device's interrupt is injected at entry and the guest's
            handler reads ICR (an exit) and writes the EOI (an MSR-write exit).
   virtio   virtio-net with fastpath's own driver (`NetFrontend`) against fastpath's own
@@ -40,7 +40,8 @@ Tables:
   Per frame          a row per path and variant: frames that came back intact (of the
                      frames sent), VM exits per frame and by reason (EPT_MISCONFIG: MMIO
                      doorbells and kicks; IO_INSTRUCTION: port I/O; EXTERNAL_INTERRUPT:
-                     an interrupt's IPI; MSR_WRITE: an EOI), VM entries per frame, IOMMU page
+                     an interrupt for the host, the VMM's IPI or a remapped MSI;
+                     MSR_WRITE: an EOI), VM entries per frame, IOMMU page
                      walks per frame and the IOTLB's hit rate ("-": the path does no
                      remapped DMA), interrupts injected or posted into the guest per frame,
                      the modelled cycles and nanoseconds per frame, and the host-side rate of
