@@ -16,7 +16,7 @@ or by polling the descriptors' DD bits, and compare what came back with what was
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -33,10 +33,11 @@ from fastpath.hv.vmx import (
     ready_vcpu,
 )
 from fastpath.scenarios._io_path import IoWorkload
+from fastpath.scenarios._vmdq_pools import VF_MAC_BASE
 
-__all__ = ["SLOT", "MMIO_BAR", "IO_BAR", "GUEST_VECTOR", "MSR_BITMAP", "VIRTUAL_APIC",
-           "PI_DESCRIPTOR", "NicGuest", "Platform", "drive", "guest_mac", "workload_frames",
-           "check_workload"]
+__all__ = ["SLOT", "RAM_SIZE", "MMIO_BAR", "IO_BAR", "GUEST_VECTOR", "MSR_BITMAP",
+           "VIRTUAL_APIC", "PI_DESCRIPTOR", "LAYOUT", "NicGuest", "Platform", "drive",
+           "bring_up", "bursts", "guest_mac", "workload_frames", "check_workload"]
 
 SLOT = 4 << 20
 _EPT_TABLES = (1 << 20, 2 << 20)
@@ -54,8 +55,9 @@ _REAP_ROUNDS = 4
 
 
 def guest_mac(index: int) -> bytes:
-    """Guest `index`'s MAC: locally administered 02:00:00:00:01:index."""
-    return bytes([0x02, 0, 0, 0, 0x01, index])
+    """Guest `index`'s MAC: that of the VF the PF driver gives pool `index`
+    (02:00:00:00:01:index), whichever path the guest is on."""
+    return (VF_MAC_BASE + index).to_bytes(6, "big")
 
 
 def workload_frames(workload: IoWorkload, mac: bytes, guest: int = 0) -> list[bytes]:
@@ -134,14 +136,18 @@ class Platform:
         raise NotImplementedError
 
 
-def drive(workload: IoWorkload, driver: NicDriver, platform: Platform,
-          restart: Callable[[], None], guest: int = 0) -> int:
-    """Run the workload through `driver` on `platform`; returns the frames that came back
-    byte for byte. `restart` is called after bring-up, so that counts cover the workload."""
+def bring_up(driver: NicDriver, platform: Platform, restart: Callable[[], None]) -> None:
+    """The driver's bring-up on `platform`; `restart` is called after it, so that counts
+    cover the workload alone."""
     platform.execute(driver.bring_up())
     restart()
+
+
+def bursts(workload: IoWorkload, driver: NicDriver, platform: Platform,
+           guest: int = 0) -> Iterator[int]:
+    """Run the workload's bursts through a driver that is up, one per step; each step yields
+    the frames of its burst that came back byte for byte."""
     sent = workload_frames(workload, driver.mac, guest)
-    intact = 0
     for first in range(0, workload.frames, workload.burst):
         chunk = sent[first:first + workload.burst]
         platform.execute(driver.send(chunk))
@@ -159,5 +165,12 @@ def drive(workload: IoWorkload, driver: NicDriver, platform: Platform,
             got += frames
             if len(got) >= len(chunk):
                 break
-        intact += sum(a == b for a, b in zip(got, chunk, strict=False))
-    return intact
+        yield sum(a == b for a, b in zip(got, chunk, strict=False))
+
+
+def drive(workload: IoWorkload, driver: NicDriver, platform: Platform,
+          restart: Callable[[], None], guest: int = 0) -> int:
+    """Bring the driver up and run the whole workload; returns the frames that came back
+    byte for byte."""
+    bring_up(driver, platform, restart)
+    return sum(bursts(workload, driver, platform, guest))

@@ -35,20 +35,12 @@ import numpy as np
 from fastpath.errors import DmaFault
 from fastpath.hv import HostMemory
 from fastpath.hv.sriov import (
-    DEFAULT_POOL_SHIFT,
-    MRQC,
-    VT_CTL,
     PhysicalFunction,
     SriovReg,
     VfBar,
-    VmdqRegisters,
-    Vmolr,
-    VtCtl,
     enable_vfs,
     steer,
     vf_dma,
-    vfre,
-    vmolr,
 )
 from fastpath.hv.vtd import (
     PAGE_4K,
@@ -64,21 +56,19 @@ from fastpath.scenarios._options import (
     whole_number,
 )
 from fastpath.scenarios._report import Report, Table
+from fastpath.scenarios._vmdq_pools import PF_MAC, VF_MAC_BASE, vmdq_registers
 from fastpath.scenarios.vtd import FaultService, program_unit, reason_name
 
 PF_RID = 0x3B00
 VENDOR_INTEL, VF_DEVICE_82599 = 0x8086, 0x10ED
 VF_BARS = {0: VfBar(16 << 10), 3: VfBar(16 << 10)}   # registers, MSI-X table
 BAR_WINDOWS = 0x38_0000_0000                         # where the host places the VF BARs
-VF_MAC_BASE = 0x02_00_00_00_01_00
-PF_MAC = 0x02_00_00_00_00_01
 UNKNOWN_MAC = 0x02_00_00_00_FF_FF
 BROADCAST = 0xFFFF_FFFF_FFFF
 FILTERED_VLAN = 999
 IOVA_BASE = 0x1_0000_0000
 MAX_PAGES = 1 << 13         # every VF's tables fit the table area of _vf_dma's host memory
 BUFFER_HPA = 1 << 40
-MRQE_64_POOLS, MRQE_32_POOLS_RSS = 0x8, 0xA
 # The share of each kind of frame in the burst.
 FRAME_MIX = {"vf": 0.80, "pf": 0.05, "broadcast": 0.05, "unknown": 0.05, "filtered": 0.05}
 
@@ -119,25 +109,6 @@ def _probe_bars(pf: PhysicalFunction) -> dict[int, int]:
     return sizes
 
 
-def _vmdq(vfs: int, rss: bool, default_pool: bool) -> tuple[VmdqRegisters, int]:
-    """The steering registers as the PF driver sets them; returns them and the PF's pool."""
-    regs = VmdqRegisters()
-    pools = 32 if rss else 64
-    pf_pool = vfs
-    if pf_pool >= pools:
-        raise ValueError(f"{vfs} VFs and the PF need {vfs + 1} pools; this mode has {pools}")
-    control = VtCtl.VT_ENABLE | VtCtl.REPLEN | pf_pool << DEFAULT_POOL_SHIFT
-    regs.write(VT_CTL, control | (0 if default_pool else VtCtl.DIS_DEFPL))
-    regs.write(MRQC, MRQE_32_POOLS_RSS if rss else MRQE_64_POOLS)
-    regs.write64(vfre(0), (1 << (pf_pool + 1)) - 1)
-    for pool in range(pf_pool + 1):
-        regs.write(vmolr(pool), Vmolr.AUPE | Vmolr.BAM)
-    for k in range(vfs):
-        regs.set_address(k, VF_MAC_BASE + k, 1 << k)
-    regs.set_address(vfs, PF_MAC, 1 << pf_pool)
-    return regs, pf_pool
-
-
 def _frames(rng: np.random.Generator, count: int, vfs: int) -> tuple[np.ndarray, np.ndarray]:
     kinds = rng.choice(list(FRAME_MIX), size=count, p=list(FRAME_MIX.values()))
     vf_macs = VF_MAC_BASE + rng.integers(0, vfs, size=count)
@@ -157,7 +128,7 @@ def run(vfs: int = 8, total_vfs: int = 64, first_vf_offset: int = 0x180, vf_stri
     bar_sizes = _probe_bars(pf)
     functions = enable_vfs(pf, vfs)
     rng = np.random.default_rng(seed)
-    regs, pf_pool = _vmdq(vfs, rss, default_pool)
+    regs, pf_pool = vmdq_registers(vfs, rss, default_pool)
     macs, vlans = _frames(rng, frames, vfs)
     steering = steer(regs, macs, vlans, rng.integers(0, 1 << 32, size=frames))
     dma_results, recorded = _vf_dma(functions, pages, dma, bad, rng)
