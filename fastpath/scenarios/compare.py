@@ -35,6 +35,12 @@ every figure settable below, and divides by the frames.
            walk for each page it first touches and IOTLB hits after. Variants by how its MSI
            reaches the guest: remapped (an external-interrupt exit, the vector injected, the
            EOI exits) or posted (into the posted-interrupt descriptor: no exit at all).
+  sriov    --guests guests share one PF, each with a VF of its own assigned as above (its
+           own vCPU, EPT, VT-d domain and posted interrupts); what comes back on the PF's
+           one uplink is steered to the VFs' pools by VMDq (the VF's MAC picks its pool).
+           The guests take turns burst by burst, each running the whole workload. Rows: the
+           whole ("N guests": every guest's frames, counters summed over the vCPUs and VFs),
+           then each guest.
 
 Tables:
   Per frame          a row per path and variant: frames that came back intact (of the
@@ -75,6 +81,7 @@ from fastpath.scenarios._io_path import COMPLETIONS, COST_COMPONENTS, IoWorkload
 from fastpath.scenarios._options import positive_int, positive_int_up_to, whole_number
 from fastpath.scenarios._path_assigned import run_assigned
 from fastpath.scenarios._path_emulated import run_emulated
+from fastpath.scenarios._path_sriov import MAX_GUESTS, run_sriov
 from fastpath.scenarios._path_virtio import run_virtio
 from fastpath.scenarios._report import Report, Table
 from fastpath.scenarios._virtio_guest import MAX_FRAME_SIZE, QUEUE_SIZE
@@ -84,11 +91,13 @@ __all__ = ["IoPath", "PATHS", "add_arguments", "run"]
 
 @dataclass(frozen=True)
 class IoPath:
-    """A way of doing guest I/O: its name and the function that runs a workload through it,
-    one `PathResult` per variant."""
+    """A way of doing guest I/O: its name, the function that runs a workload through it (one
+    `PathResult` per variant), and which of the comparison's own options (`guests`) that
+    function takes, by keyword."""
 
     name: str
-    run: Callable[[IoWorkload], list[PathResult]]
+    run: Callable[..., list[PathResult]]
+    options: tuple[str, ...] = ()
 
 
 # Every path the comparison runs, in the order its tables list them.
@@ -96,6 +105,7 @@ PATHS = (
     IoPath("emulated", run_emulated),
     IoPath("virtio", run_virtio),
     IoPath("assigned", run_assigned),
+    IoPath("sriov", run_sriov, ("guests",)),
 )
 
 
@@ -110,6 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     workload.add_argument("--completion", choices=COMPLETIONS,
                           help="how the guest learns frames came back: interrupt or polling "
                           "the rings")
+    workload.add_argument("--guests", type=positive_int_up_to(MAX_GUESTS),
+                          help="guests sharing the PF on the SR-IOV path, each running the "
+                          "whole workload")
     cost = add_cost_arguments(parser)
     cost.add_argument("--iommu-walk-cycles", type=whole_number,
                       help="cycles of one IOMMU page walk (an IOTLB miss)")
@@ -121,6 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(frames: int = 256, size: int = 64, burst: int = 32, completion: str = "interrupt",
+        guests: int = 4,
         exit_cycles: int = CostModel.exit_cycles, entry_cycles: int = CostModel.entry_cycles,
         handler_cycles=None, default_handler_cycles: int = CostModel.default_handler_cycles,
         ept_reference_cycles: int = CostModel.ept_reference_cycles,
@@ -142,10 +156,15 @@ def run(frames: int = 256, size: int = 64, burst: int = 32, completion: str = "i
     workload = IoWorkload(frames, size, burst, completion)
     if burst > QUEUE_SIZE or size > MAX_FRAME_SIZE:
         raise ValueError(f"burst must be 1 to {QUEUE_SIZE} and size 60 to {MAX_FRAME_SIZE}")
-    results = [result for path in PATHS for result in path.run(workload)]
+    if not 1 <= guests <= MAX_GUESTS:
+        raise ValueError(f"guests must be 1 to {MAX_GUESTS}")
+    settings = {"guests": guests}
+    results = [result for path in PATHS
+               for result in path.run(workload, **{name: settings[name]
+                                                   for name in path.options})]
     rows = [_figures(result, costs, iommu) for result in results]
     figures = {
-        "workload": asdict(workload) | {"bursts": workload.bursts},
+        "workload": asdict(workload) | {"bursts": workload.bursts, "guests": guests},
         "cost": {"model": _model_figures(costs), "iommu": asdict(iommu),
                  "sources": _sources()},
         "results": rows,

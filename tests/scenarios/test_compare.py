@@ -20,6 +20,7 @@ from fastpath.scenarios._path_virtio import run_virtio
 
 FRAMES, BURST = 256, 32
 BURSTS = FRAMES // BURST
+GUESTS = 2
 # The driver posts its receive buffers before the back-end turns receive kicks off: one kick
 # exit that is not the transmitq's, on every variant.
 START_KICKS = 1
@@ -41,16 +42,16 @@ def recorded():
     handed = []
 
     def recording(path):
-        def run(workload):
-            results = path.run(workload)
+        def run(workload, **options):
+            results = path.run(workload, **options)
             handed.extend(results)
             return results
-        return compare.IoPath(path.name, run)
+        return compare.IoPath(path.name, run, path.options)
 
     saved = compare.PATHS
     compare.PATHS = tuple(recording(path) for path in saved)
     try:
-        report = compare.run(frames=FRAMES, burst=BURST, exit_cycles=900,
+        report = compare.run(frames=FRAMES, burst=BURST, guests=GUESTS, exit_cycles=900,
                              iommu_walk_cycles=2000)
     finally:
         compare.PATHS = saved
@@ -61,10 +62,10 @@ def _kick_exits(result):
     return result.counters.by_reason().get(ExitReason.EPT_MISCONFIG, 0)
 
 
-def test_every_virtio_variant_brings_every_frame_back_intact(polled, recorded):
+def test_every_path_and_variant_brings_every_frame_back_intact(polled, recorded):
     _, handed = recorded
     for result in [*polled.values(), *handed]:
-        assert result.frames_intact == FRAMES
+        assert result.frames_intact == result.workload.frames
 
 
 def test_without_event_idx_a_sleeping_back_end_costs_one_kick_per_burst(polled):
@@ -112,27 +113,33 @@ def test_the_report_s_per_frame_figures_are_the_paths_counters_over_the_frames(r
     costs, iommu = CostModel(exit_cycles=900), IommuCost(walk_cycles=2000)
     rows = report.figures["results"]
     assert [(r["path"], r["variant"]) for r in rows] == [(h.path, h.variant) for h in handed]
+    assert [r.workload.frames for r in handed if r.path == "sriov"] == [FRAMES * GUESTS,
+                                                                         FRAMES, FRAMES]
     assert [(r.path, r.variant) for r in handed] == [
         ("emulated", "mmio"), ("emulated", "port-io"),
         ("virtio", "notify"), ("virtio", "event-idx"), ("virtio", "poll"),
-        ("assigned", "remapped"), ("assigned", "posted")]
+        ("assigned", "remapped"), ("assigned", "posted"),
+        ("sriov", f"{GUESTS} guests"), *(("sriov", f"guest {k}") for k in range(GUESTS))]
     for row, result in zip(rows, handed, strict=True):
         counters, per_frame = result.counters, row["per_frame"]
-        assert per_frame["exits_by_reason"] == {reason.name: n / FRAMES for reason, n
+        # The SR-IOV whole's workload is every guest's frames together.
+        frames = result.workload.frames
+        assert row["frames"] == frames
+        assert per_frame["exits_by_reason"] == {reason.name: n / frames for reason, n
                                                 in counters.by_reason().items()}
-        assert per_frame["exits"] == counters.total_exits / FRAMES
-        assert per_frame["entries"] == counters.entries / FRAMES
-        assert per_frame["interrupts"] == result.interrupts / FRAMES
-        assert per_frame["iommu_walks"] == result.iommu_walks / FRAMES
+        assert per_frame["exits"] == counters.total_exits / frames
+        assert per_frame["entries"] == counters.entries / frames
+        assert per_frame["interrupts"] == result.interrupts / frames
+        assert per_frame["iommu_walks"] == result.iommu_walks / frames
         assert per_frame["iotlb_hit_rate"] == (result.iotlb_hits / result.iotlb_lookups
                                                if result.iotlb_lookups else None)
         assert per_frame["modelled_cycles"] == pytest.approx(
-            result.modelled_cycles(costs, iommu) / FRAMES)
+            result.modelled_cycles(costs, iommu) / frames)
         parts = per_frame["cycles_by_component"]
         assert list(parts) == list(COST_COMPONENTS)
         assert parts["exits+entries"] == pytest.approx(
-            (counters.total_exits * 900 + counters.entries * 500) / FRAMES)
-        assert parts["iommu"] == result.iommu_walks * 2000 / FRAMES
+            (counters.total_exits * 900 + counters.entries * 500) / frames)
+        assert parts["iommu"] == result.iommu_walks * 2000 / frames
         assert per_frame["modelled_ns"] == pytest.approx(per_frame["modelled_cycles"] / 3.0)
         assert row["frames_intact"] == result.frames_intact
         assert row["host_rate_pps"] == result.host_rate_pps
@@ -150,20 +157,21 @@ def test_the_tables_hold_a_row_per_path_and_variant_and_every_cost_figure(record
 def test_the_command_writes_its_json_and_its_plot(capsys, tmp_path):
     data, picture = tmp_path / "compare.json", tmp_path / "compare.png"
     status = main(["hv", "compare", "--frames", "32", "--burst", "16", "--completion", "poll",
-                   "--json", str(data), "--plot", str(picture)])
+                   "--guests", "1", "--json", str(data), "--plot", str(picture)])
     out = capsys.readouterr().out
     assert status == 0 and "Per frame" in out
     figures = json.loads(data.read_text())["figures"]
     assert figures["workload"] == {"frames": 32, "size": 64, "burst": 16,
-                                   "completion": "poll", "bursts": 2}
+                                   "completion": "poll", "bursts": 2, "guests": 1}
     assert {r["path"] for r in figures["results"]} == {path.name for path in compare.PATHS}
-    assert all(r["frames_intact"] == 32 for r in figures["results"])
+    assert all(r["frames_intact"] == r["frames"] for r in figures["results"])
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("args, says", [
     (["--completion", "sometimes"], "--completion"),
     (["--burst", "0"], "--burst"),
+    (["--guests", "9"], "--guests"),
     (["--iommu-walk-cycles", "-5"], "--iommu-walk-cycles"),
     (["--handler-cycles", "NOPE=1"], "--handler-cycles"),
     (["--size", "20"], "size"),   # refused by the workload itself
