@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from fastpath.hv.vmx import COST_SOURCES, DEFAULT_HANDLER_CYCLES, CostModel, ExitReason
 from fastpath.scenarios._options import whole_number
 
-__all__ = ["add_cost_arguments", "cost_model", "model_rows"]
+__all__ = ["add_cost_arguments", "cost_model", "model_figures", "model_rows"]
 
 
 def add_cost_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -52,6 +52,15 @@ def cost_model(exit_cycles: int, entry_cycles: int,
     return CostModel(exit_cycles, entry_cycles,
                      dict(DEFAULT_HANDLER_CYCLES) | dict(handler_cycles or ()),
                      default_handler_cycles, ept_reference_cycles, frequency_ghz * 1e9)
+
+
+def model_figures(model: CostModel) -> dict:
+    """The CostModel's figures as JSON-able data (handler cycles by reason name)."""
+    return {"exit_cycles": model.exit_cycles, "entry_cycles": model.entry_cycles,
+            "handler_cycles": {r.name: c for r, c in model.handler_cycles.items()},
+            "default_handler_cycles": model.default_handler_cycles,
+            "ept_reference_cycles": model.ept_reference_cycles,
+            "frequency_hz": model.frequency_hz}
 
 
 def model_rows(model, sources: Mapping[str, str] | None = None) -> list[list]:

@@ -71,12 +71,17 @@ draws the second table as stacked bars.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from fastpath.hv.vmx import COST_SOURCES, CostModel
+from fastpath.hv.vmx import COST_SOURCES, CostModel, ExitReason
 from fastpath.hv.vtd import IOMMU_COST_SOURCES, IommuCost
-from fastpath.scenarios._costs import add_cost_arguments, cost_model, model_rows
+from fastpath.scenarios._costs import (
+    add_cost_arguments,
+    cost_model,
+    model_figures,
+    model_rows,
+)
 from fastpath.scenarios._io_path import COMPLETIONS, COST_COMPONENTS, IoWorkload, PathResult
 from fastpath.scenarios._options import positive_int, positive_int_up_to, whole_number
 from fastpath.scenarios._path_assigned import run_assigned
@@ -136,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(frames: int = 256, size: int = 64, burst: int = 32, completion: str = "interrupt",
         guests: int = 4,
         exit_cycles: int = CostModel.exit_cycles, entry_cycles: int = CostModel.entry_cycles,
-        handler_cycles=None, default_handler_cycles: int = CostModel.default_handler_cycles,
+        handler_cycles: Sequence[tuple[ExitReason, int]] | None = None,
+        default_handler_cycles: int = CostModel.default_handler_cycles,
         ept_reference_cycles: int = CostModel.ept_reference_cycles,
         frequency_ghz: float = CostModel.frequency_hz / 1e9,
         iommu_walk_cycles: int = IommuCost.walk_cycles,
@@ -165,7 +171,7 @@ def run(frames: int = 256, size: int = 64, burst: int = 32, completion: str = "i
     rows = [_figures(result, costs, iommu) for result in results]
     figures = {
         "workload": asdict(workload) | {"bursts": workload.bursts, "guests": guests},
-        "cost": {"model": _model_figures(costs), "iommu": asdict(iommu),
+        "cost": {"model": model_figures(costs), "iommu": asdict(iommu),
                  "sources": _sources()},
         "results": rows,
     }
@@ -202,14 +208,6 @@ def _figures(result: PathResult, costs: CostModel, iommu: IommuCost) -> dict:
     return {"path": result.path, "variant": result.variant, "frames": frames,
             "frames_intact": result.frames_intact, "host_rate_pps": result.host_rate_pps,
             "totals": totals, "per_frame": per_frame}
-
-
-def _model_figures(costs: CostModel) -> dict:
-    return {"exit_cycles": costs.exit_cycles, "entry_cycles": costs.entry_cycles,
-            "handler_cycles": {r.name: c for r, c in costs.handler_cycles.items()},
-            "default_handler_cycles": costs.default_handler_cycles,
-            "ept_reference_cycles": costs.ept_reference_cycles,
-            "frequency_hz": costs.frequency_hz}
 
 
 def _sources() -> dict:

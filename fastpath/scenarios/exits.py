@@ -59,7 +59,12 @@ from fastpath.hv.vmx import (
     set_msr_exiting,
     skip_instruction,
 )
-from fastpath.scenarios._costs import add_cost_arguments, cost_model, model_rows
+from fastpath.scenarios._costs import (
+    add_cost_arguments,
+    cost_model,
+    model_figures,
+    model_rows,
+)
 from fastpath.scenarios._options import whole_number
 from fastpath.scenarios._qualifications import describe_ept_violation, describe_io
 from fastpath.scenarios._report import Report, Table
@@ -297,11 +302,7 @@ def _report(stream, counters, described, model: CostModel, timer_period: int) ->
         "ept_references": progress.ept_references,
         "qualifications": {reason.name: dict(counts) for reason, counts in described.items()},
         "cost": {
-            "model": {"exit_cycles": model.exit_cycles, "entry_cycles": model.entry_cycles,
-                      "handler_cycles": {r.name: c for r, c in model.handler_cycles.items()},
-                      "default_handler_cycles": model.default_handler_cycles,
-                      "ept_reference_cycles": model.ept_reference_cycles,
-                      "frequency_hz": model.frequency_hz},
+            "model": model_figures(model),
             "sources": dict(COST_SOURCES),
             "breakdown_cycles": breakdown,
             "total_cycles": total,
