@@ -191,10 +191,13 @@ class Nic:
     def _descriptor_address(self, low: Reg, high: Reg, index: int) -> int:
         return (self.regs[high] << 32 | self.regs[low]) + index * DESC_SIZE
 
-    def _stop(self, ring: str) -> None:
+    def _stop(self, transmit: bool) -> None:
         self.counters.dma_faults += 1
         self.counters.rings_stopped += 1
-        setattr(self, f"{ring}_stopped", True)
+        if transmit:
+            self.tx_stopped = True
+        else:
+            self.rx_stopped = True
 
     # --- transmit ---
 
@@ -207,13 +210,15 @@ class Nic:
             at = self._descriptor_address(Reg.TDBAL, Reg.TDBAH, head)
             raw = self.dma.read(at, DESC_SIZE)
             if raw is None:
-                return self._stop("tx")
+                self._stop(transmit=True)
+                return
             desc = np.frombuffer(raw, TX_DESC_DTYPE)[0]
             cmd = int(desc["cmd"])
             if not cmd & TxCmd.DEXT:
                 data = self.dma.read(int(desc["addr"]), int(desc["length"]))
                 if data is None:
-                    return self._stop("tx")
+                    self._stop(transmit=True)
+                    return
                 self._partial += data
                 if cmd & TxCmd.EOP:
                     frame, self._partial = self._partial, b""
@@ -221,7 +226,8 @@ class Nic:
                     self.wire(frame)
             if cmd & TxCmd.RS or cmd & TxCmd.DEXT:
                 if not self.dma.write(at + _STATUS_OFFSET, bytes([TxStatus.DD])):
-                    return self._stop("tx")
+                    self._stop(transmit=True)
+                    return
                 self.counters.write_backs += 1
                 wrote_back = True
             self.regs[Reg.TDH] = (head + 1) % size
@@ -267,12 +273,12 @@ class Nic:
         raw = self.dma.read(at, DESC_SIZE)
         if raw is None or not self.dma.write(int(np.frombuffer(raw, RX_DESC_DTYPE)[0]["addr"]),
                                              frame):
-            self._stop("rx")
+            self._stop(transmit=False)
             return 0
         back = np.zeros(1, RX_DESC_DTYPE)
         back["length"], back["status"] = len(frame), RxStatus.DD | RxStatus.EOP
         if not self.dma.write(at + _RX_WRITE_BACK, back.tobytes()[_RX_WRITE_BACK:]):
-            self._stop("rx")
+            self._stop(transmit=False)
             return 0
         self.counters.rx_frames += 1
         self.counters.write_backs += 1

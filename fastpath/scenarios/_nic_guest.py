@@ -23,7 +23,7 @@ import numpy as np
 from fastpath.hv import FrameAllocator, HostMemory
 from fastpath.hv.ept import PAGE_2M, PAGE_4K, EptTables
 from fastpath.hv.ept import walk as ept_walk
-from fastpath.hv.nic import MMIO_BAR_SIZE, GuestRam, NicDriver, NicLayout
+from fastpath.hv.nic import MMIO_BAR_SIZE, RX_BUFFER_SIZE, GuestRam, NicDriver, NicLayout
 from fastpath.hv.vmx import (
     EVENT_DTYPE,
     GuestRunner,
@@ -78,8 +78,8 @@ def check_workload(workload: IoWorkload) -> None:
     descriptor that tells full from empty) and a frame one buffer."""
     if workload.burst > LAYOUT.ring_size - 1:
         raise ValueError(f"a burst is at most {LAYOUT.ring_size - 1} frames on the NIC")
-    if workload.size > 2048:
-        raise ValueError("a frame is at most 2048 bytes on the NIC")
+    if workload.size > RX_BUFFER_SIZE:
+        raise ValueError(f"a frame is at most {RX_BUFFER_SIZE} bytes on the NIC")
 
 
 class NicGuest:
@@ -96,6 +96,7 @@ class NicGuest:
         tables = EptTables(self.memory, frames)
         for gpa in range(0, RAM_SIZE, PAGE_2M):
             tables.map(gpa, _RAM_OFFSET + gpa, PAGE_2M, "rwx")
+        # A trapping BAR (no read permission) needs no frame: no access ever reaches one.
         for offset in range(0, MMIO_BAR_SIZE, PAGE_4K):
             tables.map(MMIO_BAR + offset, bar_hpa + offset if bar_hpa else 0, PAGE_4K,
                        bar_perms)

@@ -71,7 +71,6 @@ class _EmulatingVmm(Platform):
         self.nic = Nic(guest.ram, self._transmitted.append, self._interrupt)
         self._events: np.ndarray | None = None
         self._reads: list[int] = []
-        self.exit_addresses: dict[int, int] = {}
         runner = guest.runner
         runner.on(ExitReason.EPT_MISCONFIG, self._mmio)
         runner.on(ExitReason.IO_INSTRUCTION, self._port_io)
@@ -93,7 +92,6 @@ class _EmulatingVmm(Platform):
         offset = gpa - MMIO_BAR
         if not 0 <= offset < MMIO_BAR_SIZE:
             raise VmxError(f"an MMIO access at {gpa:#x}, where no device is")
-        self.exit_addresses[gpa] = self.exit_addresses.get(gpa, 0) + 1
         record = self._events[exit_.event]
         if record["kind"] == EventKind.WRITE:
             self.nic.write(offset, int(record["size"]), int(record["value"]))
