@@ -11,8 +11,10 @@ CORE_SOURCES := $(wildcard fastpath/_core/*.pyx fastpath/_core/*.pxd fastpath/_c
 .PHONY: run test test-suite bench-check bench-check-packets bench-check-iops bench-baseline \
 	build peers guest lint clean
 
-# The packet benchmark, fastpath against DPDK's vhost PMD at every size, then the IOPS
-# benchmark, the null bdev against fio's null engine on one core (a few minutes in all).
+# The packet benchmark, fastpath against DPDK's vhost PMD at every size, each figure with its
+# bottleneck (generator within 10 % of what the traffic process sends alone, else back-end),
+# then the IOPS benchmark, the null bdev against fio's null engine on one core (a few minutes
+# in all).
 run: build peers
 	mkdir -p build
 	$(VENV)/bin/fastpath bench pvp --peer dpdk --json build/pvp.json --plot build/pvp.png

@@ -71,15 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_command(
         benches, "pvp", "fastpath.bench.pvp",
-        help="frames through a vhost-user back-end and back, per frame size, against DPDK",
+        help="frames through a vhost-user back-end and back, per frame size, against DPDK, "
+        "each figure with its bottleneck",
         description=(
-            "PVP: a traffic process (fastpath fwd, a virtio-user port sending Scapy-made "
-            "frames, txonly) on one CPU and a vhost-user back-end sending every frame back "
-            "(fastpath vhost-net --fwd io) on the other. Prints Mpps, Gbit/s and loss per "
-            "size; --peer dpdk runs DPDK testpmd's vhost PMD the same way and prints "
-            "fastpath/DPDK; --baseline compares with another checkout's back-end."
+            "PVP: a traffic process on one CPU sends frames into a vhost-user back-end on the "
+            "other, which sends every frame back (fastpath vhost-net --fwd io; --peer dpdk "
+            "adds DPDK testpmd's vhost PMD doing the same, --baseline another checkout's "
+            "back-end). --traffic picks the traffic process: fastpath (fastpath fwd's "
+            "virtio-user port, txonly, counting what comes back) or dpdk (DPDK testpmd's "
+            "virtio-user in io mode after start tx_first: half a ring of frames circulates, "
+            "each sent back as it returns), so that a figure can be checked against a "
+            "generator that is not fastpath's. In every round the traffic process also runs "
+            "alone (txonly) into two sinks, DPDK's vhost PMD rxonly and fastpath vhost-net "
+            "--fwd drop; the faster of the two is the traffic's ceiling (a slower sink would "
+            "pass its own limit off as the generator's). "
+            "Reading the table, per size (best run of each): Mpps and Gbit/s of frames back; "
+            "loss, frames that did not come back; refused, frames the ring had no room for; "
+            "of ceiling, the rate over the ceiling; bottleneck, 'generator' when the rate is "
+            "within 10 % of the ceiling (the figure then measures the traffic process, not "
+            "the back-end) and 'back-end' below; ceiling Mpps and 'into', the ceiling and the "
+            "sink it came from; fastpath/X, the ratio of the best runs. The JSON has the same "
+            "per size and back-end (rate, ceiling_mpps, ceiling_share, bottleneck) and every "
+            "run; the plot draws the ceiling across each size and hatches generator-bound bars."
         ),
-        epilog="example: fastpath bench pvp --peer dpdk --sizes 64,1518,imix --plot pvp.png",
+        epilog="examples: fastpath bench pvp --peer dpdk --sizes 64,1518,imix --plot pvp.png; "
+        "fastpath bench pvp --peer dpdk --traffic dpdk --sizes 64,1518 --json pvp.json",
     )
     _add_command(
         benches, "txgen", "fastpath.bench.txgen",

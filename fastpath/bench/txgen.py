@@ -122,11 +122,7 @@ def _dpdk_samples(sock: str, size: int, args: argparse.Namespace) -> list[tuple[
     with Testpmd.virtio_user(sock, forward="txonly", txpkts=size, queue_size=args.queue_size,
                              cpu=GENERATOR_CPU) as front:
         time.sleep(WARM_UP_SECONDS)
-        started = time.monotonic()
-        samples = [(0.0, front.stats()["opackets"])]
-        while samples[-1][0] < args.seconds:
-            time.sleep(SAMPLE_SECONDS)
-            samples.append((time.monotonic() - started, front.stats()["opackets"]))
+        samples = front.sample("opackets", args.seconds, SAMPLE_SECONDS)
         front.stop()
     return samples
 

@@ -635,6 +635,20 @@ class Testpmd:
                             self.output)
         return _counters(blocks[port], _NIC_NAMES)
 
+    def sample(self, counter: str, seconds: float, period: float,
+               port: int = 0) -> list[tuple[float, int]]:
+        """Read the port's live `counter` (a key of `stats`, such as ``"opackets"``) every
+        `period` seconds for `seconds`: ``[(seconds since the first reading, count), ...]``,
+        the first at 0.0 and the last at `seconds` or just after. For rates of a running
+        traffic process, whose best stretch `fastpath.bench` takes (a shared machine holds a
+        side back for whole seconds now and then)."""
+        started = time.monotonic()
+        samples = [(0.0, self.stats(port)[counter])]
+        while samples[-1][0] < seconds:
+            time.sleep(period)
+            samples.append((time.monotonic() - started, self.stats(port)[counter]))
+        return samples
+
     def final_stats(self) -> dict[int, dict[str, int]]:
         """Per port, the forward statistics testpmd printed when it stopped.
 
