@@ -26,15 +26,19 @@ class FastpathProcess:
     """A `fastpath` command (`arguments`, without --json, which this adds) in a child process,
     pinned to CPU `cpu`, up once it printed `ready`.
 
-    It is killed after `time_limit` seconds whatever happens, and when the thread that started
-    it dies. `stop` ends it with SIGINT (it closes its connections and writes its statistics)
-    and returns them as the command's JSON. With `source`, the fastpath of that checkout runs
+    It is killed if it is not up within `startup_timeout` seconds, `time_limit` seconds after it
+    came up whatever happens, and when the thread that started it dies. Start-up is given long:
+    a command loads its compiled kernels before it is up, and after any change to the package
+    it compiles them again, which on a loaded machine has taken over a minute.
+
+    `stop` ends it with SIGINT (it closes its connections and writes its statistics) and
+    returns them as the command's JSON. With `source`, the fastpath of that checkout runs
     instead of this one, and nothing else can be imported in its place (see `source_python`);
     `checkouts` and `reported` tell which one really ran.
     """
 
     def __init__(self, arguments: Sequence[str], *, ready: str, cpu: int | None = 0,
-                 time_limit: float = 120.0, startup_timeout: float = 60.0,
+                 time_limit: float = 120.0, startup_timeout: float = 180.0,
                  source: str | os.PathLike | None = None):
         self.name = f"fastpath {arguments[0]}"
         self._dir = tempfile.TemporaryDirectory(prefix=f"fastpath-{arguments[0]}-")
@@ -54,12 +58,12 @@ class FastpathProcess:
         self._reader.start()
         self._watchdog = threading.Timer(time_limit, self._process.kill)
         self._watchdog.daemon = True
-        self._watchdog.start()
         try:
             self._wait_for(ready, startup_timeout)
         except BaseException:
             self.kill()
             raise
+        self._watchdog.start()
 
     @property
     def pid(self) -> int:
@@ -140,7 +144,7 @@ class VhostNetProcess(FastpathProcess):
     def __init__(self, path: str | os.PathLike, *, fwd: str = "io", client: bool = False,
                  queues: int = 1, backoff: int = 0, cpu: int | None = 0,
                  extra: Sequence[str] = (), time_limit: float = 120.0,
-                 startup_timeout: float = 60.0, source: str | os.PathLike | None = None):
+                 startup_timeout: float = 180.0, source: str | os.PathLike | None = None):
         self.path = str(path)
         super().__init__(
             ["vhost-net", "--socket", self.path, "--fwd", fwd, "--queues", str(queues),
@@ -152,12 +156,12 @@ class VhostNetProcess(FastpathProcess):
 class VhostBlkProcess(FastpathProcess):
     """`fastpath vhost-blk` serving the bdev `bdev` (a spec: "file:PATH", "malloc:64M") on the
     socket `path`, with -v (connections and every error it logs in `output`), as
-    `FastpathProcess` runs a command. The compiled kernels load (in the FASTPATH_DEBUG=1 pass,
-    compile) before it listens, hence the long default start-up."""
+    `FastpathProcess` runs a command (in the FASTPATH_DEBUG=1 pass its kernels compile before it
+    listens)."""
 
     def __init__(self, path: str | os.PathLike, bdev: str, *, queues: int = 1,
                  read_only: bool = False, cpu: int | None = None, extra: Sequence[str] = (),
-                 time_limit: float = 180.0, startup_timeout: float = 120.0,
+                 time_limit: float = 180.0, startup_timeout: float = 180.0,
                  source: str | os.PathLike | None = None):
         self.path = str(path)
         super().__init__(
