@@ -17,8 +17,8 @@ from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES
                                    fp_chain_clear, fp_count_error, fp_error_counts, fp_full_fence,
                                    fp_load_acquire_u16, fp_load_relaxed_u16, fp_need_event,
                                    fp_max_indirect, fp_read_once_u16, fp_read_once_u64,
-                                   fp_prefetch, fp_read_table, fp_single_segment_chain,
-                                   fp_take_miss, fp_window, fp_windows_load,
+                                   fp_prefetch, fp_read_table, fp_store_single_segment_chain,
+                                   fp_take_miss, fp_window, fp_window_holds, fp_windows_load,
                                    fp_store_release_u8, fp_store_release_u16,
                                    fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
@@ -164,6 +164,50 @@ cdef inline int _end_pop(fp_split_device *vq, uint16_t next_idx, uint32_t n) noe
     return <int>n
 
 
+cdef uint32_t _pop_singles(const uint16_t *avail_ring, const fp_split_desc *desc, uint32_t mask,
+                           uint32_t idx, uint32_t count, const fp_window *windows,
+                           fp_chain *chains, fp_segment *segs, uint32_t first_seg) noexcept nogil:
+    # Pops up to `count` chains from avail slot idx on while each is one descriptor inside the
+    # window for the first one's access, into chains[0:] and segs[first_seg:]; returns how
+    # many. The first chain it cannot take it leaves for the general path, having written
+    # nothing for it. A queue's one-descriptor buffers are all of one access (a transmitq's
+    # readable, a receiveq's writable), so the loop keeps one window in registers.
+    # SAFETY: avail slots are masked to the ring and a head is checked against it before its
+    # descriptor is read; the caller has room for `count` chains and segments. The first
+    # descriptor's flags only pick the window: the loop reads them again, once, and checks
+    # what it uses. A prefetch reads nothing used, so a head not yet checked is masked only to
+    # stay in the table.
+    cdef uint32_t k
+    cdef uint16_t head, next_head, access
+    cdef uint64_t hva
+    cdef fp_window w
+    cdef fp_split_desc d
+    if count == 0:
+        return 0
+    next_head = fp_read_once_u16(&avail_ring[idx & mask])
+    access = fp_read_once_u16(&desc[next_head & mask].flags) & FP_SPLIT_DESC_F_WRITE
+    w = windows[1 if access else 0]
+    for k in range(count):
+        head = next_head
+        if k + 1 < count:
+            # The next chain's descriptor, while this one is read and translated.
+            next_head = fp_read_once_u16(&avail_ring[(idx + k + 1) & mask])
+            fp_prefetch(&desc[next_head & mask])
+        if head > mask:
+            return k
+        _read_desc(&desc[head], &d)
+        if ((d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT
+                        | FP_SPLIT_DESC_F_WRITE)) != access
+                or not fp_window_holds(&w, d.addr, d.len)):
+            return k
+        hva = w.host + (d.addr - w.base)
+        fp_store_single_segment_chain(hva, d.len, access, head, &segs[first_seg + k],
+                                      first_seg + k, &chains[k])
+        # The device reads the buffer's first bytes next (a header): load it now.
+        fp_prefetch(<const void *>(<uintptr_t>hva))
+    return count
+
+
 cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_chains,
                             fp_segment *segs, uint32_t max_segs) noexcept nogil:
     # SAFETY: the ring areas were translated for their full size when the queue was made; every
@@ -182,7 +226,6 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
     cdef fp_split_inflight *t = &vq.inflight
     cdef bint tracked = t.region != NULL
     cdef fp_window windows[2]
-    cdef fp_split_desc d
     cdef uint16_t avail_idx, head
     cdef uint32_t pending, _k, n = 0, used_segs = 0
     cdef int took
@@ -212,30 +255,31 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
         return FP_E_AVAIL_IDX
     if pending > max_chains - n:
         pending = max_chains - n
-    for _k in range(pending):
+    while pending:
+        # The common chains in a loop of their own, a few values live in registers; the first
+        # one it leaves (a longer chain, one outside the window, a bad head) is taken below.
+        took = <int>_pop_singles(avail_ring, desc, mask, next_idx,
+                                 min(pending, max_segs - used_segs), windows, &chains[n],
+                                 segs, used_segs)
+        if tracked:
+            for _k in range(<uint32_t>took):
+                _record_pop(t, <uint16_t>chains[n + _k].id)
+        next_idx += <uint16_t>took
+        used_segs += <uint32_t>took
+        n += <uint32_t>took
+        pending -= <uint32_t>took
+        if pending == 0:
+            break
         head = fp_read_once_u16(&avail_ring[next_idx & mask])
-        if _k + 1 < pending:
-            # The next chain's descriptor, while this one is read and translated.
-            fp_prefetch(&desc[fp_read_once_u16(&avail_ring[(next_idx + 1) & mask]) & mask])
-        took = -2
-        if head <= mask and used_segs < max_segs:
-            _read_desc(&desc[head], &d)
-            if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
-                    and fp_single_segment_chain(windows, d.addr, d.len,
-                                                d.flags & FP_SPLIT_DESC_F_WRITE, head, segs,
-                                                used_segs, &chains[n])):
-                # The device reads the buffer's first bytes next (a header): load it now.
-                fp_prefetch(<const void *>(<uintptr_t>segs[used_segs].addr))
-                took = 1
-        if took == -2:
-            took = _pop_chain(vq, head, &chains[n], segs, used_segs, max_segs, windows, n == 0)
-            if took < 0:
-                break
+        took = _pop_chain(vq, head, &chains[n], segs, used_segs, max_segs, windows, n == 0)
+        if took < 0:
+            break
         next_idx += 1
         used_segs += <uint32_t>took
         if tracked and head <= mask:
             _record_pop(t, head)
         n += 1
+        pending -= 1
     return _end_pop(vq, next_idx, n)
 
 
