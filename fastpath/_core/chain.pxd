@@ -24,6 +24,8 @@ cdef extern from "fp_atomic.h":
     void fp_store_release_u8(uint8_t *p, uint8_t v) noexcept nogil
     uint64_t fp_read_once_u64(const void *p) noexcept nogil
     uint16_t fp_read_once_u16(const void *p) noexcept nogil
+    uint64_t fp_load_acquire_u64(const void *p) noexcept nogil
+    void fp_store_release_u64(void *p, uint64_t v) noexcept nogil
 
 
 # Per-chain and per-queue errors. A negative return is one of these; the queue's counter at the

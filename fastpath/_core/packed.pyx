@@ -14,12 +14,13 @@ from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOO
                                    FP_VQ_EVENT_DESC, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT,
                                    FP_VQ_NOTIFY_OFF, fp_access_set, fp_append_buffer,
                                    fp_chain_clear, fp_count_error, fp_error_counts, fp_full_fence,
-                                   fp_load_acquire_u16, fp_load_relaxed_u16, fp_max_indirect,
+                                   fp_load_acquire_u16, fp_load_acquire_u64, fp_load_relaxed_u16,
+                                   fp_max_indirect,
                                    fp_need_event, fp_prefetch, fp_read_once_u64, fp_read_table,
                                    fp_store_single_segment_chain, fp_take_miss, fp_window,
                                    fp_window_holds, fp_windows_load,
                                    fp_store_release_u8, fp_store_release_u16,
-                                   fp_store_relaxed_u16)
+                                   fp_store_release_u64, fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
 
@@ -283,12 +284,13 @@ cdef uint32_t _pop_singles(const fp_packed_desc *ring, uint32_t size, uint16_t *
     access = fp_load_relaxed_u16(&ring[p].flags) & FP_PACKED_DESC_F_WRITE
     w = windows[1 if access else 0]
     for k in range(count):
-        # Acquire: the driver writes the slot's other fields before its flags.
-        flags = fp_load_acquire_u16(&ring[p].flags)
+        # Acquire: the driver writes the slot's address before its flags, which come in one
+        # word with the len and id they cover.
+        word = fp_load_acquire_u64(<const uint8_t *>&ring[p] + 8)
+        flags = <uint16_t>(word >> 48)
         if not _is_avail(flags, wr):
             break
         addr = fp_read_once_u64(&ring[p].addr)
-        word = fp_read_once_u64(<const uint8_t *>&ring[p] + 8)
         length = <uint32_t>word
         if ((flags & (FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT
                       | FP_PACKED_DESC_F_WRITE)) != access
@@ -469,8 +471,6 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
             continue
         length = (chains[i].written if chains[i].written < chains[i].writable_len
                   else chains[i].writable_len)
-        ring[pos].id = <uint16_t>chains[i].id
-        ring[pos].len = length
         flags = (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED) if wrap else 0
         if length:
             flags |= FP_PACKED_DESC_F_WRITE
@@ -483,9 +483,11 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
             head = _record_use(t, <uint16_t>chains[i].id)
             t.region.used_idx = next_pos
             t.region.used_wrap_counter = next_wrap
-        # Release: id and len (and the record's step so far) are visible before the flags
-        # that hand the slot back.
-        fp_store_release_u16(&ring[pos].flags, flags)
+        # Release: the record's step so far is visible before the flags that hand the slot
+        # back, which go in one word with the id and len they cover.
+        fp_store_release_u64(<uint8_t *>&ring[pos] + 8,
+                             length | <uint64_t>(<uint16_t>chains[i].id) << 32
+                             | <uint64_t>flags << 48)
         if tracked:
             _record_used(t, head, next_pos, next_wrap)
         pos = next_pos
@@ -589,12 +591,12 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
         if need == 1 and not table_gpa:
             # The common one-slot buffer, without the loop below and its per-slot choices.
             ring[pos].addr = s.addr
-            ring[pos].len = s.len
-            ring[pos].id = id
-            # Release: the flags go last and make the buffer available (§2.8.21).
-            fp_store_release_u16(&ring[pos].flags,
-                                 (FP_PACKED_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0)
-                                 | (FP_PACKED_DESC_F_AVAIL if wrap else FP_PACKED_DESC_F_USED))
+            # Release: the flags go last and make the buffer available (§2.8.21), in one word
+            # with the len and id they cover.
+            f = ((FP_PACKED_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0)
+                 | (FP_PACKED_DESC_F_AVAIL if wrap else FP_PACKED_DESC_F_USED))
+            fp_store_release_u64(<uint8_t *>&ring[pos] + 8,
+                                 s.len | <uint64_t>id << 32 | <uint64_t>f << 48)
             _advance(&pos, &wrap, 1, size)
             ndesc_of[id] = 1
             num_free -= 1
@@ -661,13 +663,17 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
     cdef uint32_t n = 0
     cdef uint16_t flags, id, ndesc
     cdef uint32_t length
+    cdef uint64_t word
     while n < max_n:
-        flags = fp_load_acquire_u16(&ring[pos].flags)
+        # Acquire, with the id and len the flags cover: one read of the device-written word,
+        # so that the id checked is the id used.
+        word = fp_load_acquire_u64(<const uint8_t *>&ring[pos] + 8)
+        flags = <uint16_t>(word >> 48)
         if not _is_used(flags, wrap):
             break
-        id = ring[pos].id
+        id = <uint16_t>(word >> 32)
         # §2.8.4: a used descriptor's len means something only with WRITE set.
-        length = ring[pos].len if flags & FP_PACKED_DESC_F_WRITE else 0
+        length = <uint32_t>word if flags & FP_PACKED_DESC_F_WRITE else 0
         ndesc = ndesc_of[id] if id < size else 0
         if ndesc == 0:
             # The device returned something we never gave it: count it, skip its slot.
