@@ -335,6 +335,11 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
     cdef int rc
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
+    if (vq.inflight.resubmit_next == vq.inflight.resubmit_count
+            and not _is_avail(fp_load_acquire_u16(&ring[pos].flags), wrap)):
+        # An empty ring, which a back-end polling faster than its driver adds finds most
+        # times: nothing is read but the next slot's flags.
+        return 0
     fp_windows_load(windows, &vq.access, vq.mem_hint)
     if vq.inflight.resubmit_next < vq.inflight.resubmit_count:
         rc = _pop_resubmitted(vq, chains, max_chains, segs, max_segs, &used_segs)

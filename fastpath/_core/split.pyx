@@ -231,7 +231,8 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
     cdef int took
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
-    fp_windows_load(windows, &vq.access, vq.mem_hint)
+    if t.resubmit_next < t.resubmit_count:
+        fp_windows_load(windows, &vq.access, vq.mem_hint)
     # A restart's chains first: they were taken from the avail ring before it, and go first
     # so that the driver gets back what it waited longest for.
     while n < max_chains and t.resubmit_next < t.resubmit_count:
@@ -255,6 +256,10 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
         return FP_E_AVAIL_IDX
     if pending > max_chains - n:
         pending = max_chains - n
+    if pending:
+        # Only now: a back-end that polls faster than its driver adds finds the ring empty
+        # most times, and then reads nothing but the avail index.
+        fp_windows_load(windows, &vq.access, vq.mem_hint)
     while pending:
         # The common chains in a loop of their own, a few values live in registers; the first
         # one it leaves (a longer chain, one outside the window, a bad head) is taken below.
