@@ -275,7 +275,7 @@ cdef uint32_t _pop_singles(const fp_packed_desc *ring, uint32_t size, uint16_t *
     cdef uint16_t p = pos[0]
     cdef uint8_t wr = wrap[0]
     cdef uint32_t k
-    cdef uint16_t flags, access
+    cdef uint16_t access, want
     cdef uint64_t word, addr, hva
     cdef uint32_t length
     cdef fp_window w
@@ -283,18 +283,20 @@ cdef uint32_t _pop_singles(const fp_packed_desc *ring, uint32_t size, uint16_t *
         return 0
     access = fp_load_relaxed_u16(&ring[p].flags) & FP_PACKED_DESC_F_WRITE
     w = windows[1 if access else 0]
+    # The flags of an available one-slot buffer of that access, as _is_avail sees them: one
+    # compare tells both, and the pattern flips with the wrap counter.
+    want = access | (FP_PACKED_DESC_F_AVAIL if wr else FP_PACKED_DESC_F_USED)
     for k in range(count):
         # Acquire: the driver writes the slot's address before its flags, which come in one
         # word with the len and id they cover.
         word = fp_load_acquire_u64(<const uint8_t *>&ring[p] + 8)
-        flags = <uint16_t>(word >> 48)
-        if not _is_avail(flags, wr):
+        if (<uint16_t>(word >> 48) & (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED
+                                      | FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT
+                                      | FP_PACKED_DESC_F_WRITE)) != want:
             break
         addr = fp_read_once_u64(&ring[p].addr)
         length = <uint32_t>word
-        if ((flags & (FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT
-                      | FP_PACKED_DESC_F_WRITE)) != access
-                or not fp_window_holds(&w, addr, length)):
+        if not fp_window_holds(&w, addr, length):
             break
         hva = w.host + (addr - w.base)
         fp_store_single_segment_chain(hva, length, access, <uint16_t>(word >> 32),
@@ -305,6 +307,7 @@ cdef uint32_t _pop_singles(const fp_packed_desc *ring, uint32_t size, uint16_t *
         if p == size:
             p = 0
             wr ^= 1
+            want ^= FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED
     else:
         k = count
     pos[0] = p
