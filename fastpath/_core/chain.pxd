@@ -10,6 +10,7 @@ from fastpath._core.notify cimport fp_eventfd_signal
 cdef extern from "fp_copy.h":
     void fp_copy(void *dst, const void *src, size_t n) noexcept nogil
     void fp_prefetch(const void *p) noexcept nogil
+    void fp_store_u64(void *p, uint64_t v) noexcept nogil
 
 
 cdef extern from "fp_atomic.h":
@@ -23,6 +24,8 @@ cdef extern from "fp_atomic.h":
     void fp_store_release_u8(uint8_t *p, uint8_t v) noexcept nogil
     uint64_t fp_read_once_u64(const void *p) noexcept nogil
     uint16_t fp_read_once_u16(const void *p) noexcept nogil
+    uint64_t fp_load_acquire_u64(const void *p) noexcept nogil
+    void fp_store_release_u64(void *p, uint64_t v) noexcept nogil
 
 
 # Per-chain and per-queue errors. A negative return is one of these; the queue's counter at the
@@ -273,42 +276,36 @@ cdef inline void fp_windows_load(fp_window *windows, const fp_access *a,
     _window_load(&windows[1], a.write, hint)
 
 
-# The common case of a one-descriptor buffer inside the window for its access: one segment at
-# segs[first_seg] and the whole chain record, each written as one record. Returns False, having
-# written nothing, when the buffer is empty or not wholly inside the window: the caller then
-# takes the general path, which looks the buffer up in the whole table.
-cdef inline bint fp_single_segment_chain(const fp_window *windows, uint64_t gpa,
-                                         uint32_t length, bint writable, uint32_t id,
-                                         fp_segment *segs, uint32_t first_seg,
-                                         fp_chain *c) noexcept nogil:
-    # SAFETY: the buffer lies wholly inside one region of the table for its access before the
-    # segment points at it: offset < size, and length - 1 < size - offset (an empty buffer
-    # wraps to 2**64 - 1 and fails); neither side of a compare can overflow. The caller checked
-    # that segs[first_seg] exists.
-    cdef const fp_window *w = &windows[1 if writable else 0]
+# Segment and chain record of a one-segment chain (one descriptor inside the window) as
+# little-endian words, one store each (fp_store_u64): field by field they take 13 stores, the
+# most of any step of a pop. The caller checked that the buffer is inside a region for its
+# access (fp_window_holds) and that `seg` exists.
+cdef inline void fp_store_single_segment_chain(uint64_t hva, uint32_t length, bint writable,
+                                               uint32_t id, fp_segment *seg,
+                                               uint32_t first_seg, fp_chain *c) noexcept nogil:
+    cdef uint8_t *s = <uint8_t *>seg
+    cdef uint8_t *r = <uint8_t *>c
+    # fp_segment: addr; len, flags, reserved = 0.
+    fp_store_u64(s, hva)
+    fp_store_u64(s + 8, length | (<uint64_t>FP_SEG_WRITE << 32 if writable else 0))
+    # fp_chain: id, first_seg; nseg = 1, nreadable, ndesc = 1, error = 0; readable_len,
+    # writable_len; written = 0, reserved = 0.
+    fp_store_u64(r, id | <uint64_t>first_seg << 32)
+    fp_store_u64(r + 8, 0x100000001 if writable else 0x100010001)
+    fp_store_u64(r + 16, <uint64_t>length << 32 if writable else length)
+    fp_store_u64(r + 24, 0)
+
+
+# Whether the buffer [gpa, gpa + length) is not empty and lies wholly inside the window: then
+# it is at host address w.host + (gpa - w.base), and a one-descriptor chain of it is a pop's
+# common case, stored with fp_store_single_segment_chain. Otherwise the pop takes the general
+# path, which looks the buffer up in the whole table. A burst keeps its window in a local
+# (the struct's fields in registers) for its loop of such chains.
+cdef inline bint fp_window_holds(const fp_window *w, uint64_t gpa, uint32_t length) noexcept nogil:
+    # SAFETY: offset < size, and length - 1 < size - offset (an empty buffer wraps to
+    # 2**64 - 1 and fails); neither side of a compare can overflow.
     cdef uint64_t offset = gpa - w.base
-    cdef fp_segment s
-    cdef fp_chain r
-    if not (gpa >= w.base and offset < w.size and <uint64_t>length - 1 < w.size - offset):
-        return False
-    s.addr = w.host + offset
-    s.len = length
-    s.flags = FP_SEG_WRITE if writable else 0
-    s.reserved = 0
-    # Whole records from locals: the compiler stores each in a few wide moves, not per field.
-    segs[first_seg] = s
-    r.id = id
-    r.first_seg = first_seg
-    r.nseg = 1
-    r.nreadable = 0 if writable else 1
-    r.ndesc = 1
-    r.error = 0
-    r.readable_len = 0 if writable else length
-    r.writable_len = length if writable else 0
-    r.written = 0
-    r.reserved = 0
-    c[0] = r
-    return True
+    return gpa >= w.base and offset < w.size and <uint64_t>length - 1 < w.size - offset
 
 
 cdef inline void fp_chain_clear(fp_chain *c, uint32_t id, uint32_t first_seg) noexcept nogil:

@@ -26,6 +26,12 @@
 #define fp_load_acquire_u32(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define fp_store_release_u32(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define fp_load_relaxed_u32(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+/*
+ * A packed ring's descriptor ends in len, id and flags: one 8-byte word, read or written at
+ * once, so that the flags that hand a slot over travel with the fields they cover.
+ */
+#define fp_load_acquire_u64(p) __atomic_load_n((const uint64_t *)(p), __ATOMIC_ACQUIRE)
+#define fp_store_release_u64(p, v) __atomic_store_n((uint64_t *)(p), (v), __ATOMIC_RELEASE)
 #define fp_full_fence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #define fp_release_fence() __atomic_thread_fence(__ATOMIC_RELEASE)
 /* Dirty-log bits: other threads and the front-end set bits in the same bytes. */

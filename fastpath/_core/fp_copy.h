@@ -35,6 +35,16 @@ static inline void fp_copy(void *dst, const void *src, size_t n)
 }
 
 /*
+ * One 8-byte store of a record's word: a record built from a few such words takes a few wide
+ * stores, where field by field it takes one store per field. Records are little-endian, as
+ * virtio's own layouts are and as every host fastpath builds for is.
+ */
+static inline void fp_store_u64(void *p, uint64_t v)
+{
+    memcpy(p, &v, 8);
+}
+
+/*
  * A hint that the line at p is read soon: a burst asks for the next chain's descriptor and
  * buffer while it works on this one, so that the loads that would stall overlap the work.
  * A prefetch never faults, so any address may be named.

@@ -33,8 +33,9 @@ cdef inline int _pop(fp_net_queue *q, uint32_t first, uint32_t n,
     else:
         got = fp_split_pop_burst(<fp_split_device *>q.vq, q.chains + first, n,
                                  q.segs + first_seg, q.max_segs - first_seg)
-    for i in range(got):
-        q.chains[first + i].first_seg += first_seg
+    if first_seg:
+        for i in range(got):
+            q.chains[first + i].first_seg += first_seg
     return got
 
 

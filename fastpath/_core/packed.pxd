@@ -120,10 +120,13 @@ cdef struct fp_packed_driver:
     uint32_t added_since_kick      # ring slots filled since the last kick decision
     uint8_t avail_wrap
     uint8_t used_wrap
-    uint32_t num_free
-    uint16_t free_id
+    uint32_t num_free       # free ring slots
+    uint32_t num_free_ids
     uint16_t options
-    uint16_t *next_id       # free buffer ids, as a list
+    # Free buffer ids as a stack, the next one to take at free_ids[num_free_ids - 1]: taking
+    # one is a load at an index the burst already knows, where a linked list's head would
+    # wait for the previous take's load. Most recently freed first, as the reference.
+    uint16_t *free_ids
     uint16_t *ndesc         # ring slots taken by buffer id i; 0 if i is free
     uint64_t errors[FP_NERRORS]
 

@@ -14,12 +14,13 @@ from fastpath._core.chain cimport (FP_E_BROKEN, FP_E_CHAIN_BYTES, FP_E_CHAIN_LOO
                                    FP_VQ_EVENT_DESC, FP_VQ_EVENT_IDX, FP_VQ_INDIRECT,
                                    FP_VQ_NOTIFY_OFF, fp_access_set, fp_append_buffer,
                                    fp_chain_clear, fp_count_error, fp_error_counts, fp_full_fence,
-                                   fp_load_acquire_u16, fp_load_relaxed_u16, fp_max_indirect,
+                                   fp_load_acquire_u16, fp_load_acquire_u64, fp_load_relaxed_u16,
+                                   fp_max_indirect,
                                    fp_need_event, fp_prefetch, fp_read_once_u64, fp_read_table,
-                                   fp_single_segment_chain, fp_take_miss, fp_window,
-                                   fp_windows_load,
+                                   fp_store_single_segment_chain, fp_take_miss, fp_window,
+                                   fp_window_holds, fp_windows_load,
                                    fp_store_release_u8, fp_store_release_u16,
-                                   fp_store_relaxed_u16)
+                                   fp_store_release_u64, fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
 from fastpath._core.memory cimport MemoryTable, fp_gpa_to_hva
 
@@ -259,6 +260,61 @@ cdef void _record_pop(fp_packed_device *vq, uint16_t pos, uint32_t ndesc,
     fp_store_release_u16(&t.region.old_free_head, e)
 
 
+cdef uint32_t _pop_singles(const fp_packed_desc *ring, uint32_t size, uint16_t *pos,
+                           uint8_t *wrap, uint32_t count, const fp_window *windows,
+                           fp_chain *chains, fp_segment *segs, uint32_t first_seg) noexcept nogil:
+    # Pops up to `count` available chains from slot *pos on while each is one descriptor
+    # inside the window for the first one's access, into chains[0:] and segs[first_seg:],
+    # moving *pos and *wrap past them; returns how many. The first chain it cannot take it
+    # leaves in the ring for the general path, having written nothing for it. A queue's
+    # one-descriptor buffers are all of one access (a transmitq's readable, a receiveq's
+    # writable), so the loop keeps one window in registers.
+    # SAFETY: slot positions stay below the ring size; the caller has room for `count` chains
+    # and segments. The first slot's flags only pick the window: each slot's flags are read
+    # once, with acquire, and what is checked is what is used.
+    cdef uint16_t p = pos[0]
+    cdef uint8_t wr = wrap[0]
+    cdef uint32_t k
+    cdef uint16_t access, want
+    cdef uint64_t word, addr, hva
+    cdef uint32_t length
+    cdef fp_window w
+    if count == 0:
+        return 0
+    access = fp_load_relaxed_u16(&ring[p].flags) & FP_PACKED_DESC_F_WRITE
+    w = windows[1 if access else 0]
+    # The flags of an available one-slot buffer of that access, as _is_avail sees them: one
+    # compare tells both, and the pattern flips with the wrap counter.
+    want = access | (FP_PACKED_DESC_F_AVAIL if wr else FP_PACKED_DESC_F_USED)
+    for k in range(count):
+        # Acquire: the driver writes the slot's address before its flags, which come in one
+        # word with the len and id they cover.
+        word = fp_load_acquire_u64(<const uint8_t *>&ring[p] + 8)
+        if (<uint16_t>(word >> 48) & (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED
+                                      | FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT
+                                      | FP_PACKED_DESC_F_WRITE)) != want:
+            break
+        addr = fp_read_once_u64(&ring[p].addr)
+        length = <uint32_t>word
+        if not fp_window_holds(&w, addr, length):
+            break
+        hva = w.host + (addr - w.base)
+        fp_store_single_segment_chain(hva, length, access, <uint16_t>(word >> 32),
+                                      &segs[first_seg + k], first_seg + k, &chains[k])
+        # The device reads the buffer's first bytes next (a header): start the load now.
+        fp_prefetch(<const void *>(<uintptr_t>hva))
+        p += 1
+        if p == size:
+            p = 0
+            wr ^= 1
+            want ^= FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED
+    else:
+        k = count
+    pos[0] = p
+    wrap[0] = wr
+    return k
+
+
 cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t max_chains,
                              fp_segment *segs, uint32_t max_segs) noexcept nogil:
     # SAFETY: slot positions stay below the ring size (_advance); indirect tables are translated for
@@ -271,7 +327,7 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
     cdef uint8_t wrap = vq.avail_wrap
     cdef uint32_t size = vq.ring.size
     cdef const fp_packed_desc *ring = vq.ring.desc
-    cdef uint32_t i = 0, used_segs = 0, ndesc
+    cdef uint32_t i = 0, used_segs = 0, ndesc, took, _k
     cdef uint16_t walk_pos, flags
     cdef uint8_t walk_wrap
     cdef bint tracked = vq.inflight.region != NULL
@@ -282,6 +338,11 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
     cdef int rc
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
+    if (vq.inflight.resubmit_next == vq.inflight.resubmit_count
+            and not _is_avail(fp_load_acquire_u16(&ring[pos].flags), wrap)):
+        # An empty ring, which a back-end polling faster than its driver adds finds most
+        # times: nothing is read but the next slot's flags.
+        return 0
     fp_windows_load(windows, &vq.access, vq.mem_hint)
     if vq.inflight.resubmit_next < vq.inflight.resubmit_count:
         rc = _pop_resubmitted(vq, chains, max_chains, segs, max_segs, &used_segs)
@@ -291,6 +352,21 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
             return -1 - rc
         i = <uint32_t>rc
     while i < max_chains:
+        # The common chains in a loop of their own, a few values live in registers; the first
+        # one it leaves (a longer chain, one outside the window) is taken below.
+        walk_pos = pos
+        walk_wrap = wrap
+        took = _pop_singles(ring, size, &pos, &wrap,
+                            min(max_chains - i, max_segs - used_segs), windows, &chains[i],
+                            segs, used_segs)
+        if tracked:
+            for _k in range(took):
+                _record_pop(vq, walk_pos, 1, <uint16_t>chains[i + _k].id)
+                _advance(&walk_pos, &walk_wrap, 1, size)
+        used_segs += took
+        i += took
+        if i == max_chains:
+            break
         # Acquire: the driver writes a chain's other slots before its head's flags. A packed
         # ring has no index to load once per burst: each head's flags are its own index.
         flags = fp_load_acquire_u16(&ring[pos].flags)
@@ -298,20 +374,6 @@ cdef int fp_packed_pop_burst(fp_packed_device *vq, fp_chain *chains, uint32_t ma
             break
         c = &chains[i]
         _read_desc(&ring[pos], &d)
-        d.flags = flags
-        if (not (flags & (FP_PACKED_DESC_F_NEXT | FP_PACKED_DESC_F_INDIRECT))
-                and used_segs < max_segs
-                and fp_single_segment_chain(windows, d.addr, d.len,
-                                            flags & FP_PACKED_DESC_F_WRITE, d.id,
-                                            segs, used_segs, c)):
-            # The device reads the buffer's first bytes next (a header): start the load now.
-            fp_prefetch(<const void *>(<uintptr_t>segs[used_segs].addr))
-            if tracked:
-                _record_pop(vq, pos, 1, d.id)
-            _advance(&pos, &wrap, 1, size)
-            used_segs += 1
-            i += 1
-            continue
         fp_chain_clear(c, d.id, used_segs)
         _start_walk(&w)
         ndesc = 0
@@ -417,8 +479,6 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
             continue
         length = (chains[i].written if chains[i].written < chains[i].writable_len
                   else chains[i].writable_len)
-        ring[pos].id = <uint16_t>chains[i].id
-        ring[pos].len = length
         flags = (FP_PACKED_DESC_F_AVAIL | FP_PACKED_DESC_F_USED) if wrap else 0
         if length:
             flags |= FP_PACKED_DESC_F_WRITE
@@ -431,9 +491,11 @@ cdef int fp_packed_push_burst(fp_packed_device *vq, const fp_chain *chains,
             head = _record_use(t, <uint16_t>chains[i].id)
             t.region.used_idx = next_pos
             t.region.used_wrap_counter = next_wrap
-        # Release: id and len (and the record's step so far) are visible before the flags
-        # that hand the slot back.
-        fp_store_release_u16(&ring[pos].flags, flags)
+        # Release: the record's step so far is visible before the flags that hand the slot
+        # back, which go in one word with the id and len they cover.
+        fp_store_release_u64(<uint8_t *>&ring[pos] + 8,
+                             length | <uint64_t>(<uint16_t>chains[i].id) << 32
+                             | <uint64_t>flags << 48)
         if tracked:
             _record_used(t, head, next_pos, next_wrap)
         pos = next_pos
@@ -499,11 +561,11 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
     cdef uint16_t pos = vq.next_avail
     cdef uint8_t wrap = vq.avail_wrap
     cdef uint32_t num_free = vq.num_free
-    cdef uint16_t free_id = vq.free_id
+    cdef uint32_t num_free_ids = vq.num_free_ids
     cdef uint32_t size = vq.ring.size
     cdef fp_packed_desc *ring = vq.ring.desc
     cdef uint16_t *ndesc_of = vq.ndesc
-    cdef uint16_t *next_id = vq.next_id
+    cdef const uint16_t *free_ids = vq.free_ids
     cdef uint32_t i, k, need, nseg, added = 0
     cdef uint64_t table_gpa
     cdef uint16_t id, head, head_flags, f
@@ -531,8 +593,24 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
                 table[k].len = s[k].len
                 table[k].id = 0
                 table[k].flags = FP_PACKED_DESC_F_WRITE if s[k].flags & FP_SEG_WRITE else 0
-        id = free_id
-        free_id = next_id[id]
+        # Every chain takes a slot: with a slot free, fewer than `size` ids are in flight.
+        num_free_ids -= 1
+        id = free_ids[num_free_ids]
+        if need == 1 and not table_gpa:
+            # The common one-slot buffer, without the loop below and its per-slot choices.
+            ring[pos].addr = s.addr
+            # Release: the flags go last and make the buffer available (§2.8.21), in one word
+            # with the len and id they cover.
+            f = ((FP_PACKED_DESC_F_WRITE if s.flags & FP_SEG_WRITE else 0)
+                 | (FP_PACKED_DESC_F_AVAIL if wrap else FP_PACKED_DESC_F_USED))
+            fp_store_release_u64(<uint8_t *>&ring[pos] + 8,
+                                 s.len | <uint64_t>id << 32 | <uint64_t>f << 48)
+            _advance(&pos, &wrap, 1, size)
+            ndesc_of[id] = 1
+            num_free -= 1
+            chains[i].id = id
+            added += 1
+            continue
         head = pos
         head_flags = 0
         for k in range(need):
@@ -559,7 +637,7 @@ cdef int fp_packed_add_burst(fp_packed_driver *vq, fp_driver_chain *chains, uint
         chains[i].id = id
         added += 1
     vq.added_since_kick = min(vq.added_since_kick + (vq.num_free - num_free), size)
-    vq.free_id = free_id
+    vq.num_free_ids = num_free_ids
     vq.next_avail = pos
     vq.avail_wrap = wrap
     vq.num_free = num_free
@@ -585,21 +663,25 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
     cdef uint16_t pos = vq.last_used
     cdef uint8_t wrap = vq.used_wrap
     cdef uint32_t num_free = vq.num_free
-    cdef uint16_t free_id = vq.free_id
+    cdef uint32_t num_free_ids = vq.num_free_ids
     cdef uint32_t size = vq.ring.size
     cdef const fp_packed_desc *ring = vq.ring.desc
     cdef uint16_t *ndesc_of = vq.ndesc
-    cdef uint16_t *next_id = vq.next_id
+    cdef uint16_t *free_ids = vq.free_ids
     cdef uint32_t n = 0
     cdef uint16_t flags, id, ndesc
     cdef uint32_t length
+    cdef uint64_t word
     while n < max_n:
-        flags = fp_load_acquire_u16(&ring[pos].flags)
+        # Acquire, with the id and len the flags cover: one read of the device-written word,
+        # so that the id checked is the id used.
+        word = fp_load_acquire_u64(<const uint8_t *>&ring[pos] + 8)
+        flags = <uint16_t>(word >> 48)
         if not _is_used(flags, wrap):
             break
-        id = ring[pos].id
+        id = <uint16_t>(word >> 32)
         # §2.8.4: a used descriptor's len means something only with WRITE set.
-        length = ring[pos].len if flags & FP_PACKED_DESC_F_WRITE else 0
+        length = <uint32_t>word if flags & FP_PACKED_DESC_F_WRITE else 0
         ndesc = ndesc_of[id] if id < size else 0
         if ndesc == 0:
             # The device returned something we never gave it: count it, skip its slot.
@@ -615,15 +697,16 @@ cdef int fp_packed_collect_burst(fp_packed_driver *vq, fp_used_elem *out,
             _advance(&pos, &wrap, ndesc, size)
         num_free += ndesc
         ndesc_of[id] = 0
-        next_id[id] = free_id
-        free_id = id
+        # The id was in flight (ndesc), so it is not on the stack, which has room for it.
+        free_ids[num_free_ids] = id
+        num_free_ids += 1
         out[n].id = id
         out[n].len = length
         n += 1
     vq.last_used = pos
     vq.used_wrap = wrap
     vq.num_free = num_free
-    vq.free_id = free_id
+    vq.num_free_ids = num_free_ids
     if n and vq.options & FP_VQ_EVENT_DESC:
         # §2.8.10: a driver waiting for a given slot asks for the next one once it has
         # collected, as the split driver moves used_event on.
@@ -878,7 +961,7 @@ cdef class PackedDriver:
     cdef object owner
 
     def __cinit__(self):
-        self.q.next_id = NULL
+        self.q.free_ids = NULL
         self.q.ndesc = NULL
 
     def __init__(self, MemoryTable memory, uint32_t size, uintptr_t desc,
@@ -892,18 +975,19 @@ cdef class PackedDriver:
         self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
         self.q.avail_wrap = 1
         self.q.used_wrap = 1
-        self.q.next_id = <uint16_t *>malloc(size * sizeof(uint16_t))
+        self.q.free_ids = <uint16_t *>malloc(size * sizeof(uint16_t))
         self.q.ndesc = <uint16_t *>malloc(size * sizeof(uint16_t))
-        if self.q.next_id == NULL or self.q.ndesc == NULL:
+        if self.q.free_ids == NULL or self.q.ndesc == NULL:
             raise MemoryError()
         for i in range(size):
-            self.q.next_id[i] = <uint16_t>((i + 1) % size)
+            # Id 0 on top: a fresh ring hands out 0, 1, 2, ...
+            self.q.free_ids[i] = <uint16_t>(size - 1 - i)
             self.q.ndesc[i] = 0
-        self.q.free_id = 0
+        self.q.num_free_ids = size
         self.q.num_free = size
 
     def __dealloc__(self):
-        free(self.q.next_id)
+        free(self.q.free_ids)
         free(self.q.ndesc)
 
     @property

@@ -88,10 +88,14 @@ cdef struct fp_split_driver:
     uint16_t avail_idx
     uint16_t last_used_idx
     uint16_t kicked_avail_idx
-    uint16_t free_head
     uint32_t num_free
     uint16_t options
-    uint16_t *next          # private copy of each descriptor's next: the free list
+    # Free descriptors as a stack, the next one to take at free_stack[num_free - 1]: taking one is
+    # a load at an index the burst already knows, where a linked list's head would wait for
+    # the previous take's load. Freed chains go on top in chain order, so descriptors are
+    # reused most recently freed first, as Linux (and the reference) reuse them.
+    uint16_t *free_stack
+    uint16_t *next          # private copy of a chain's links, by descriptor: how to free it
     uint16_t *ndesc         # descriptors taken by the chain whose head is i; 0 if i is free
     uint64_t errors[FP_NERRORS]
 

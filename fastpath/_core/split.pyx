@@ -17,8 +17,8 @@ from fastpath._core.chain cimport (FP_E_AVAIL_IDX, FP_E_BROKEN, FP_E_CHAIN_BYTES
                                    fp_chain_clear, fp_count_error, fp_error_counts, fp_full_fence,
                                    fp_load_acquire_u16, fp_load_relaxed_u16, fp_need_event,
                                    fp_max_indirect, fp_read_once_u16, fp_read_once_u64,
-                                   fp_prefetch, fp_read_table, fp_single_segment_chain,
-                                   fp_take_miss, fp_window, fp_windows_load,
+                                   fp_prefetch, fp_read_table, fp_store_single_segment_chain,
+                                   fp_take_miss, fp_window, fp_window_holds, fp_windows_load,
                                    fp_store_release_u8, fp_store_release_u16,
                                    fp_store_relaxed_u16)
 from fastpath._core.chain import check_driver_chains
@@ -164,6 +164,50 @@ cdef inline int _end_pop(fp_split_device *vq, uint16_t next_idx, uint32_t n) noe
     return <int>n
 
 
+cdef uint32_t _pop_singles(const uint16_t *avail_ring, const fp_split_desc *desc, uint32_t mask,
+                           uint32_t idx, uint32_t count, const fp_window *windows,
+                           fp_chain *chains, fp_segment *segs, uint32_t first_seg) noexcept nogil:
+    # Pops up to `count` chains from avail slot idx on while each is one descriptor inside the
+    # window for the first one's access, into chains[0:] and segs[first_seg:]; returns how
+    # many. The first chain it cannot take it leaves for the general path, having written
+    # nothing for it. A queue's one-descriptor buffers are all of one access (a transmitq's
+    # readable, a receiveq's writable), so the loop keeps one window in registers.
+    # SAFETY: avail slots are masked to the ring and a head is checked against it before its
+    # descriptor is read; the caller has room for `count` chains and segments. The first
+    # descriptor's flags only pick the window: the loop reads them again, once, and checks
+    # what it uses. A prefetch reads nothing used, so a head not yet checked is masked only to
+    # stay in the table.
+    cdef uint32_t k
+    cdef uint16_t head, next_head, access
+    cdef uint64_t hva
+    cdef fp_window w
+    cdef fp_split_desc d
+    if count == 0:
+        return 0
+    next_head = fp_read_once_u16(&avail_ring[idx & mask])
+    access = fp_read_once_u16(&desc[next_head & mask].flags) & FP_SPLIT_DESC_F_WRITE
+    w = windows[1 if access else 0]
+    for k in range(count):
+        head = next_head
+        if k + 1 < count:
+            # The next chain's descriptor, while this one is read and translated.
+            next_head = fp_read_once_u16(&avail_ring[(idx + k + 1) & mask])
+            fp_prefetch(&desc[next_head & mask])
+        if head > mask:
+            return k
+        _read_desc(&desc[head], &d)
+        if ((d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT
+                        | FP_SPLIT_DESC_F_WRITE)) != access
+                or not fp_window_holds(&w, d.addr, d.len)):
+            return k
+        hva = w.host + (d.addr - w.base)
+        fp_store_single_segment_chain(hva, d.len, access, head, &segs[first_seg + k],
+                                      first_seg + k, &chains[k])
+        # The device reads the buffer's first bytes next (a header): load it now.
+        fp_prefetch(<const void *>(<uintptr_t>hva))
+    return count
+
+
 cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_chains,
                             fp_segment *segs, uint32_t max_segs) noexcept nogil:
     # SAFETY: the ring areas were translated for their full size when the queue was made; every
@@ -182,13 +226,13 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
     cdef fp_split_inflight *t = &vq.inflight
     cdef bint tracked = t.region != NULL
     cdef fp_window windows[2]
-    cdef fp_split_desc d
     cdef uint16_t avail_idx, head
     cdef uint32_t pending, _k, n = 0, used_segs = 0
     cdef int took
     if vq.options & FP_VQ_BROKEN:
         return FP_E_BROKEN
-    fp_windows_load(windows, &vq.access, vq.mem_hint)
+    if t.resubmit_next < t.resubmit_count:
+        fp_windows_load(windows, &vq.access, vq.mem_hint)
     # A restart's chains first: they were taken from the avail ring before it, and go first
     # so that the driver gets back what it waited longest for.
     while n < max_chains and t.resubmit_next < t.resubmit_count:
@@ -212,30 +256,35 @@ cdef int fp_split_pop_burst(fp_split_device *vq, fp_chain *chains, uint32_t max_
         return FP_E_AVAIL_IDX
     if pending > max_chains - n:
         pending = max_chains - n
-    for _k in range(pending):
+    if pending:
+        # Only now: a back-end that polls faster than its driver adds finds the ring empty
+        # most times, and then reads nothing but the avail index.
+        fp_windows_load(windows, &vq.access, vq.mem_hint)
+    while pending:
+        # The common chains in a loop of their own, a few values live in registers; the first
+        # one it leaves (a longer chain, one outside the window, a bad head) is taken below.
+        took = <int>_pop_singles(avail_ring, desc, mask, next_idx,
+                                 min(pending, max_segs - used_segs), windows, &chains[n],
+                                 segs, used_segs)
+        if tracked:
+            for _k in range(<uint32_t>took):
+                _record_pop(t, <uint16_t>chains[n + _k].id)
+        next_idx += <uint16_t>took
+        used_segs += <uint32_t>took
+        n += <uint32_t>took
+        pending -= <uint32_t>took
+        if pending == 0:
+            break
         head = fp_read_once_u16(&avail_ring[next_idx & mask])
-        if _k + 1 < pending:
-            # The next chain's descriptor, while this one is read and translated.
-            fp_prefetch(&desc[fp_read_once_u16(&avail_ring[(next_idx + 1) & mask]) & mask])
-        took = -2
-        if head <= mask and used_segs < max_segs:
-            _read_desc(&desc[head], &d)
-            if (not (d.flags & (FP_SPLIT_DESC_F_NEXT | FP_SPLIT_DESC_F_INDIRECT))
-                    and fp_single_segment_chain(windows, d.addr, d.len,
-                                                d.flags & FP_SPLIT_DESC_F_WRITE, head, segs,
-                                                used_segs, &chains[n])):
-                # The device reads the buffer's first bytes next (a header): load it now.
-                fp_prefetch(<const void *>(<uintptr_t>segs[used_segs].addr))
-                took = 1
-        if took == -2:
-            took = _pop_chain(vq, head, &chains[n], segs, used_segs, max_segs, windows, n == 0)
-            if took < 0:
-                break
+        took = _pop_chain(vq, head, &chains[n], segs, used_segs, max_segs, windows, n == 0)
+        if took < 0:
+            break
         next_idx += 1
         used_segs += <uint32_t>took
         if tracked and head <= mask:
             _record_pop(t, head)
         n += 1
+        pending -= 1
     return _end_pop(vq, next_idx, n)
 
 
@@ -335,20 +384,20 @@ cdef int fp_split_device_set_kicks(fp_split_device *vq, bint enabled) noexcept n
 
 cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32_t n,
                             const fp_segment *segs) noexcept nogil:
-    # SAFETY: descriptors come off this side's private free list (indices < size); an indirect
-    # table is written only after it was translated for its whole length.
+    # SAFETY: descriptors come off this side's private free stack (indices < size, num_free of
+    # them); an indirect table is written only after it was translated for its whole length.
     # Ring and free-list state lives in locals for the burst: stores to descriptors and avail
     # entries could otherwise alias it, and the compiler would reload it for every chain.
     cdef fp_split_desc *desc = vq.ring.desc
     cdef uint16_t *avail_ring = vq.ring.avail + 2
+    cdef const uint16_t *free_stack = vq.free_stack
     cdef uint16_t *next = vq.next
     cdef uint16_t *ndesc = vq.ndesc
-    cdef uint16_t free_head = vq.free_head
     cdef uint16_t avail_idx = vq.avail_idx
     cdef uint32_t num_free = vq.num_free
     cdef uint32_t i, k, need, added = 0
     cdef uint32_t mask = vq.ring.size - 1
-    cdef uint16_t head, cur, prev
+    cdef uint16_t head, cur, following
     cdef fp_split_desc *table
     cdef fp_split_desc e
     cdef fp_driver_chain *c
@@ -361,7 +410,7 @@ cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32
             # §2.7.5.3.1: no indirect descriptors unless the feature was negotiated.
             fp_count_error(vq.errors, FP_E_INDIRECT)
             break
-        head = free_head
+        head = free_stack[num_free - 1]
         if c.indirect_table:
             table = <fp_split_desc *>fp_gpa_to_hva(vq.mem, c.indirect_table,
                                                    c.nseg * sizeof(fp_split_desc), &vq.mem_hint)
@@ -376,21 +425,23 @@ cdef int fp_split_add_burst(fp_split_driver *vq, fp_driver_chain *chains, uint32
             e.flags = FP_SPLIT_DESC_F_INDIRECT
             e.next = 0
             desc[head] = e
-            prev = head
+        elif need == 1:
+            _write_desc(&desc[head], &segs[c.first_seg], 0, False)
         else:
+            # The chain takes the stack's top `need` entries, top first, each linked to the next.
             cur = head
-            for k in range(c.nseg):
-                _write_desc(&desc[cur], &segs[c.first_seg + k], next[cur], k + 1 < c.nseg)
-                prev = cur
-                cur = next[cur]
-        free_head = next[prev]
+            for k in range(1, need):
+                following = free_stack[num_free - 1 - k]
+                next[cur] = following
+                _write_desc(&desc[cur], &segs[c.first_seg + k - 1], following, True)
+                cur = following
+            _write_desc(&desc[cur], &segs[c.first_seg + need - 1], 0, False)
         num_free -= need
         ndesc[head] = <uint16_t>need
         c.id = head
         avail_ring[avail_idx & mask] = head
         avail_idx += 1
         added += 1
-    vq.free_head = free_head
     vq.num_free = num_free
     vq.avail_idx = avail_idx
     # Release: descriptors and ring entries are visible before the index that exposes them.
@@ -426,22 +477,23 @@ cdef bint fp_split_driver_should_kick(fp_split_driver *vq) noexcept nogil:
 cdef int fp_split_collect_burst(fp_split_driver *vq, fp_used_elem *out,
                                 uint32_t max_n) noexcept nogil:
     # SAFETY: used slots are masked to the ring; an id from the device is checked against the queue
-    # size and this side's record of what is in flight before it touches the free list.
+    # size and this side's record of what is in flight before it touches the free stack, which
+    # then has room for the chain's descriptors (they are not on it).
     # Free-list state lives in locals for the burst: stores to `out` and the lists could
     # otherwise alias it, and the compiler would reload it for every element.
     cdef const fp_used_elem *used_ring = vq.ring.used_ring
-    cdef uint16_t *next = vq.next
+    cdef uint16_t *free_stack = vq.free_stack
+    cdef const uint16_t *next = vq.next
     cdef uint16_t *ndesc = vq.ndesc
-    cdef uint16_t free_head = vq.free_head
     cdef uint16_t last_used = vq.last_used_idx
     cdef uint32_t num_free = vq.num_free
-    cdef uint32_t n = 0, remaining
+    cdef uint32_t n = 0, k, count
     cdef uint32_t size = vq.ring.size
     # Acquire, once per burst: every element below the index is visible after this.
     cdef uint16_t used_idx = fp_load_acquire_u16(&vq.ring.used[1])
     cdef uint64_t elem
     cdef uint32_t id
-    cdef uint16_t last
+    cdef uint16_t cur
     while last_used != used_idx and n < max_n:
         # One read of the device-written element: the id checked is the id used.
         elem = fp_read_once_u64(&used_ring[last_used & (size - 1)])
@@ -451,19 +503,20 @@ cdef int fp_split_collect_burst(fp_split_driver *vq, fp_used_elem *out,
             # The device returned something we never gave it: count it, free nothing.
             fp_count_error(vq.errors, FP_E_USED_ID)
             continue
-        last = <uint16_t>id
-        remaining = ndesc[id] - 1u
-        while remaining:
-            last = next[last]
-            remaining -= 1
-        next[last] = free_head
-        free_head = <uint16_t>id
-        num_free += ndesc[id]
+        count = ndesc[id]
+        if count == 1:
+            free_stack[num_free] = <uint16_t>id
+        else:
+            # Onto the stack in chain order from the top down: the head is taken first again.
+            cur = <uint16_t>id
+            for k in range(count):
+                free_stack[num_free + count - 1 - k] = cur
+                cur = next[cur]
+        num_free += count
         ndesc[id] = 0
         out[n].id = id
         out[n].len = <uint32_t>(elem >> 32)
         n += 1
-    vq.free_head = free_head
     vq.last_used_idx = last_used
     vq.num_free = num_free
     if vq.options & FP_VQ_EVENT_IDX and not (vq.options & FP_VQ_NOTIFY_OFF):
@@ -658,6 +711,7 @@ cdef class SplitDriver:
     cdef object owner
 
     def __cinit__(self):
+        self.q.free_stack = NULL
         self.q.next = NULL
         self.q.ndesc = NULL
 
@@ -669,17 +723,20 @@ cdef class SplitDriver:
         self.owner = owner
         self.q.mem = &memory.mem
         self.q.options = options & (FP_VQ_EVENT_IDX | FP_VQ_INDIRECT)
+        self.q.free_stack = <uint16_t *>malloc(size * sizeof(uint16_t))
         self.q.next = <uint16_t *>malloc(size * sizeof(uint16_t))
         self.q.ndesc = <uint16_t *>malloc(size * sizeof(uint16_t))
-        if self.q.next == NULL or self.q.ndesc == NULL:
+        if self.q.free_stack == NULL or self.q.next == NULL or self.q.ndesc == NULL:
             raise MemoryError()
         for i in range(size):
-            self.q.next[i] = <uint16_t>((i + 1) % size)
+            # Descriptor 0 on top: a fresh ring hands out 0, 1, 2, ...
+            self.q.free_stack[i] = <uint16_t>(size - 1 - i)
+            self.q.next[i] = 0
             self.q.ndesc[i] = 0
-        self.q.free_head = 0
         self.q.num_free = size
 
     def __dealloc__(self):
+        free(self.q.free_stack)
         free(self.q.next)
         free(self.q.ndesc)
 
