@@ -104,7 +104,7 @@ class ForwardingLoop(Poller):
                 (k.ARG_TEMPLATE_COUNT, templates.shape[0]),
                 (k.ARG_TEMPLATE_WIDTH, templates.shape[1]),
                 (k.ARG_TEMPLATE_LENGTHS, template_lengths.ctypes.data),
-                (k.ARG_STATE, state.ctypes.data), (k.ARG_POOL_DATA, data.ctypes.data),
+                (k.ARG_STATE, state.ctypes.data), (k.ARG_POOL_DATA, self.pool.rows_at),
                 (k.ARG_POOL_COUNT, data.shape[0]), (k.ARG_POOL_ROOM, data.shape[1]),
                 (k.ARG_POOL_LENGTH, length.ctypes.data), (k.ARG_POOL_FREE, free.ctypes.data),
                 (k.ARG_POOL_TOP, top.ctypes.data), (k.ARG_POOL_STAMP, stamp.ctypes.data),

@@ -74,7 +74,7 @@ def rx(row, pool, mbufs, max_n):
     data = pool[POOL_DATA]
     dropped = _counter(row[ARG_RX_DROPPED])
     before = dropped[0]
-    got = ring_dequeue(ring, data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+    got = ring_dequeue(ring, data.ctypes.data, data.strides[0], mbufs.ctypes.data,
                        pool[POOL_LENGTH].ctypes.data, want)
     if got < 0:
         # The producer wrote an impossible index: nothing more is taken from this ring.
@@ -97,7 +97,7 @@ def tx(row, pool, mbufs, n):
     data = pool[POOL_DATA]
     too_long = _counter(row[ARG_TOO_LONG])
     before = too_long[0]
-    sent = ring_enqueue(ring, data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+    sent = ring_enqueue(ring, data.ctypes.data, data.strides[0], mbufs.ctypes.data,
                         pool[POOL_LENGTH].ctypes.data, n)
     if sent < 0:
         row_stats(row)[STAT_ERRORS] += 1

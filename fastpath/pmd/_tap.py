@@ -68,7 +68,7 @@ def rx(row, pool, mbufs, max_n):
     if want == 0:
         return 0
     data = pool[POOL_DATA]
-    got = fd_read_burst(row[ARG_FD], data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+    got = fd_read_burst(row[ARG_FD], data.ctypes.data, data.strides[0], mbufs.ctypes.data,
                         pool[POOL_LENGTH].ctypes.data, want, _errors_address(row))
     if got < 0:
         row_stats(row)[STAT_ERRORS] += 1
@@ -84,7 +84,7 @@ def tx(row, pool, mbufs, n):
     if row[ARG_OPEN] == 0:
         return 0
     data = pool[POOL_DATA]
-    sent = fd_write_burst(row[ARG_FD], data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+    sent = fd_write_burst(row[ARG_FD], data.ctypes.data, data.strides[0], mbufs.ctypes.data,
                           pool[POOL_LENGTH].ctypes.data, n, _errors_address(row))
     if sent < 0:
         row_stats(row)[STAT_ERRORS] += 1

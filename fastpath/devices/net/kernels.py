@@ -39,7 +39,8 @@ def take_held(state, held_frames, held_lengths, frames, lengths, slots, max_n):
     lengths[s]); one longer than a row is dropped and counted. Returns the frames moved.
 
     `state` is the store's state; `held_frames` and `held_lengths` its arrays."""
-    stride = np.uint64(frames.shape[1])
+    room = np.uint64(frames.shape[1])
+    stride = np.uint64(frames.strides[0])
     held_stride = np.uint64(held_frames.shape[1])
     frames_at = np.uint64(frames.ctypes.data)
     held_at = np.uint64(held_frames.ctypes.data)
@@ -48,7 +49,7 @@ def take_held(state, held_frames, held_lengths, frames, lengths, slots, max_n):
     out = 0
     while k < count and out < max_n:
         length = held_lengths[k]
-        if length > stride:
+        if length > room:
             state[HELD_DROPPED] += np.uint64(1)
         else:
             s = np.uint64(out) if slots is None else np.uint64(slots[out])
