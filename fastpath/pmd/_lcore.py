@@ -116,7 +116,9 @@ class ForwardingLoop(Poller):
                              (template_lengths, np.uint32), (state, np.uint64),
                              (data, np.uint8), (length, np.uint32), (free, np.uint32),
                              (top, np.int64), (stamp, np.uint64), (self.mbufs, np.uint32)):
-            if array.dtype != dtype or not array.flags.c_contiguous:
+            # The pool's frames are rows of a C-contiguous block (see MbufPool).
+            contiguous = array.flags.c_contiguous or array is data and array.strides[1] == 1
+            if array.dtype != dtype or not contiguous:
                 raise TypeError(f"a forwarding loop's arrays are C-contiguous {dtype}")
 
     @property

@@ -43,13 +43,13 @@ from fastpath.devices.net import (
 from fastpath.errors import FastpathError
 from fastpath.pmd._kinds import PortKind, flag, register_port_kind
 from fastpath.pmd._mbuf import (
+    MBUF_HEADROOM,
     POOL_DATA,
     POOL_FREE,
     POOL_LENGTH,
     POOL_STAMP,
     POOL_TOP,
     SHARED_POOL_GPA,
-    MBUF_HEADROOM,
     free_burst,
 )
 from fastpath.pmd._port import ROW_ARGS, STAT_ERRORS, Port

@@ -10,9 +10,9 @@ from fastpath._numba import NJIT, POINTER, copy_bytes, core_function
 _i32 = types.int32
 _u32 = types.uint32
 
-# (net queue, frames, stride, slots or 0, lengths, max_n) -> frames received or FP_E_*
+# (net queue, frames, stride, room, slots or 0, lengths, max_n) -> frames received or FP_E_*
 net_receive = core_function("net", "fp_net_receive",
-                            _i32(POINTER, POINTER, _u32, POINTER, POINTER, _u32))
+                            _i32(POINTER, POINTER, _u32, _u32, POINTER, POINTER, _u32))
 # (net queue, max_n) -> frames the receiveq takes now without waiting for a translation, or
 # FP_E_*
 net_room = core_function("net", "fp_net_room", _i32(POINTER, _u32))
