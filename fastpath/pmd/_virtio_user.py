@@ -93,7 +93,7 @@ RING_COLUMNS = 16
 # An id's entry in RING_SLOTS with this bit set is an mbuf in flight, not a slot.
 IN_FLIGHT_MBUF = np.uint32(1 << 31)
 # A zero-copy buffer starts this far before its mbuf's frame: the virtio-net header's place.
-assert NET_HDR_SIZE <= MBUF_HEADROOM
+assert NET_HDR_SIZE == 12 and NET_HDR_SIZE <= MBUF_HEADROOM
 
 # The records as 32-bit words (their one definition is in fastpath.vring's dtypes).
 CHAIN_WORDS = DRIVER_CHAIN_DTYPE.itemsize // 4
@@ -174,8 +174,11 @@ def _post_mbufs(ring, slots, posting, n, data, lengths):
             # aligned: rows and frames start on cache lines).
             header = carray(u32_pointer(data_at + mbuf * stride - NET_HDR_SIZE),
                             (NET_HDR_SIZE // 4,))
-            for w in range(NET_HDR_SIZE // 4):
-                header[w] = 0
+            # Written only when not zero already (a frame was received into the mbuf): a
+            # store would take the line back from the device's core, which read it last.
+            if header[0] | header[1] | header[2]:
+                for w in range(NET_HDR_SIZE // 4):
+                    header[w] = 0
             records[at + SEGMENT_LEN] = lengths[mbuf] + NET_HDR_SIZE
         chains[k * CHAIN_WORDS + CHAIN_FIRST_SEG] = k
         chains[k * CHAIN_WORDS + CHAIN_NSEG_ID] = 1
