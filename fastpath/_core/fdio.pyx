@@ -28,11 +28,13 @@ cpdef enum:
 cdef uint8_t _scratch[FP_FD_SCRATCH]
 
 
-cdef int fp_fd_read_burst(int fd, uint8_t *frames, uint32_t stride, const uint32_t *slots,
-                          uint32_t *lengths, uint32_t max_n, uint64_t *dropped) noexcept nogil:
-    # SAFETY: each read may fill exactly its slot's stride bytes and then the scratch buffer;
+cdef int fp_fd_read_burst(int fd, uint8_t *frames, uint32_t stride, uint32_t room,
+                          const uint32_t *slots, uint32_t *lengths, uint32_t max_n,
+                          uint64_t *dropped) noexcept nogil:
+    # SAFETY: each read may fill exactly its slot's room bytes and then the scratch buffer;
     # only a frame that fitted the slot gets a length, so nothing past a slot is ever counted
-    # as frame bytes. The caller provides stride bytes for each slot it names.
+    # as frame bytes. The caller provides room bytes at each stride-th byte for each slot it
+    # names.
     cdef iovec iov[2]
     cdef uint32_t reads = 0, got = 0, slot
     cdef ssize_t n
@@ -44,7 +46,7 @@ cdef int fp_fd_read_burst(int fd, uint8_t *frames, uint32_t stride, const uint32
     while reads < max_n:
         slot = slots[got] if slots != NULL else got
         iov[0].iov_base = frames + <uint64_t>slot * stride
-        iov[0].iov_len = stride
+        iov[0].iov_len = room
         n = readv(fd, iov, 2)
         if n < 0:
             error = errno
@@ -56,7 +58,7 @@ cdef int fp_fd_read_burst(int fd, uint8_t *frames, uint32_t stride, const uint32
         if n == 0:
             break
         reads += 1
-        if <size_t>n > stride:
+        if <size_t>n > room:
             if dropped != NULL:
                 dropped[0] += 1
             continue

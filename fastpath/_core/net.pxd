@@ -46,9 +46,10 @@ cdef struct fp_net_queue:
 # a burst can land in the scattered buffers of an mbuf pool.
 
 # Transmitq: pops up to max_n chains and copies each frame (after its header) into the next
-# slot, its length into that slot's length; pushes the chains back and calls the driver if it
+# slot (`room` <= stride bytes, from the slot's first; a longer frame is dropped), its length
+# into that slot's length; pushes the chains back and calls the driver if it
 # asked. Returns the frames copied, or an FP_E_* code when the ring is broken.
-cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride,
+cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride, uint32_t room,
                         const uint32_t *slots, uint32_t *lengths, uint32_t max_n) noexcept nogil
 # Receiveq: how many frames (at most max_n) its posted buffers take now without one of them
 # waiting for an IOTLB translation, so that a forwarding loop takes no more than that from a

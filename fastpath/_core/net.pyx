@@ -105,10 +105,10 @@ cdef inline uint32_t _segments_end(const fp_net_queue *q, uint32_t nchains) noex
     return last.first_seg + last.nseg
 
 
-cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride,
+cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride, uint32_t room,
                         const uint32_t *slots, uint32_t *lengths, uint32_t max_n) noexcept nogil:
     # SAFETY: segments come from a pop, translated whole; a frame is copied only once its
-    # length (readable bytes less the header) is known to fit its stride-byte slot.
+    # length (readable bytes less the header) is known to fit its slot's room bytes.
     cdef int n = _pop(q, 0, max_n if max_n < q.max_chains else q.max_chains, 0)
     cdef uint32_t i, s, k, skip, length, done, slot, out = 0
     cdef const fp_chain *c
@@ -120,7 +120,7 @@ cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride,
         c = &q.chains[i]
         q.chains[i].written = 0
         if c.error or c.readable_len < sizeof(fp_net_hdr) or (
-                c.readable_len - sizeof(fp_net_hdr) > stride):
+                c.readable_len - sizeof(fp_net_hdr) > room):
             q.dropped += 1
             continue
         length = c.readable_len - sizeof(fp_net_hdr)
@@ -371,7 +371,8 @@ cdef class NetQueue:
         if n == 0:
             return 0
         with nogil:
-            got = fp_net_receive(&self.q, &frames[0, 0], frames.shape[1], NULL, &lengths[0], n)
+            got = fp_net_receive(&self.q, &frames[0, 0], frames.shape[1], frames.shape[1], NULL,
+                                 &lengths[0], n)
         return got
 
     def transmit(self, const uint8_t[:, ::1] frames, const uint32_t[::1] lengths, uint32_t n):

@@ -45,9 +45,10 @@ cdef struct fp_ring:
 cdef int fp_ring_enqueue(fp_ring *ring, const uint8_t *frames, uint32_t stride,
                          const uint32_t *slots, const uint32_t *lengths,
                          uint32_t n) noexcept nogil
-# Consumer: copies up to max_n frames out of the ring into the burst's slots and releases their
-# ring slots. Returns the frames placed; a frame longer than `stride` (or than a ring slot, which
-# only a broken producer writes) is released unread and counted in the header's rx_dropped.
-# Returns FP_E_BROKEN when the indices are inconsistent.
-cdef int fp_ring_dequeue(fp_ring *ring, uint8_t *frames, uint32_t stride,
+# Consumer: copies up to max_n frames out of the ring into the burst's slots (`room` <= stride
+# bytes each, from the slot's first) and releases their ring slots. Returns the frames placed;
+# a frame longer than `room` (or than a ring slot, which only a broken producer writes) is
+# released unread and counted in the header's rx_dropped. Returns FP_E_BROKEN when the indices
+# are inconsistent.
+cdef int fp_ring_dequeue(fp_ring *ring, uint8_t *frames, uint32_t stride, uint32_t room,
                          const uint32_t *slots, uint32_t *lengths, uint32_t max_n) noexcept nogil

@@ -85,7 +85,7 @@ cdef int fp_ring_enqueue(fp_ring *ring, const uint8_t *frames, uint32_t stride,
     return <int>taken
 
 
-cdef int fp_ring_dequeue(fp_ring *ring, uint8_t *frames, uint32_t stride,
+cdef int fp_ring_dequeue(fp_ring *ring, uint8_t *frames, uint32_t stride, uint32_t room,
                          const uint32_t *slots, uint32_t *lengths, uint32_t max_n) noexcept nogil:
     # SAFETY: as fp_ring_enqueue for the ring's side. A slot's length is the producer's to
     # write, so it is read once and checked against both the ring slot and the burst slot
@@ -104,7 +104,7 @@ cdef int fp_ring_dequeue(fp_ring *ring, uint8_t *frames, uint32_t stride,
         src = _slot(ring, cons)
         length = fp_read_once_u32(src)
         cons += 1
-        if length > ring.slot_size or length > stride:
+        if length > ring.slot_size or length > room:
             h.rx_dropped += 1
             continue
         slot = slots[out] if slots != NULL else out

@@ -129,7 +129,7 @@ def poll(row, host):
                 continue
             if room < 0:
                 room = burst
-        got = net_receive(tx, frames_at, stride, 0, lengths_at, room)
+        got = net_receive(tx, frames_at, stride, stride, 0, lengths_at, room)
         if got < 0:
             stats[p, STAT_BROKEN] += 1
             table[p, COL_TX] = 0

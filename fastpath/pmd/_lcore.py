@@ -104,7 +104,7 @@ class ForwardingLoop(Poller):
                 (k.ARG_TEMPLATE_COUNT, templates.shape[0]),
                 (k.ARG_TEMPLATE_WIDTH, templates.shape[1]),
                 (k.ARG_TEMPLATE_LENGTHS, template_lengths.ctypes.data),
-                (k.ARG_STATE, state.ctypes.data), (k.ARG_POOL_DATA, data.ctypes.data),
+                (k.ARG_STATE, state.ctypes.data), (k.ARG_POOL_DATA, self.pool.rows_at),
                 (k.ARG_POOL_COUNT, data.shape[0]), (k.ARG_POOL_ROOM, data.shape[1]),
                 (k.ARG_POOL_LENGTH, length.ctypes.data), (k.ARG_POOL_FREE, free.ctypes.data),
                 (k.ARG_POOL_TOP, top.ctypes.data), (k.ARG_POOL_STAMP, stamp.ctypes.data),
@@ -116,7 +116,9 @@ class ForwardingLoop(Poller):
                              (template_lengths, np.uint32), (state, np.uint64),
                              (data, np.uint8), (length, np.uint32), (free, np.uint32),
                              (top, np.int64), (stamp, np.uint64), (self.mbufs, np.uint32)):
-            if array.dtype != dtype or not array.flags.c_contiguous:
+            # The pool's frames are rows of a C-contiguous block (see MbufPool).
+            contiguous = array.flags.c_contiguous or array is data and array.strides[1] == 1
+            if array.dtype != dtype or not contiguous:
                 raise TypeError(f"a forwarding loop's arrays are C-contiguous {dtype}")
 
     @property

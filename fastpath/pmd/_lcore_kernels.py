@@ -5,7 +5,7 @@ from numba import njit
 
 from fastpath._numba import NJIT, carray, i64_pointer, u8_pointer, u32_pointer, u64_pointer
 from fastpath.pmd._dispatch import port_rx, port_tx, port_wants_service
-from fastpath.pmd._mbuf import free_burst
+from fastpath.pmd._mbuf import free_burst, pool_rooms
 from fastpath.pmd._pollers import HOST_SERVICE, POLLER_ARGS, register_poller
 from fastpath.pmd._port import ROW_COLUMNS, STAT_TX_DROPPED
 from fastpath.pmd._port_kernels import row_stats
@@ -31,7 +31,7 @@ ARG_TEMPLATE_COUNT = POLLER_ARGS + 7
 ARG_TEMPLATE_WIDTH = POLLER_ARGS + 8
 ARG_TEMPLATE_LENGTHS = POLLER_ARGS + 9   # uint32 (template count,)
 ARG_STATE = POLLER_ARGS + 10         # uint64 (SLOTS,)
-ARG_POOL_DATA = POLLER_ARGS + 11     # uint8 (mbuf count, room)
+ARG_POOL_DATA = POLLER_ARGS + 11     # the pool's rows (MbufPool.rows_at), for pool_rooms
 ARG_POOL_COUNT = POLLER_ARGS + 12
 ARG_POOL_ROOM = POLLER_ARGS + 13
 ARG_POOL_LENGTH = POLLER_ARGS + 14   # uint32 (mbuf count,)
@@ -54,7 +54,7 @@ def poll(row, host):
     # One function for the whole round: the arrays passed to a call of its own would cost more
     # than the round where the streams have little to do.
     count, room = int(row[ARG_POOL_COUNT]), int(row[ARG_POOL_ROOM])
-    pool = (carray(u8_pointer(row[ARG_POOL_DATA]), (count, room)),
+    pool = (pool_rooms(row[ARG_POOL_DATA], count, room),
             carray(u32_pointer(row[ARG_POOL_LENGTH]), (count,)),
             carray(u32_pointer(row[ARG_POOL_FREE]), (count,)),
             carray(i64_pointer(row[ARG_POOL_TOP]), (1,)),

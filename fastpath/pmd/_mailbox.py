@@ -37,8 +37,8 @@ def mailbox_send(handle, messages, lengths, start, n):
 def mailbox_take(handle, messages, lengths, max_n):
     """Take up to max_n messages into messages[:n] (their lengths into lengths[:n]); returns
     n, or a negative core code for a broken ring."""
-    return ring_dequeue(handle, messages.ctypes.data, MESSAGE_BYTES, 0, lengths.ctypes.data,
-                        max_n)
+    return ring_dequeue(handle, messages.ctypes.data, MESSAGE_BYTES, MESSAGE_BYTES, 0,
+                        lengths.ctypes.data, max_n)
 
 
 def message_buffer(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,14 +1,21 @@
 """`MbufPool`: fixed-size frame buffers for poll-mode drivers, handed out and taken back in
 bursts by compiled code.
 
-A pool is one numpy data block (a row of `room` bytes per mbuf) and metadata arrays beside it:
-each mbuf's frame length, and a stack of the free mbufs' numbers. An mbuf is its row number (a
-uint32); a burst is a caller-owned uint32 array of them. Kernels take the pool as the tuple
-`pool.arrays` and call `alloc_burst` / `free_burst` once per burst.
+A pool is one data block and metadata arrays beside it: each mbuf's frame length, and a stack
+of the free mbufs' numbers. An mbuf is its row number (a uint32); a burst is a caller-owned
+uint32 array of them. Kernels take the pool as the tuple `pool.arrays` and call `alloc_burst` /
+`free_burst` once per burst.
+
+Each mbuf's frame room (`room` bytes, where every frame starts) has MBUF_HEADROOM bytes before
+it, as DPDK's mbufs have RTE_PKTMBUF_HEADROOM: a port may put a header there, so that header
+and frame are one buffer (the virtio-user port's virtio-net header). The pool's `data` (and
+POOL_DATA) is the rooms alone, a (count, room) view whose rows are `stride` bytes apart: a
+kernel that addresses frames by pointer steps by `data.strides[0]`, and fills at most
+`data.shape[1]` bytes.
 
 A shared pool's data block is a memfd region of guest memory (at SHARED_POOL_GPA) that a port
 can share with its peer, so that the peer reads and writes the mbufs themselves: mbuf m's frame
-is at guest-physical SHARED_POOL_GPA + m * room.
+is at guest-physical `frame_gpa(m)`, its headroom just before.
 """
 
 from __future__ import annotations
@@ -16,15 +23,20 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastpath._numba import NJIT
+from fastpath._numba import NJIT, carray, u8_pointer
 from fastpath.hv import GuestMemory
 
 # Where a shared pool's data block sits in guest-physical space: far above the memory a port
 # lays out for its rings and buffers (megabytes from 0), so that both fit one memory table.
 SHARED_POOL_GPA = 1 << 40
 
+# Bytes before every frame, free for a port's header (DPDK's RTE_PKTMBUF_HEADROOM).
+MBUF_HEADROOM = 128
+# Rows start on cache lines, so that every frame does.
+ROW_ALIGN = 64
+
 # The pool tuple's members, as kernels index it.
-POOL_DATA = 0      # uint8 (count, room): frame bytes, from the row's first byte
+POOL_DATA = 0      # uint8 (count, room), rows `stride` apart: frame bytes, from the row's first
 POOL_LENGTH = 1    # uint32 (count,): each mbuf's frame length
 POOL_FREE = 2      # uint32 (count,): the free mbufs, a stack
 POOL_TOP = 3       # int64 (1,): how many of POOL_FREE are free
@@ -67,8 +79,24 @@ def free_burst(pool, mbufs, start, end):
     pool[POOL_TOP][0] = top
 
 
+@njit(**NJIT)
+def mbuf_stride(room):
+    """Bytes from one mbuf's row to the next, for frames of up to `room` bytes."""
+    return (MBUF_HEADROOM + room + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
+
+
+@njit(**NJIT)
+def pool_rooms(rows_at, count, room):
+    """The (count, room) frame view of a pool whose rows start at address `rows_at` (the
+    first row's headroom), as POOL_DATA is."""
+    # SAFETY: the caller names a pool's data block: count rows of mbuf_stride(room) bytes.
+    rows = carray(u8_pointer(rows_at), (count, mbuf_stride(room)))
+    return rows[:, MBUF_HEADROOM:MBUF_HEADROOM + room]
+
+
 class MbufPool:
-    """`count` mbufs of `room` bytes each, all free at first.
+    """`count` mbufs of `room` bytes each (and MBUF_HEADROOM before each), all free at
+    first.
 
     A pool belongs to one thread at a time: the kernels that take and return mbufs do not lock.
     Returning an mbuf twice corrupts the pool (as with DPDK's mempools); `in_use` shows leaks.
@@ -83,13 +111,17 @@ class MbufPool:
             raise ValueError(f"an mbuf's room is 64 to 65536 bytes, not {room}")
         self.count = count
         self.room = room
+        # Row m is mbuf m's headroom, then its room, and padding up to the next cache line.
+        self.stride = int(mbuf_stride(room))
         self.memory: GuestMemory | None = None
+        nbytes = count * self.stride
         if shared:
-            size = -(-count * room // (2 << 20)) * (2 << 20)
+            size = -(-nbytes // (2 << 20)) * (2 << 20)
             self.memory = GuestMemory([(SHARED_POOL_GPA, size)], name="fastpath-mbufs")
-            self.data = self.memory.view(SHARED_POOL_GPA, count * room).reshape(count, room)
+            block = self.memory.view(SHARED_POOL_GPA, nbytes)
         else:
-            self.data = np.zeros((count, room), dtype=np.uint8)
+            block = np.zeros(nbytes, dtype=np.uint8)
+        self.data = block.reshape(count, self.stride)[:, MBUF_HEADROOM:MBUF_HEADROOM + room]
         self.length = np.zeros(count, dtype=np.uint32)
         # Numbered so that the first allocations take mbufs 0, 1, 2, ...
         self.free = np.arange(count - 1, -1, -1, dtype=np.uint32)
@@ -105,6 +137,15 @@ class MbufPool:
         """Close a shared pool's memory fd (mappings stay while the data block is referenced)."""
         if self.memory is not None:
             self.memory.close()
+
+    def frame_gpa(self, mbuf: int) -> int:
+        """Guest-physical address of a shared pool's mbuf `mbuf`'s frame."""
+        return SHARED_POOL_GPA + mbuf * self.stride + MBUF_HEADROOM
+
+    @property
+    def rows_at(self) -> int:
+        """Address of the data block (mbuf 0's headroom), for `pool_rooms`."""
+        return self.data.ctypes.data - MBUF_HEADROOM
 
     @property
     def arrays(self) -> tuple:

@@ -33,7 +33,7 @@ def capture_burst(frames, lengths, slots, n, ring, ring_lengths, ring_stamps, st
     it has room for; the rest are counted as missed. Returns how many it took.
 
     As in the core's burst convention, the k-th frame is the row s = slots[k] of `frames` (a
-    C-contiguous 2-D uint8 array), s = k when `slots` is None, and its length is lengths[s].
+    2-D uint8 array, rows contiguous), s = k when `slots` is None, and its length is lengths[s].
     """
     held = state[STATE_HELD]
     room = ring.shape[0] - held
@@ -43,7 +43,8 @@ def capture_burst(frames, lengths, slots, n, ring, ring_lengths, ring_stamps, st
         return 0
     now = realtime_ns()
     snap = ring.shape[1]
-    stride = frames.shape[1]
+    room = frames.shape[1]
+    stride = frames.strides[0]
     ring_at = ring.ctypes.data
     frames_at = frames.ctypes.data
     for k in range(take):
@@ -53,8 +54,8 @@ def capture_burst(frames, lengths, slots, n, ring, ring_lengths, ring_stamps, st
             s = np.uint64(slots[k])
         length = lengths[s]
         keep = length if length < snap else snap
-        if keep > stride:
-            keep = stride
+        if keep > room:
+            keep = room
         # Both rows are inside their arrays (s is a row of frames, held + k one of the ring)
         # and keep fits either row.
         copy_bytes(ring_at + np.uint64(held + k) * snap, frames_at + s * stride, keep)

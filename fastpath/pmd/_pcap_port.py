@@ -245,7 +245,7 @@ def rx(row, pool, mbufs, max_n):
     blob_at = row[ARG_BLOB]
     data = pool[POOL_DATA]
     pool_lengths = pool[POOL_LENGTH]
-    stride = data.shape[1]
+    stride = data.strides[0]
     data_at = data.ctypes.data
     at = state[STATE_NEXT]
     n = 0

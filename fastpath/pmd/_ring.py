@@ -38,9 +38,9 @@ _u32 = types.uint32
 # (ring, frames, stride, slots or 0, lengths, n) -> frames taken or FP_E_BROKEN
 ring_enqueue = core_function("ring", "fp_ring_enqueue",
                              _i32(POINTER, POINTER, _u32, POINTER, POINTER, _u32))
-# (ring, frames, stride, slots or 0, lengths, max_n) -> frames placed or FP_E_BROKEN
+# (ring, frames, stride, room, slots or 0, lengths, max_n) -> frames placed or FP_E_BROKEN
 ring_dequeue = core_function("ring", "fp_ring_dequeue",
-                             _i32(POINTER, POINTER, _u32, POINTER, POINTER, _u32))
+                             _i32(POINTER, POINTER, _u32, _u32, POINTER, POINTER, _u32))
 
 KIND = 3
 
@@ -74,7 +74,7 @@ def rx(row, pool, mbufs, max_n):
     data = pool[POOL_DATA]
     dropped = _counter(row[ARG_RX_DROPPED])
     before = dropped[0]
-    got = ring_dequeue(ring, data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+    got = ring_dequeue(ring, data.ctypes.data, data.strides[0], data.shape[1], mbufs.ctypes.data,
                        pool[POOL_LENGTH].ctypes.data, want)
     if got < 0:
         # The producer wrote an impossible index: nothing more is taken from this ring.
@@ -97,7 +97,7 @@ def tx(row, pool, mbufs, n):
     data = pool[POOL_DATA]
     too_long = _counter(row[ARG_TOO_LONG])
     before = too_long[0]
-    sent = ring_enqueue(ring, data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+    sent = ring_enqueue(ring, data.ctypes.data, data.strides[0], mbufs.ctypes.data,
                         pool[POOL_LENGTH].ctypes.data, n)
     if sent < 0:
         row_stats(row)[STAT_ERRORS] += 1

@@ -26,9 +26,9 @@ from fastpath.pmd._port_kernels import row_stats, take_mbufs
 _i32 = types.int32
 _u32 = types.uint32
 
-# (fd, frames, stride, slots or 0, lengths, max_n, dropped count or 0) -> frames or -errno
+# (fd, frames, stride, room, slots or 0, lengths, max_n, dropped count or 0) -> frames or -errno
 fd_read_burst = core_function("fdio", "fp_fd_read_burst",
-                              _i32(_i32, POINTER, _u32, POINTER, POINTER, _u32, POINTER))
+                              _i32(_i32, POINTER, _u32, _u32, POINTER, POINTER, _u32, POINTER))
 # (fd, frames, stride, slots or 0, lengths, n, dropped count or 0) -> frames taken or -errno
 fd_write_burst = core_function("fdio", "fp_fd_write_burst",
                                _i32(_i32, POINTER, _u32, POINTER, POINTER, _u32, POINTER))
@@ -68,7 +68,8 @@ def rx(row, pool, mbufs, max_n):
     if want == 0:
         return 0
     data = pool[POOL_DATA]
-    got = fd_read_burst(row[ARG_FD], data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+    got = fd_read_burst(row[ARG_FD], data.ctypes.data, data.strides[0], data.shape[1],
+                        mbufs.ctypes.data,
                         pool[POOL_LENGTH].ctypes.data, want, _errors_address(row))
     if got < 0:
         row_stats(row)[STAT_ERRORS] += 1
@@ -84,7 +85,7 @@ def tx(row, pool, mbufs, n):
     if row[ARG_OPEN] == 0:
         return 0
     data = pool[POOL_DATA]
-    sent = fd_write_burst(row[ARG_FD], data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+    sent = fd_write_burst(row[ARG_FD], data.ctypes.data, data.strides[0], mbufs.ctypes.data,
                           pool[POOL_LENGTH].ctypes.data, n, _errors_address(row))
     if sent < 0:
         row_stats(row)[STAT_ERRORS] += 1

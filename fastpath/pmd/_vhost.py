@@ -71,7 +71,8 @@ def rx(row, pool, mbufs, max_n):
     got = _take_held(held, pool, mbufs, want) if pending else 0
     if queue != 0 and got < want:
         data = pool[POOL_DATA]
-        n = net_receive(queue, data.ctypes.data, data.shape[1], mbufs[got:].ctypes.data,
+        n = net_receive(queue, data.ctypes.data, data.strides[0], data.shape[1],
+                        mbufs[got:].ctypes.data,
                         pool[POOL_LENGTH].ctypes.data, want - got)
         if n < 0:
             # The driver broke its ring: it is not served again until it sets the ring up
@@ -91,7 +92,7 @@ def tx(row, pool, mbufs, n):
     if queue == 0:
         return 0
     data = pool[POOL_DATA]
-    sent = net_transmit(queue, data.ctypes.data, data.shape[1], mbufs.ctypes.data,
+    sent = net_transmit(queue, data.ctypes.data, data.strides[0], mbufs.ctypes.data,
                         pool[POOL_LENGTH].ctypes.data, n)
     if sent < 0:
         row_stats(row)[STAT_ERRORS] += 1

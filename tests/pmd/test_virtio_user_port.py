@@ -3,14 +3,21 @@
 port. Frames sent with tx_burst come back byte for byte through rx_burst, on split and packed
 rings, with and without mergeable receive buffers, on every queue pair."""
 
+import struct
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastpath.errors import BackendRefused
 from fastpath.pmd import MbufPool, VhostPort
 from fastpath.pmd._virtio_user import VirtioUserPort
 from fastpath.testing import Testpmd, VhostNetProcess, received_frames
+from fastpath.testing.reference import net as reference_net
 
 # Each test starts a vhost-net back-end process (or DPDK's): release pass only.
 pytestmark = pytest.mark.release_pass
@@ -265,14 +272,98 @@ def test_frames_from_a_shared_pool_stay_in_their_mbufs_until_used(tmp_path, pack
     with VhostNetProcess(sock, fwd="drop", backoff=100, cpu=None) as backend:
         with VirtioUserPort(sock, pool, packed=packed) as port:
             assert send(port, 0, frames(32)) == 32
-            assert port.mbufs_in_flight == pool.in_use == 32
+            posted = port.mbufs_posted   # the receiveq's buffers: a quarter of the pool
+            assert posted == 64
+            assert port.mbufs_in_flight == pool.in_use - posted == 32
             more, deadline = 0, time.monotonic() + 5
             while port.mbufs_in_flight > 1 and time.monotonic() < deadline:
                 more += send(port, 0, frames(1))
-            assert port.mbufs_in_flight == pool.in_use == 1
+            assert port.mbufs_in_flight == pool.in_use - posted == 1
             counters = port.counters()
         assert pool.in_use == 0
         result = backend.stop()
     assert counters.tx_frames == 32 + more
     assert counters.tx_bytes == sum(map(len, frames(32))) + more * len(frames(1)[0])
     assert received_frames(result) == 32 + more
+
+
+def test_a_shared_pool_frame_is_one_descriptor_behind_its_header(tmp_path):
+    # The header sits in the mbuf's headroom, so the device pops one descriptor a frame: the
+    # single-descriptor chains its fast path serves.
+    sock = str(tmp_path / "vhost.sock")
+    device_pool, pool = MbufPool(64), MbufPool(256, shared=True)
+    with VhostPort(sock, device_pool) as device, VirtioUserPort(sock, pool) as port:
+        assert device.wait_ready(10)
+        sent = frames(8)
+        assert send(port, 0, sent) == 8
+        queue = port.driver.queues[1]
+        descriptors = port.driver.memory.view(queue.addresses.desc, 16 * 8)
+        descriptors = descriptors.view(np.dtype([("addr", "<u8"), ("len", "<u4"),
+                                                 ("flags", "<u2"), ("next", "<u2")]))
+        assert list(descriptors["len"]) == [len(f) + 12 for f in sent]
+        assert not descriptors["flags"].any()     # no NEXT: one descriptor a chain
+        got = receive_from(device, device_pool, 8)
+        assert got == sent
+    assert pool.in_use == 0
+
+
+def receive_from(port, pool, count, timeout=5.0):
+    """Frames a port's rx_burst returns until `count` came or `timeout` seconds passed."""
+    mbufs = pool.burst(32)
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        n = port.rx_burst(0, mbufs, 32)
+        got += [pool.frame(int(m)) for m in mbufs[:n]]
+        pool.release(mbufs, n)
+    return got
+
+
+def reassembled(used):
+    """The frames in the used buffers the reference device filled: each its header's
+    num_buffers buffers joined, less the header."""
+    out = []
+    while used:
+        (count,) = struct.unpack_from("<H", used[0], reference_net.NET_HDR_SIZE - 2)
+        out.append(b"".join(used[:count])[reference_net.NET_HDR_SIZE:])
+        used = used[count:]
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(packed=st.booleans(), mergeable=st.booleans(),
+       buffer_size=st.sampled_from([300, 700, 2060, 4096]),
+       sizes=st.lists(st.integers(60, 2100), min_size=1, max_size=20))
+def test_zero_copy_receive_delivers_what_the_reference_device_places(packed, mergeable,
+                                                                      buffer_size, sizes):
+    # Received into the mbufs themselves: each frame handed up whole in the mbuf its first
+    # buffer was, one that spans buffers (smaller than the room) copied into it; one longer
+    # than the room dropped and counted. What arrives is what the reference device places.
+    room = 2048
+    sent = [bytes([k, *range(7)]) * (size // 8) + bytes(size % 8)
+            for k, size in enumerate(sizes)]
+    device_pool, pool = MbufPool(64, room=4096), MbufPool(256, room=room, shared=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = str(Path(tmp) / "vhost.sock")
+        with VhostPort(sock, device_pool) as device, \
+                VirtioUserPort(sock, pool, packed=packed, mergeable=mergeable,
+                               rx_buffer_size=buffer_size) as port:
+            assert device.wait_ready(10)
+            posted = port.mbufs_posted
+            buffers = [min(buffer_size, room + reference_net.NET_HDR_SIZE)] * posted
+            taken, used = reference_net.placed_frames(sent, buffers, mergeable=mergeable,
+                                                      stride=4096)
+            placed = reassembled(used)
+            expected = [f for f in placed if len(f) <= room]
+            mbufs = device_pool.burst(len(sent))
+            assert device_pool.alloc(mbufs, len(sent)) == len(sent)
+            for mbuf, frame in zip(mbufs, sent, strict=True):
+                device_pool.put(int(mbuf), frame)
+            assert device.tx_burst(0, mbufs, len(sent)) == taken
+            device_pool.release(mbufs[taken:], len(sent) - taken)
+            got = receive_from(port, pool, len(expected), timeout=2.0)
+            assert receive_from(port, pool, 1, timeout=0.05) == []
+            assert got == expected
+            assert port.counters().errors == len(placed) - len(expected)
+            assert pool.in_use == port.mbufs_posted == posted
+    assert pool.in_use == 0

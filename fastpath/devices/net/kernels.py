@@ -10,9 +10,9 @@ from fastpath._numba import NJIT, POINTER, copy_bytes, core_function
 _i32 = types.int32
 _u32 = types.uint32
 
-# (net queue, frames, stride, slots or 0, lengths, max_n) -> frames received or FP_E_*
+# (net queue, frames, stride, room, slots or 0, lengths, max_n) -> frames received or FP_E_*
 net_receive = core_function("net", "fp_net_receive",
-                            _i32(POINTER, POINTER, _u32, POINTER, POINTER, _u32))
+                            _i32(POINTER, POINTER, _u32, _u32, POINTER, POINTER, _u32))
 # (net queue, max_n) -> frames the receiveq takes now without waiting for a translation, or
 # FP_E_*
 net_room = core_function("net", "fp_net_room", _i32(POINTER, _u32))
@@ -39,7 +39,8 @@ def take_held(state, held_frames, held_lengths, frames, lengths, slots, max_n):
     lengths[s]); one longer than a row is dropped and counted. Returns the frames moved.
 
     `state` is the store's state; `held_frames` and `held_lengths` its arrays."""
-    stride = np.uint64(frames.shape[1])
+    room = np.uint64(frames.shape[1])
+    stride = np.uint64(frames.strides[0])
     held_stride = np.uint64(held_frames.shape[1])
     frames_at = np.uint64(frames.ctypes.data)
     held_at = np.uint64(held_frames.ctypes.data)
@@ -48,7 +49,7 @@ def take_held(state, held_frames, held_lengths, frames, lengths, slots, max_n):
     out = 0
     while k < count and out < max_n:
         length = held_lengths[k]
-        if length > stride:
+        if length > room:
             state[HELD_DROPPED] += np.uint64(1)
         else:
             s = np.uint64(out) if slots is None else np.uint64(slots[out])

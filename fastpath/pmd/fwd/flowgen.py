@@ -75,7 +75,7 @@ def generate_burst(config, templates, template_lengths, state, pool, mbufs, n, b
     udp_checksum = get_be16(template, udp_at + UDP_CHECKSUM)
     old_address = (address >> 16) + (address & 0xFFFF)
     f = np.int64(state[STATE_NEXT])
-    stride = data.shape[1]
+    stride = data.strides[0]
     for k in range(got):
         m = mbufs[k]
         frame = data[m]

@@ -49,7 +49,7 @@ def generate_burst(config, templates, template_lengths, state, pool, mbufs, n, b
     base = config[CONFIG_STAMP]
     count = templates.shape[0]
     t = np.int64(state[STATE_NEXT])
-    stride = data.shape[1]
+    stride = data.strides[0]
     at = data.ctypes.data
     template_stride = templates.shape[1]
     template_at = templates.ctypes.data
