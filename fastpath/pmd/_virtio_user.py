@@ -232,6 +232,36 @@ def _refill(ring, slots, pool, posting, n):
 
 
 @njit(**NJIT)
+def _buffer_count(low, high, size):
+    """How many buffers a mergeable frame says it spans (its header's num_buffers bytes), and
+    whether that can be right; when not, 1: that buffer alone is dropped."""
+    count = np.int64(low) | np.int64(high) << 8
+    if count == 0 or count > size:
+        return np.int64(1), False
+    return count, True
+
+
+@njit(**NJIT)
+def _collected_through(ring, used, slots, have, end):
+    """Used elements collected, after trying for more if a frame's buffers run to `end`
+    beyond them (the rest of the frame may have come back since)."""
+    if end > have:
+        have += _collect(ring, used, slots, have, np.int64(ring[RING_SIZE]) - have)
+    return have
+
+
+@njit(**NJIT)
+def _keep_uncollected(ring, used, have, done):
+    """Move the used elements a burst left (a frame whose buffers are not all back, or frames
+    there were no mbufs for) to the front, for the next burst."""
+    left = have - done
+    if left and done:
+        for w in range(left * USED_WORDS):
+            used[w] = used[done * USED_WORDS + w]
+    ring[RING_COUNT] = left
+
+
+@njit(**NJIT)
 def _rx_zero_copy(row, ring, pool, mbufs, max_n):
     """Frames the device wrote into posted mbufs: each handed up in its own mbuf (a frame
     that spans buffers copied into its first), fresh mbufs posted in their place."""
@@ -263,17 +293,11 @@ def _rx_zero_copy(row, ring, pool, mbufs, max_n):
         if mergeable:
             # SAFETY: the header's place is the end of the mbuf's own headroom.
             header = carray(u8_pointer(frame_at - NET_HDR_SIZE), (NET_HDR_SIZE,))
-            count = (np.int64(header[NUM_BUFFERS_OFFSET])
-                     | np.int64(header[NUM_BUFFERS_OFFSET + 1]) << 8)
-            if count == 0 or count > size:
-                # A header that cannot be right: this buffer alone is dropped.
-                count = 1
-                good = False
+            count, good = _buffer_count(header[NUM_BUFFERS_OFFSET],
+                                        header[NUM_BUFFERS_OFFSET + 1], size)
+            have = _collected_through(ring, used, slots, have, done + count)
             if done + count > have:
-                # The rest of the frame has not been collected yet: maybe it is there now.
-                have += _collect(ring, used, slots, have, size - have)
-                if done + count > have:
-                    break
+                break
         total = np.int64(used[done * USED_WORDS + USED_LEN]) - NET_HDR_SIZE
         if total < 0 or total + NET_HDR_SIZE > buffer_size:
             good = False
@@ -299,11 +323,7 @@ def _rx_zero_copy(row, ring, pool, mbufs, max_n):
             posting[npost] = mbuf
             npost += 1
             stats[STAT_ERRORS] += 1
-    left = have - done
-    if left and done:
-        for w in range(left * USED_WORDS):
-            used[w] = used[done * USED_WORDS + w]
-    ring[RING_COUNT] = left
+    _keep_uncollected(ring, used, have, done)
     _refill(ring, slots, pool, posting, npost)
     return out
 
@@ -355,16 +375,10 @@ def rx(row, pool, mbufs, max_n):
         good = True
         if mergeable:
             at = slot * buffer_size + NUM_BUFFERS_OFFSET
-            count = np.int64(buffers[at]) | np.int64(buffers[at + 1]) << 8
-            if count == 0 or count > size:
-                # A header that cannot be right: this buffer alone is dropped.
-                count = 1
-                good = False
+            count, good = _buffer_count(buffers[at], buffers[at + 1], size)
+            have = _collected_through(ring, used, slots, have, done + count)
             if done + count > have:
-                # The rest of the frame has not been collected yet: maybe it is there now.
-                have += _collect(ring, used, slots, have, size - have)
-                if done + count > have:
-                    break
+                break
         mbuf = mbufs[out]
         total = 0
         for e in range(done, done + count):
@@ -387,11 +401,7 @@ def rx(row, pool, mbufs, max_n):
             out += 1
         else:
             stats[STAT_ERRORS] += 1
-    left = have - done
-    if left and done:
-        for w in range(left * USED_WORDS):
-            used[w] = used[done * USED_WORDS + w]
-    ring[RING_COUNT] = left
+    _keep_uncollected(ring, used, have, done)
     if _repost(ring, chains, slots, done) < done:
         stats[STAT_ERRORS] += 1
     free_burst(pool, mbufs, out, want)
