@@ -1,11 +1,11 @@
 """`fastpath hv compare` (issue 14): one workload through every I/O path, priced per frame.
 
 The virtio path's counts follow from the rings' notification suppression (virtio 1.2 §2.7.7,
-§2.7.10) and from how completions reach the guest: a kick is an EPT-misconfiguration exit
-(spec hv §1.6), an interrupt an external-interrupt exit, its injection and the EOI's MSR-write
-exit. The one count that depends on how the back-end's thread is scheduled (EVENT_IDX with a
-busy back-end) is held to its bound. The report's figures are checked against the paths'
-own counters, recorded as the scenario ran them."""
+§2.7.10), from the real `fastpath vhost-net` back-end's --backoff in each variant, and from
+how completions reach the guest: a kick is an EPT-misconfiguration exit (spec hv §1.6), an
+interrupt an external-interrupt exit, its injection and the EOI's MSR-write exit. The
+report's figures are checked against the paths' own counters, recorded as the scenario ran
+them."""
 
 import json
 
@@ -21,9 +21,6 @@ from fastpath.scenarios._path_virtio import run_virtio
 FRAMES, BURST = 256, 32
 BURSTS = FRAMES // BURST
 GUESTS = 2
-# The driver posts its receive buffers before the back-end turns receive kicks off: one kick
-# exit that is not the transmitq's, on every variant.
-START_KICKS = 1
 
 
 def _by_variant(results):
@@ -69,23 +66,26 @@ def test_every_path_and_variant_brings_every_frame_back_intact(polled, recorded)
 
 
 def test_without_event_idx_a_sleeping_back_end_costs_one_kick_per_burst(polled):
-    assert _kick_exits(polled["notify"]) == BURSTS + START_KICKS
+    # Asleep between bursts, the back-end asked for kicks on both rings: each burst's
+    # transmit kick, and the receive kick for the buffers the driver refilled after it (and
+    # for those it posted at start).
+    assert _kick_exits(polled["notify"]) == BURSTS + BURSTS + 1
 
 
 def test_event_idx_with_a_busy_back_end_costs_fewer_kicks_than_bursts(polled):
-    # The first burst crosses the avail event the back-end left at 0; polling on after each
-    # burst, it leaves the event behind unless it fell asleep between bursts.
-    assert 1 <= _kick_exits(polled["event-idx"]) - START_KICKS < BURSTS
+    # Polling on, the back-end never moves the avail events it left at 0: the buffers posted
+    # at start cross the receiveq's, the first burst the transmitq's, and nothing after.
+    assert _kick_exits(polled["event-idx"]) == 2 < BURSTS
 
 
 def test_a_polling_back_end_costs_no_kick_exits(polled):
-    assert polled["poll"].counters.by_reason() == {ExitReason.EPT_MISCONFIG: START_KICKS}
+    assert polled["poll"].counters.by_reason() == {}
 
 
 def test_polled_completions_cost_no_interrupt_and_no_exit(polled):
     for result in polled.values():
         assert result.interrupts == 0
-        assert set(result.counters.by_reason()) == {ExitReason.EPT_MISCONFIG}
+        assert set(result.counters.by_reason()) <= {ExitReason.EPT_MISCONFIG}
 
 
 def _virtio(handed):
