@@ -107,7 +107,9 @@ class KickMode:
 KICK_MODES = {
     "notify": KickMode(False, 1, "no EVENT_IDX; vhost-net --backoff 1: the back-end asks for "
                        "kicks and sleeps on its kick eventfd as soon as a burst is through: "
-                       "one kick per burst"),
+                       "a kick per burst, less the bursts sent while it was awake between "
+                       "sleeps (it turns kicks off whenever it wakes, its 10 ms timeout and "
+                       "receive kicks included)"),
     "event-idx": KickMode(True, 0, "EVENT_IDX; vhost-net --backoff 0: the back-end turned "
                           "kicks off before the first burst, leaving its avail event at 0, "
                           "and polls on: that burst kicks, no later one does"),

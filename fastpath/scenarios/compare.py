@@ -17,24 +17,24 @@ every figure settable below, and divides by the frames.
            costs the transmit tail (TDT) write and the receive tail (RDT) write; with
            --completion interrupt the device's interrupt is injected at entry and the guest's
            handler reads ICR (an exit) and writes the EOI (an MSR-write exit).
-  virtio   virtio-net with fastpath's own driver (`NetFrontend`) against the real
-           `fastpath vhost-net --fwd io` back-end, a process started for each variant on a
-           vhost-user socket, sending every frame back. The driver's ring writes are guest
-           work that EPT maps; a kick is an MMIO write that exits (EPT misconfiguration) and
-           that the VMM turns into the back-end's kick eventfd write. Variants, by the
-           back-end's --backoff: notify (no EVENT_IDX, --backoff 1: the back-end asks for
-           kicks and sleeps as soon as a burst is through: a kick per burst, and one on the
-           receiveq for the refilled buffers), event-idx (EVENT_IDX, --backoff 0: the
-           back-end turned kicks off before the first burst, leaving its avail event at 0,
-           and polls on: that burst kicks, no later one; the command has no back-off that
-           polls on for longer than the modelled guest takes between bursts, its back-off
-           being at most one poll call of 2048 rounds, so the variant is the busy back-end
-           at its limit), poll (no EVENT_IDX, --backoff 0: a back-end that polls with
-           notifications off: no kicks). With --completion interrupt each
-           burst ends with the back-end's call eventfd, which the VMM turns into an interrupt
-           as KVM's irqfd does: an IPI to the vCPU (an external-interrupt exit), the vector
-           injected at entry, and the guest's EOI write (an MSR-write exit); with poll the
-           guest reads the used ring and nothing exits for completions.
+  virtio   virtio-net with fastpath's own driver (`NetFrontend`) against the real `fastpath
+           vhost-net --fwd io` back-end, a process started for each variant on a vhost-user socket,
+           sending every frame back. The driver's ring writes are guest work that EPT maps; a kick
+           is an MMIO write that exits (EPT misconfiguration) and that the VMM turns into the
+           back-end's kick eventfd write. Variants, by the back-end's --backoff: notify (no
+           EVENT_IDX, --backoff 1: the back-end asks for kicks and sleeps as soon as a burst is
+           through: a kick per burst, and one on the receiveq for the refilled buffers, less what
+           the driver did while the back-end was awake between two sleeps, when it keeps kicks off),
+           event-idx (EVENT_IDX, --backoff 0: the back-end turned kicks off before the first burst,
+           leaving its avail event at 0, and polls on: that burst kicks, no later one; the command
+           has no back-off that polls on for longer than the modelled guest takes between bursts,
+           its back-off being at most one poll call of 2048 rounds, so the variant is the busy
+           back-end at its limit), poll (no EVENT_IDX, --backoff 0: a back-end that polls with
+           notifications off: no kicks). With --completion interrupt each burst ends with the
+           back-end's call eventfd, which the VMM turns into an interrupt as KVM's irqfd does: an
+           IPI to the vCPU (an external-interrupt exit), the vector injected at entry, and the
+           guest's EOI write (an MSR-write exit); with poll the guest reads the used ring and
+           nothing exits for completions.
   assigned the same device model as a VF of an SR-IOV PF assigned to the guest through VT-d
            (`fastpath.hv.sriov`, `fastpath.hv.vtd`): EPT maps the VF's registers into the
            guest, so no doorbell exits; its DMA goes through the remapping unit, one page

