@@ -18,8 +18,10 @@ The guest sends a burst and waits for it to come back byte for byte, so each bur
 back-end that has finished the one before. The modes (--mode) differ in EVENT_IDX and in the
 back-end's --backoff, which decides whether it sleeps between bursts (asking for kicks) or
 polls on (asking for none). The back-end cannot say what it read from its kick eventfd (it
-reads and discards the count), so that a kick reached it shows in how soon a sleeping one sent
-a burst back: at once, not at the end of its 10 ms sleep.
+reads and discards the count, and counts no wake-ups); the table's return time is the sign
+that kicks reach it (a sleeping back-end woken by a kick answers at once), but not a proof: one
+woken only by its 10 ms timeout answers as fast when the guest's own work between bursts falls
+in step with that timeout.
 
 Tables:
   Kicks as VM exits   per mode: frames and bursts, frames returned intact, the VMM's kick
