@@ -64,6 +64,7 @@ class Connections:
 
     def __init__(self):
         self.live: dict[int, VirtioNet] = {}    # connection number -> device
+        self._since: dict[int, float] = {}      # connection number -> when it came
         self.finished: list[dict] = []
         self.finished_totals = NetCounters()
         self.count = 0
@@ -72,6 +73,7 @@ class Connections:
         """A front-end connected."""
         self.count += 1
         self.live[self.count] = device
+        self._since[self.count] = time.monotonic()
 
     def finish(self, device: VirtioNet, drops: list[tuple[int, int]]) -> dict:
         """A front-end left: its summary, kept for the end."""
@@ -82,7 +84,9 @@ class Connections:
         pairs = [{"queue_pair": k, **vars(c), "fwd_dropped": no_room, "rings_broken": broken}
                  for k, (c, (no_room, broken)) in enumerate(zip(device.counters(), drops,
                                                                 strict=True))]
-        summary = {"connection": number, "queue_pairs": pairs}
+        # How long it was connected: what a rate of its counters is taken over.
+        seconds = time.monotonic() - self._since.pop(number)
+        summary = {"connection": number, "seconds": seconds, "queue_pairs": pairs}
         self.finished.append(summary)
         return summary
 

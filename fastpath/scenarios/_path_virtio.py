@@ -1,7 +1,8 @@
-"""Path (b) of the I/O comparison: virtio-net on fastpath's real back-end, with kicks as VM
-exits, in each kick mode (`KICK_MODES`: no EVENT_IDX with a sleeping back-end, EVENT_IDX with
-a busy one, and a polling one), completions by interrupt or by polling as the workload says.
-No IOMMU is in the way (the back-end reads guest memory through the vhost-user memory table)."""
+"""Path (b) of the I/O comparison: virtio-net on a real `fastpath vhost-net` back-end process,
+with kicks as VM exits, in each kick mode (`KICK_MODES`: no EVENT_IDX with a back-end that
+sleeps between bursts, EVENT_IDX with a busy one, and a polling one), completions by interrupt
+or by polling as the workload says. No IOMMU is in the way (the back-end reads guest memory
+through the vhost-user memory table)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ __all__ = ["run_virtio"]
 
 def run_virtio(workload: IoWorkload) -> list[PathResult]:
     """One `PathResult` per kick mode, the mode its variant; `interrupts` counts what the
-    VMM injected into the guest, `host_rate_pps` the back-end's own rate while it moved
-    frames."""
+    VMM injected into the guest, `host_rate_pps` the back-end's frames over the time it had
+    the guest connected, by its own statistics."""
     results = []
     for mode in KICK_MODES:
         done = run_virtio_mode(mode, workload)

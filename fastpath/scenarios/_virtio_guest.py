@@ -1,33 +1,34 @@
-"""A modelled guest's virtio-net driver against fastpath's real back-end, burst by burst: the
-one engine behind `fastpath hv kick` and the virtio path of `fastpath hv compare`.
+"""A modelled guest's virtio-net driver against the real `fastpath vhost-net` back-end, burst
+by burst: the one engine behind `fastpath hv kick` and the virtio path of `fastpath hv compare`.
 
 The guest's driver is fastpath's own (`NetFrontend`: split rings in memfd guest memory
-shared over a real vhost-user socket) and its back-end is fastpath's (`NetBackend`: the
-protocol engine, the virtio-net device and its compiled queues), served by a thread that sends
-every frame back. What the driver does runs on a modelled vCPU with EPT as an event stream
-(`VirtioGuest`): its ring writes are guest work that EPT maps, its kick is an MMIO write that
-exits (EPT misconfiguration at the queue's notify address) and that the VMM turns into the
-kick eventfd write, as KVM's ioeventfd does. With completion by interrupt, the back-end's
-call eventfd is KVM's irqfd: each time the VMM finds it written, the vCPU is sent an IPI (an
-external-interrupt exit), the VMM injects the device's vector at the next VM entry, and the
-guest's handler writes the x2APIC EOI register (an MSR-write exit, as without APIC
-virtualization). With completion by polling the guest asks for no calls and reads the used
-ring.
+shared over a real vhost-user socket) and its back-end is the command `fastpath vhost-net
+--fwd io` in a process of its own, which sends every frame back. What the driver does runs on
+a modelled vCPU with EPT as an event stream (`VirtioGuest`): its ring writes are guest work
+that EPT maps, its kick is an MMIO write that exits (EPT misconfiguration at the queue's
+notify address) and that the VMM turns into the kick eventfd write, as KVM's ioeventfd does.
+With completion by interrupt, the back-end's call eventfd is KVM's irqfd: each time the VMM
+finds it written, the vCPU is sent an IPI (an external-interrupt exit), the VMM injects the
+device's vector at the next VM entry, and the guest's handler writes the x2APIC EOI register
+(an MSR-write exit, as without APIC virtualization). With completion by polling the guest asks
+for no calls and reads the used ring.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import statistics
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from fastpath.devices.net import BUFFER_SIZE, NET_HDR_SIZE, NetBackend, NetFrontend, frame_size
+import fastpath
+from fastpath.devices.net import BUFFER_SIZE, NET_HDR_SIZE, NetFrontend
 from fastpath.errors import VmxError
 from fastpath.hv import HostMemory, ept
 from fastpath.hv.ept import PAGE_2M, PAGE_4K, EptTables
@@ -50,6 +51,7 @@ from fastpath.hv.vmx import (
     skip_instruction,
 )
 from fastpath.scenarios._io_path import IoWorkload
+from fastpath.testing import VhostNetProcess
 from fastpath.vring import SPLIT_DESC_DTYPE
 
 __all__ = ["KickMode", "KICK_MODES", "MAX_FRAME_SIZE", "QUEUE_SIZE", "TRANSMITQ", "RECEIVEQ",
@@ -82,39 +84,37 @@ TRANSMITQ, RECEIVEQ = 1, 0  # virtio 1.2 §5.1.2: virtqueue 2N receives, 2N+1 tr
 KICK_IPI_VECTOR = 0xFD
 RECEIVEQ_VECTOR = 0x41
 
-# How often a polling back-end looks at an empty transmitq: a Python loop spinning flat out
-# would take the GIL from the guest it serves.
-POLL_INTERVAL = 50e-6
-# How long a busy back-end polls with kicks off after its last frame before it asks for kicks
-# and sleeps: far longer than the guest takes from one burst's frames coming back to its next
-# burst, as a back-end under load polls on (Linux vhost's busyloop_timeout, a DPDK PMD's loop).
-BUSY_BACKOFF = 0.05
-# How long a sleeping back-end waits on its kick eventfd before it looks whether to stop.
-WAIT_SLICE = 0.05
 RECEIVE_TIMEOUT = 10.0
+# How often the driver looks at the used index while a burst is out.
+USED_POLL_INTERVAL = 20e-6
+# The back-end process loads its compiled kernels from Numba's cache before it listens (a
+# second or two); on a loaded machine, or with the cache cold, it takes far longer.
+BACKEND_STARTUP_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
 class KickMode:
     """One way of running the virtio guest: whether the driver asks for
-    VIRTIO_RING_F_EVENT_IDX, and what the back-end does when its transmitq is empty ("sleep":
-    waits on its kick eventfd with kicks always asked for; "busy": polls with kicks off for
-    BUSY_BACKOFF after its last frame, then asks for kicks and sleeps; "poll": polls with
-    kicks off for ever)."""
+    VIRTIO_RING_F_EVENT_IDX, and the back-end's `--backoff` (0: it busy-polls with kicks off
+    for ever; N: after N idle rounds of polling it asks for kicks and sleeps on its kick
+    eventfds, then turns kicks off again when it wakes)."""
 
     event_idx: bool
-    backend: str
+    backoff: int
     description: str
 
 
 KICK_MODES = {
-    "notify": KickMode(False, "sleep", "no EVENT_IDX; the back-end sleeps on its kick eventfd "
-                       "and never turns kicks off: one kick per burst"),
-    "event-idx": KickMode(True, "busy", "EVENT_IDX; the back-end polls on after each burst "
-                          "and leaves its avail event behind: a kick for the first burst, "
-                          "then only after it fell asleep"),
-    "poll": KickMode(False, "poll", "no EVENT_IDX; the back-end busy-polls with NO_NOTIFY set: "
-                     "no kicks"),
+    "notify": KickMode(False, 1, "no EVENT_IDX; vhost-net --backoff 1: the back-end asks for "
+                       "kicks and sleeps on its kick eventfd as soon as a burst is through: "
+                       "a kick per burst, less the bursts sent while it was awake between "
+                       "sleeps (it turns kicks off whenever it wakes, its 10 ms timeout and "
+                       "receive kicks included)"),
+    "event-idx": KickMode(True, 0, "EVENT_IDX; vhost-net --backoff 0: the back-end turned "
+                          "kicks off before the first burst, leaving its avail event at 0, "
+                          "and polls on: that burst kicks, no later one does"),
+    "poll": KickMode(False, 0, "no EVENT_IDX; vhost-net --backoff 0: the back-end busy-polls "
+                     "with NO_NOTIFY set: no transmit kicks"),
 }
 
 
@@ -248,120 +248,14 @@ class VirtioGuest:
                      interruption_info(RECEIVEQ_VECTOR, InterruptionType.EXTERNAL_INTERRUPT))
 
 
-class _EchoBackend:
-    """fastpath's vhost-user net back-end on `path`, served by a thread that sends every
-    frame back (as `fastpath vhost-net --fwd io` does) and behaves as `behaviour` (a
-    `KickMode.backend`) when the transmitq is empty. `kicks_seen` sums the values it read
-    from the transmitq's kick eventfd: the kicks it saw; `busy_seconds` is the CPU time its
-    thread spent in the bursts that moved frames."""
-
-    def __init__(self, path: str, behaviour: str, burst: int):
-        self.net = NetBackend(path)
-        self.behaviour = behaviour
-        self.kicks_seen = 0
-        self.wakeups = 0
-        self.busy_seconds = 0.0
-        self.error: BaseException | None = None
-        self._frames = np.zeros((burst, frame_size(0)), dtype=np.uint8)
-        self._lengths = np.zeros(burst, dtype=np.uint32)
-        self._kick_fd = -1
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="fastpath-virtio-backend",
-                                        daemon=True)
-
-    def start(self) -> None:
-        """Serve from now on (the driver has set its rings up)."""
-        if not self.net.wait_ready(RECEIVE_TIMEOUT):
-            raise RuntimeError("the driver did not start its queue pair")
-        self._kick_fd = self.net.kick_fd(0)
-        # It never waits for receive buffers on a kick (it retries), so it wants none on the
-        # receiveq; a polling one wants none on the transmitq either, from the first burst on.
-        with self.net.data_plane():
-            transmitq, receiveq = self.net.queues(0)
-            receiveq.queue.disable_kicks()
-            if self.behaviour != "sleep":
-                transmitq.queue.disable_kicks()
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving; a kick never read is read now, so `kicks_seen` holds every kick."""
-        self._stop.set()
-        self._thread.join()
-        self._read_kick(0)
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        """Stop serving if it still does, and close the socket and the device."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        self.net.close()
-
-    def _serve(self) -> None:
-        try:
-            last_frame = time.monotonic()
-            while not self._stop.is_set():
-                if self._echo():
-                    last_frame = time.monotonic()
-                elif self.behaviour == "poll" or (
-                        self.behaviour == "busy"
-                        and time.monotonic() - last_frame < BUSY_BACKOFF):
-                    time.sleep(POLL_INTERVAL)
-                elif self.behaviour == "sleep":
-                    self._read_kick(WAIT_SLICE)
-                elif self._ask_for_kicks(True):
-                    # Busy, about to sleep: frames came before the driver could see the wish,
-                    # and no kick comes for them.
-                    self._ask_for_kicks(False)
-                elif self._read_kick(WAIT_SLICE):
-                    # Woken: poll again with kicks off, for another back-off.
-                    self._ask_for_kicks(False)
-                    last_frame = time.monotonic()
-        except BaseException as e:  # handed to the caller by `stop`
-            self.error = e
-
-    def _echo(self) -> int:
-        # The thread's CPU time, not the wall clock's: in this process the modelled guest
-        # holds the GIL for milliseconds at a time, and a burst's wall time would count the
-        # back-end's waits for it.
-        start = time.thread_time()
-        n = self.net.rx_burst(0, self._frames, self._lengths)
-        sent = 0
-        while sent < n and not self._stop.is_set():
-            sent += self.net.tx_burst(0, self._frames[sent:], self._lengths[sent:], n - sent)
-            if sent < n:
-                time.sleep(POLL_INTERVAL)  # the driver has not posted receive buffers yet
-        if n:
-            self.busy_seconds += time.thread_time() - start
-        return n
-
-    def _ask_for_kicks(self, on: bool) -> int:
-        # On the transmitq; returns, when asking, how many chains came unannounced.
-        with self.net.data_plane():
-            queue = self.net.queues(0)[0].queue
-            if on:
-                return queue.enable_kicks()
-            queue.disable_kicks()
-            return 0
-
-    def _read_kick(self, timeout: float) -> int:
-        readable, _, _ = select.select([self._kick_fd], [], [], timeout)
-        if not readable:
-            return 0
-        value = os.eventfd_read(self._kick_fd)
-        self.kicks_seen += value
-        self.wakeups += 1
-        return value
-
-
 @dataclass
 class VirtioRun:
     """What one run of the virtio guest did: the settings, the frames (sent, received by the
     back-end's device, returned, intact), the VMM's kick eventfd writes by virtqueue and the
-    MMIO exits by address, what the back-end read from its transmitq kick eventfd and how
-    often it woke, the receiveq's call eventfd writes the VMM found (`calls`) and the
-    interrupts it made of them, the back-end's busy time, and the vCPU's counters."""
+    MMIO exits by address, the receiveq's call eventfd writes the VMM found (`calls`) and the
+    interrupts it made of them, how long each burst took to come back once the guest had sent
+    it (`return_waits`, seconds, until the used index showed it all), the seconds the back-end
+    process had the guest connected, and the vCPU's counters."""
 
     mode: str
     workload: IoWorkload
@@ -371,25 +265,31 @@ class VirtioRun:
     frames_intact: int
     kicks: Counter
     exit_addresses: Counter
-    kicks_seen_by_backend: int
-    backend_wakeups: int
     calls: int
-    backend_busy_seconds: float
+    return_waits: list[float]
+    backend_connected_seconds: float
     counters: VmxCounters
 
     @property
     def host_rate_pps(self) -> float | None:
-        """Frames the back-end's device received per second of the CPU time its thread spent
-        moving them (what it would sustain on a core of its own), or None if it spent none."""
-        if not self.backend_busy_seconds:
+        """Frames the back-end received per second it had the guest connected, by its own
+        counters and clock, or None if it measured no time. The modelled guest, in Python, is
+        far slower than the back-end: this is the rate the guest let it reach, not its
+        ceiling."""
+        if not self.backend_connected_seconds:
             return None
-        return self.frames_received_by_backend / self.backend_busy_seconds
+        return self.frames_received_by_backend / self.backend_connected_seconds
+
+    @property
+    def median_return_wait(self) -> float:
+        """The median of `return_waits`: how long a sent burst took to come back."""
+        return statistics.median(self.return_waits)
 
 
 def run_virtio_mode(mode: str, workload: IoWorkload) -> VirtioRun:
-    """Run `workload` in kick mode `mode` (a name of KICK_MODES): each burst is sent, then
-    awaited by the workload's completion (an interrupt, then polling; or polling alone) until
-    it came back."""
+    """Run `workload` in kick mode `mode` (a name of KICK_MODES) against a `fastpath vhost-net
+    --fwd io` process started for the run: each burst is sent, then awaited by the workload's
+    completion (an interrupt, then polling; or polling alone) until it came back."""
     kick_mode = KICK_MODES[mode]
     if workload.burst > QUEUE_SIZE or workload.size > MAX_FRAME_SIZE:
         raise ValueError(f"virtio takes bursts up to {QUEUE_SIZE} (the ring) and frames up to "
@@ -397,48 +297,69 @@ def run_virtio_mode(mode: str, workload: IoWorkload) -> VirtioRun:
     by_interrupt = workload.completion == "interrupt"
     sent_frames = [numbered_frame(k, workload.size) for k in range(workload.frames)]
     guest = VirtioGuest()
-    returned, intact, bursts, calls = 0, 0, 0, 0
-    with tempfile.TemporaryDirectory(prefix="fastpath-virtio-") as directory:
-        backend = _EchoBackend(os.path.join(directory, "vhost-net.sock"), kick_mode.backend,
-                               workload.burst)
-        try:
-            with NetFrontend(backend.net.path, queue_size=QUEUE_SIZE, mergeable=False,
-                             event_idx=kick_mode.event_idx, notify=guest.doorbell) as frontend:
-                guest.attach(frontend)
-                # The driver reclaims sent buffers as it sends (no transmit interrupts) and,
-                # unless it waits for interrupts, asks for no receive ones either.
-                frontend.tx.disable_calls()
-                frontend.rx.disable_calls()
-                call_fd = frontend.rx_vring.call
-                backend.start()
-                for first in range(0, workload.frames, workload.burst):
-                    chunk = sent_frames[first:first + workload.burst]
-                    bursts += 1
-                    if by_interrupt:
-                        # NAPI's re-arm: every earlier frame is in, so none can be waiting.
-                        frontend.rx.enable_calls()
-                    if frontend.send(chunk) != len(chunk):
-                        raise RuntimeError("the transmitq had no room for a whole burst")
-                    guest.flush()
-                    if by_interrupt:
-                        calls += _await_call(call_fd)
-                        guest.interrupt()
-                        # NAPI: the handler turns calls off and polls the rest in.
-                        frontend.rx.disable_calls()
-                    guest.read_used_index(RECEIVEQ)
-                    got = frontend.receive(len(chunk), RECEIVE_TIMEOUT)
-                    guest.flush()
-                    returned += len(got)
-                    intact += sum(a == b for a, b in zip(got, chunk, strict=False))
-                backend.stop()
-                # Calls made after the guest's last read were coalesced into no interrupt.
-                calls += _read_eventfd(call_fd)
-                received = backend.net.counters()[0].rx_frames
-        finally:
-            backend.close()
-    return VirtioRun(mode, workload, bursts, received, returned, intact, guest.kicks,
-                     guest.exit_addresses, backend.kicks_seen, backend.wakeups, calls,
-                     backend.busy_seconds, guest.runner.counters)
+    returned, intact, bursts, calls, waits = 0, 0, 0, 0, []
+    with tempfile.TemporaryDirectory(prefix="fastpath-virtio-") as directory, \
+            _start_backend(os.path.join(directory, "vhost-net.sock"), kick_mode) as backend:
+        with NetFrontend(backend.path, queue_size=QUEUE_SIZE, mergeable=False,
+                         event_idx=kick_mode.event_idx, notify=guest.doorbell) as frontend:
+            guest.attach(frontend)
+            # The driver reclaims sent buffers as it sends (no transmit interrupts) and,
+            # unless it waits for interrupts, asks for no receive ones either.
+            frontend.tx.disable_calls()
+            frontend.rx.disable_calls()
+            call_fd = frontend.rx_vring.call
+            used_before = 0
+            for first in range(0, workload.frames, workload.burst):
+                chunk = sent_frames[first:first + workload.burst]
+                bursts += 1
+                if by_interrupt:
+                    # NAPI's re-arm: every earlier frame is in, so none can be waiting.
+                    frontend.rx.enable_calls()
+                if frontend.send(chunk) != len(chunk):
+                    raise RuntimeError("the transmitq had no room for a whole burst")
+                guest.flush()
+                sent_at = time.monotonic()
+                if by_interrupt:
+                    calls += _await_call(call_fd)
+                    guest.interrupt()
+                    # NAPI: the handler turns calls off and polls the rest in.
+                    frontend.rx.disable_calls()
+                guest.read_used_index(RECEIVEQ)
+                _await_used(frontend, used_before + len(chunk))
+                waits.append(time.monotonic() - sent_at)
+                got = frontend.receive(len(chunk), RECEIVE_TIMEOUT)
+                used_before += len(got)
+                guest.flush()
+                returned += len(got)
+                intact += sum(a == b for a, b in zip(got, chunk, strict=False))
+            # Calls made after the guest's last read were coalesced into no interrupt.
+            calls += _read_eventfd(call_fd)
+        # The guest has gone: the back-end's totals for its connection are final.
+        (connection,) = backend.stop()["connections"]
+    (pair,) = connection["queue_pairs"]
+    return VirtioRun(mode, workload, bursts, pair["rx_frames"], returned, intact, guest.kicks,
+                     guest.exit_addresses, calls, waits, connection["seconds"],
+                     guest.runner.counters)
+
+
+def _start_backend(path: str, mode: KickMode) -> VhostNetProcess:
+    # The fastpath this process runs, and no other, in a process of its own; not pinned, so
+    # that it shares the machine's cores with the guest as the scheduler sees fit.
+    checkout = Path(fastpath.__file__).resolve().parent.parent
+    return VhostNetProcess(path, fwd="io", backoff=mode.backoff, cpu=None,
+                           extra=["--stats-period", "0"],
+                           startup_timeout=BACKEND_STARTUP_TIMEOUT, source=checkout)
+
+
+def _await_used(frontend: NetFrontend, used_index: int) -> None:
+    # Until the receiveq's used index reaches `used_index`: the burst is back, before the
+    # driver spends any time taking it in.
+    used = frontend.rx.addresses.device + USED_IDX_OFFSET
+    deadline = time.monotonic() + RECEIVE_TIMEOUT
+    while int.from_bytes(frontend.memory.read(used, 2), "little") != used_index & 0xFFFF:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a burst did not come back within {RECEIVE_TIMEOUT} s")
+        time.sleep(USED_POLL_INTERVAL)
 
 
 def _await_call(call_fd: int) -> int:

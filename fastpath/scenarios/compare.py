@@ -17,18 +17,24 @@ every figure settable below, and divides by the frames.
            costs the transmit tail (TDT) write and the receive tail (RDT) write; with
            --completion interrupt the device's interrupt is injected at entry and the guest's
            handler reads ICR (an exit) and writes the EOI (an MSR-write exit).
-  virtio   virtio-net with fastpath's own driver (`NetFrontend`) against fastpath's own
-           back-end (`NetBackend` on a real vhost-user socket, served in-process, sending
-           every frame back). The driver's ring writes are guest work that EPT maps; a kick is
-           an MMIO write that exits (EPT misconfiguration) and that the VMM turns into the
-           back-end's kick eventfd write. Variants: notify (no EVENT_IDX, a back-end that
-           sleeps on its kick eventfd: a kick per burst), event-idx (EVENT_IDX, a back-end
-           that polls on after each burst: kicks only when it fell asleep), poll (a back-end
-           that polls with notifications off: no kicks). With --completion interrupt each
-           burst ends with the back-end's call eventfd, which the VMM turns into an interrupt
-           as KVM's irqfd does: an IPI to the vCPU (an external-interrupt exit), the vector
-           injected at entry, and the guest's EOI write (an MSR-write exit); with poll the
-           guest reads the used ring and nothing exits for completions.
+  virtio   virtio-net with fastpath's own driver (`NetFrontend`) against the real `fastpath
+           vhost-net --fwd io` back-end, a process started for each variant on a vhost-user socket,
+           sending every frame back. The driver's ring writes are guest work that EPT maps; a kick
+           is an MMIO write that exits (EPT misconfiguration) and that the VMM turns into the
+           back-end's kick eventfd write. Variants, by the back-end's --backoff: notify (no
+           EVENT_IDX, --backoff 1: the back-end asks for kicks and sleeps as soon as a burst is
+           through: a kick per burst, and one on the receiveq for the refilled buffers, less what
+           the driver did while the back-end was awake between two sleeps, when it keeps kicks off),
+           event-idx (EVENT_IDX, --backoff 0: the back-end turned kicks off before the first burst,
+           leaving its avail event at 0, and polls on: that burst kicks, no later one; the command
+           has no back-off that polls on for longer than the modelled guest takes between bursts,
+           its back-off being at most one poll call of 2048 rounds, so the variant is the busy
+           back-end at its limit), poll (no EVENT_IDX, --backoff 0: a back-end that polls with
+           notifications off: no kicks). With --completion interrupt each burst ends with the
+           back-end's call eventfd, which the VMM turns into an interrupt as KVM's irqfd does: an
+           IPI to the vCPU (an external-interrupt exit), the vector injected at entry, and the
+           guest's EOI write (an MSR-write exit); with poll the guest reads the used ring and
+           nothing exits for completions.
   assigned the same device model as a VF of an SR-IOV PF assigned to the guest through VT-d
            (`fastpath.hv.sriov`, `fastpath.hv.vtd`): EPT maps the VF's registers into the
            guest, so no doorbell exits; its DMA goes through the remapping unit, one page
@@ -51,15 +57,20 @@ Tables:
                      walks per frame and the IOTLB's hit rate ("-": the path does no
                      remapped DMA), interrupts injected or posted into the guest per frame,
                      the modelled cycles and nanoseconds per frame, and the host-side rate of
-                     a real back-end where one ran, in millions of frames a second: its
-                     device's frames over the CPU time its thread spent moving them (it runs
-                     in this process beside the modelled guest, whose Python holds the GIL,
-                     so its wall time would count waits), measured, not modelled, and on a
-                     shared machine it drifts
+                     a real back-end where one ran, in millions of frames a second: the
+                     frames its own counters received over the seconds it had the guest
+                     connected, both from its --json statistics, measured, not modelled.
+                     It is bounded by the modelled guest, in Python and far slower than the
+                     back-end: the column shows what the back-end did for this guest, not
+                     what it can do (`fastpath bench pvp` measures that)
   Modelled cycles per frame by component
                      where each path's time goes: the guest's own cycles, hardware exits
                      and entries, the VMM's handlers, EPT references, IOMMU walks and hits
   Cost model         every figure the prices use, its default and the default's source
+
+The NIC's rings hold 256 descriptors: the first lap of a ring meets a cold IOTLB, every
+buffer page's first lookup a walk, and later laps hit; the default of 2048 frames is eight
+laps, the steady state with the first lap's walks spread over it.
 
 How to read it: a path that exits per frame pays a round trip and a handler each time, and
 those dominate; a path that exits per burst pays them once for many frames, and the column
@@ -83,6 +94,7 @@ from fastpath.scenarios._costs import (
     model_rows,
 )
 from fastpath.scenarios._io_path import COMPLETIONS, COST_COMPONENTS, IoWorkload, PathResult
+from fastpath.scenarios._nic_guest import LAYOUT
 from fastpath.scenarios._options import positive_int, positive_int_up_to, whole_number
 from fastpath.scenarios._path_assigned import run_assigned
 from fastpath.scenarios._path_emulated import run_emulated
@@ -117,7 +129,10 @@ PATHS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `fastpath hv compare`."""
     workload = parser.add_argument_group("the workload (the same on every path)")
-    workload.add_argument("--frames", type=positive_int, help="frames the guest sends")
+    workload.add_argument("--frames", type=positive_int,
+                          help=f"frames the guest sends (the NIC's rings hold "
+                          f"{LAYOUT.ring_size} descriptors: the first lap of a ring meets a "
+                          "cold IOTLB, later laps show the steady state)")
     workload.add_argument("--size", type=positive_int,
                           help=f"frame size in bytes, 60 to {MAX_FRAME_SIZE}")
     workload.add_argument("--burst", type=positive_int_up_to(QUEUE_SIZE),
@@ -138,7 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "bars, a bar per path and variant")
 
 
-def run(frames: int = 256, size: int = 64, burst: int = 32, completion: str = "interrupt",
+def run(frames: int = 2048, size: int = 64, burst: int = 32, completion: str = "interrupt",
         guests: int = 4,
         exit_cycles: int = CostModel.exit_cycles, entry_cycles: int = CostModel.entry_cycles,
         handler_cycles: Sequence[tuple[ExitReason, int]] | None = None,

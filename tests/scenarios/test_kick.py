@@ -1,10 +1,14 @@
 """The kick scenario (issue 12): a modelled guest's virtio-net kicks are EPT-misconfiguration
 exits at the queue's notify address (spec hv §1.6), which the VMM turns into writes of the
-kick eventfd of a running back-end; how many there are is the rings' notification
-suppression's decision (virtio 1.2 §2.7.7, §2.7.10).
+kick eventfd of a real `fastpath vhost-net` back-end process; how many there are is the rings'
+notification suppression's decision (virtio 1.2 §2.7.7, §2.7.10) and the back-end's
+--backoff.
 
-Counts that follow from the rings alone are exact; the one that depends on how the back-end's
-thread is scheduled (EVENT_IDX with a busy back-end) is held to its bound."""
+The back-end reads its kick eventfd's count and discards it, and counts no wake-ups, so it
+cannot say how many kicks it saw. How soon a back-end that sleeps between bursts sends a burst
+back is checked, but a back-end woken only by its 10 ms timeout can pass that check too when
+the guest's work between bursts falls in step with the timeout: a kick eventfd write that went
+missing is not reliably caught here."""
 
 import pytest
 
@@ -14,6 +18,9 @@ from fastpath.scenarios.kick import run as run_kick_scenario
 FRAMES, BURST = 500, 32
 BURSTS = -(-FRAMES // BURST)  # the last burst is short
 TRANSMITQ, RECEIVEQ = 1, 0
+# How long the back-end sleeps on its eventfds when no kick wakes it (the Forwarder's
+# sleep_ms, which `fastpath vhost-net` keeps at its default).
+BACKEND_SLEEP_SECONDS = 0.010
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def test_every_kick_is_one_ept_misconfiguration_exit_at_its_queue_s_notify_addre
     figures = report.figures[mode]
     kicks = figures["tx_kicks"] + figures["rx_kicks"]
     # Nothing else exits: the ring writes are ordinary guest work that EPT maps.
-    assert figures["exits"] == {"EPT_MISCONFIG": kicks}
+    assert figures["exits"] == ({"EPT_MISCONFIG": kicks} if kicks else {})
     assert figures["total_exits"] == kicks
     by_address = {f"{notify_address(TRANSMITQ):#x}": figures["tx_kicks"],
                   f"{notify_address(RECEIVEQ):#x}": figures["rx_kicks"]}
@@ -49,41 +56,39 @@ def test_every_kick_is_one_ept_misconfiguration_exit_at_its_queue_s_notify_addre
     assert figures["ept_walks"] >= 3 * FRAMES + BURSTS
 
 
-@EVERY_MODE
-def test_the_back_end_s_kick_eventfd_counted_exactly_the_transmitq_s_kick_exits(report, mode):
-    figures = report.figures[mode]
-    assert figures["kicks_seen_by_backend"] == figures["tx_kicks"]
-
-
-def test_without_event_idx_a_back_end_that_leaves_notifications_on_gets_a_kick_per_burst(
+def test_without_event_idx_a_back_end_that_sleeps_between_bursts_gets_a_kick_per_burst(
         report):
     figures = report.figures["notify"]
-    assert (figures["event_idx"], figures["backend"]) == (False, "sleep")
-    assert figures["tx_kicks"] == BURSTS
-    assert figures["tx_kicks_per_burst"] == 1.0
-    # It sleeps between bursts, woken by each kick (two kicks may land in one read).
-    assert 1 <= figures["backend_wakeups"] <= BURSTS
+    assert (figures["event_idx"], figures["backoff"]) == (False, 1)
+    # A kick per burst, but for a burst the driver sent while the back-end was awake between
+    # two sleeps (woken by its 10 ms timeout or a receive kick, it turns kicks off until it
+    # sleeps again), which depends on how the two processes were scheduled.
+    assert BURSTS / 2 < figures["tx_kicks"] <= BURSTS
+    assert figures["tx_kicks_per_burst"] <= 1.0
+    # Each kick woke it: a burst came back long before the end of the sleep it would
+    # otherwise have waited out (half of it on average).
+    assert figures["median_return_seconds"] < BACKEND_SLEEP_SECONDS / 4
 
 
 def test_with_event_idx_a_busy_back_end_gets_fewer_kicks_than_bursts(report):
     figures = report.figures["event-idx"]
-    assert (figures["event_idx"], figures["backend"]) == (True, "busy")
+    assert (figures["event_idx"], figures["backoff"]) == (True, 0)
     # It turned kicks off before the first burst, leaving its avail event at 0, which that
-    # burst crosses: one kick. Polling on after each burst it leaves the event behind, so the
-    # driver's index does not cross it again unless it fell asleep between bursts, which
-    # depends on how its thread was scheduled.
-    assert 1 <= figures["tx_kicks"] < BURSTS
+    # burst crosses: one kick. Polling on, it never moves the event, so no later burst
+    # crosses it.
+    assert figures["tx_kicks"] == 1 < BURSTS
     assert figures["total_exits"] < report.figures["notify"]["total_exits"]
 
 
 def test_a_polling_back_end_gets_no_transmit_kicks_while_every_frame_arrives(report):
     figures = report.figures["poll"]
-    assert figures["backend"] == "poll"
-    assert figures["tx_kicks"] == figures["kicks_seen_by_backend"] == 0
+    assert (figures["event_idx"], figures["backoff"]) == (False, 0)
+    assert figures["tx_kicks"] == 0
     assert figures["frames_intact"] == FRAMES
-    # What is left is the receiveq's kick for the buffers posted at start, before the
-    # back-end said it wants none.
-    assert figures["exits"] == {"EPT_MISCONFIG": 1}
+    # Nor receive kicks: the back-end said it wants none as it began to serve the rings,
+    # before it acknowledged the set-up that lets the driver post its buffers.
+    assert figures["rx_kicks"] == 0
+    assert figures["exits"] == {}
 
 
 def test_modelled_time_is_the_cost_model_s_sum_and_falls_with_the_exits(report):
@@ -101,14 +106,14 @@ def test_the_report_tables_hold_a_row_per_mode_and_its_exits_by_reason(report):
     assert [row[0] for row in kicks.rows] == list(KICK_MODES)
     assert [row[6] for row in kicks.rows] == [report.figures[m]["tx_kicks"]
                                              for m in KICK_MODES]
-    assert {(row[0], row[1]) for row in reasons.rows} == {(m, "EPT_MISCONFIG")
-                                                         for m in KICK_MODES}
+    assert {(row[0], row[1]) for row in reasons.rows} == {
+        (m, "EPT_MISCONFIG") for m in KICK_MODES if report.figures[m]["total_exits"]}
 
 
-def test_full_size_frames_come_back_byte_for_byte_with_one_kick_per_burst():
+def test_full_size_frames_come_back_byte_for_byte_with_a_kick_per_burst_at_most():
     figures = run_kick_scenario(frames=40, size=1514, burst=8, mode="notify").figures["notify"]
     assert figures["frames_intact"] == 40
-    assert figures["tx_kicks"] == figures["kicks_seen_by_backend"] == 5
+    assert 0 < figures["tx_kicks"] <= 5
 
 
 @pytest.mark.parametrize("arguments", [{"mode": "sleepy"}, {"burst": 0}, {"burst": 257},
