@@ -32,7 +32,8 @@ cdef int fp_eventfd_signal(int fd) noexcept nogil:
     return 0 if errno == EAGAIN else -errno
 
 
-cdef int fp_eventfd_wait(const int32_t *fds, uint32_t n, int timeout_ms) noexcept nogil:
+cdef int fp_eventfd_wait(const int32_t *fds, uint32_t n, int timeout_ms,
+                         uint64_t *counts_read) noexcept nogil:
     cdef pollfd polled[FP_MAX_WAIT_FDS]
     cdef uint32_t i, count = 0
     cdef int rc, ready = 0
@@ -49,7 +50,8 @@ cdef int fp_eventfd_wait(const int32_t *fds, uint32_t n, int timeout_ms) noexcep
     for i in range(count):
         if polled[i].revents:
             # Non-blocking or not, an eventfd that polled readable has a count to read.
-            read(polled[i].fd, &value, 8)
+            if read(polled[i].fd, &value, 8) == 8:
+                counts_read[0] += value
             ready += 1
     return ready
 
@@ -64,17 +66,19 @@ def signal(int fd):
 
 
 def wait(fds, int timeout_ms):
-    """Wait up to timeout_ms for any of the eventfds to fire, clear them; returns how many."""
+    """Wait up to timeout_ms for any of the eventfds to fire and clear them; returns how many
+    fired and the sum of the counts read from them."""
     cdef int32_t buf[FP_MAX_WAIT_FDS]
     cdef uint32_t n = 0
     cdef int rc
+    cdef uint64_t counts_read = 0
     for fd in fds:
         if n == FP_MAX_WAIT_FDS:
             raise ValueError(f"at most {FP_MAX_WAIT_FDS} fds")
         buf[n] = fd
         n += 1
     with nogil:
-        rc = fp_eventfd_wait(buf, n, timeout_ms)
+        rc = fp_eventfd_wait(buf, n, timeout_ms, &counts_read)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
-    return rc
+    return rc, counts_read

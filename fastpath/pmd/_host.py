@@ -21,7 +21,14 @@ from collections.abc import Callable
 import numpy as np
 
 from fastpath.pmd._host_kernels import run_pollers
-from fastpath.pmd._pollers import HOST_COLUMNS, POLLER_COLUMNS, Poller
+from fastpath.pmd._pollers import (
+    HOST_COLUMNS,
+    HOST_KICKS_READ,
+    HOST_SLEEPS,
+    HOST_WOKEN,
+    POLLER_COLUMNS,
+    Poller,
+)
 
 log = logging.getLogger("fastpath.pmd")
 
@@ -65,6 +72,15 @@ class PollHost:
 
     def __repr__(self) -> str:
         return f"PollHost({self.name!r}, {len(self.pollers)} pollers)"
+
+    def wakes(self) -> dict[str, int]:
+        """What woke the host, so far: `sleeps` it took, `woken_by_eventfd` of them (the rest
+        timed out), and `kicks_read`, the sum of the eventfd counts it read on waking (each write
+        of a kick or call eventfd adds 1; writes while it polled are read at its next sleep)."""
+        with self._lock:
+            return {"kicks_read": int(self.state[HOST_KICKS_READ]),
+                    "sleeps": int(self.state[HOST_SLEEPS]),
+                    "woken_by_eventfd": int(self.state[HOST_WOKEN])}
 
     def add(self, poller: Poller) -> None:
         """Poll `poller` from the next call on."""

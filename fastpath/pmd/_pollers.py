@@ -21,9 +21,14 @@ POLLER_KIND = 0
 POLLER_ARGS = 1       # the kind's own arguments start here
 POLLER_COLUMNS = 24
 
-# Host state columns (uint64): what a poller tells the host during a call.
+# Host state columns (uint64): what a poller tells the host during a call, and what the host
+# keeps across calls.
 HOST_SERVICE = 0      # nonzero: return to Python after this round (a poller needs service)
-HOST_COLUMNS = 2
+HOST_IDLE = 1         # rounds in a row without work, carried from call to call
+HOST_SLEEPS = 2       # sleeps on the wake fds
+HOST_WOKEN = 3        # of those, sleeps an eventfd ended (the others timed out)
+HOST_KICKS_READ = 4   # sum of the eventfd counts read while asleep: the kicks that woke it
+HOST_COLUMNS = 5
 
 
 @njit(**NJIT)

@@ -17,8 +17,9 @@ _u32 = types.uint32
 # A ring's notifications are eventfds (fastpath/_core/notify.pxd), whichever device it serves.
 # (eventfd) -> 0 or -errno: a kick or a call
 eventfd_signal = core_function("notify", "fp_eventfd_signal", _i32(_i32))
-# (fds, n, timeout_ms) -> eventfds that fired, 0 on timeout, or -errno
-eventfd_wait = core_function("notify", "fp_eventfd_wait", _i32(POINTER, _u32, _i32))
+# (fds, n, timeout_ms, counts_read) -> eventfds that fired, 0 on timeout, or -errno; adds the
+# counts it read to *counts_read
+eventfd_wait = core_function("notify", "fp_eventfd_wait", _i32(POINTER, _u32, _i32, POINTER))
 
 # (queue, chains, max_chains, segments, max_segments) -> chains popped or FP_E_*
 split_pop_burst = core_function("split", "fp_split_pop_burst", _i32(POINTER, POINTER, _u32,

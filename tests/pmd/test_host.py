@@ -108,6 +108,47 @@ def test_an_idle_host_sleeps_until_its_time_is_up():
     started = time.monotonic()
     assert host.step() == 0
     assert time.monotonic() - started >= 0.04
+    assert host.wakes() == {"kicks_read": 0, "sleeps": 1, "woken_by_eventfd": 0}
+
+
+def test_idle_rounds_count_across_calls_so_a_long_backoff_still_sleeps():
+    # Regression: the idle count restarted with every call, so a backoff longer than a call's
+    # rounds never slept.
+    host = PollHost(idle_rounds=5000, sleep_ms=0, rounds=1024)
+    host.add(Relay(Mailbox(16), Mailbox(16)))
+    for _ in range(4):
+        host.step()
+    assert host.wakes()["sleeps"] == 0
+    host.step()
+    assert host.wakes()["sleeps"] == 1
+
+
+class KickedRelay(Relay):
+    """A relay whose host sleeps on an eventfd of the test's."""
+
+    def __init__(self, kick_fd):
+        super().__init__(Mailbox(16), Mailbox(16))
+        self.kick_fd = kick_fd
+
+    @property
+    def wake_fds(self):
+        return [self.kick_fd]
+
+
+def test_a_sleeping_host_counts_the_kicks_that_woke_it():
+    kick_fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        host = PollHost(idle_rounds=1, sleep_ms=5000)
+        host.add(KickedRelay(kick_fd))
+        host.wake_fds_changed()
+        for _ in range(3):
+            os.eventfd_write(kick_fd, 1)
+        started = time.monotonic()
+        host.step()
+        assert time.monotonic() - started < 1
+        assert host.wakes() == {"kicks_read": 3, "sleeps": 1, "woken_by_eventfd": 1}
+    finally:
+        os.close(kick_fd)
 
 
 def test_a_full_mailbox_takes_what_fits_and_keeps_the_order():

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from numba import njit
 
@@ -76,3 +77,25 @@ def test_kernels_decide_kicks_and_notifications_without_python(packed):
                                  b.chains.ctypes.data, b.segments.ctypes.data, len(b.segments),
                                  rig.used.ctypes.data)
     assert tuple(int(x) for x in result) == (0, 1, 2, 1, 2)
+
+
+@njit(**NJIT)
+def _wait_for_eventfds(fds, timeout_ms, counts_read):
+    return kernels.eventfd_wait(fds.ctypes.data, fds.shape[0], timeout_ms,
+                                counts_read.ctypes.data)
+
+
+def test_an_eventfd_wait_clears_what_fired_and_adds_the_counts_it_read():
+    fds = np.array([os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)], dtype=np.int32)
+    counts_read = np.array([10], dtype=np.uint64)
+    try:
+        for _ in range(3):
+            os.eventfd_write(int(fds[0]), 1)
+        os.eventfd_write(int(fds[1]), 1)
+        assert _wait_for_eventfds(fds, 1000, counts_read) == 2
+        assert counts_read[0] == 14
+        assert _wait_for_eventfds(fds, 0, counts_read) == 0
+        assert counts_read[0] == 14
+    finally:
+        for fd in fds:
+            os.close(int(fd))
