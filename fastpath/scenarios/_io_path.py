@@ -47,7 +47,8 @@ class PathResult:
     `counters` are the guest vCPUs' exits by reason, entries and guest progress, summed over
     the vCPUs; `iommu_walks` counts the remapping unit's page walks and `iotlb_hits` /
     `iotlb_lookups` its IOTLB; `interrupts` counts interrupts that reached the guest, however
-    delivered; `host_rate_pps` is the measured rate of a real back-end, where one ran."""
+    delivered; `host_rate_pps` is the measured rate of a real back-end, where one ran, and
+    `backend_kicks_read` the kick eventfd counts it read as it slept, by its own count."""
 
     path: str
     variant: str
@@ -59,6 +60,7 @@ class PathResult:
     iotlb_lookups: int = 0
     interrupts: int = 0
     host_rate_pps: float | None = None
+    backend_kicks_read: int | None = None
 
     def modelled_breakdown(self, costs: CostModel, iommu: IommuCost) -> dict[str, float]:
         """The run's modelled cycles by component (`COST_COMPONENTS`): the guest's own

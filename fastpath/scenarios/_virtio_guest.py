@@ -255,7 +255,9 @@ class VirtioRun:
     MMIO exits by address, the receiveq's call eventfd writes the VMM found (`calls`) and the
     interrupts it made of them, how long each burst took to come back once the guest had sent
     it (`return_waits`, seconds, until the used index showed it all), the seconds the back-end
-    process had the guest connected, and the vCPU's counters."""
+    process had the guest connected, the vCPU's counters, and what woke the back-end by its
+    own count (`backend_wakes`: kicks_read, the sum of the kick eventfd counts it read as it
+    slept; sleeps; woken_by_eventfd)."""
 
     mode: str
     workload: IoWorkload
@@ -269,6 +271,7 @@ class VirtioRun:
     return_waits: list[float]
     backend_connected_seconds: float
     counters: VmxCounters
+    backend_wakes: dict[str, int]
 
     @property
     def host_rate_pps(self) -> float | None:
@@ -335,11 +338,13 @@ def run_virtio_mode(mode: str, workload: IoWorkload) -> VirtioRun:
             # Calls made after the guest's last read were coalesced into no interrupt.
             calls += _read_eventfd(call_fd)
         # The guest has gone: the back-end's totals for its connection are final.
-        (connection,) = backend.stop()["connections"]
+        statistics = backend.stop()
+    (connection,) = statistics["connections"]
     (pair,) = connection["queue_pairs"]
+    wakes = {name: statistics[name] for name in ("kicks_read", "sleeps", "woken_by_eventfd")}
     return VirtioRun(mode, workload, bursts, pair["rx_frames"], returned, intact, guest.kicks,
                      guest.exit_addresses, calls, waits, connection["seconds"],
-                     guest.runner.counters)
+                     guest.runner.counters, wakes)
 
 
 def _start_backend(path: str, mode: KickMode) -> VhostNetProcess:

@@ -166,7 +166,8 @@ def run(frames: int = 2048, size: int = 64, burst: int = 32, completion: str = "
 
     Figures: workload (its settings and bursts); cost (model, iommu and their sources);
     results, a list with one entry per path and variant: path, variant, frames,
-    frames_intact, host_rate_pps, totals (the path's counters as counted: exits by reason,
+    frames_intact, host_rate_pps, backend_kicks_read (for a real back-end: the kick eventfd
+    counts it read as it slept), totals (the path's counters as counted: exits by reason,
     exits, entries, iommu_walks, iotlb_hits, iotlb_lookups, interrupts) and per_frame (each
     total over the frames, iotlb_hit_rate (None without lookups), modelled_cycles,
     modelled_ns and cycles by component).
@@ -220,9 +221,11 @@ def _figures(result: PathResult, costs: CostModel, iommu: IommuCost) -> dict:
         "modelled_ns": cycles / frames / costs.frequency_hz * 1e9,
         "cycles_by_component": {part: c / frames for part, c in breakdown.items()},
     }
-    return {"path": result.path, "variant": result.variant, "frames": frames,
-            "frames_intact": result.frames_intact, "host_rate_pps": result.host_rate_pps,
-            "totals": totals, "per_frame": per_frame}
+    row = {"path": result.path, "variant": result.variant, "frames": frames,
+           "frames_intact": result.frames_intact, "host_rate_pps": result.host_rate_pps}
+    if result.backend_kicks_read is not None:
+        row["backend_kicks_read"] = result.backend_kicks_read
+    return row | {"totals": totals, "per_frame": per_frame}
 
 
 def _sources() -> dict:

@@ -17,18 +17,17 @@ avail event), so the exits counted are those the real notification suppression l
 The guest sends a burst and waits for it to come back byte for byte, so each burst meets a
 back-end that has finished the one before. The modes (--mode) differ in EVENT_IDX and in the
 back-end's --backoff, which decides whether it sleeps between bursts (asking for kicks) or
-polls on (asking for none). The back-end cannot say what it read from its kick eventfd (it
-reads and discards the count, and counts no wake-ups); the table's return time is the sign
-that kicks reach it (a sleeping back-end woken by a kick answers at once), but not a proof: one
-woken only by its 10 ms timeout answers as fast when the guest's own work between bursts falls
-in step with that timeout.
+polls on (asking for none). The back-end counts what it read from its kick eventfds as it
+slept (its --json statistics' kicks_read): that the kicks reach it is its own count, set
+beside the VMM's eventfd writes.
 
 Tables:
   Kicks as VM exits   per mode: frames and bursts, frames returned intact, the VMM's kick
                       eventfd writes for the transmitq and the receiveq (a sleeping back-end
-                      asks for the receiveq's too, to learn of refilled buffers), the median
-                      time a burst took to come back, all exits, exits per frame, and the cost
-                      model's cycles per frame
+                      asks for the receiveq's too, to learn of refilled buffers), what the
+                      back-end read from those kick eventfds, the median time a burst took to
+                      come back, all exits, exits per frame, and the cost model's cycles per
+                      frame
   VM exits by reason  per mode: exits by basic reason and the addresses they exited at
 """
 from __future__ import annotations
@@ -81,6 +80,9 @@ def _run_mode(name: str, frames: int, size: int, burst: int) -> dict:
         "frames_received_by_backend": done.frames_received_by_backend,
         "frames_returned": done.frames_returned, "frames_intact": done.frames_intact,
         "tx_kicks": tx_kicks, "rx_kicks": rx_kicks,
+        "backend_kicks_read": done.backend_wakes["kicks_read"],
+        "backend_sleeps": done.backend_wakes["sleeps"],
+        "backend_woken_by_eventfd": done.backend_wakes["woken_by_eventfd"],
         "median_return_seconds": done.median_return_wait,
         "exits": exits, "total_exits": counters.total_exits,
         "exit_addresses": {f"{gpa:#x}": n for gpa, n in sorted(done.exit_addresses.items())},
@@ -104,6 +106,9 @@ def run(frames: int = 1024, size: int = 64, burst: int = 32, mode: str = "all") 
     back-end's --backoff), frames, size, burst, bursts); frames_received_by_backend (its
     device's count), frames_returned and frames_intact (came back byte for byte); tx_kicks and
     rx_kicks (kick eventfd writes the VMM made for the transmitq and the receiveq);
+    backend_kicks_read (the sum of the counts the back-end read from its kick eventfds as it
+    slept, by its own count), backend_sleeps and backend_woken_by_eventfd (its sleeps, and
+    those a kick ended rather than its timeout);
     median_return_seconds (from a burst sent to its last frame in the used ring); exits (by reason
     name), total_exits, exit_addresses (notify address -> exits), exits_per_frame and
     tx_kicks_per_burst; guest_events, entries, ept_walks, ept_references; modelled_cycles
@@ -119,11 +124,13 @@ def run(frames: int = 1024, size: int = 64, burst: int = 32, mode: str = "all") 
     figures = {name: _run_mode(name, frames, size, burst) for name in names}
     kicks = Table("Kicks as VM exits", [
         "mode", "EVENT_IDX", "--backoff", "frames", "bursts", "returned intact", "tx kicks",
-        "rx kicks", "back in (median ms)", "exits", "exits/frame", "modelled cycles/frame"])
+        "rx kicks", "kicks read", "back in (median ms)", "exits", "exits/frame",
+        "modelled cycles/frame"])
     reasons = Table("VM exits by reason", ["mode", "reason", "exits", "exit address"])
     for name, f in figures.items():
         kicks.rows.append([name, "on" if f["event_idx"] else "off", f["backoff"], f["frames"],
                            f["bursts"], f["frames_intact"], f["tx_kicks"], f["rx_kicks"],
+                           f["backend_kicks_read"],
                            round(f["median_return_seconds"] * 1e3, 3), f["total_exits"],
                            round(f["exits_per_frame"], 4),
                            round(f["modelled_cycles_per_frame"], 1)])

@@ -75,6 +75,22 @@ def test_without_event_idx_a_sleeping_back_end_costs_a_kick_per_burst_at_most(po
     assert _kick_exits(run) == run.kicks[TRANSMITQ] + run.kicks[RECEIVEQ]
 
 
+def test_a_sleeping_back_end_reads_every_kick_the_vmm_wrote_but_the_last_one_per_queue(
+        polled, recorded):
+    # It reads its transmitq's and receiveq's kick eventfds whenever it sleeps; only a kick
+    # written just before the guest left can go unread. Without the VMM's eventfd writes it
+    # would read none.
+    _, handed = recorded
+    notify = [r for r in _virtio(handed) if r.variant == "notify"]
+    reads = [(polled["notify"].backend_wakes["kicks_read"], _kick_exits(polled["notify"])),
+             *((r.backend_kicks_read, _kick_exits(r)) for r in notify)]
+    for kicks_read, kicks in reads:
+        assert kicks - 2 <= kicks_read <= kicks
+    for mode in ("event-idx", "poll"):   # --backoff 0: it never sleeps
+        assert polled[mode].backend_wakes == {"kicks_read": 0, "sleeps": 0,
+                                              "woken_by_eventfd": 0}
+
+
 def test_event_idx_with_a_busy_back_end_costs_fewer_kicks_than_bursts(polled):
     # Polling on, the back-end never moves the avail events it left at 0: the buffers posted
     # at start cross the receiveq's, the first burst the transmitq's, and nothing after.
@@ -146,6 +162,8 @@ def test_the_report_s_per_frame_figures_are_the_paths_counters_over_the_frames(r
         assert per_frame["modelled_ns"] == pytest.approx(per_frame["modelled_cycles"] / 3.0)
         assert row["frames_intact"] == result.frames_intact
         assert row["host_rate_pps"] == result.host_rate_pps
+        assert row.get("backend_kicks_read") == result.backend_kicks_read
+        assert ("backend_kicks_read" in row) == (result.path == "virtio")
 
 
 def test_the_tables_hold_a_row_per_path_and_variant_and_every_cost_figure(recorded):
