@@ -26,15 +26,14 @@ every figure settable below, and divides by the frames.
            through: a kick per burst, and one on the receiveq for the refilled buffers, less what
            the driver did while the back-end was awake between two sleeps, when it keeps kicks off),
            event-idx (EVENT_IDX, --backoff 0: the back-end turned kicks off before the first burst,
-           leaving its avail event at 0, and polls on: that burst kicks, no later one; the command
-           has no back-off that polls on for longer than the modelled guest takes between bursts,
-           its back-off being at most one poll call of 2048 rounds, so the variant is the busy
-           back-end at its limit), poll (no EVENT_IDX, --backoff 0: a back-end that polls with
-           notifications off: no kicks). With --completion interrupt each burst ends with the
-           back-end's call eventfd, which the VMM turns into an interrupt as KVM's irqfd does: an
-           IPI to the vCPU (an external-interrupt exit), the vector injected at entry, and the
-           guest's EOI write (an MSR-write exit); with poll the guest reads the used ring and
-           nothing exits for completions.
+           leaving its avail event at 0, and polls on: that burst kicks, no later one; the busy
+           back-end at its limit: a long back-off, which would sleep between some bursts as
+           scheduling has it, is not a variant here), poll (no EVENT_IDX, --backoff 0: a
+           back-end that polls with notifications off: no kicks). With --completion interrupt
+           each burst ends with the back-end's call eventfd, which the VMM turns into an
+           interrupt as KVM's irqfd does: an IPI to the vCPU (an external-interrupt exit), the
+           vector injected at entry, and the guest's EOI write (an MSR-write exit); with poll
+           the guest reads the used ring and nothing exits for completions.
   assigned the same device model as a VF of an SR-IOV PF assigned to the guest through VT-d
            (`fastpath.hv.sriov`, `fastpath.hv.vtd`): EPT maps the VF's registers into the
            guest, so no doorbell exits; its DMA goes through the remapping unit, one page
