@@ -23,6 +23,10 @@ BURSTS = FRAMES // BURST
 GUESTS = 2
 
 
+# Every test here reads runs against real `fastpath vhost-net` processes, which the
+# FASTPATH_DEBUG=1 pass would compile afresh at each start (it caches no kernels).
+pytestmark = pytest.mark.release_pass
+
 @pytest.fixture(scope="module")
 def polled():
     """The virtio path's runs with completion by polling, by kick mode, as `run_virtio` makes

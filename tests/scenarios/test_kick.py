@@ -21,6 +21,10 @@ TRANSMITQ, RECEIVEQ = 1, 0
 BACKEND_SLEEP_SECONDS = 0.010
 
 
+# Every test here reads runs against real `fastpath vhost-net` processes, which the
+# FASTPATH_DEBUG=1 pass would compile afresh at each start (it caches no kernels).
+pytestmark = pytest.mark.release_pass
+
 @pytest.fixture(scope="module")
 def report():
     return run_kick_scenario(frames=FRAMES, size=64, burst=BURST, mode="all")
