@@ -24,7 +24,7 @@ DIRECTIVES = {
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-DNDEBUG"]
 
 MODULES = ["memory", "split", "packed", "chain", "notify", "net", "clock", "ring", "fdio",
-           "guard", "uring", "paging", "vtd"]
+           "guard", "uring", "paging", "vtd", "placement"]
 
 # The system libraries a module links besides libc (the Makefile installs their Debian -dev
 # packages): io_uring through liburing (liburing-dev).

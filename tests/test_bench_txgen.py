@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fastpath.bench._placement import Placement
 from fastpath.bench.txgen import Run, best_rate, summarize
 from fastpath.testing import Testpmd
 
@@ -39,15 +40,23 @@ def test_bad_arguments_are_refused_with_the_reason(args, message):
     assert message in result.stderr
 
 
+NEAR, FAR, MOVED = Placement(35, 40), Placement(190, 200), Placement(35, 190)
+
+
 def test_ratios_are_of_the_best_runs_and_the_median_of_the_pairs():
-    runs = [Run("fastpath", "dpdk", 64, 10.0, 9.0), Run("dpdk", "dpdk", 64, 20.0, 19.0),
-            Run("dpdk", "dpdk", 64, 10.0, 9.0), Run("fastpath", "dpdk", 64, 12.0, 11.0),
-            Run("fastpath", "fastpath", 64, 15.0, 14.0), Run("dpdk", "fastpath", 64, 5.0, 4.0)]
+    runs = [Run("fastpath", "dpdk", 64, 10.0, 9.0, FAR), Run("dpdk", "dpdk", 64, 20.0, 19.0, NEAR),
+            Run("dpdk", "dpdk", 64, 10.0, 9.0, FAR), Run("fastpath", "dpdk", 64, 12.0, 11.0, FAR),
+            Run("fastpath", "fastpath", 64, 15.0, 14.0, NEAR),
+            Run("dpdk", "fastpath", 64, 5.0, 4.0, MOVED)]
     by_sink = {s["sink"]: s for s in summarize(runs, [64], ["dpdk", "fastpath"])}
     assert by_sink["dpdk"]["best_ratio"] == pytest.approx(12 / 20)
     assert by_sink["dpdk"]["ratios"] == [pytest.approx(0.5), pytest.approx(1.2)]
     assert by_sink["dpdk"]["median_ratio"] == pytest.approx(0.85)
+    # The first pair ran far against near: only the second kept one placement.
+    assert by_sink["dpdk"]["same_placement"] == {"far": {"median": pytest.approx(1.2),
+                                                         "pairs": 1}}
     assert by_sink["fastpath"]["best_ratio"] == pytest.approx(3.0)
+    assert by_sink["fastpath"]["same_placement"] == {}
 
 
 def test_the_best_second_is_found_among_quarter_second_samples():
@@ -63,8 +72,12 @@ def test_a_short_run_into_both_sinks_writes_the_table_and_json(tmp_path):
     out = tmp_path / "txgen.json"
     result = txgen("--sizes", "1518", "--rounds", "1", "--seconds", "1", "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "median ratio" in result.stdout
+    assert "median ratio" in result.stdout and "same placement" in result.stdout
     data = json.loads(out.read_text())
+    # Each run says where the CPUs were, from a probe before it and one after.
+    for r in data["runs"]:
+        assert r["placement_mode"] in ("near", "mid", "far", "moved")
+        assert r["placement"]["before_ns"] > 0 and r["placement"]["after_ns"] > 0
     assert {(r["sink"], r["generator"]) for r in data["runs"]} == {
         (s, g) for s in ("dpdk", "fastpath") for g in ("dpdk", "fastpath")}
     for row in data["summary"]:

@@ -28,6 +28,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fastpath.bench._placement import (
+    Placement,
+    describe_same_placement,
+    line_transfer_ns,
+    same_placement,
+)
 from fastpath.bench._report import environment, print_table, write_json
 from fastpath.testing import PeerError, Testpmd, VhostNetProcess
 
@@ -73,6 +79,7 @@ class Run:
     size: int
     mpps: float          # the best second
     mean_mpps: float     # the whole measured stretch
+    placement: Placement  # the two CPUs' distance just before and just after the run
 
 
 def _rate(first: tuple[float, int], last: tuple[float, int]) -> float:
@@ -129,6 +136,8 @@ def _dpdk_samples(sock: str, size: int, args: argparse.Namespace) -> list[tuple[
 
 def measure(generator: str, sink: str, size: int, args: argparse.Namespace) -> Run:
     """One run; raises RuntimeError or PeerError with the reason when a side fails."""
+    cpus = (GENERATOR_CPU, SINK_CPU)
+    before = line_transfer_ns(cpus)
     with tempfile.TemporaryDirectory(prefix="fastpath-txgen-") as tmp:
         sock = os.path.join(tmp, "vhost.sock")
         server = _start_sink(sink, sock)
@@ -143,27 +152,31 @@ def measure(generator: str, sink: str, size: int, args: argparse.Namespace) -> R
     if len(samples) < 2:
         raise RuntimeError(f"the {generator} generator reported too few samples")
     return Run(generator, sink, size, best_rate(samples) / 1e6,
-               _rate(samples[0], samples[-1]) / 1e6)
+               _rate(samples[0], samples[-1]) / 1e6, Placement(before, line_transfer_ns(cpus)))
 
 
 def summarize(runs: list[Run], sizes: list[int], sinks: list[str]) -> list[dict]:
-    """Per size and sink: each generator's best run, the ratio of the best runs and the median
-    of the rounds' ratios (fastpath / DPDK)."""
+    """Per size and sink: each generator's best run, the ratio of the best runs, the median
+    of the rounds' ratios (fastpath / DPDK), and the median of those rounds whose two runs
+    had the same placement of the CPUs throughout."""
     summary = []
     for size in sizes:
         for sink in sinks:
-            mine = [r.mpps for r in runs if (r.size, r.sink, r.generator) == (size, sink,
-                                                                              "fastpath")]
-            theirs = [r.mpps for r in runs if (r.size, r.sink, r.generator) == (size, sink,
-                                                                                "dpdk")]
+            mine = [r for r in runs if (r.size, r.sink, r.generator) == (size, sink,
+                                                                         "fastpath")]
+            theirs = [r for r in runs if (r.size, r.sink, r.generator) == (size, sink, "dpdk")]
             if not mine or not theirs:
                 continue
-            ratios = [a / b for a, b in zip(mine, theirs, strict=False) if b > 0]
-            summary.append({"size": size, "sink": sink, "fastpath_mpps": max(mine),
-                            "dpdk_mpps": max(theirs),
-                            "best_ratio": max(mine) / max(theirs) if max(theirs) else 0.0,
+            pairs = [(a, b) for a, b in zip(mine, theirs, strict=False) if b.mpps > 0]
+            ratios = [a.mpps / b.mpps for a, b in pairs]
+            alike = same_placement([(a.mpps, a.placement, b.mpps, b.placement)
+                                    for a, b in pairs])
+            best_mine, best_theirs = max(r.mpps for r in mine), max(r.mpps for r in theirs)
+            summary.append({"size": size, "sink": sink, "fastpath_mpps": best_mine,
+                            "dpdk_mpps": best_theirs,
+                            "best_ratio": best_mine / best_theirs if best_theirs else 0.0,
                             "median_ratio": statistics.median(ratios) if ratios else 0.0,
-                            "ratios": ratios})
+                            "ratios": ratios, "same_placement": alike})
     return summary
 
 
@@ -207,19 +220,25 @@ def run(args: argparse.Namespace) -> int:
                         r = measure(generator, sink, size, args)
                         runs.append(r)
                         print(f"{size} B into {sink}: {generator} {r.mpps:.2f} Mpps "
-                              f"(mean {r.mean_mpps:.2f})", flush=True)
+                              f"(mean {r.mean_mpps:.2f}), CPUs {r.placement.describe()}",
+                              flush=True)
     except (RuntimeError, PeerError) as e:
         print(f"fastpath bench txgen: {e}", file=sys.stderr)
         return 1
     summary = summarize(runs, sizes, sinks)
     print()
-    print_table(["size", "sink", "fastpath Mpps", "DPDK Mpps", "best ratio", "median ratio"],
+    print_table(["size", "sink", "fastpath Mpps", "DPDK Mpps", "best ratio", "median ratio",
+                 "same placement"],
                 [[s["size"], s["sink"], f"{s['fastpath_mpps']:.2f}", f"{s['dpdk_mpps']:.2f}",
-                  f"{s['best_ratio']:.2f}", f"{s['median_ratio']:.2f}"] for s in summary])
+                  f"{s['best_ratio']:.2f}", f"{s['median_ratio']:.2f}",
+                  describe_same_placement(s["same_placement"])] for s in summary])
     print("(best second of each run; ratio fastpath/DPDK, of the best runs and median of the "
-          "alternated pairs; where both generators meet, the rate is the sink's ceiling)")
+          "alternated pairs; same placement: the median ratio of the pairs whose two runs "
+          "kept the CPUs where they were, per placement, with the pairs counted; where both "
+          "generators meet, the rate is the sink's ceiling)")
     if args.json:
         write_json(args.json, {"environment": env, "generators": GENERATORS,
                                "sinks": {s: SINKS[s] for s in sinks}, "summary": summary,
-                               "runs": [asdict(r) for r in runs]})
+                               "runs": [asdict(r) | {"placement_mode": r.placement.mode}
+                                        for r in runs]})
     return 0

@@ -50,6 +50,12 @@ from pathlib import Path
 
 import fastpath
 from fastpath.bench._judge import judge
+from fastpath.bench._placement import (
+    Placement,
+    describe_same_placement,
+    line_transfer_ns,
+    same_placement,
+)
 from fastpath.bench._report import environment, print_table, write_json
 from fastpath.testing import PeerError, Testpmd, VhostNetProcess, received_frames, sent_frames
 
@@ -141,6 +147,7 @@ class Run:
     delivered: int       # frames the back-end put into the front-end's receive buffers (tx)
     checkout: str | None = None      # the checkout whose core the back-end loaded
     reported: dict | None = None     # what the back-end said it ran
+    placement: Placement | None = None  # the two CPUs' distance before and after the run
 
     @property
     def gbps(self) -> float:
@@ -197,6 +204,8 @@ def measure(side: str, cell: Cell, seconds: float, burst: int,
     front_mode = DIRECTIONS[cell.direction][0]
     counter = "opackets" if cell.direction == "rx" else "ipackets"
     origin: tuple[str | None, dict | None] = (None, None)
+    cpus = (FRONT_END_CPU, BACK_END_CPU)
+    before = line_transfer_ns(cpus)
     with tempfile.TemporaryDirectory(prefix="fastpath-bench-") as tmp:
         sock = os.path.join(tmp, "vhost.sock")
         backend = _start_backend(side, cell, sock, burst, checkout)
@@ -238,7 +247,8 @@ def measure(side: str, cell: Cell, seconds: float, burst: int,
                _best_rate(wall) / 1e6, _rate(wall[0], wall[-1]) / 1e6,
                _best_running_rate(samples) / 1e6, (last[2] - first[2]) / (last[0] - first[0]),
                (last[3] - first[3]) / (last[0] - first[0]), sent, received,
-               totals["rx_packets"], delivered, *origin)
+               totals["rx_packets"], delivered, *origin,
+               Placement(before, line_transfer_ns(cpus)))
 
 
 def _best_running_rate(samples: list[tuple[float, int, float, float]]) -> float:
@@ -356,7 +366,8 @@ def run(args: argparse.Namespace) -> int:
                     return 1
                 print(f"    {r.mpps:.2f} Mpps best, {r.mean_mpps:.2f} mean, "
                       f"{r.running_mpps:.2f} running (CPU: back-end {r.backend_share:.0%}, "
-                      f"front-end {r.frontend_share:.0%}); " + _counts(r),
+                      f"front-end {r.frontend_share:.0%}); " + _counts(r)
+                      + f"; CPUs {r.placement.describe()}",
                       file=sys.stderr, flush=True)
                 runs.append(r)
     pairs = {cell.name: _pairs(runs, cell, other) for cell in cells}
@@ -368,24 +379,29 @@ def run(args: argparse.Namespace) -> int:
                                                     if r.side == side)
                   for side in ("fastpath", other) for figure in ("mpps", "running_mpps")}
         exact = all(r.exact for r in mine)
+        alike = same_placement(_placed_pairs(runs, cell, other))
         summary.append({"direction": cell.direction, "size": cell.size, "ring": cell.ring,
                         "mergeable": cell.mergeable,
                         **{f"{side}_{figure}": value for (side, figure), value in median.items()},
-                        "ratio": j.median, "ratios": list(j.ratios), "exact": exact,
+                        "ratio": j.median, "ratios": list(j.ratios), "same_placement": alike,
+                        "exact": exact,
                         **({"passed": j.passed} if args.fail_below else {})})
         rows.append([cell.direction, cell.size, cell.ring, "on" if cell.mergeable else "off"]
                     + [f"{median[side, figure]:.2f}" for side in ("fastpath", other)
                        for figure in ("mpps", "running_mpps")]
                     + [f"{j.median:.3f}", f"{j.spread[0]:.2f}-{j.spread[1]:.2f}",
-                       "yes" if exact else "NO"]
+                       describe_same_placement(alike), "yes" if exact else "NO"]
                     + (["pass" if j.passed else "FAIL"] if args.fail_below else []))
     print()
     print_table(["direction", "size", "ring", "mrg", "fastpath Mpps", "running",
-                 f"{other} Mpps", "running", f"fastpath/{other}", "pairs' range", "counts exact"]
+                 f"{other} Mpps", "running", f"fastpath/{other}", "pairs' range",
+                 "same placement", "counts exact"]
                 + (["verdict"] if args.fail_below else []), rows)
     print(f"(Mpps: the median over {args.pairs} run(s) of each run's best second; running: "
           f"Mpps per second in which both sides ran, likewise; fastpath/{other}: of the "
-          f"rates running, the median ratio of {args.pairs} alternated pair(s))")
+          f"rates running, the median ratio of {args.pairs} alternated pair(s); same "
+          f"placement: that median over the pairs whose two runs kept the CPUs where they "
+          f"were, per placement, with the pairs counted)")
     if args.json:
         write_json(args.json, {
             "environment": env, "checkouts": {k: str(v) for k, v in checkouts.items()},
@@ -418,8 +434,15 @@ def _counts(r: Run) -> str:
         f", back {r.returned}" if r.direction == "loop" else "")
 
 
-def _pairs(runs: list[Run], cell: Cell, other: str) -> list[tuple[float, float]]:
-    # The k-th run of each side of a measurement make its k-th pair.
+def _placed_pairs(runs: list[Run], cell: Cell,
+                  other: str) -> list[tuple[float, Placement, float, Placement]]:
+    # The k-th run of each side of a measurement make its k-th pair: their rates running
+    # and their placements.
     mine = _runs_of(runs, cell)
-    return list(zip([r.running_mpps for r in mine if r.side == "fastpath"],
-                    [r.running_mpps for r in mine if r.side == other], strict=True))
+    return [(a.running_mpps, a.placement, b.running_mpps, b.placement)
+            for a, b in zip([r for r in mine if r.side == "fastpath"],
+                            [r for r in mine if r.side == other], strict=True)]
+
+
+def _pairs(runs: list[Run], cell: Cell, other: str) -> list[tuple[float, float]]:
+    return [(mine, theirs) for mine, _, theirs, _ in _placed_pairs(runs, cell, other)]
