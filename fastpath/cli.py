@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
             "io and back, so the back-end also enqueues), over split or packed rings, with "
             "mergeable receive buffers or without. Reports each side's rate and the median "
             "ratio of the pairs per measurement; --fail-below turns that into a pass or a "
-            "failure. Needs dpdk-testpmd (make peers)."
+            "failure. Every run also says where the two CPUs sat (near, far, or moved during "
+            "the run: a cache line's trip between them, timed before and after), and 'same "
+            "placement' is the median ratio of the pairs that kept one placement: the host "
+            "moves the CPUs every few seconds, and a pair across a move measures the move. "
+            "Needs dpdk-testpmd (make peers)."
         ),
     )
     _add_command(
@@ -105,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
             "copying) and DPDK testpmd's virtio-user txonly on one CPU, alternated run by run, "
             "into a sink on the other: DPDK's vhost PMD rxonly and fastpath vhost-net --fwd "
             "drop. Prints each generator's best second per size and sink, and fastpath/DPDK "
-            "as the ratio of the best runs and the median of the pairs. Into a sink slower "
+            "as the ratio of the best runs, the median of the pairs, and the median of the "
+            "pairs whose runs kept the CPUs in one placement (same placement; each run's is "
+            "printed with it). Into a sink slower "
             "than both generators the two meet at the sink's ceiling: both sinks are run so "
             "that it shows. Needs dpdk-testpmd (make peers)."
         ),

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from fastpath.bench._placement import Placement, same_placement
 from fastpath.bench.vhost_net import (
+    Cell,
+    Run,
     WrongCheckout,
     _best_running_rate,
+    _placed_pairs,
     check_checkout,
     checkout_of_this_fastpath,
     cpu_seconds,
@@ -114,3 +118,18 @@ def test_help_names_the_directions_the_baseline_and_the_judge():
                  "--pairs", "--fail-below",
                  "median"):
         assert text in result.stdout
+
+
+def test_each_pair_keeps_its_runs_placements_for_the_same_placement_median():
+    near, far = Placement(35, 40), Placement(190, 200)
+
+    def run(side, rate, placement):
+        return Run(side, "rx", 64, "split", True, rate, rate, rate, 1.0, 1.0, 10, 10, 0, 0,
+                   placement=placement)
+
+    # Alternated: fastpath, DPDK, then DPDK, fastpath; the host moved the CPUs for the third.
+    runs = [run("fastpath", 10.0, near), run("dpdk", 8.0, near), run("dpdk", 5.0, far),
+            run("fastpath", 20.0, near)]
+    pairs = _placed_pairs(runs, Cell("rx", 64), "dpdk")
+    assert pairs == [(10.0, near, 8.0, near), (20.0, near, 5.0, far)]
+    assert same_placement(pairs) == {"near": {"median": 1.25, "pairs": 1}}
