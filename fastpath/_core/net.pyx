@@ -109,38 +109,49 @@ cdef int fp_net_receive(fp_net_queue *q, uint8_t *frames, uint32_t stride, uint3
                         const uint32_t *slots, uint32_t *lengths, uint32_t max_n) noexcept nogil:
     # SAFETY: segments come from a pop, translated whole; a frame is copied only once its
     # length (readable bytes less the header) is known to fit its slot's room bytes.
+    # The queue's arrays and counts in locals: the frame copies store through byte pointers,
+    # which may alias anything, and would make the compiler reload them for every frame.
     cdef int n = _pop(q, 0, max_n if max_n < q.max_chains else q.max_chains, 0)
-    cdef uint32_t i, s, k, skip, length, done, slot, out = 0
-    cdef const fp_chain *c
+    cdef fp_chain *chains = q.chains
+    cdef const fp_segment *segs = q.segs
+    cdef uint32_t i, s, k, skip, length, done, slot, out = 0, dropped = 0
+    cdef uint64_t nbytes = 0
+    cdef fp_chain *c
     cdef const fp_segment *seg
     cdef uint8_t *dst
     if n <= 0:
         return n
     for i in range(<uint32_t>n):
-        c = &q.chains[i]
-        q.chains[i].written = 0
+        c = &chains[i]
+        c.written = 0
         if c.error or c.readable_len < sizeof(fp_net_hdr) or (
                 c.readable_len - sizeof(fp_net_hdr) > room):
-            q.dropped += 1
+            dropped += 1
             continue
         length = c.readable_len - sizeof(fp_net_hdr)
         slot = slots[out] if slots != NULL else out
         dst = frames + <uint64_t>slot * stride
-        skip = sizeof(fp_net_hdr)
-        done = 0
-        for s in range(c.nreadable):
-            seg = &q.segs[c.first_seg + s]
-            if seg.len <= skip:
-                skip -= seg.len
-                continue
-            k = seg.len - skip
-            fp_copy(dst + done, <const uint8_t *>(<uintptr_t>seg.addr) + skip, k)
-            done += k
-            skip = 0
+        seg = &segs[c.first_seg]
+        if c.nreadable == 1:
+            # Header and frame in one buffer, as drivers send them.
+            fp_copy(dst, <const uint8_t *>(<uintptr_t>seg.addr) + sizeof(fp_net_hdr), length)
+        else:
+            skip = sizeof(fp_net_hdr)
+            done = 0
+            for s in range(c.nreadable):
+                if seg[s].len <= skip:
+                    skip -= seg[s].len
+                    continue
+                k = seg[s].len - skip
+                fp_copy(dst + done, <const uint8_t *>(<uintptr_t>seg[s].addr) + skip, k)
+                done += k
+                skip = 0
         lengths[slot] = length
-        q.bytes += length
+        nbytes += length
         out += 1
     q.frames += out
+    q.bytes += nbytes
+    q.dropped += dropped
     _push_and_call(q, <uint32_t>n)
     return <int>out
 
@@ -213,11 +224,16 @@ cdef int fp_net_transmit(fp_net_queue *q, const uint8_t *frames, uint32_t stride
                          uint32_t n) noexcept nogil:
     # SAFETY: a frame goes only into buffers whose writable length (from the pop, translated
     # whole) covers header and frame; lengths beyond the stride are dropped, never read past.
+    # The queue's arrays in locals, as in fp_net_receive.
     cdef uint32_t taken = 0, used = 0, avail = 0, first, j, need, room, at, part
-    cdef uint32_t length, slot
+    cdef uint32_t length, slot, delivered = 0
+    cdef uint64_t nbytes = 0
     cdef int got
     cdef bint dropped
     cdef const uint8_t *src
+    cdef uint8_t *dst
+    cdef fp_chain *chains = q.chains
+    cdef fp_chain *c
     while taken < n:
         slot = slots[taken] if slots != NULL else taken
         length = lengths[slot]
@@ -227,6 +243,21 @@ cdef int fp_net_transmit(fp_net_queue *q, const uint8_t *frames, uint32_t stride
             q.dropped += 1
             taken += 1
             continue
+        if used < avail:
+            c = &chains[used]
+            if not c.error and c.nseg == 1 and c.nreadable == 0 and c.writable_len >= need:
+                # The common frame: the next buffer is one piece that holds header and frame
+                # (num_buffers 1, as a frame in one buffer has with MRG_RXBUF or without).
+                dst = <uint8_t *>(<uintptr_t>q.segs[c.first_seg].addr)
+                memset(dst, 0, sizeof(fp_net_hdr))
+                (<fp_net_hdr *>dst).num_buffers = 1
+                fp_copy(dst + sizeof(fp_net_hdr), src, length)
+                c.written = need
+                delivered += 1
+                nbytes += length
+                used += 1
+                taken += 1
+                continue
         # Buffers for this frame: chains[first:j], popped as they are needed. Pops ask for one
         # buffer per frame still to go; a frame that needs more pops again.
         first = used
@@ -241,6 +272,8 @@ cdef int fp_net_transmit(fp_net_queue *q, const uint8_t *frames, uint32_t stride
                 got = _pop(q, avail, min(n - taken, q.max_chains - avail),
                            _segments_end(q, avail))
                 if got < 0:
+                    q.frames += delivered
+                    q.bytes += nbytes
                     _push_and_call(q, used)
                     return got
                 if got == 0:
@@ -290,10 +323,12 @@ cdef int fp_net_transmit(fp_net_queue *q, const uint8_t *frames, uint32_t stride
                 _scatter(q, &q.chains[k], src + at, part, 0)
                 q.chains[k].written = part
             at += part
-        q.frames += 1
-        q.bytes += length
+        delivered += 1
+        nbytes += length
         used = j
         taken += 1
+    q.frames += delivered
+    q.bytes += nbytes
     _unpop(q, used, avail - used)
     _push_and_call(q, used)
     return <int>taken
