@@ -50,8 +50,8 @@ cdef int64_t fp_line_bounce(uint64_t *line, uint64_t side, uint64_t rounds,
 def line_bounce(uintptr_t line, uint64_t side, uint64_t rounds, int64_t deadline_ns):
     """Play one side (0 or 1) of `rounds` rounds over the 8-byte word at `line` (zero at the
     start, alone on its cache line); returns side 0's nanoseconds for the round trips after
-    the first (rounds - 1 of them), 0 for side 1, or -1 if the other side stopped answering before monotonic time
-    `deadline_ns`. Runs without the GIL."""
+    the first (rounds - 1 of them), 0 for side 1, or -1 if the other side stopped answering
+    before monotonic time `deadline_ns`. Runs without the GIL."""
     cdef int64_t took
     if side > 1 or rounds < 2:
         raise ValueError("side is 0 or 1, and a bounce takes 2 rounds at least")
