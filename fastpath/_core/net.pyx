@@ -231,7 +231,6 @@ cdef int fp_net_transmit(fp_net_queue *q, const uint8_t *frames, uint32_t stride
     cdef int got
     cdef bint dropped
     cdef const uint8_t *src
-    cdef uint8_t *dst
     cdef fp_chain *chains = q.chains
     cdef fp_chain *c
     while taken < n:
@@ -248,10 +247,9 @@ cdef int fp_net_transmit(fp_net_queue *q, const uint8_t *frames, uint32_t stride
             if not c.error and c.nseg == 1 and c.nreadable == 0 and c.writable_len >= need:
                 # The common frame: the next buffer is one piece that holds header and frame
                 # (num_buffers 1, as a frame in one buffer has with MRG_RXBUF or without).
-                dst = <uint8_t *>(<uintptr_t>q.segs[c.first_seg].addr)
-                memset(dst, 0, sizeof(fp_net_hdr))
-                (<fp_net_hdr *>dst).num_buffers = 1
-                fp_copy(dst + sizeof(fp_net_hdr), src, length)
+                _write_header(q, c, 1)
+                fp_copy(<uint8_t *>(<uintptr_t>q.segs[c.first_seg].addr) + sizeof(fp_net_hdr),
+                        src, length)
                 c.written = need
                 delivered += 1
                 nbytes += length

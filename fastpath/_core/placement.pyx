@@ -17,6 +17,17 @@ cdef enum:
     CLOCK_EVERY = 4096   # spins between looks at the clock while waiting for the other side
 
 
+cdef inline bint _wait_for(const uint64_t *line, uint64_t value,
+                           int64_t deadline_ns) noexcept nogil:
+    # Spin until the word holds `value`; False if the deadline passed first.
+    cdef uint64_t spins = 0
+    while fp_load_acquire_u64(line) != value:
+        spins += 1
+        if spins % CLOCK_EVERY == 0 and fp_monotonic_ns() > deadline_ns:
+            return False
+    return True
+
+
 cdef int64_t fp_line_bounce(uint64_t *line, uint64_t side, uint64_t rounds,
                             int64_t deadline_ns) noexcept nogil:
     # Side 0 writes odd values and waits for the even ones after them, side 1 the other way
@@ -24,26 +35,20 @@ cdef int64_t fp_line_bounce(uint64_t *line, uint64_t side, uint64_t rounds,
     # nanoseconds side 0 spent on its rounds after the first (the first waits for side 1 to
     # start): rounds - 1 round trips. 0 for side 1; -1 when the other side fell silent past
     # the deadline.
-    cdef uint64_t i, value, spins
+    cdef uint64_t i, value
     cdef int64_t start = 0
     for i in range(rounds):
         value = 2 * i + side
-        spins = 0
-        while fp_load_acquire_u64(line) != value:
-            spins += 1
-            if spins % CLOCK_EVERY == 0 and fp_monotonic_ns() > deadline_ns:
-                return -1
+        if not _wait_for(line, value, deadline_ns):
+            return -1
         if i == 1 and side == 0:
             start = fp_monotonic_ns()
         fp_store_release_u64(line, value + 1)
     if side == 1:
         return 0
     # The last answer closes side 0's last round.
-    spins = 0
-    while fp_load_acquire_u64(line) != 2 * rounds:
-        spins += 1
-        if spins % CLOCK_EVERY == 0 and fp_monotonic_ns() > deadline_ns:
-            return -1
+    if not _wait_for(line, 2 * rounds, deadline_ns):
+        return -1
     return fp_monotonic_ns() - start
 
 

@@ -80,7 +80,7 @@ class Placement:
         return before if before == after else "moved"
 
     def describe(self) -> str:
-        """\"mid (150 → 160 ns)\"."""
+        """\"near (38 → 41 ns)\"."""
         def ns(value: float | None) -> str:
             return "?" if value is None else f"{value:.0f}"
         return f"{self.mode} ({ns(self.before_ns)} → {ns(self.after_ns)} ns)"
@@ -100,6 +100,6 @@ def same_placement(pairs: list[tuple[float, Placement, float, Placement]]) -> di
 
 
 def describe_same_placement(by_mode: dict[str, dict]) -> str:
-    """\"near 1.70 (1), mid 0.84 (3)\", or \"-\" when no pair kept one placement."""
+    """\"near 1.70 (1), far 0.84 (3)\", or \"-\" when no pair kept one placement."""
     return ", ".join(f"{mode} {v['median']:.2f} ({v['pairs']})"
                      for mode, v in by_mode.items()) or "-"
